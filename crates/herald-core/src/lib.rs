@@ -1,0 +1,8 @@
+//! Herald's domain vocabulary: the ids and error codes every other crate shares.
+//! It knows nothing of HTTP or SQL, so any layer can depend on it.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod time;
+
+pub use error::{Error, ErrorCode};

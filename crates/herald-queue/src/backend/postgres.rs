@@ -1,0 +1,455 @@
+use super::{CompletionRow, Expired, JOB_COLS, LEASE_EXPIRED, RELEASED};
+use crate::job::{Attempt, Job, JobId, JobState, NewJob};
+use crate::queue::{Bucket, Depth};
+use crate::QueueError;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use std::sync::LazyLock;
+use uuid::Uuid;
+
+type Result<T> = std::result::Result<T, QueueError>;
+
+fn job_from_row(row: &PgRow) -> Result<Job> {
+    let state: String = row.try_get(5)?;
+    Ok(Job {
+        id: JobId(row.try_get::<Uuid, _>(0)?),
+        queue: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        payload: row.try_get::<Json<serde_json::Value>, _>(3)?.0,
+        priority: row.try_get(4)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Dead),
+        attempt: row.try_get(6)?,
+        max_attempts: row.try_get(7)?,
+        run_at: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        started_at: row.try_get(10)?,
+        finished_at: row.try_get(11)?,
+        locked_by: row.try_get(12)?,
+        locked_until: row.try_get(13)?,
+        bucket_key: row.try_get(14)?,
+        unique_key: row.try_get(15)?,
+        last_error: row.try_get(16)?,
+    })
+}
+
+pub(crate) async fn now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?)
+}
+
+pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, COALESCE($7, now()), now(), $8, $9) \
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING",
+    )
+    .bind(id.0)
+    .bind(&job.queue)
+    .bind(&job.kind)
+    .bind(Json(&job.payload))
+    .bind(job.priority)
+    .bind(job.max_attempts)
+    .bind(job.run_at)
+    .bind(&job.bucket_key)
+    .bind(&job.unique_key)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Inserts many jobs without unique keys in one statement.
+pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob)]) -> Result<()> {
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut kinds = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut buckets = Vec::with_capacity(jobs.len());
+    for (id, j) in jobs {
+        ids.push(id.0);
+        queues.push(j.queue.as_str());
+        kinds.push(j.kind.as_str());
+        payloads.push(j.payload.to_string());
+        priorities.push(j.priority);
+        max_attempts.push(j.max_attempts);
+        run_ats.push(j.run_at);
+        buckets.push(j.bucket_key.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key) \
+         SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority, 'pending', 0, t.max_attempts, COALESCE(t.run_at, now()), now(), t.bucket_key \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[], $7::timestamptz[], $8::text[]) \
+           AS t(id, queue, kind, payload, priority, max_attempts, run_at, bucket_key)",
+    )
+    .bind(ids)
+    .bind(queues)
+    .bind(kinds)
+    .bind(payloads)
+    .bind(priorities)
+    .bind(max_attempts)
+    .bind(run_ats)
+    .bind(buckets)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Result<Option<JobId>> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('pending', 'running')")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(id.map(JobId))
+}
+
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH picked AS ( \
+           SELECT j.id FROM jobs AS j \
+           WHERE j.state = 'pending' AND j.queue = $1 AND j.run_at <= now() \
+             AND (j.bucket_key IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM rate_buckets AS b WHERE b.key = j.bucket_key AND ( \
+                 (b.blocked_until IS NOT NULL AND b.blocked_until > now()) \
+                 OR (b.capacity IS NOT NULL \
+                     AND LEAST(b.capacity, b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * b.refill_per_sec) < 1)))) \
+           ORDER BY j.priority, j.run_at \
+           LIMIT $2 \
+           FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
+           locked_until = now() + make_interval(secs => $4), started_at = now() \
+         FROM picked WHERE jobs.id = picked.id \
+         RETURNING {}",
+        JOB_COLS.split(", ").map(|c| format!("jobs.{c}")).collect::<Vec<_>>().join(", ")
+    )
+});
+
+pub(crate) async fn claim(
+    conn: &mut PgConnection,
+    queue: &str,
+    limit: usize,
+    worker: &str,
+    lease_secs: f64,
+) -> Result<Vec<Job>> {
+    let rows = sqlx::query(AssertSqlSafe(CLAIM.as_str()))
+        .bind(queue)
+        .bind(limit as i64)
+        .bind(worker)
+        .bind(lease_secs)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(job_from_row).collect()
+}
+
+const BUCKET_COLS: &str = "key, capacity, refill_per_sec, tokens, updated_at, blocked_until";
+
+fn bucket_from_row(row: &PgRow) -> Result<Bucket> {
+    Ok(Bucket {
+        key: row.try_get(0)?,
+        capacity: row.try_get(1)?,
+        refill_per_sec: row.try_get(2)?,
+        tokens: row.try_get(3)?,
+        updated_at: row.try_get(4)?,
+        blocked_until: row.try_get(5)?,
+    })
+}
+
+/// Loads and locks the buckets, in key order so concurrent claimers never deadlock.
+pub(crate) async fn buckets(conn: &mut PgConnection, keys: &[String]) -> Result<Vec<Bucket>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ANY($1) ORDER BY key FOR UPDATE"
+    )))
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(bucket_from_row).collect()
+}
+
+pub(crate) async fn bucket(pool: &PgPool, key: &str) -> Result<Option<Bucket>> {
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = $1")))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(bucket_from_row).transpose()
+}
+
+pub(crate) async fn store_tokens(conn: &mut PgConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE key = $1")
+        .bind(key)
+        .bind(tokens)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn unclaim(conn: &mut PgConnection, id: JobId) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', attempt = attempt - 1, locked_by = NULL, locked_until = NULL WHERE id = $1",
+    )
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn set_bucket(
+    conn: &mut PgConnection,
+    key: &str,
+    capacity: Option<f64>,
+    refill_per_sec: Option<f64>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rate_buckets (key, capacity, refill_per_sec, tokens, updated_at) VALUES ($1, $2, $3, COALESCE($2, 0), now()) \
+         ON CONFLICT (key) DO UPDATE SET capacity = excluded.capacity, refill_per_sec = excluded.refill_per_sec, \
+           tokens = LEAST(COALESCE(excluded.capacity, 0), rate_buckets.tokens)",
+    )
+    .bind(key)
+    .bind(capacity)
+    .bind(refill_per_sec)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn block_bucket(conn: &mut PgConnection, key: &str, secs: f64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rate_buckets (key, tokens, updated_at, blocked_until) VALUES ($1, 0, now(), now() + make_interval(secs => $2)) \
+         ON CONFLICT (key) DO UPDATE SET blocked_until = GREATEST(rate_buckets.blocked_until, excluded.blocked_until)",
+    )
+    .bind(key)
+    .bind(secs)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies a batch of completions in two statements, whatever its size.
+pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[CompletionRow]) -> Result<usize> {
+    let n = rows.len();
+    let (mut ids, mut attempts, mut states, mut refunds) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut delays, mut finished, mut errors, mut started, mut ended, mut outcomes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for c in rows {
+        ids.push(c.id.0);
+        attempts.push(c.attempt);
+        states.push(c.state);
+        refunds.push(c.attempt_refund);
+        delays.push(c.delay_secs);
+        finished.push(c.finished);
+        errors.push(c.error.as_deref());
+        started.push(c.started_at);
+        ended.push(c.finished_at);
+        outcomes.push(c.outcome);
+    }
+    let applied: Vec<Uuid> = sqlx::query_scalar(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int4[], $5::float8[], $6::bool[], $7::text[], \
+                                $8::timestamptz[], $9::timestamptz[], $10::text[]) \
+             AS t(id, attempt, state, refund, delay, finished, error, started_at, finished_at, outcome)), \
+         done AS ( \
+           UPDATE jobs AS j SET state = i.state, attempt = j.attempt - i.refund, \
+             run_at = CASE WHEN i.delay IS NULL THEN j.run_at ELSE now() + make_interval(secs => i.delay) END, \
+             finished_at = CASE WHEN i.finished THEN i.finished_at END, \
+             last_error = COALESCE(i.error, j.last_error), locked_by = NULL, locked_until = NULL \
+           FROM input AS i \
+           WHERE j.id = i.id AND j.state = 'running' AND j.locked_by = $11 AND j.attempt = i.attempt \
+           RETURNING j.id), \
+         logged AS ( \
+           INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
+           SELECT i.id, i.attempt, $11, i.started_at, i.finished_at, i.outcome, i.error FROM input AS i JOIN done USING (id)) \
+         SELECT id FROM done",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .bind(states)
+    .bind(refunds)
+    .bind(delays)
+    .bind(finished)
+    .bind(errors)
+    .bind(started)
+    .bind(ended)
+    .bind(outcomes)
+    .bind(worker)
+    .fetch_all(&mut *conn)
+    .await?;
+    for c in rows {
+        if let (Some(key), Some(secs)) = (&c.block_bucket, c.delay_secs)
+            && applied.contains(&c.id.0)
+        {
+            block_bucket(conn, key, secs).await?;
+        }
+    }
+    Ok(applied.len())
+}
+
+pub(crate) async fn heartbeat(conn: &mut PgConnection, worker: &str, lease_secs: f64) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE jobs SET locked_until = now() + make_interval(secs => $1) WHERE state = 'running' AND locked_by = $2",
+    )
+    .bind(lease_secs)
+    .bind(worker)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn reap(conn: &mut PgConnection, limit: usize) -> Result<Vec<Expired>> {
+    let rows = sqlx::query(
+        "WITH expired AS ( \
+           SELECT id, attempt, max_attempts, locked_by, started_at FROM jobs \
+           WHERE state = 'running' AND locked_until < now() LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         done AS ( \
+           UPDATE jobs AS j SET state = CASE WHEN e.attempt >= e.max_attempts THEN 'dead' ELSE 'pending' END, \
+             finished_at = CASE WHEN e.attempt >= e.max_attempts THEN now() END, run_at = now(), last_error = $2, \
+             locked_by = NULL, locked_until = NULL \
+           FROM expired AS e WHERE j.id = e.id RETURNING j.id), \
+         logged AS ( \
+           INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
+           SELECT e.id, e.attempt, COALESCE(e.locked_by, ''), COALESCE(e.started_at, now()), now(), 'lease_expired', $2 \
+           FROM expired AS e) \
+         SELECT e.id, e.attempt, e.max_attempts, COALESCE(e.locked_by, ''), COALESCE(e.started_at, now()) FROM expired AS e",
+    )
+    .bind(limit as i64)
+    .bind(LEASE_EXPIRED)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Expired {
+                id: JobId(r.try_get(0)?),
+                attempt: r.try_get(1)?,
+                max_attempts: r.try_get(2)?,
+                worker: r.try_get(3)?,
+                started_at: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn release(conn: &mut PgConnection, worker: &str, jobs: &[(JobId, i32, DateTime<Utc>)]) -> Result<u64> {
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.0.0).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.1).collect();
+    let started: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.2).collect();
+    let n: i64 = sqlx::query_scalar(
+        "WITH input AS (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[]) AS t(id, attempt, started_at)), \
+         done AS ( \
+           UPDATE jobs AS j SET state = 'pending', attempt = j.attempt - 1, run_at = now(), locked_by = NULL, locked_until = NULL \
+           FROM input AS i WHERE j.id = i.id AND j.state = 'running' AND j.locked_by = $4 AND j.attempt = i.attempt \
+           RETURNING j.id), \
+         logged AS ( \
+           INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
+           SELECT i.id, i.attempt, $4, i.started_at, now(), 'released', $5 FROM input AS i JOIN done USING (id)) \
+         SELECT COUNT(*) FROM done",
+    )
+    .bind(ids)
+    .bind(attempts)
+    .bind(started)
+    .bind(worker)
+    .bind(RELEASED)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n as u64)
+}
+
+pub(crate) async fn prune_before(conn: &mut PgConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
+         AND finished_at < $1 LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(limit as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn keep_cutoff(pool: &PgPool, keep: u64) -> Result<Option<DateTime<Utc>>> {
+    let t: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT finished_at FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
+         ORDER BY finished_at DESC LIMIT 1 OFFSET $1",
+    )
+    .bind(keep as i64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(t.map(|t| t + chrono::Duration::microseconds(1)))
+}
+
+pub(crate) async fn cancel(conn: &mut PgConnection, id: JobId, reason: &str) -> Result<Option<JobState>> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = now(), last_error = $1 WHERE id = $2 AND state = 'pending'",
+    )
+    .bind(reason)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Some(JobState::Cancelled));
+    }
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(id.0).fetch_optional(&mut *conn).await?;
+    Ok(state.and_then(|s| JobState::parse(&s)))
+}
+
+pub(crate) async fn reschedule(conn: &mut PgConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+    let done = sqlx::query("UPDATE jobs SET run_at = $1 WHERE id = $2 AND state = 'pending'")
+        .bind(run_at)
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn get(pool: &PgPool, id: JobId) -> Result<Option<Job>> {
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1")))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+pub(crate) async fn attempts(pool: &PgPool, id: JobId) -> Result<Vec<Attempt>> {
+    let rows = sqlx::query(
+        "SELECT job_id, attempt, worker, started_at, finished_at, outcome, error FROM job_attempts WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(id.0)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Attempt {
+                job_id: JobId(r.try_get(0)?),
+                attempt: r.try_get(1)?,
+                worker: r.try_get(2)?,
+                started_at: r.try_get(3)?,
+                finished_at: r.try_get(4)?,
+                outcome: r.try_get(5)?,
+                error: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn depth(pool: &PgPool) -> Result<Vec<Depth>> {
+    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| Ok(Depth { queue: r.try_get(0)?, state: r.try_get(1)?, count: r.try_get(2)? }))
+        .collect()
+}
+
+pub(crate) async fn next_due(pool: &PgPool, queue: &str) -> Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = $1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await?)
+}

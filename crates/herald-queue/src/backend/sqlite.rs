@@ -1,0 +1,421 @@
+use super::{CompletionRow, Expired, JOB_COLS, LEASE_EXPIRED, RELEASED};
+use crate::job::{Attempt, Job, JobId, JobState, NewJob};
+use crate::queue::{Bucket, Depth};
+use crate::QueueError;
+use chrono::{DateTime, Utc};
+use herald_store::{from_micros, to_micros};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+use std::sync::LazyLock;
+use uuid::Uuid;
+
+type Result<T> = std::result::Result<T, QueueError>;
+
+fn opt_time(us: Option<i64>) -> Option<DateTime<Utc>> {
+    us.map(from_micros)
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let payload: String = row.try_get(3)?;
+    let state: String = row.try_get(5)?;
+    Ok(Job {
+        id: JobId(row.try_get::<Uuid, _>(0)?),
+        queue: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        payload: serde_json::from_str(&payload)?,
+        priority: row.try_get(4)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Dead),
+        attempt: row.try_get(6)?,
+        max_attempts: row.try_get(7)?,
+        run_at: from_micros(row.try_get(8)?),
+        created_at: from_micros(row.try_get(9)?),
+        started_at: opt_time(row.try_get(10)?),
+        finished_at: opt_time(row.try_get(11)?),
+        locked_by: row.try_get(12)?,
+        locked_until: opt_time(row.try_get(13)?),
+        bucket_key: row.try_get(14)?,
+        unique_key: row.try_get(15)?,
+        last_error: row.try_get(16)?,
+    })
+}
+
+/// Inserts one job; `false` when a live job already holds its unique key.
+pub(crate) async fn insert(conn: &mut SqliteConnection, id: JobId, job: &NewJob, now: DateTime<Utc>) -> Result<bool> {
+    let run_at = job.run_at.unwrap_or(now);
+    let done = sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING",
+    )
+    .bind(id.0)
+    .bind(&job.queue)
+    .bind(&job.kind)
+    .bind(job.payload.to_string())
+    .bind(job.priority)
+    .bind(job.max_attempts)
+    .bind(to_micros(run_at))
+    .bind(to_micros(now))
+    .bind(&job.bucket_key)
+    .bind(&job.unique_key)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn live_id_for_key(conn: &mut SqliteConnection, key: &str) -> Result<Option<JobId>> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('pending', 'running')")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(id.map(JobId))
+}
+
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, locked_by = ?1, locked_until = ?2, started_at = ?3 \
+         WHERE id IN ( \
+           SELECT j.id FROM jobs AS j \
+           WHERE j.state = 'pending' AND j.queue = ?4 AND j.run_at <= ?3 \
+             AND (j.bucket_key IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM rate_buckets AS b WHERE b.key = j.bucket_key AND ( \
+                 (b.blocked_until IS NOT NULL AND b.blocked_until > ?3) \
+                 OR (b.capacity IS NOT NULL \
+                     AND MIN(b.capacity, b.tokens + (?3 - b.updated_at) / 1e6 * b.refill_per_sec) < 1)))) \
+           ORDER BY j.priority, j.run_at \
+           LIMIT ?5) \
+         RETURNING {JOB_COLS}"
+    )
+});
+
+pub(crate) async fn claim(
+    conn: &mut SqliteConnection,
+    queue: &str,
+    limit: usize,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>> {
+    let rows = sqlx::query(AssertSqlSafe(CLAIM.as_str()))
+        .bind(worker)
+        .bind(to_micros(lease_until))
+        .bind(to_micros(now))
+        .bind(queue)
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(job_from_row).collect()
+}
+
+fn bucket_from_row(row: &SqliteRow) -> Result<Bucket> {
+    Ok(Bucket {
+        key: row.try_get(0)?,
+        capacity: row.try_get(1)?,
+        refill_per_sec: row.try_get(2)?,
+        tokens: row.try_get(3)?,
+        updated_at: from_micros(row.try_get(4)?),
+        blocked_until: opt_time(row.try_get(5)?),
+    })
+}
+
+const BUCKET_COLS: &str = "key, capacity, refill_per_sec, tokens, updated_at, blocked_until";
+
+pub(crate) async fn buckets(conn: &mut SqliteConnection, keys: &[String]) -> Result<Vec<Bucket>> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key IN (SELECT value FROM json_each(?1))"
+    )))
+    .bind(serde_json::to_string(keys)?)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(bucket_from_row).collect()
+}
+
+pub(crate) async fn bucket(pool: &SqlitePool, key: &str) -> Result<Option<Bucket>> {
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ?1")))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(bucket_from_row).transpose()
+}
+
+pub(crate) async fn store_tokens(conn: &mut SqliteConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE rate_buckets SET tokens = ?2, updated_at = ?3 WHERE key = ?1")
+        .bind(key)
+        .bind(tokens)
+        .bind(to_micros(at))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Puts a just-claimed job back, as if the claim had not happened.
+pub(crate) async fn unclaim(conn: &mut SqliteConnection, id: JobId) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'pending', attempt = attempt - 1, locked_by = NULL, locked_until = NULL WHERE id = ?1",
+    )
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn set_bucket(
+    conn: &mut SqliteConnection,
+    key: &str,
+    capacity: Option<f64>,
+    refill_per_sec: Option<f64>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rate_buckets (key, capacity, refill_per_sec, tokens, updated_at) VALUES (?1, ?2, ?3, COALESCE(?2, 0), ?4) \
+         ON CONFLICT (key) DO UPDATE SET capacity = excluded.capacity, refill_per_sec = excluded.refill_per_sec, \
+           tokens = MIN(COALESCE(excluded.capacity, 0), rate_buckets.tokens), updated_at = rate_buckets.updated_at",
+    )
+    .bind(key)
+    .bind(capacity)
+    .bind(refill_per_sec)
+    .bind(to_micros(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn block_bucket(conn: &mut SqliteConnection, key: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO rate_buckets (key, tokens, updated_at, blocked_until) VALUES (?1, 0, ?2, ?3) \
+         ON CONFLICT (key) DO UPDATE SET blocked_until = MAX(COALESCE(rate_buckets.blocked_until, 0), excluded.blocked_until)",
+    )
+    .bind(key)
+    .bind(to_micros(now))
+    .bind(to_micros(until))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn complete(conn: &mut SqliteConnection, worker: &str, rows: &[CompletionRow], now: DateTime<Utc>) -> Result<usize> {
+    let mut applied = 0;
+    for c in rows {
+        let run_at = c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64);
+        let done = sqlx::query(
+            "UPDATE jobs SET state = ?1, attempt = attempt - ?2, run_at = COALESCE(?3, run_at), finished_at = ?4, \
+               last_error = COALESCE(?5, last_error), locked_by = NULL, locked_until = NULL \
+             WHERE id = ?6 AND state = 'running' AND locked_by = ?7 AND attempt = ?8",
+        )
+        .bind(c.state)
+        .bind(c.attempt_refund)
+        .bind(run_at)
+        .bind(c.finished.then(|| to_micros(c.finished_at)))
+        .bind(&c.error)
+        .bind(c.id.0)
+        .bind(worker)
+        .bind(c.attempt)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() == 0 {
+            // The lease was lost (reaped, or cancelled); the reaper already recorded this run.
+            continue;
+        }
+        applied += 1;
+        insert_attempt(conn, c.id, c.attempt, worker, c.started_at, c.finished_at, c.outcome, c.error.as_deref()).await?;
+        if let (Some(key), Some(until)) = (&c.block_bucket, run_at) {
+            block_bucket(conn, key, from_micros(until), now).await?;
+        }
+    }
+    Ok(applied)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_attempt(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    attempt: i32,
+    worker: &str,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    outcome: &str,
+    error: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(worker)
+    .bind(to_micros(started_at))
+    .bind(to_micros(finished_at))
+    .bind(outcome)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn heartbeat(conn: &mut SqliteConnection, worker: &str, lease_until: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query("UPDATE jobs SET locked_until = ?1 WHERE state = 'running' AND locked_by = ?2")
+        .bind(to_micros(lease_until))
+        .bind(worker)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn reap(conn: &mut SqliteConnection, limit: usize, now: DateTime<Utc>) -> Result<Vec<Expired>> {
+    let rows = sqlx::query(
+        "SELECT id, attempt, max_attempts, locked_by, started_at FROM jobs \
+         WHERE state = 'running' AND locked_until < ?1 LIMIT ?2",
+    )
+    .bind(to_micros(now))
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut expired = Vec::with_capacity(rows.len());
+    for row in rows {
+        let e = Expired {
+            id: JobId(row.try_get(0)?),
+            attempt: row.try_get(1)?,
+            max_attempts: row.try_get(2)?,
+            worker: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+            started_at: opt_time(row.try_get(4)?).unwrap_or(now),
+        };
+        let dead = e.attempt >= e.max_attempts;
+        sqlx::query(
+            "UPDATE jobs SET state = ?1, finished_at = ?2, run_at = ?3, last_error = ?4, locked_by = NULL, locked_until = NULL \
+             WHERE id = ?5 AND state = 'running' AND attempt = ?6",
+        )
+        .bind(if dead { "dead" } else { "pending" })
+        .bind(dead.then(|| to_micros(now)))
+        .bind(to_micros(now))
+        .bind(LEASE_EXPIRED)
+        .bind(e.id.0)
+        .bind(e.attempt)
+        .execute(&mut *conn)
+        .await?;
+        insert_attempt(conn, e.id, e.attempt, &e.worker, e.started_at, now, "lease_expired", Some(LEASE_EXPIRED)).await?;
+        expired.push(e);
+    }
+    Ok(expired)
+}
+
+pub(crate) async fn release(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    jobs: &[(JobId, i32, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let mut n = 0;
+    for (id, attempt, started_at) in jobs {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', attempt = attempt - 1, run_at = ?1, locked_by = NULL, locked_until = NULL \
+             WHERE id = ?2 AND state = 'running' AND locked_by = ?3 AND attempt = ?4",
+        )
+        .bind(to_micros(now))
+        .bind(id.0)
+        .bind(worker)
+        .bind(attempt)
+        .execute(&mut *conn)
+        .await?;
+        if done.rows_affected() == 1 {
+            n += 1;
+            insert_attempt(conn, *id, *attempt, worker, *started_at, now, "released", Some(RELEASED)).await?;
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes up to `limit` finished jobs that finished before `cutoff`.
+pub(crate) async fn prune_before(conn: &mut SqliteConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
+         AND finished_at < ?1 LIMIT ?2)",
+    )
+    .bind(to_micros(cutoff))
+    .bind(limit as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The finish time of the `keep`-th newest finished job, if there are more than `keep`.
+pub(crate) async fn keep_cutoff(pool: &SqlitePool, keep: u64) -> Result<Option<DateTime<Utc>>> {
+    let t: Option<i64> = sqlx::query_scalar(
+        "SELECT finished_at FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
+         ORDER BY finished_at DESC LIMIT 1 OFFSET ?1",
+    )
+    .bind(keep as i64)
+    .fetch_optional(pool)
+    .await?;
+    // Everything finished at or before the (keep+1)-th newest goes.
+    Ok(t.map(|us| from_micros(us + 1)))
+}
+
+pub(crate) async fn cancel(conn: &mut SqliteConnection, id: JobId, reason: &str, now: DateTime<Utc>) -> Result<Option<JobState>> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = ?1, last_error = ?2 WHERE id = ?3 AND state = 'pending'",
+    )
+    .bind(to_micros(now))
+    .bind(reason)
+    .bind(id.0)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Some(JobState::Cancelled));
+    }
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1").bind(id.0).fetch_optional(&mut *conn).await?;
+    Ok(state.and_then(|s| JobState::parse(&s)))
+}
+
+pub(crate) async fn reschedule(conn: &mut SqliteConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+    let done = sqlx::query("UPDATE jobs SET run_at = ?1 WHERE id = ?2 AND state = 'pending'")
+        .bind(to_micros(run_at))
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub(crate) async fn get(pool: &SqlitePool, id: JobId) -> Result<Option<Job>> {
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1")))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+pub(crate) async fn attempts(pool: &SqlitePool, id: JobId) -> Result<Vec<Attempt>> {
+    let rows = sqlx::query(
+        "SELECT job_id, attempt, worker, started_at, finished_at, outcome, error FROM job_attempts WHERE job_id = ?1 ORDER BY id",
+    )
+    .bind(id.0)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Attempt {
+                job_id: JobId(r.try_get(0)?),
+                attempt: r.try_get(1)?,
+                worker: r.try_get(2)?,
+                started_at: from_micros(r.try_get(3)?),
+                finished_at: from_micros(r.try_get(4)?),
+                outcome: r.try_get(5)?,
+                error: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn depth(pool: &SqlitePool) -> Result<Vec<Depth>> {
+    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| Ok(Depth { queue: r.try_get(0)?, state: r.try_get(1)?, count: r.try_get(2)? }))
+        .collect()
+}
+
+pub(crate) async fn next_due(pool: &SqlitePool, queue: &str) -> Result<Option<DateTime<Utc>>> {
+    let t: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = ?1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await?;
+    Ok(t.map(from_micros))
+}

@@ -1,0 +1,389 @@
+use crate::backend::{self, postgres, sqlite, CompletionRow};
+use crate::job::{Attempt, Job, JobId, JobState};
+use crate::{metrics, QueueError};
+use chrono::{DateTime, Utc};
+use herald_store::{Db, Pools, TxConn};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, QueueError>;
+
+/// The queue's operations on one database. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    db: Db,
+}
+
+/// What a run of a job came to, as the runner reports it.
+#[derive(Debug, Clone)]
+pub enum RunResult {
+    Succeeded,
+    /// Back to pending, to run again after `delay`.
+    Retry { error: String, delay: Duration },
+    Dead { error: String },
+    /// Back to pending after `delay`, without spending the attempt.
+    RateLimited { error: String, delay: Duration },
+    Cancelled { reason: String },
+}
+
+impl RunResult {
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            RunResult::Succeeded => "succeeded",
+            RunResult::Retry { .. } => "retried",
+            RunResult::Dead { .. } => "dead",
+            RunResult::RateLimited { .. } => "rate_limited",
+            RunResult::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
+/// One finished run, sent to [`Queue::complete`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job_id: JobId,
+    /// The attempt number the job had when claimed; a stale completion is ignored.
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub run_time: Duration,
+    pub bucket_key: Option<String>,
+    pub result: RunResult,
+}
+
+impl Completion {
+    fn row(&self) -> CompletionRow {
+        let (state, refund, delay, error, outcome) = match &self.result {
+            RunResult::Succeeded => ("succeeded", 0, None, None, "succeeded"),
+            RunResult::Retry { error, delay } => ("pending", 0, Some(delay.as_secs_f64()), Some(error.clone()), "failed"),
+            RunResult::Dead { error } => ("dead", 0, None, Some(error.clone()), "dead"),
+            RunResult::RateLimited { error, delay } => {
+                ("pending", 1, Some(delay.as_secs_f64()), Some(error.clone()), "rate_limited")
+            }
+            RunResult::Cancelled { reason } => ("cancelled", 0, None, Some(reason.clone()), "cancelled"),
+        };
+        let finished_at = self.started_at + chrono::Duration::from_std(self.run_time).unwrap_or_default();
+        CompletionRow {
+            id: self.job_id,
+            attempt: self.attempt,
+            state,
+            attempt_refund: refund,
+            delay_secs: delay,
+            finished: JobState::parse(state).is_some_and(JobState::is_finished),
+            error,
+            started_at: self.started_at,
+            finished_at,
+            outcome,
+            block_bucket: if outcome == "rate_limited" { self.bucket_key.clone() } else { None },
+        }
+    }
+}
+
+/// A rate bucket: `capacity` tokens, refilled at `refill_per_sec`; each claim of a job tagged
+/// with the bucket takes one. `None` capacity means unlimited, though it can still be blocked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    pub key: String,
+    pub capacity: Option<f64>,
+    pub refill_per_sec: Option<f64>,
+    pub tokens: f64,
+    pub updated_at: DateTime<Utc>,
+    pub blocked_until: Option<DateTime<Utc>>,
+}
+
+impl Bucket {
+    /// Tokens available at `now`, after refill.
+    pub fn level(&self, now: DateTime<Utc>) -> f64 {
+        match self.capacity {
+            None => f64::INFINITY,
+            Some(cap) => {
+                let elapsed = (now - self.updated_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                (self.tokens + elapsed * self.refill_per_sec.unwrap_or(0.0)).min(cap)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Depth {
+    pub queue: String,
+    pub state: String,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelResult {
+    Cancelled,
+    /// The job exists but is past cancelling (running or finished).
+    NotCancellable(JobState),
+    NotFound,
+}
+
+impl Queue {
+    pub fn new(db: Db) -> Self {
+        Queue { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Claims up to `limit` due jobs of `queue` for `worker`, leased for `lease`, honouring rate
+    /// buckets. Highest priority (lowest number) first, then oldest `run_at`.
+    pub async fn claim(&self, queue: &str, limit: usize, worker: &str, lease: Duration) -> Result<Vec<Job>> {
+        let mut tx = self.db.begin().await?;
+        let now = Utc::now();
+        let mut jobs = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
+            TxConn::Postgres(c) => postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?,
+        };
+        jobs.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+        if jobs.iter().any(|j| j.bucket_key.is_some()) {
+            self.take_tokens(&mut tx, &mut jobs, now).await?;
+        }
+        tx.commit().await?;
+        for job in &jobs {
+            let due = job.run_at.max(job.created_at);
+            let wait = job.started_at.map(|s| (s - due).to_std().unwrap_or_default()).unwrap_or_default();
+            metrics::claimed(&job.kind, wait);
+        }
+        Ok(jobs)
+    }
+
+    /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
+    async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
+        let mut keys: Vec<String> = jobs.iter().filter_map(|j| j.bucket_key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let (buckets, now) = match tx.conn() {
+            TxConn::Sqlite(c) => (sqlite::buckets(c, &keys).await?, now),
+            TxConn::Postgres(c) => {
+                let b = postgres::buckets(c, &keys).await?;
+                (b, postgres::now(c).await?)
+            }
+        };
+        let mut left: HashMap<String, (f64, bool)> =
+            buckets.iter().map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some()))).collect();
+        let mut keep = Vec::with_capacity(jobs.len());
+        let mut put_back = Vec::new();
+        for job in jobs.drain(..) {
+            let ok = match job.bucket_key.as_ref().and_then(|k| left.get_mut(k)) {
+                Some((tokens, _)) if *tokens >= 1.0 => {
+                    *tokens -= 1.0;
+                    true
+                }
+                Some(_) => false,
+                None => true, // no bucket row: unlimited
+            };
+            if ok { keep.push(job) } else { put_back.push(job.id) }
+        }
+        *jobs = keep;
+        for id in put_back {
+            match tx.conn() {
+                TxConn::Sqlite(c) => sqlite::unclaim(c, id).await?,
+                TxConn::Postgres(c) => postgres::unclaim(c, id).await?,
+            }
+        }
+        for (key, (tokens, limited)) in left {
+            if !limited {
+                continue;
+            }
+            match tx.conn() {
+                TxConn::Sqlite(c) => sqlite::store_tokens(c, &key, tokens, now).await?,
+                TxConn::Postgres(c) => postgres::store_tokens(c, &key, tokens, now).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a batch of finished runs in one transaction. Returns how many still held their
+    /// lease; the others were reaped or cancelled meanwhile and are left as they are.
+    pub async fn complete(&self, worker: &str, batch: &[Completion]) -> Result<usize> {
+        let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
+        let mut tx = self.db.begin().await?;
+        let applied = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::complete(c, worker, &rows, Utc::now()).await?,
+            TxConn::Postgres(c) => postgres::complete(c, worker, &rows).await?,
+        };
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Extends the lease of every job `worker` is running.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
+        let mut tx = self.db.begin().await?;
+        let n = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::heartbeat(c, worker, Utc::now() + lease).await?,
+            TxConn::Postgres(c) => postgres::heartbeat(c, worker, lease.as_secs_f64()).await?,
+        };
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Puts back running jobs whose lease expired (their worker died), or marks them dead if that
+    /// was their last attempt. Returns how many it found.
+    pub async fn reap(&self) -> Result<u64> {
+        let mut tx = self.db.begin().await?;
+        let expired = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::reap(c, 1000, Utc::now()).await?,
+            TxConn::Postgres(c) => postgres::reap(c, 1000).await?,
+        };
+        tx.commit().await?;
+        for e in &expired {
+            tracing::warn!(job = %e.id, attempt = e.attempt, worker = %e.worker, "job lease expired; requeued");
+        }
+        metrics::reaped(expired.len() as u64);
+        Ok(expired.len() as u64)
+    }
+
+    /// Returns running jobs to pending without spending their attempt (graceful shutdown).
+    pub async fn release(&self, worker: &str, jobs: &[(JobId, i32, DateTime<Utc>)]) -> Result<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin().await?;
+        let n = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::release(c, worker, jobs, Utc::now()).await?,
+            TxConn::Postgres(c) => postgres::release(c, worker, jobs).await?,
+        };
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Deletes finished jobs (and their attempts) that finished more than `max_age` ago, and
+    /// beyond the newest `keep` finished ones. Works in small transactions so writers never wait long.
+    pub async fn prune(&self, max_age: Option<Duration>, keep: Option<u64>) -> Result<u64> {
+        const CHUNK: usize = 2000;
+        let mut cutoffs = Vec::new();
+        if let Some(age) = max_age {
+            cutoffs.push(Utc::now() - chrono::Duration::from_std(age).unwrap_or_default());
+        }
+        if let Some(keep) = keep {
+            let c = match self.db.pools() {
+                Pools::Sqlite { read, .. } => sqlite::keep_cutoff(read, keep).await?,
+                Pools::Postgres(pool) => postgres::keep_cutoff(pool, keep).await?,
+            };
+            cutoffs.extend(c);
+        }
+        let Some(cutoff) = cutoffs.into_iter().max() else { return Ok(0) };
+        let mut total = 0;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let n = match tx.conn() {
+                TxConn::Sqlite(c) => sqlite::prune_before(c, cutoff, CHUNK).await?,
+                TxConn::Postgres(c) => postgres::prune_before(c, cutoff, CHUNK).await?,
+            };
+            tx.commit().await?;
+            total += n;
+            if n < CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Cancels a pending job. Running and finished jobs are left alone.
+    pub async fn cancel(&self, id: JobId, reason: &str) -> Result<CancelResult> {
+        let mut tx = self.db.begin().await?;
+        let reason = format!("cancelled: {reason}");
+        let state = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::cancel(c, id, &reason, Utc::now()).await?,
+            TxConn::Postgres(c) => postgres::cancel(c, id, &reason).await?,
+        };
+        tx.commit().await?;
+        Ok(match state {
+            Some(JobState::Cancelled) => CancelResult::Cancelled,
+            Some(other) => CancelResult::NotCancellable(other),
+            None => CancelResult::NotFound,
+        })
+    }
+
+    /// Moves a pending job to a new time; `false` if it is no longer pending.
+    pub async fn reschedule(&self, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        let moved = match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::reschedule(c, id, run_at).await?,
+            TxConn::Postgres(c) => postgres::reschedule(c, id, run_at).await?,
+        };
+        tx.commit().await?;
+        if moved {
+            self.db.wakeups().ring(crate::WAKE_CHANNEL);
+        }
+        Ok(moved)
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<Job>> {
+        match self.db.pools() {
+            Pools::Sqlite { read, .. } => sqlite::get(read, id).await,
+            Pools::Postgres(pool) => postgres::get(pool, id).await,
+        }
+    }
+
+    /// Every recorded run of a job, oldest first.
+    pub async fn attempts(&self, id: JobId) -> Result<Vec<Attempt>> {
+        match self.db.pools() {
+            Pools::Sqlite { read, .. } => sqlite::attempts(read, id).await,
+            Pools::Postgres(pool) => postgres::attempts(pool, id).await,
+        }
+    }
+
+    /// Job counts by queue and state; also published as the `herald_queue_depth` gauge.
+    pub async fn depth(&self) -> Result<Vec<Depth>> {
+        let rows = match self.db.pools() {
+            Pools::Sqlite { read, .. } => sqlite::depth(read).await?,
+            Pools::Postgres(pool) => postgres::depth(pool).await?,
+        };
+        let mut queues: Vec<&str> = rows.iter().map(|d| d.queue.as_str()).collect();
+        queues.sort();
+        queues.dedup();
+        for q in queues {
+            for state in JobState::ALL {
+                let n = rows.iter().find(|d| d.queue == q && d.state == state.as_str()).map_or(0, |d| d.count);
+                metrics::depth(q, state.as_str(), n);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The earliest `run_at` of a pending job in `queue`.
+    pub async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+        match self.db.pools() {
+            Pools::Sqlite { read, .. } => sqlite::next_due(read, queue).await,
+            Pools::Postgres(pool) => postgres::next_due(pool, queue).await,
+        }
+    }
+
+    /// Creates or reconfigures a bucket. A new bucket starts full; a smaller capacity trims it.
+    pub async fn set_bucket(&self, key: &str, capacity: f64, refill_per_sec: f64) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        match tx.conn() {
+            TxConn::Sqlite(c) => sqlite::set_bucket(c, key, Some(capacity), Some(refill_per_sec), Utc::now()).await?,
+            TxConn::Postgres(c) => postgres::set_bucket(c, key, Some(capacity), Some(refill_per_sec)).await?,
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Blocks a bucket for `duration` (say, from a 429's Retry-After). Never shortens a block.
+    pub async fn block_bucket(&self, key: &str, duration: Duration) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        match tx.conn() {
+            TxConn::Sqlite(c) => {
+                let now = Utc::now();
+                sqlite::block_bucket(c, key, now + duration, now).await?
+            }
+            TxConn::Postgres(c) => postgres::block_bucket(c, key, duration.as_secs_f64()).await?,
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn bucket(&self, key: &str) -> Result<Option<Bucket>> {
+        match self.db.pools() {
+            Pools::Sqlite { read, .. } => sqlite::bucket(read, key).await,
+            Pools::Postgres(pool) => postgres::bucket(pool, key).await,
+        }
+    }
+}
+
+// Keeps the constant visible to docs and tests that assert on error text.
+pub const LEASE_EXPIRED_ERROR: &str = backend::LEASE_EXPIRED;

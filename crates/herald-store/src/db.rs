@@ -1,0 +1,179 @@
+use crate::error::StoreError;
+use crate::migrations;
+use crate::tx::Tx;
+use crate::url::DatabaseUrl;
+use crate::wakeups::Wakeups;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Connection settings beyond the URL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections for reads (SQLite) or for everything (PostgreSQL).
+    pub max_connections: u32,
+    /// How long to wait for PostgreSQL at start-up before giving up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { max_connections: 10, connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// The pools behind a [`Db`]. SQLite has one writer at a time, so all writes share a single
+/// connection and queue for it in process, instead of spinning on `SQLITE_BUSY`; reads use their
+/// own pool and run beside the writer thanks to WAL.
+#[derive(Clone)]
+pub enum Pools {
+    Sqlite { write: SqlitePool, read: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// A handle to Herald's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pools: Pools,
+    url: DatabaseUrl,
+    wakeups: Arc<Wakeups>,
+}
+
+impl Db {
+    /// Opens the database the URL names. SQLite files are created if missing, in WAL mode.
+    pub async fn connect(url: &DatabaseUrl, opts: &StoreOptions) -> Result<Db, StoreError> {
+        let pools = match url {
+            DatabaseUrl::Sqlite { path } => {
+                let base = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // NORMAL in WAL mode never corrupts and survives process crashes; only an
+                    // OS crash or power cut can lose the last commits. FULL would cap Herald at
+                    // the disk's fsync rate (hundreds of commits a second).
+                    .synchronous(SqliteSynchronous::Normal)
+                    // Several processes may share one file (tests, `herald migrate` beside a server).
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+                    .pragma("temp_store", "memory");
+                let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(base.clone())
+                    .await
+                    .map_err(open_err)?;
+                let read = SqlitePoolOptions::new()
+                    .max_connections(opts.max_connections.max(1))
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(base.read_only(true))
+                    .await
+                    .map_err(open_err)?;
+                Pools::Sqlite { write, read }
+            }
+            DatabaseUrl::Postgres { url: raw } => {
+                let unreachable = |source| StoreError::Unreachable { url: url.redacted(), source };
+                let options = PgConnectOptions::from_str(raw).map_err(unreachable)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(opts.max_connections.max(2))
+                    .acquire_timeout(opts.connect_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(unreachable)?;
+                Pools::Postgres(pool)
+            }
+        };
+        Ok(Db { inner: Arc::new(Inner { pools, url: url.clone(), wakeups: Arc::default() }) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.inner.pools {
+            Pools::Sqlite { .. } => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.inner.url
+    }
+
+    pub fn wakeups(&self) -> &Arc<Wakeups> {
+        &self.inner.wakeups
+    }
+
+    /// Applies every pending migration. Safe to run from several processes at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.inner.pools {
+            Pools::Sqlite { write, .. } => migrations::sqlite().run(write).await?,
+            Pools::Postgres(pool) => migrations::postgres().run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers and every migration this binary knows is applied.
+    pub async fn is_ready(&self) -> bool {
+        let latest = match self.backend() {
+            Backend::Sqlite => migrations::sqlite(),
+            Backend::Postgres => migrations::postgres(),
+        }
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+        const Q: &str = "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success";
+        let applied: Result<i64, sqlx::Error> = match &self.inner.pools {
+            Pools::Sqlite { read, .. } => sqlx::query_scalar(Q).fetch_one(read).await,
+            Pools::Postgres(pool) => sqlx::query_scalar(Q).fetch_one(pool).await,
+        };
+        matches!(applied, Ok(v) if v >= latest)
+    }
+
+    /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so it holds the write lock
+    /// from the start and never fails half-way with `SQLITE_BUSY` on upgrade.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Tx::begin(&self.inner.pools, self.inner.wakeups.clone()).await
+    }
+
+    /// Closes every connection; used at shutdown.
+    pub async fn close(&self) {
+        match &self.inner.pools {
+            Pools::Sqlite { write, read } => {
+                read.close().await;
+                // Leaves the WAL checkpointed and the -wal file small for the next start.
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(write).await;
+                write.close().await;
+            }
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+}

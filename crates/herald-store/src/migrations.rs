@@ -1,0 +1,28 @@
+//! Each backend's migrations, embedded in the binary. Files live in `migrations/<backend>/` and
+//! are named `NNNN_description.sql`; add new ones to the lists below, never edit applied ones.
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, SqlSafeStr};
+use std::borrow::Cow;
+
+macro_rules! migrations {
+    ($dir:literal: $($version:literal $name:literal),* $(,)?) => {
+        vec![$(migration($version, $name, include_str!(concat!("../migrations/", $dir, "/", stringify!($version), "_", $name, ".sql")))),*]
+    };
+}
+
+fn migration(version: i64, name: &'static str, sql: &'static str) -> Migration {
+    Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, AssertSqlSafe(sql).into_sql_str(), false)
+}
+
+fn migrator(migrations: Vec<Migration>) -> Migrator {
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
+}
+
+pub(crate) fn sqlite() -> Migrator {
+    migrator(migrations!("sqlite": 0001 "queue"))
+}
+
+pub(crate) fn postgres() -> Migrator {
+    migrator(migrations!("postgres": 0001 "queue"))
+}
