@@ -17,7 +17,11 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
-        other => return Err(format!("`{input}` has an unknown unit `{other}`; use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "`{input}` has an unknown unit `{other}`; use ms, s, m, h or d"
+            ));
+        }
     };
     d.ok_or_else(|| format!("`{input}` is too large"))
 }
@@ -44,13 +48,23 @@ mod tests {
 
     #[test]
     fn parses_and_formats_round_trip() {
-        for (text, secs) in [("30s", 30), ("5m", 300), ("2h", 7200), ("7d", 604_800), ("45", 45)] {
+        for (text, secs) in [
+            ("30s", 30),
+            ("5m", 300),
+            ("2h", 7200),
+            ("7d", 604_800),
+            ("45", 45),
+        ] {
             assert_eq!(parse_duration(text).unwrap(), Duration::from_secs(secs));
         }
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(format_duration(Duration::from_secs(604_800)), "7d");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert!(parse_duration("5 weeks").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 weeks")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
     }

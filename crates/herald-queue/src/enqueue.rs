@@ -1,6 +1,6 @@
 use crate::backend::{postgres, sqlite};
 use crate::job::{Enqueued, JobId, NewJob};
-use crate::{metrics, QueueError, WAKE_CHANNEL};
+use crate::{QueueError, WAKE_CHANNEL, metrics};
 use herald_store::{Tx, TxConn};
 
 /// Adds a job inside the caller's transaction: it exists only if the transaction commits, and

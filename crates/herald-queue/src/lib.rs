@@ -24,7 +24,7 @@ mod runner;
 pub use enqueue::{enqueue, enqueue_many};
 pub use error::{JobError, QueueError};
 pub use job::{Attempt, Enqueued, Job, JobId, JobState, NewJob};
-pub use queue::{Bucket, CancelResult, Completion, Depth, Queue, RunResult, LEASE_EXPIRED_ERROR};
+pub use queue::{Bucket, CancelResult, Completion, Depth, LEASE_EXPIRED_ERROR, Queue, RunResult};
 pub use runner::{Handler, Registry, Runner, RunnerConfig};
 
 pub use herald_store::Tx;

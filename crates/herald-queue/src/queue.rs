@@ -1,6 +1,6 @@
-use crate::backend::{self, postgres, sqlite, CompletionRow};
+use crate::backend::{self, CompletionRow, postgres, sqlite};
 use crate::job::{Attempt, Job, JobId, JobState};
-use crate::{metrics, QueueError};
+use crate::{QueueError, metrics};
 use chrono::{DateTime, Utc};
 use herald_store::{Db, Pools, TxConn};
 use serde::Serialize;
@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 type Result<T> = std::result::Result<T, QueueError>;
+
+const PRUNE_CHUNK: usize = 2000;
 
 /// The queue's operations on one database. Cheap to clone.
 #[derive(Clone)]
@@ -20,11 +22,21 @@ pub struct Queue {
 pub enum RunResult {
     Succeeded,
     /// Back to pending, to run again after `delay`.
-    Retry { error: String, delay: Duration },
-    Dead { error: String },
+    Retry {
+        error: String,
+        delay: Duration,
+    },
+    Dead {
+        error: String,
+    },
     /// Back to pending after `delay`, without spending the attempt.
-    RateLimited { error: String, delay: Duration },
-    Cancelled { reason: String },
+    RateLimited {
+        error: String,
+        delay: Duration,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl RunResult {
@@ -55,14 +67,27 @@ impl Completion {
     fn row(&self) -> CompletionRow {
         let (state, refund, delay, error, outcome) = match &self.result {
             RunResult::Succeeded => ("succeeded", 0, None, None, "succeeded"),
-            RunResult::Retry { error, delay } => ("pending", 0, Some(delay.as_secs_f64()), Some(error.clone()), "failed"),
+            RunResult::Retry { error, delay } => (
+                "pending",
+                0,
+                Some(delay.as_secs_f64()),
+                Some(error.clone()),
+                "failed",
+            ),
             RunResult::Dead { error } => ("dead", 0, None, Some(error.clone()), "dead"),
-            RunResult::RateLimited { error, delay } => {
-                ("pending", 1, Some(delay.as_secs_f64()), Some(error.clone()), "rate_limited")
+            RunResult::RateLimited { error, delay } => (
+                "pending",
+                1,
+                Some(delay.as_secs_f64()),
+                Some(error.clone()),
+                "rate_limited",
+            ),
+            RunResult::Cancelled { reason } => {
+                ("cancelled", 0, None, Some(reason.clone()), "cancelled")
             }
-            RunResult::Cancelled { reason } => ("cancelled", 0, None, Some(reason.clone()), "cancelled"),
         };
-        let finished_at = self.started_at + chrono::Duration::from_std(self.run_time).unwrap_or_default();
+        let finished_at =
+            self.started_at + chrono::Duration::from_std(self.run_time).unwrap_or_default();
         CompletionRow {
             id: self.job_id,
             attempt: self.attempt,
@@ -74,7 +99,11 @@ impl Completion {
             started_at: self.started_at,
             finished_at,
             outcome,
-            block_bucket: if outcome == "rate_limited" { self.bucket_key.clone() } else { None },
+            block_bucket: if outcome == "rate_limited" {
+                self.bucket_key.clone()
+            } else {
+                None
+            },
         }
     }
 }
@@ -97,7 +126,11 @@ impl Bucket {
         match self.capacity {
             None => f64::INFINITY,
             Some(cap) => {
-                let elapsed = (now - self.updated_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                let elapsed = (now - self.updated_at)
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(0) as f64
+                    / 1e6;
                 (self.tokens + elapsed * self.refill_per_sec.unwrap_or(0.0)).min(cap)
             }
         }
@@ -130,12 +163,20 @@ impl Queue {
 
     /// Claims up to `limit` due jobs of `queue` for `worker`, leased for `lease`, honouring rate
     /// buckets. Highest priority (lowest number) first, then oldest `run_at`.
-    pub async fn claim(&self, queue: &str, limit: usize, worker: &str, lease: Duration) -> Result<Vec<Job>> {
+    pub async fn claim(
+        &self,
+        queue: &str,
+        limit: usize,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Vec<Job>> {
         let mut tx = self.db.begin().await?;
         let now = Utc::now();
         let mut jobs = match tx.conn() {
             TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
-            TxConn::Postgres(c) => postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?,
+            TxConn::Postgres(c) => {
+                postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?
+            }
         };
         jobs.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
         if jobs.iter().any(|j| j.bucket_key.is_some()) {
@@ -144,14 +185,22 @@ impl Queue {
         tx.commit().await?;
         for job in &jobs {
             let due = job.run_at.max(job.created_at);
-            let wait = job.started_at.map(|s| (s - due).to_std().unwrap_or_default()).unwrap_or_default();
+            let wait = job
+                .started_at
+                .map(|s| (s - due).to_std().unwrap_or_default())
+                .unwrap_or_default();
             metrics::claimed(&job.kind, wait);
         }
         Ok(jobs)
     }
 
     /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
-    async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
+    async fn take_tokens(
+        &self,
+        tx: &mut herald_store::Tx,
+        jobs: &mut Vec<Job>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut keys: Vec<String> = jobs.iter().filter_map(|j| j.bucket_key.clone()).collect();
         keys.sort();
         keys.dedup();
@@ -162,8 +211,10 @@ impl Queue {
                 (b, postgres::now(c).await?)
             }
         };
-        let mut left: HashMap<String, (f64, bool)> =
-            buckets.iter().map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some()))).collect();
+        let mut left: HashMap<String, (f64, bool)> = buckets
+            .iter()
+            .map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some())))
+            .collect();
         let mut keep = Vec::with_capacity(jobs.len());
         let mut put_back = Vec::new();
         for job in jobs.drain(..) {
@@ -175,7 +226,11 @@ impl Queue {
                 Some(_) => false,
                 None => true, // no bucket row: unlimited
             };
-            if ok { keep.push(job) } else { put_back.push(job.id) }
+            if ok {
+                keep.push(job)
+            } else {
+                put_back.push(job.id)
+            }
         }
         *jobs = keep;
         for id in put_back {
@@ -253,29 +308,52 @@ impl Queue {
     /// Deletes finished jobs (and their attempts) that finished more than `max_age` ago, and
     /// beyond the newest `keep` finished ones. Works in small transactions so writers never wait long.
     pub async fn prune(&self, max_age: Option<Duration>, keep: Option<u64>) -> Result<u64> {
-        const CHUNK: usize = 2000;
-        let mut cutoffs = Vec::new();
+        let mut total = 0;
         if let Some(age) = max_age {
-            cutoffs.push(Utc::now() - chrono::Duration::from_std(age).unwrap_or_default());
+            let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+            total += self
+                .prune_chunks(|tx| {
+                    Box::pin(async move {
+                        match tx.conn() {
+                            TxConn::Sqlite(c) => sqlite::prune_before(c, cutoff, PRUNE_CHUNK).await,
+                            TxConn::Postgres(c) => {
+                                postgres::prune_before(c, cutoff, PRUNE_CHUNK).await
+                            }
+                        }
+                    })
+                })
+                .await?;
         }
         if let Some(keep) = keep {
-            let c = match self.db.pools() {
-                Pools::Sqlite { read, .. } => sqlite::keep_cutoff(read, keep).await?,
-                Pools::Postgres(pool) => postgres::keep_cutoff(pool, keep).await?,
-            };
-            cutoffs.extend(c);
+            total += self
+                .prune_chunks(|tx| {
+                    Box::pin(async move {
+                        match tx.conn() {
+                            TxConn::Sqlite(c) => sqlite::prune_beyond(c, keep, PRUNE_CHUNK).await,
+                            TxConn::Postgres(c) => {
+                                postgres::prune_beyond(c, keep, PRUNE_CHUNK).await
+                            }
+                        }
+                    })
+                })
+                .await?;
         }
-        let Some(cutoff) = cutoffs.into_iter().max() else { return Ok(0) };
+        Ok(total)
+    }
+
+    /// Repeats one pruning step, each in its own short transaction, until a step deletes less
+    /// than a full chunk.
+    async fn prune_chunks<F>(&self, step: F) -> Result<u64>
+    where
+        F: for<'a> Fn(&'a mut herald_store::Tx) -> futures::future::BoxFuture<'a, Result<u64>>,
+    {
         let mut total = 0;
         loop {
             let mut tx = self.db.begin().await?;
-            let n = match tx.conn() {
-                TxConn::Sqlite(c) => sqlite::prune_before(c, cutoff, CHUNK).await?,
-                TxConn::Postgres(c) => postgres::prune_before(c, cutoff, CHUNK).await?,
-            };
+            let n = step(&mut tx).await?;
             tx.commit().await?;
             total += n;
-            if n < CHUNK as u64 {
+            if n < PRUNE_CHUNK as u64 {
                 return Ok(total);
             }
         }
@@ -337,7 +415,10 @@ impl Queue {
         queues.dedup();
         for q in queues {
             for state in JobState::ALL {
-                let n = rows.iter().find(|d| d.queue == q && d.state == state.as_str()).map_or(0, |d| d.count);
+                let n = rows
+                    .iter()
+                    .find(|d| d.queue == q && d.state == state.as_str())
+                    .map_or(0, |d| d.count);
                 metrics::depth(q, state.as_str(), n);
             }
         }
@@ -356,8 +437,12 @@ impl Queue {
     pub async fn set_bucket(&self, key: &str, capacity: f64, refill_per_sec: f64) -> Result<()> {
         let mut tx = self.db.begin().await?;
         match tx.conn() {
-            TxConn::Sqlite(c) => sqlite::set_bucket(c, key, Some(capacity), Some(refill_per_sec), Utc::now()).await?,
-            TxConn::Postgres(c) => postgres::set_bucket(c, key, Some(capacity), Some(refill_per_sec)).await?,
+            TxConn::Sqlite(c) => {
+                sqlite::set_bucket(c, key, Some(capacity), Some(refill_per_sec), Utc::now()).await?
+            }
+            TxConn::Postgres(c) => {
+                postgres::set_bucket(c, key, Some(capacity), Some(refill_per_sec)).await?
+            }
         }
         tx.commit().await?;
         Ok(())

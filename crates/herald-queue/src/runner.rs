@@ -1,6 +1,6 @@
 use crate::job::{Job, JobId};
 use crate::queue::{Completion, Queue, RunResult};
-use crate::{metrics, JobError, WAKE_CHANNEL};
+use crate::{JobError, WAKE_CHANNEL, metrics};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use herald_store::{Backend, Pools};
@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -110,20 +110,40 @@ type Running = Arc<Mutex<HashMap<JobId, InFlight>>>;
 
 impl Runner {
     pub fn new(queue: Queue, registry: Registry, config: RunnerConfig) -> Self {
-        Runner { queue, registry: Arc::new(registry), config: Arc::new(config) }
+        Runner {
+            queue,
+            registry: Arc::new(registry),
+            config: Arc::new(config),
+        }
     }
 
     /// Works until `shutdown` is cancelled, then stops claiming, gives running jobs the grace
     /// period to finish, releases the rest without spending their attempt, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Runner { queue, registry, config } = self;
+        let Runner {
+            queue,
+            registry,
+            config,
+        } = self;
         let running: Running = Arc::default();
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
         let background = CancellationToken::new();
 
-        let completer = tokio::spawn(complete_loop(queue.clone(), config.worker_id.clone(), done_rx));
-        let heartbeat = tokio::spawn(heartbeat_loop(queue.clone(), config.clone(), background.clone()));
-        let maintenance = tokio::spawn(maintenance_loop(queue.clone(), config.clone(), background.clone()));
+        let completer = tokio::spawn(complete_loop(
+            queue.clone(),
+            config.worker_id.clone(),
+            done_rx,
+        ));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            queue.clone(),
+            config.clone(),
+            background.clone(),
+        ));
+        let maintenance = tokio::spawn(maintenance_loop(
+            queue.clone(),
+            config.clone(),
+            background.clone(),
+        ));
         let listener = (queue.db().backend() == Backend::Postgres)
             .then(|| tokio::spawn(listen_loop(queue.clone(), background.clone())));
 
@@ -154,7 +174,8 @@ impl Runner {
         while !running.lock().expect("running lock").is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let leftovers: Vec<(JobId, InFlight)> = running.lock().expect("running lock").drain().collect();
+        let leftovers: Vec<(JobId, InFlight)> =
+            running.lock().expect("running lock").drain().collect();
         if !leftovers.is_empty() {
             let mut release = Vec::with_capacity(leftovers.len());
             for (id, f) in leftovers {
@@ -164,8 +185,13 @@ impl Runner {
                 release.push((id, f.attempt, f.started_at));
             }
             match queue.release(&config.worker_id, &release).await {
-                Ok(n) => tracing::warn!(released = n, "shutdown grace ran out; released unfinished jobs"),
-                Err(e) => tracing::error!(error = %e, "could not release jobs at shutdown; their leases will expire"),
+                Ok(n) => tracing::warn!(
+                    released = n,
+                    "shutdown grace ran out; released unfinished jobs"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not release jobs at shutdown; their leases will expire")
+                }
             }
         }
         // Every sender is gone once the job tasks end, so the completer drains and exits.
@@ -203,7 +229,12 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => return,
             };
             let mut permits = vec![first];
-            let gather_until = Instant::now() + if saturated { Duration::from_millis(2) } else { Duration::ZERO };
+            let gather_until = Instant::now()
+                + if saturated {
+                    Duration::from_millis(2)
+                } else {
+                    Duration::ZERO
+                };
             while permits.len() < self.config.batch_size {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -221,7 +252,16 @@ impl Dispatcher {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wanted = permits.len();
-            let jobs = match self.queue.claim(&self.name, wanted, &self.config.worker_id, self.config.lease).await {
+            let jobs = match self
+                .queue
+                .claim(
+                    &self.name,
+                    wanted,
+                    &self.config.worker_id,
+                    self.config.lease,
+                )
+                .await
+            {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(queue = %self.name, error = %e, "claiming jobs failed; retrying in 1s");
@@ -244,7 +284,10 @@ impl Dispatcher {
             }
             let now = Utc::now();
             let nap = match self.queue.next_due(&self.name).await {
-                Ok(Some(t)) if t > now => (t - now).to_std().unwrap_or_default().min(self.config.poll_interval),
+                Ok(Some(t)) if t > now => (t - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(self.config.poll_interval),
                 _ => self.config.poll_interval,
             };
             tokio::select! {
@@ -259,10 +302,14 @@ impl Dispatcher {
         let id = job.id;
         let started_at = job.started_at.unwrap_or_else(Utc::now);
         // Registered before the task exists, so a fast job finds itself in the map.
-        self.running
-            .lock()
-            .expect("running lock")
-            .insert(id, InFlight { attempt: job.attempt, started_at, abort: None });
+        self.running.lock().expect("running lock").insert(
+            id,
+            InFlight {
+                attempt: job.attempt,
+                started_at,
+                abort: None,
+            },
+        );
         let handler = self.registry.get(&job.kind).cloned();
         let running = self.running.clone();
         let done = self.done.clone();
@@ -275,7 +322,12 @@ impl Dispatcher {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %error, "job failed");
             }
             // If shutdown already took this job to release it, it is not ours to complete.
-            if running.lock().expect("running lock").remove(&job.id).is_some() {
+            if running
+                .lock()
+                .expect("running lock")
+                .remove(&job.id)
+                .is_some()
+            {
                 let _ = done.send(Completion {
                     job_id: job.id,
                     attempt: job.attempt,
@@ -295,10 +347,19 @@ impl Dispatcher {
 
 async fn run_one(handler: Option<&dyn Handler>, job: &Job) -> RunResult {
     let Some(handler) = handler else {
-        return retry_or_dead(job, format!("no handler for job kind `{}` on this node", job.kind), default_backoff(job.attempt));
+        return retry_or_dead(
+            job,
+            format!("no handler for job kind `{}` on this node", job.kind),
+            default_backoff(job.attempt),
+        );
     };
     let limit = handler.timeout();
-    let outcome = match tokio::time::timeout(limit, AssertUnwindSafe(handler.run(job)).catch_unwind()).await {
+    let outcome = match tokio::time::timeout(
+        limit,
+        AssertUnwindSafe(handler.run(job)).catch_unwind(),
+    )
+    .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(panic)) => {
             let msg = panic
@@ -308,21 +369,37 @@ async fn run_one(handler: Option<&dyn Handler>, job: &Job) -> RunResult {
                 .unwrap_or_else(|| "unknown panic".into());
             Err(JobError::Retry(format!("job panicked: {msg}")))
         }
-        Err(_) => Err(JobError::Retry(format!("job timed out after {}s", limit.as_secs_f64()))),
+        Err(_) => Err(JobError::Retry(format!(
+            "job timed out after {}s",
+            limit.as_secs_f64()
+        ))),
     };
     match outcome {
         Ok(()) => RunResult::Succeeded,
         Err(JobError::Retry(e)) => retry_or_dead(job, e, handler.backoff(job.attempt)),
         Err(JobError::RetryAfter(e, d)) => retry_or_dead(job, e, d),
         Err(JobError::Permanent(e)) => RunResult::Dead { error: e },
-        Err(JobError::RateLimited { reason, retry_after }) => RunResult::RateLimited { error: reason, delay: retry_after },
-        Err(JobError::Cancel(reason)) => RunResult::Cancelled { reason: format!("cancelled: {reason}") },
+        Err(JobError::RateLimited {
+            reason,
+            retry_after,
+        }) => RunResult::RateLimited {
+            error: reason,
+            delay: retry_after,
+        },
+        Err(JobError::Cancel(reason)) => RunResult::Cancelled {
+            reason: format!("cancelled: {reason}"),
+        },
     }
 }
 
 fn retry_or_dead(job: &Job, error: String, delay: Duration) -> RunResult {
     if job.attempt >= job.max_attempts {
-        RunResult::Dead { error: format!("{error} (attempt {} of {}; giving up)", job.attempt, job.max_attempts) }
+        RunResult::Dead {
+            error: format!(
+                "{error} (attempt {} of {}; giving up)",
+                job.attempt, job.max_attempts
+            ),
+        }
     } else {
         RunResult::Retry { error, delay }
     }
@@ -379,7 +456,8 @@ fn jitter(d: Duration) -> Duration {
 }
 
 async fn maintenance_loop(queue: Queue, config: Arc<RunnerConfig>, stop: CancellationToken) {
-    let mut next_prune = Instant::now() + jitter(Duration::from_secs(30)).min(config.prune_interval);
+    let mut next_prune =
+        Instant::now() + jitter(Duration::from_secs(30)).min(config.prune_interval);
     let mut next_depth = Instant::now();
     loop {
         if let Err(e) = queue.reap().await {
@@ -390,7 +468,10 @@ async fn maintenance_loop(queue: Queue, config: Arc<RunnerConfig>, stop: Cancell
             next_depth = Instant::now() + Duration::from_secs(15);
         }
         if Instant::now() >= next_prune {
-            match queue.prune(config.retention_age, config.retention_count).await {
+            match queue
+                .prune(config.retention_age, config.retention_count)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "pruned finished jobs"),
                 Err(e) => tracing::error!(error = %e, "pruning finished jobs failed"),
@@ -406,7 +487,9 @@ async fn maintenance_loop(queue: Queue, config: Arc<RunnerConfig>, stop: Cancell
 
 /// Turns PostgreSQL notifications from other nodes into local wake-ups.
 async fn listen_loop(queue: Queue, stop: CancellationToken) {
-    let Pools::Postgres(pool) = queue.db().pools() else { return };
+    let Pools::Postgres(pool) = queue.db().pools() else {
+        return;
+    };
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
             Ok(l) => l,

@@ -1,7 +1,7 @@
 use super::{CompletionRow, Expired, JOB_COLS, LEASE_EXPIRED, RELEASED};
+use crate::QueueError;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
-use crate::QueueError;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -35,7 +35,9 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
 }
 
 pub(crate) async fn now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
-    Ok(sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?)
+    Ok(sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await?)
 }
 
 pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob) -> Result<bool> {
@@ -98,11 +100,12 @@ pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob
 }
 
 pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Result<Option<JobId>> {
-    let id: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('pending', 'running')")
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('pending', 'running')",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(id.map(JobId))
 }
 
@@ -123,7 +126,11 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
            locked_until = now() + make_interval(secs => $4), started_at = now() \
          FROM picked WHERE jobs.id = picked.id \
          RETURNING {}",
-        JOB_COLS.split(", ").map(|c| format!("jobs.{c}")).collect::<Vec<_>>().join(", ")
+        JOB_COLS
+            .split(", ")
+            .map(|c| format!("jobs.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 });
 
@@ -169,14 +176,21 @@ pub(crate) async fn buckets(conn: &mut PgConnection, keys: &[String]) -> Result<
 }
 
 pub(crate) async fn bucket(pool: &PgPool, key: &str) -> Result<Option<Bucket>> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = $1")))
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = $1"
+    )))
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(conn: &mut PgConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn store_tokens(
+    conn: &mut PgConnection,
+    key: &str,
+    tokens: f64,
+    at: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE key = $1")
         .bind(key)
         .bind(tokens)
@@ -228,10 +242,18 @@ pub(crate) async fn block_bucket(conn: &mut PgConnection, key: &str, secs: f64) 
 }
 
 /// Applies a batch of completions in two statements, whatever its size.
-pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[CompletionRow]) -> Result<usize> {
+pub(crate) async fn complete(
+    conn: &mut PgConnection,
+    worker: &str,
+    rows: &[CompletionRow],
+) -> Result<usize> {
     let n = rows.len();
-    let (mut ids, mut attempts, mut states, mut refunds) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut ids, mut attempts, mut states, mut refunds) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let (mut delays, mut finished, mut errors, mut started, mut ended, mut outcomes) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -293,7 +315,11 @@ pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[Comp
     Ok(applied.len())
 }
 
-pub(crate) async fn heartbeat(conn: &mut PgConnection, worker: &str, lease_secs: f64) -> Result<u64> {
+pub(crate) async fn heartbeat(
+    conn: &mut PgConnection,
+    worker: &str,
+    lease_secs: f64,
+) -> Result<u64> {
     let done = sqlx::query(
         "UPDATE jobs SET locked_until = now() + make_interval(secs => $1) WHERE state = 'running' AND locked_by = $2",
     )
@@ -337,7 +363,11 @@ pub(crate) async fn reap(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ex
         .collect()
 }
 
-pub(crate) async fn release(conn: &mut PgConnection, worker: &str, jobs: &[(JobId, i32, DateTime<Utc>)]) -> Result<u64> {
+pub(crate) async fn release(
+    conn: &mut PgConnection,
+    worker: &str,
+    jobs: &[(JobId, i32, DateTime<Utc>)],
+) -> Result<u64> {
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.0.0).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.1).collect();
     let started: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.2).collect();
@@ -362,7 +392,11 @@ pub(crate) async fn release(conn: &mut PgConnection, worker: &str, jobs: &[(JobI
     Ok(n as u64)
 }
 
-pub(crate) async fn prune_before(conn: &mut PgConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
+pub(crate) async fn prune_before(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    limit: usize,
+) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          AND finished_at < $1 LIMIT $2)",
@@ -374,18 +408,24 @@ pub(crate) async fn prune_before(conn: &mut PgConnection, cutoff: DateTime<Utc>,
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn keep_cutoff(pool: &PgPool, keep: u64) -> Result<Option<DateTime<Utc>>> {
-    let t: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT finished_at FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
-         ORDER BY finished_at DESC LIMIT 1 OFFSET $1",
+/// Deletes up to `limit` finished jobs beyond the newest `keep`.
+pub(crate) async fn prune_beyond(conn: &mut PgConnection, keep: u64, limit: usize) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
+         ORDER BY finished_at DESC, id DESC LIMIT $2 OFFSET $1)",
     )
     .bind(keep as i64)
-    .fetch_optional(pool)
+    .bind(limit as i64)
+    .execute(&mut *conn)
     .await?;
-    Ok(t.map(|t| t + chrono::Duration::microseconds(1)))
+    Ok(done.rows_affected())
 }
 
-pub(crate) async fn cancel(conn: &mut PgConnection, id: JobId, reason: &str) -> Result<Option<JobState>> {
+pub(crate) async fn cancel(
+    conn: &mut PgConnection,
+    id: JobId,
+    reason: &str,
+) -> Result<Option<JobState>> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = now(), last_error = $1 WHERE id = $2 AND state = 'pending'",
     )
@@ -396,12 +436,18 @@ pub(crate) async fn cancel(conn: &mut PgConnection, id: JobId, reason: &str) -> 
     if done.rows_affected() == 1 {
         return Ok(Some(JobState::Cancelled));
     }
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(id.0).fetch_optional(&mut *conn).await?;
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(state.and_then(|s| JobState::parse(&s)))
 }
 
-pub(crate) async fn reschedule(conn: &mut PgConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+pub(crate) async fn reschedule(
+    conn: &mut PgConnection,
+    id: JobId,
+    run_at: DateTime<Utc>,
+) -> Result<bool> {
     let done = sqlx::query("UPDATE jobs SET run_at = $1 WHERE id = $2 AND state = 'pending'")
         .bind(run_at)
         .bind(id.0)
@@ -411,10 +457,12 @@ pub(crate) async fn reschedule(conn: &mut PgConnection, id: JobId, run_at: DateT
 }
 
 pub(crate) async fn get(pool: &PgPool, id: JobId) -> Result<Option<Job>> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1")))
-        .bind(id.0)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE id = $1"
+    )))
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await?;
     row.as_ref().map(job_from_row).transpose()
 }
 
@@ -441,15 +489,25 @@ pub(crate) async fn attempts(pool: &PgPool, id: JobId) -> Result<Vec<Attempt>> {
 }
 
 pub(crate) async fn depth(pool: &PgPool) -> Result<Vec<Depth>> {
-    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetch_all(pool).await?;
+    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
+        .fetch_all(pool)
+        .await?;
     rows.iter()
-        .map(|r| Ok(Depth { queue: r.try_get(0)?, state: r.try_get(1)?, count: r.try_get(2)? }))
+        .map(|r| {
+            Ok(Depth {
+                queue: r.try_get(0)?,
+                state: r.try_get(1)?,
+                count: r.try_get(2)?,
+            })
+        })
         .collect()
 }
 
 pub(crate) async fn next_due(pool: &PgPool, queue: &str) -> Result<Option<DateTime<Utc>>> {
-    Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = $1")
-        .bind(queue)
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = $1")
+            .bind(queue)
+            .fetch_one(pool)
+            .await?,
+    )
 }

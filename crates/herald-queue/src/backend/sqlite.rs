@@ -1,7 +1,7 @@
 use super::{CompletionRow, Expired, JOB_COLS, LEASE_EXPIRED, RELEASED};
+use crate::QueueError;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
-use crate::QueueError;
 use chrono::{DateTime, Utc};
 use herald_store::{from_micros, to_micros};
 use sqlx::sqlite::SqliteRow;
@@ -40,7 +40,12 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
 }
 
 /// Inserts one job; `false` when a live job already holds its unique key.
-pub(crate) async fn insert(conn: &mut SqliteConnection, id: JobId, job: &NewJob, now: DateTime<Utc>) -> Result<bool> {
+pub(crate) async fn insert(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> Result<bool> {
     let run_at = job.run_at.unwrap_or(now);
     let done = sqlx::query(
         "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
@@ -62,12 +67,16 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, id: JobId, job: &NewJob,
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn live_id_for_key(conn: &mut SqliteConnection, key: &str) -> Result<Option<JobId>> {
-    let id: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('pending', 'running')")
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
+pub(crate) async fn live_id_for_key(
+    conn: &mut SqliteConnection,
+    key: &str,
+) -> Result<Option<JobId>> {
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('pending', 'running')",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(id.map(JobId))
 }
 
@@ -131,14 +140,21 @@ pub(crate) async fn buckets(conn: &mut SqliteConnection, keys: &[String]) -> Res
 }
 
 pub(crate) async fn bucket(pool: &SqlitePool, key: &str) -> Result<Option<Bucket>> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ?1")))
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ?1"
+    )))
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(conn: &mut SqliteConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn store_tokens(
+    conn: &mut SqliteConnection,
+    key: &str,
+    tokens: f64,
+    at: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("UPDATE rate_buckets SET tokens = ?2, updated_at = ?3 WHERE key = ?1")
         .bind(key)
         .bind(tokens)
@@ -180,7 +196,12 @@ pub(crate) async fn set_bucket(
     Ok(())
 }
 
-pub(crate) async fn block_bucket(conn: &mut SqliteConnection, key: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn block_bucket(
+    conn: &mut SqliteConnection,
+    key: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO rate_buckets (key, tokens, updated_at, blocked_until) VALUES (?1, 0, ?2, ?3) \
          ON CONFLICT (key) DO UPDATE SET blocked_until = MAX(COALESCE(rate_buckets.blocked_until, 0), excluded.blocked_until)",
@@ -193,7 +214,12 @@ pub(crate) async fn block_bucket(conn: &mut SqliteConnection, key: &str, until: 
     Ok(())
 }
 
-pub(crate) async fn complete(conn: &mut SqliteConnection, worker: &str, rows: &[CompletionRow], now: DateTime<Utc>) -> Result<usize> {
+pub(crate) async fn complete(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    rows: &[CompletionRow],
+    now: DateTime<Utc>,
+) -> Result<usize> {
     let mut applied = 0;
     for c in rows {
         let run_at = c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64);
@@ -217,7 +243,17 @@ pub(crate) async fn complete(conn: &mut SqliteConnection, worker: &str, rows: &[
             continue;
         }
         applied += 1;
-        insert_attempt(conn, c.id, c.attempt, worker, c.started_at, c.finished_at, c.outcome, c.error.as_deref()).await?;
+        insert_attempt(
+            conn,
+            c.id,
+            c.attempt,
+            worker,
+            c.started_at,
+            c.finished_at,
+            c.outcome,
+            c.error.as_deref(),
+        )
+        .await?;
         if let (Some(key), Some(until)) = (&c.block_bucket, run_at) {
             block_bucket(conn, key, from_micros(until), now).await?;
         }
@@ -251,16 +287,25 @@ async fn insert_attempt(
     Ok(())
 }
 
-pub(crate) async fn heartbeat(conn: &mut SqliteConnection, worker: &str, lease_until: DateTime<Utc>) -> Result<u64> {
-    let done = sqlx::query("UPDATE jobs SET locked_until = ?1 WHERE state = 'running' AND locked_by = ?2")
-        .bind(to_micros(lease_until))
-        .bind(worker)
-        .execute(&mut *conn)
-        .await?;
+pub(crate) async fn heartbeat(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    lease_until: DateTime<Utc>,
+) -> Result<u64> {
+    let done =
+        sqlx::query("UPDATE jobs SET locked_until = ?1 WHERE state = 'running' AND locked_by = ?2")
+            .bind(to_micros(lease_until))
+            .bind(worker)
+            .execute(&mut *conn)
+            .await?;
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn reap(conn: &mut SqliteConnection, limit: usize, now: DateTime<Utc>) -> Result<Vec<Expired>> {
+pub(crate) async fn reap(
+    conn: &mut SqliteConnection,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<Vec<Expired>> {
     let rows = sqlx::query(
         "SELECT id, attempt, max_attempts, locked_by, started_at FROM jobs \
          WHERE state = 'running' AND locked_until < ?1 LIMIT ?2",
@@ -291,7 +336,17 @@ pub(crate) async fn reap(conn: &mut SqliteConnection, limit: usize, now: DateTim
         .bind(e.attempt)
         .execute(&mut *conn)
         .await?;
-        insert_attempt(conn, e.id, e.attempt, &e.worker, e.started_at, now, "lease_expired", Some(LEASE_EXPIRED)).await?;
+        insert_attempt(
+            conn,
+            e.id,
+            e.attempt,
+            &e.worker,
+            e.started_at,
+            now,
+            "lease_expired",
+            Some(LEASE_EXPIRED),
+        )
+        .await?;
         expired.push(e);
     }
     Ok(expired)
@@ -317,14 +372,28 @@ pub(crate) async fn release(
         .await?;
         if done.rows_affected() == 1 {
             n += 1;
-            insert_attempt(conn, *id, *attempt, worker, *started_at, now, "released", Some(RELEASED)).await?;
+            insert_attempt(
+                conn,
+                *id,
+                *attempt,
+                worker,
+                *started_at,
+                now,
+                "released",
+                Some(RELEASED),
+            )
+            .await?;
         }
     }
     Ok(n)
 }
 
 /// Deletes up to `limit` finished jobs that finished before `cutoff`.
-pub(crate) async fn prune_before(conn: &mut SqliteConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
+pub(crate) async fn prune_before(
+    conn: &mut SqliteConnection,
+    cutoff: DateTime<Utc>,
+    limit: usize,
+) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          AND finished_at < ?1 LIMIT ?2)",
@@ -336,20 +405,29 @@ pub(crate) async fn prune_before(conn: &mut SqliteConnection, cutoff: DateTime<U
     Ok(done.rows_affected())
 }
 
-/// The finish time of the `keep`-th newest finished job, if there are more than `keep`.
-pub(crate) async fn keep_cutoff(pool: &SqlitePool, keep: u64) -> Result<Option<DateTime<Utc>>> {
-    let t: Option<i64> = sqlx::query_scalar(
-        "SELECT finished_at FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
-         ORDER BY finished_at DESC LIMIT 1 OFFSET ?1",
+/// Deletes up to `limit` finished jobs beyond the newest `keep`.
+pub(crate) async fn prune_beyond(
+    conn: &mut SqliteConnection,
+    keep: u64,
+    limit: usize,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
+         ORDER BY finished_at DESC, id DESC LIMIT ?2 OFFSET ?1)",
     )
     .bind(keep as i64)
-    .fetch_optional(pool)
+    .bind(limit as i64)
+    .execute(&mut *conn)
     .await?;
-    // Everything finished at or before the (keep+1)-th newest goes.
-    Ok(t.map(|us| from_micros(us + 1)))
+    Ok(done.rows_affected())
 }
 
-pub(crate) async fn cancel(conn: &mut SqliteConnection, id: JobId, reason: &str, now: DateTime<Utc>) -> Result<Option<JobState>> {
+pub(crate) async fn cancel(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<JobState>> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = ?1, last_error = ?2 WHERE id = ?3 AND state = 'pending'",
     )
@@ -361,12 +439,18 @@ pub(crate) async fn cancel(conn: &mut SqliteConnection, id: JobId, reason: &str,
     if done.rows_affected() == 1 {
         return Ok(Some(JobState::Cancelled));
     }
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1").bind(id.0).fetch_optional(&mut *conn).await?;
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(state.and_then(|s| JobState::parse(&s)))
 }
 
-pub(crate) async fn reschedule(conn: &mut SqliteConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+pub(crate) async fn reschedule(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    run_at: DateTime<Utc>,
+) -> Result<bool> {
     let done = sqlx::query("UPDATE jobs SET run_at = ?1 WHERE id = ?2 AND state = 'pending'")
         .bind(to_micros(run_at))
         .bind(id.0)
@@ -376,10 +460,12 @@ pub(crate) async fn reschedule(conn: &mut SqliteConnection, id: JobId, run_at: D
 }
 
 pub(crate) async fn get(pool: &SqlitePool, id: JobId) -> Result<Option<Job>> {
-    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1")))
-        .bind(id.0)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE id = ?1"
+    )))
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await?;
     row.as_ref().map(job_from_row).transpose()
 }
 
@@ -406,16 +492,25 @@ pub(crate) async fn attempts(pool: &SqlitePool, id: JobId) -> Result<Vec<Attempt
 }
 
 pub(crate) async fn depth(pool: &SqlitePool) -> Result<Vec<Depth>> {
-    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetch_all(pool).await?;
+    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
+        .fetch_all(pool)
+        .await?;
     rows.iter()
-        .map(|r| Ok(Depth { queue: r.try_get(0)?, state: r.try_get(1)?, count: r.try_get(2)? }))
+        .map(|r| {
+            Ok(Depth {
+                queue: r.try_get(0)?,
+                state: r.try_get(1)?,
+                count: r.try_get(2)?,
+            })
+        })
         .collect()
 }
 
 pub(crate) async fn next_due(pool: &SqlitePool, queue: &str) -> Result<Option<DateTime<Utc>>> {
-    let t: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = ?1")
-        .bind(queue)
-        .fetch_one(pool)
-        .await?;
+    let t: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = ?1")
+            .bind(queue)
+            .fetch_one(pool)
+            .await?;
     Ok(t.map(from_micros))
 }
