@@ -1,1 +1,122 @@
-fn main() {}
+//! The `herald` binary: one process that serves the API, runs the workers and schedulers, and
+//! carries the operator commands.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod cli;
+mod config;
+mod jobs;
+mod serve;
+
+use clap::Parser;
+use cli::{Cli, Command, ConfigCommand, DiagCommand, JobsCommand};
+use config::{Config, ConfigError, LogFormat};
+use std::process::ExitCode;
+
+/// How a command ends badly: a configuration problem (exit 2) or a failure at run time (exit 1).
+#[derive(Debug)]
+pub enum Exit {
+    Config(String),
+    Failure(anyhow::Error),
+}
+
+impl From<ConfigError> for Exit {
+    fn from(e: ConfigError) -> Self {
+        Exit::Config(e.0)
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(e: anyhow::Error) -> Self {
+        Exit::Failure(e)
+    }
+}
+
+impl From<herald_store::StoreError> for Exit {
+    fn from(e: herald_store::StoreError) -> Self {
+        if e.is_config() { Exit::Config(e.to_string()) } else { Exit::Failure(e.into()) }
+    }
+}
+
+impl From<herald_queue::QueueError> for Exit {
+    fn from(e: herald_queue::QueueError) -> Self {
+        Exit::Failure(e.into())
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.command, config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit::Config(msg)) => {
+            eprintln!("herald: configuration error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Exit::Failure(e)) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<(), Exit> {
+    match command {
+        Command::Serve => serve::serve(config).await,
+        Command::Migrate => {
+            let db = serve::open_database(&config).await?;
+            db.migrate().await?;
+            println!("migrations applied to {}", config.database_url);
+            db.close().await;
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            print!("{}", config.render());
+            serve::check(&config).await?;
+            println!("# configuration is valid");
+            Ok(())
+        }
+        Command::Jobs { command: JobsCommand::Stats } => {
+            let db = serve::open_database(&config).await?;
+            let depth = herald_queue::Queue::new(db.clone()).depth().await?;
+            println!("{}", serde_json::to_string_pretty(&depth).map_err(anyhow::Error::from)?);
+            db.close().await;
+            Ok(())
+        }
+        Command::Diag { command: DiagCommand::Ping { url, count } } => {
+            let db = serve::open_database(&config).await?;
+            db.migrate().await?;
+            jobs::enqueue_pings(&db, &url, count).await?;
+            println!("enqueued {count} diag.ping jobs");
+            db.close().await;
+            Ok(())
+        }
+        Command::Bench { command } => bench::run(command, &config).await,
+    }
+}

@@ -1,0 +1,73 @@
+use crate::error::ApiError;
+use crate::routes;
+use axum::routing::get;
+use axum::Router;
+use herald_core::ErrorCode;
+use herald_queue::Queue;
+use herald_store::Db;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// What a process does. `all` is the default single-binary mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// API, dashboard, workers and schedulers.
+    All,
+    /// The API and dashboard; enqueues but runs no jobs.
+    Api,
+    /// Runs jobs and schedulers; serves only health and metrics.
+    Worker,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "all" => Some(Role::All),
+            "api" => Some(Role::Api),
+            "worker" => Some(Role::Worker),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
+
+    pub fn runs_jobs(self) -> bool {
+        self != Role::Api
+    }
+
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub queue: Queue,
+    pub metrics: PrometheusHandle,
+    pub role: Role,
+}
+
+/// Every route, in one place.
+pub fn router(state: AppState) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics));
+    if state.role.serves_api() {
+        app = app.nest("/api/v1", routes::api_v1());
+    }
+    app.fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see /api/openapi.json for the API")
+}

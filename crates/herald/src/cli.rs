@@ -1,0 +1,147 @@
+//! The command line. Every setting is a flag, an environment variable (`HERALD_*`) and a key in
+//! `herald.toml`; a flag beats the environment, which beats the file.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "herald", version, about = "Herald: watch where creators publish, run workflows, publish everywhere.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by every command. Unset ones fall back to `herald.toml`, then to defaults.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Settings {
+    /// The configuration file [default: ./herald.toml when it exists].
+    #[arg(long, env = "HERALD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address the HTTP server listens on [default: 127.0.0.1:8080]; port 0 picks a free one.
+    #[arg(long, env = "HERALD_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Where Herald keeps its SQLite database, key file and media [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://… [default: sqlite://$HERALD_DATA_DIR/herald.db].
+    #[arg(long, env = "HERALD_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// The public base URL, for webhook callbacks and links.
+    #[arg(long, env = "HERALD_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// 32 bytes as 64 hex characters, encrypting stored secrets [default: a generated key file].
+    #[arg(long, env = "HERALD_SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// all, api or worker [default: all].
+    #[arg(long, env = "HERALD_ROLE", global = true)]
+    pub role: Option<String>,
+    /// Jobs one process runs at once [default: 32].
+    #[arg(long, env = "HERALD_WORKERS", global = true)]
+    pub workers: Option<usize>,
+    /// How long running jobs get to finish at shutdown [default: 30s].
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", global = true)]
+    pub shutdown_grace: Option<String>,
+    /// How long a claimed job stays leased without a heartbeat [default: 30s].
+    #[arg(long, env = "HERALD_JOB_LEASE", global = true)]
+    pub job_lease: Option<String>,
+    /// Finished jobs older than this are pruned [default: 7d].
+    #[arg(long, env = "HERALD_JOB_RETENTION", global = true)]
+    pub job_retention: Option<String>,
+    /// At most this many finished jobs are kept [default: 100000].
+    #[arg(long, env = "HERALD_JOB_RETENTION_COUNT", global = true)]
+    pub job_retention_count: Option<u64>,
+    /// Database connections per process [default: 10].
+    #[arg(long, env = "HERALD_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<u32>,
+    /// Comma-separated CIDRs the outgoing-request guard lets through [default: none].
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", global = true)]
+    pub allow_private_networks: Option<String>,
+    /// Log filter, e.g. `info` or `herald=debug,sqlx=warn` [default: info].
+    #[arg(long, env = "HERALD_LOG", global = true)]
+    pub log: Option<String>,
+    /// text or json [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the API, dashboard, job workers and schedulers.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect the job queue.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Diagnostics for operators.
+    Diag {
+        #[command(subcommand)]
+        command: DiagCommand,
+    },
+    /// Benchmarks that print their result beside a ceiling measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted) and where each value came from;
+    /// exit 2 when it is invalid.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Job counts by queue and state, as JSON.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiagCommand {
+    /// Enqueue `diag.ping` jobs: each POSTs {"job_id","attempt"} to URL with the job id as its
+    /// Idempotency-Key. Checks the workers end to end.
+    Ping {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Enqueue and drain no-op jobs on SQLite and PostgreSQL, beside the raw commit rate.
+    Queue(BenchQueueArgs),
+    /// Time `herald serve` from start to ready on a fresh data dir, and its idle memory.
+    Serve,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchQueueArgs {
+    /// Jobs to enqueue and drain.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: usize,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// sqlite, postgres or all.
+    #[arg(long, default_value = "all")]
+    pub backend: String,
+    /// A PostgreSQL server to create the bench database on.
+    #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_url: String,
+    /// Seconds to measure the raw commit ceiling.
+    #[arg(long, default_value_t = 3)]
+    pub ceiling_secs: u64,
+}

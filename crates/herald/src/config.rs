@@ -1,0 +1,364 @@
+//! The effective configuration: flags and environment (through clap), then `herald.toml`, then
+//! defaults. Every problem is a [`ConfigError`], which stops Herald with exit code 2.
+
+use crate::cli::Settings;
+use herald_core::time::{format_duration, parse_duration};
+use herald_server::Role;
+use herald_store::DatabaseUrl;
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// `herald.toml`: the same keys as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    public_url: Option<String>,
+    secret_key: Option<String>,
+    role: Option<String>,
+    workers: Option<usize>,
+    shutdown_grace: Option<String>,
+    job_lease: Option<String>,
+    job_retention: Option<String>,
+    job_retention_count: Option<u64>,
+    db_max_connections: Option<u32>,
+    allow_private_networks: Option<Vec<String>>,
+    log: Option<String>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    File,
+    Default,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Flag => "flag or env",
+            Source::File => "file",
+            Source::Default => "default",
+        }
+    }
+}
+
+/// A 32-byte key, never printed.
+#[derive(Clone)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(***)")
+    }
+}
+
+impl SecretKey {
+    pub fn parse_hex(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
+        let invalid = || bad("HERALD_SECRET_KEY must be 64 hex characters (32 bytes); generate one with `openssl rand -hex 32`");
+        if s.len() != 64 {
+            return Err(invalid());
+        }
+        let mut key = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let pair = std::str::from_utf8(chunk).map_err(|_| invalid())?;
+            key[i] = u8::from_str_radix(pair, 16).map_err(|_| invalid())?;
+        }
+        Ok(SecretKey(key))
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: DatabaseUrl,
+    pub public_url: Option<url::Url>,
+    /// `None` until [`crate::serve`] loads or generates the key file.
+    pub secret_key: Option<SecretKey>,
+    pub role: Role,
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    pub job_lease: Duration,
+    pub job_retention: Duration,
+    pub job_retention_count: u64,
+    pub db_max_connections: u32,
+    pub allow_private_networks: Vec<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    sources: Vec<(&'static str, Source)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+struct Merge<'a> {
+    sources: &'a mut Vec<(&'static str, Source)>,
+}
+
+impl Merge<'_> {
+    fn pick<T>(&mut self, key: &'static str, flag: Option<T>, file: Option<T>) -> Option<T> {
+        let (v, s) = match (flag, file) {
+            (Some(v), _) => (Some(v), Source::Flag),
+            (None, Some(v)) => (Some(v), Source::File),
+            (None, None) => (None, Source::Default),
+        };
+        self.sources.push((key, s));
+        v
+    }
+}
+
+fn duration(key: &str, v: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(&s).map_err(|e| bad(format!("{key}: {e}"))),
+    }
+}
+
+impl Config {
+    /// Resolves the configuration. Reads the file, but touches nothing else.
+    pub fn load(flags: &Settings) -> Result<Config, ConfigError> {
+        let (file_path, file) = read_file(flags.config.as_deref())?;
+        let mut sources = Vec::new();
+        let mut m = Merge { sources: &mut sources };
+        let f = file;
+
+        let listen_raw = m.pick("listen", flags.listen.clone(), f.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_raw
+            .parse()
+            .map_err(|_| bad(format!("listen: `{listen_raw}` is not an address; write it like 127.0.0.1:8080 or 0.0.0.0:8080")))?;
+        let data_dir = m.pick("data_dir", flags.data_dir.clone(), f.data_dir).unwrap_or_else(|| "herald-data".into());
+        let database_url = match m.pick("database_url", flags.database_url.clone(), f.database_url) {
+            Some(raw) => DatabaseUrl::parse(&raw).map_err(|e| bad(format!("database_url: {e}")))?,
+            None => DatabaseUrl::sqlite(data_dir.join("herald.db")),
+        };
+        let public_url = m
+            .pick("public_url", flags.public_url.clone(), f.public_url)
+            .map(|raw| {
+                let u = url::Url::parse(&raw).map_err(|e| bad(format!("public_url: `{raw}` is not a URL ({e})")))?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err(bad(format!("public_url: `{raw}` must start with http:// or https://")));
+                }
+                Ok(u)
+            })
+            .transpose()?;
+        let secret_key = m
+            .pick("secret_key", flags.secret_key.clone(), f.secret_key)
+            .map(|s| SecretKey::parse_hex(&s))
+            .transpose()?;
+        let role_raw = m.pick("role", flags.role.clone(), f.role).unwrap_or_else(|| "all".into());
+        let role = Role::parse(&role_raw)
+            .ok_or_else(|| bad(format!("role: `{role_raw}` is not a role; use all, api or worker")))?;
+        let workers = m.pick("workers", flags.workers, f.workers).unwrap_or(32);
+        if workers == 0 {
+            return Err(bad("workers: must be at least 1"));
+        }
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            m.pick("shutdown_grace", flags.shutdown_grace.clone(), f.shutdown_grace),
+            Duration::from_secs(30),
+        )?;
+        let job_lease =
+            duration("job_lease", m.pick("job_lease", flags.job_lease.clone(), f.job_lease), Duration::from_secs(30))?;
+        if job_lease < Duration::from_secs(1) {
+            return Err(bad("job_lease: must be at least 1s, or heartbeats cannot keep up"));
+        }
+        let job_retention = duration(
+            "job_retention",
+            m.pick("job_retention", flags.job_retention.clone(), f.job_retention),
+            Duration::from_secs(7 * 86_400),
+        )?;
+        let job_retention_count =
+            m.pick("job_retention_count", flags.job_retention_count, f.job_retention_count).unwrap_or(100_000);
+        let db_max_connections = m.pick("db_max_connections", flags.db_max_connections, f.db_max_connections).unwrap_or(10);
+        let allow_private_networks = m
+            .pick(
+                "allow_private_networks",
+                flags.allow_private_networks.clone().map(|s| s.split(',').map(|p| p.trim().to_string()).collect()),
+                f.allow_private_networks,
+            )
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s: &String| !s.is_empty())
+            .collect::<Vec<_>>();
+        for cidr in &allow_private_networks {
+            validate_cidr(cidr)?;
+        }
+        let log = m.pick("log", flags.log.clone(), f.log).unwrap_or_else(|| "info".into());
+        let log_format = match m.pick("log_format", flags.log_format.clone(), f.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(bad(format!("log_format: `{other}` is not a format; use text or json"))),
+        };
+        Ok(Config {
+            file: file_path,
+            listen,
+            data_dir,
+            database_url,
+            public_url,
+            secret_key,
+            role,
+            workers,
+            shutdown_grace,
+            job_lease,
+            job_retention,
+            job_retention_count,
+            db_max_connections,
+            allow_private_networks,
+            log,
+            log_format,
+            sources,
+        })
+    }
+
+    fn source(&self, key: &str) -> &'static str {
+        self.sources.iter().find(|(k, _)| *k == key).map_or("default", |(_, s)| s.as_str())
+    }
+
+    /// The configuration as TOML, secrets redacted, each line noting where its value came from.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match &self.file {
+            Some(p) => writeln!(out, "# configuration file: {}", p.display()),
+            None => writeln!(out, "# configuration file: none"),
+        }
+        .ok();
+        let mut line = |key: &str, value: String| {
+            let _ = writeln!(out, "{key} = {value:<40} # {}", self.source(key));
+        };
+        let q = |s: &str| format!("{s:?}");
+        line("listen", q(&self.listen.to_string()));
+        line("data_dir", q(&self.data_dir.display().to_string()));
+        line("database_url", q(&self.database_url.redacted()));
+        line("public_url", self.public_url.as_ref().map_or("\"\"".into(), |u| q(u.as_str())));
+        line(
+            "secret_key",
+            if self.secret_key.is_some() { q("***") } else { q("(key file in data_dir, generated on first serve)") },
+        );
+        line("role", q(self.role.as_str()));
+        line("workers", self.workers.to_string());
+        line("shutdown_grace", q(&format_duration(self.shutdown_grace)));
+        line("job_lease", q(&format_duration(self.job_lease)));
+        line("job_retention", q(&format_duration(self.job_retention)));
+        line("job_retention_count", self.job_retention_count.to_string());
+        line("db_max_connections", self.db_max_connections.to_string());
+        line("allow_private_networks", format!("{:?}", self.allow_private_networks));
+        line("log", q(&self.log));
+        line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));
+        out
+    }
+}
+
+fn read_file(explicit: Option<&Path>) -> Result<(Option<PathBuf>, FileConfig), ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new("herald.toml").exists() => PathBuf::from("herald.toml"),
+        None => return Ok((None, FileConfig::default())),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad(format!("cannot read the configuration file {}: {e}", path.display())))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|e| bad(format!("the configuration file {} is invalid: {e}", path.display())))?;
+    Ok((Some(path), file))
+}
+
+fn validate_cidr(cidr: &str) -> Result<(), ConfigError> {
+    let err = || bad(format!("allow_private_networks: `{cidr}` is not a CIDR such as 10.0.0.0/8 or fd00::/8"));
+    let (addr, len) = cidr.split_once('/').ok_or_else(err)?;
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| err())?;
+    let len: u8 = len.parse().map_err(|_| err())?;
+    if len > if ip.is_ipv4() { 32 } else { 128 } {
+        return Err(err());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("herald.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_which_beats_the_default() {
+        let dir = herald_store::testing::scratch_dir("herald-config");
+        let file = write(&dir, "listen = \"127.0.0.1:9000\"\nworkers = 4\njob_lease = \"1m\"\n");
+        let flags = Settings { config: Some(file), listen: Some("127.0.0.1:9100".into()), ..Settings::default() };
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.job_lease, Duration::from_secs(60));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        let shown = c.render();
+        assert!(shown.contains("listen = \"127.0.0.1:9100\""), "{shown}");
+        assert!(shown.contains("# flag or env"));
+        assert!(shown.contains("workers = 4") && shown.contains("# file"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let key = "ab".repeat(32);
+        let flags = Settings {
+            secret_key: Some(key.clone()),
+            database_url: Some("postgres://herald:hunter2@db/herald".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(&flags).unwrap();
+        let shown = format!("{}{:?}", c.render(), c);
+        assert!(!shown.contains(&key) && !shown.contains("hunter2"), "{shown}");
+        assert_eq!(c.secret_key.unwrap().to_hex(), key);
+    }
+
+    #[test]
+    fn bad_values_say_what_to_do() {
+        let cases = [
+            (Settings { database_url: Some("mysql://x".into()), ..Default::default() }, "unknown database URL scheme"),
+            (Settings { listen: Some("localhost".into()), ..Default::default() }, "is not an address"),
+            (Settings { role: Some("boss".into()), ..Default::default() }, "use all, api or worker"),
+            (Settings { secret_key: Some("short".into()), ..Default::default() }, "openssl rand -hex 32"),
+            (Settings { job_lease: Some("5 weeks".into()), ..Default::default() }, "unknown unit"),
+            (Settings { allow_private_networks: Some("10.0.0.0/33".into()), ..Default::default() }, "not a CIDR"),
+            (Settings { config: Some("/nonexistent/herald.toml".into()), ..Default::default() }, "cannot read"),
+        ];
+        for (flags, want) in cases {
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+        let dir = herald_store::testing::scratch_dir("herald-config");
+        let file = write(&dir, "lisen = \"typo\"\n");
+        let err = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("unknown field `lisen`"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

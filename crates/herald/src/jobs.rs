@@ -1,0 +1,69 @@
+//! The job kinds built into the binary.
+
+use herald_http::{header, HttpClient, StatusCode};
+use herald_queue::{enqueue_many, Handler, Job, JobError, NewJob, Registry};
+use herald_store::Db;
+use serde_json::json;
+use std::time::Duration;
+
+pub const DIAG_PING: &str = "diag.ping";
+
+/// Every handler this binary runs.
+pub fn registry(http: HttpClient) -> Registry {
+    let mut r = Registry::default();
+    r.register(DIAG_PING, Ping { http });
+    r
+}
+
+/// POSTs `{"job_id","attempt"}` to the payload's URL with the job id as Idempotency-Key, so a
+/// receiver can tell a retry from a new request. The URL comes from the operator's CLI.
+struct Ping {
+    http: HttpClient,
+}
+
+#[async_trait::async_trait]
+impl Handler for Ping {
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let url = job.payload["url"].as_str().ok_or_else(|| JobError::permanent("diag.ping payload has no url"))?;
+        let response = self
+            .http
+            .post(url)
+            .header("Idempotency-Key", job.id.to_string())
+            .json(&json!({"job_id": job.id, "attempt": job.attempt}))
+            .send()
+            .await
+            .map_err(|e| JobError::retry(format!("ping failed: {e}")))?;
+        let status = response.status();
+        match status {
+            s if s.is_success() => Ok(()),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let secs = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(5);
+                Err(JobError::RateLimited { reason: "ping target answered 429".into(), retry_after: Duration::from_secs(secs) })
+            }
+            s if s.is_server_error() => Err(JobError::retry(format!("ping target answered {s}"))),
+            s => Err(JobError::permanent(format!("ping target answered {s}"))),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+pub async fn enqueue_pings(db: &Db, url: &str, count: usize) -> anyhow::Result<()> {
+    url::Url::parse(url).map_err(|e| anyhow::anyhow!("--url `{url}` is not a URL: {e}"))?;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(1000);
+        let mut tx = db.begin().await?;
+        enqueue_many(&mut tx, (0..n).map(|_| NewJob::new(DIAG_PING, json!({"url": url}))).collect()).await?;
+        tx.commit().await?;
+        left -= n;
+    }
+    Ok(())
+}

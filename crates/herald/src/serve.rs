@@ -1,0 +1,155 @@
+//! `herald serve`: prepare the data dir and key, open and migrate the database, bind, then run
+//! the HTTP server and the job runner until SIGINT or SIGTERM.
+
+use crate::config::{Config, ConfigError, SecretKey};
+use crate::Exit;
+use anyhow::Context;
+use herald_queue::{Queue, Runner, RunnerConfig};
+use herald_server::{router, AppState};
+use herald_store::{Db, DatabaseUrl, StoreOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KEY_FILE: &str = "secret.key";
+
+pub async fn open_database(config: &Config) -> Result<Db, Exit> {
+    if let DatabaseUrl::Sqlite { path } = &config.database_url
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        ensure_writable_dir(dir, "the SQLite database's directory")?;
+    }
+    let opts = StoreOptions { max_connections: config.db_max_connections, ..StoreOptions::default() };
+    Ok(Db::connect(&config.database_url, &opts).await?)
+}
+
+fn ensure_writable_dir(dir: &Path, what: &str) -> Result<(), ConfigError> {
+    let fail = |e: std::io::Error| {
+        ConfigError(format!(
+            "{what} {} is not writable ({e}); choose a writable directory with HERALD_DATA_DIR or fix its permissions",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(".herald-write-test");
+    std::fs::write(&probe, b"ok").map_err(fail)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Reads the key file, or creates one (mode 0600) when neither it nor HERALD_SECRET_KEY exists.
+fn load_or_create_key(config: &Config) -> Result<SecretKey, ConfigError> {
+    if let Some(k) = &config.secret_key {
+        return Ok(k.clone());
+    }
+    let path = config.data_dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SecretKey::parse_hex(&text)
+            .map_err(|_| ConfigError(format!("the key file {} is corrupt: it must hold 64 hex characters", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey(rand::random());
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts
+                .open(&path)
+                .map_err(|e| ConfigError(format!("cannot create the key file {}: {e}", path.display())))?;
+            f.write_all(key.to_hex().as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| ConfigError(format!("cannot write the key file {}: {e}", path.display())))?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a new secret key; back it up, since stored credentials cannot be read without it, or set HERALD_SECRET_KEY"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(ConfigError(format!("cannot read the key file {}: {e}", path.display()))),
+    }
+}
+
+/// `herald config check`: what can be checked without starting.
+pub async fn check(config: &Config) -> Result<(), Exit> {
+    ensure_writable_dir(&config.data_dir, "the data dir")?;
+    if let DatabaseUrl::Postgres { .. } = config.database_url {
+        open_database(config).await?.close().await;
+    }
+    Ok(())
+}
+
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "herald".to_string() } else { host };
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[24..])
+}
+
+pub async fn serve(config: Config) -> Result<(), Exit> {
+    let started = Instant::now();
+    ensure_writable_dir(&config.data_dir, "the data dir")?;
+    let _key = load_or_create_key(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse { "is already in use" } else { "cannot be bound" };
+        Exit::Config(format!(
+            "listen address {} {why} ({e}); stop the other process or choose another with HERALD_LISTEN",
+            config.listen
+        ))
+    })?;
+    let db = open_database(&config).await?;
+    db.migrate().await.context("applying database migrations")?;
+    let queue = Queue::new(db.clone());
+    let metrics = herald_server::metrics::install();
+    let state = AppState { db: db.clone(), queue: queue.clone(), metrics: metrics.clone(), role: config.role };
+    let app = router(state);
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        "herald listening on http://{addr} with database {} (role {}, ready in {} ms)",
+        config.database_url,
+        config.role.as_str(),
+        started.elapsed().as_millis()
+    );
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn({
+        let stop = shutdown.clone();
+        async move {
+            // Histograms need periodic upkeep between scrapes.
+            while tokio::time::timeout(Duration::from_secs(5), stop.cancelled()).await.is_err() {
+                metrics.run_upkeep();
+            }
+        }
+    });
+    let runner = config.role.runs_jobs().then(|| {
+        let http = herald_http::HttpClient::trusted().expect("the HTTP client builds");
+        let runner_config = RunnerConfig {
+            worker_id: worker_id(),
+            queues: vec![(herald_queue::NewJob::DEFAULT_QUEUE.into(), config.workers)],
+            lease: config.job_lease,
+            retention_age: Some(config.job_retention),
+            retention_count: Some(config.job_retention_count),
+            shutdown_grace: config.shutdown_grace,
+            ..RunnerConfig::default()
+        };
+        tokio::spawn(Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()))
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = server.await;
+    if let Some(r) = runner {
+        let _ = r.await;
+    }
+    db.close().await;
+    served.context("the HTTP server failed")?;
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+    shutdown.cancel();
+}
