@@ -10,7 +10,7 @@
 use std::sync::Once;
 use std::time::Duration;
 
-pub use reqwest::{header, Method, Response, StatusCode};
+pub use reqwest::{Method, Response, StatusCode, header};
 
 pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 

@@ -178,7 +178,7 @@ impl Queue {
                 postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?
             }
         };
-        jobs.sort_by(|a, b| (a.priority, a.run_at, a.id).cmp(&(b.priority, b.run_at, b.id)));
+        jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
         if jobs.iter().any(|j| j.bucket_key.is_some()) {
             self.take_tokens(&mut tx, &mut jobs, now).await?;
         }

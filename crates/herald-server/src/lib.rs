@@ -8,4 +8,4 @@ mod router;
 mod routes;
 
 pub use error::ApiError;
-pub use router::{router, AppState, Role};
+pub use router::{AppState, Role, router};

@@ -1,7 +1,7 @@
 use crate::error::ApiError;
 use crate::routes;
-use axum::routing::get;
 use axum::Router;
+use axum::routing::get;
 use herald_core::ErrorCode;
 use herald_queue::Queue;
 use herald_store::Db;
@@ -69,5 +69,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such endpoint; see /api/openapi.json for the API")
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; see /api/openapi.json for the API",
+    )
 }

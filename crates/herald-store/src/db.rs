@@ -111,10 +111,13 @@ impl Db {
                 let options = PgConnectOptions::from_str(raw).map_err(unreachable)?;
                 // One direct connection first: a pool would report only "timed out", hiding
                 // "connection refused" or "password authentication failed".
-                let probe = tokio::time::timeout(opts.connect_timeout, <sqlx::PgConnection as sqlx::Connection>::connect_with(&options))
-                    .await
-                    .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
-                    .map_err(unreachable)?;
+                let probe = tokio::time::timeout(
+                    opts.connect_timeout,
+                    <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+                )
+                .await
+                .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
+                .map_err(unreachable)?;
                 let _ = sqlx::Connection::close(probe).await;
                 let pool = PgPoolOptions::new()
                     .max_connections(opts.max_connections.max(2))

@@ -6,8 +6,8 @@ use sqlx::{AssertSqlSafe, SqlSafeStr};
 use std::borrow::Cow;
 
 macro_rules! migrations {
-    ($dir:literal: $($version:literal $name:literal),* $(,)?) => {
-        vec![$(migration($version, $name, include_str!(concat!("../migrations/", $dir, "/", stringify!($version), "_", $name, ".sql")))),*]
+    ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {
+        vec![$(migration($version, $file, include_str!(concat!("../migrations/", $dir, "/", $file, ".sql")))),*]
     };
 }
 
@@ -29,9 +29,9 @@ fn migrator(migrations: Vec<Migration>) -> Migrator {
 }
 
 pub(crate) fn sqlite() -> Migrator {
-    migrator(migrations!("sqlite": 0001 "queue"))
+    migrator(migrations!("sqlite": 1 => "0001_queue"))
 }
 
 pub(crate) fn postgres() -> Migrator {
-    migrator(migrations!("postgres": 0001 "queue"))
+    migrator(migrations!("postgres": 1 => "0001_queue"))
 }

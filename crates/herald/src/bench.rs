@@ -1,2 +1,6 @@
-use crate::cli::BenchCommand; use crate::config::Config; use crate::Exit;
-pub async fn run(_c: BenchCommand, _config: &Config) -> Result<(), Exit> { Ok(()) }
+use crate::Exit;
+use crate::cli::BenchCommand;
+use crate::config::Config;
+pub async fn run(_c: BenchCommand, _config: &Config) -> Result<(), Exit> {
+    Ok(())
+}

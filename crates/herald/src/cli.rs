@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about = "Herald: watch where creators publish, run workflows, publish everywhere.")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: watch where creators publish, run workflows, publish everywhere."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
@@ -139,7 +143,11 @@ pub struct BenchQueueArgs {
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// A PostgreSQL server to create the bench database on.
-    #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "HERALD_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub postgres_url: String,
     /// Seconds to measure the raw commit ceiling.
     #[arg(long, default_value_t = 3)]

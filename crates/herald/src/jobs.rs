@@ -1,7 +1,7 @@
 //! The job kinds built into the binary.
 
-use herald_http::{header, HttpClient, StatusCode};
-use herald_queue::{enqueue_many, Handler, Job, JobError, NewJob, Registry};
+use herald_http::{HttpClient, StatusCode, header};
+use herald_queue::{Handler, Job, JobError, NewJob, Registry, enqueue_many};
 use herald_store::Db;
 use serde_json::json;
 use std::time::Duration;
@@ -24,7 +24,9 @@ struct Ping {
 #[async_trait::async_trait]
 impl Handler for Ping {
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let url = job.payload["url"].as_str().ok_or_else(|| JobError::permanent("diag.ping payload has no url"))?;
+        let url = job.payload["url"]
+            .as_str()
+            .ok_or_else(|| JobError::permanent("diag.ping payload has no url"))?;
         let response = self
             .http
             .post(url)
@@ -43,7 +45,10 @@ impl Handler for Ping {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(5);
-                Err(JobError::RateLimited { reason: "ping target answered 429".into(), retry_after: Duration::from_secs(secs) })
+                Err(JobError::RateLimited {
+                    reason: "ping target answered 429".into(),
+                    retry_after: Duration::from_secs(secs),
+                })
             }
             s if s.is_server_error() => Err(JobError::retry(format!("ping target answered {s}"))),
             s => Err(JobError::permanent(format!("ping target answered {s}"))),
@@ -61,7 +66,13 @@ pub async fn enqueue_pings(db: &Db, url: &str, count: usize) -> anyhow::Result<(
     while left > 0 {
         let n = left.min(1000);
         let mut tx = db.begin().await?;
-        enqueue_many(&mut tx, (0..n).map(|_| NewJob::new(DIAG_PING, json!({"url": url}))).collect()).await?;
+        enqueue_many(
+            &mut tx,
+            (0..n)
+                .map(|_| NewJob::new(DIAG_PING, json!({"url": url})))
+                .collect(),
+        )
+        .await?;
         tx.commit().await?;
         left -= n;
     }

@@ -1,12 +1,12 @@
 //! `herald serve`: prepare the data dir and key, open and migrate the database, bind, then run
 //! the HTTP server and the job runner until SIGINT or SIGTERM.
 
-use crate::config::{Config, ConfigError, SecretKey};
 use crate::Exit;
+use crate::config::{Config, ConfigError, SecretKey};
 use anyhow::Context;
 use herald_queue::{Queue, Runner, RunnerConfig};
-use herald_server::{router, AppState};
-use herald_store::{Db, DatabaseUrl, StoreOptions};
+use herald_server::{AppState, router};
+use herald_store::{DatabaseUrl, Db, StoreOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,7 +20,10 @@ pub async fn open_database(config: &Config) -> Result<Db, Exit> {
     {
         ensure_writable_dir(dir, "the SQLite database's directory")?;
     }
-    let opts = StoreOptions { max_connections: config.db_max_connections, ..StoreOptions::default() };
+    let opts = StoreOptions {
+        max_connections: config.db_max_connections,
+        ..StoreOptions::default()
+    };
     Ok(Db::connect(&config.database_url, &opts).await?)
 }
 
@@ -45,27 +48,39 @@ fn load_or_create_key(config: &Config) -> Result<SecretKey, ConfigError> {
     }
     let path = config.data_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => SecretKey::parse_hex(&text)
-            .map_err(|_| ConfigError(format!("the key file {} is corrupt: it must hold 64 hex characters", path.display()))),
+        Ok(text) => SecretKey::parse_hex(&text).map_err(|_| {
+            ConfigError(format!(
+                "the key file {} is corrupt: it must hold 64 hex characters",
+                path.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey(rand::random());
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts
-                .open(&path)
-                .map_err(|e| ConfigError(format!("cannot create the key file {}: {e}", path.display())))?;
+            let mut f = opts.open(&path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot create the key file {}: {e}",
+                    path.display()
+                ))
+            })?;
             f.write_all(key.to_hex().as_bytes())
                 .and_then(|_| f.sync_all())
-                .map_err(|e| ConfigError(format!("cannot write the key file {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    ConfigError(format!("cannot write the key file {}: {e}", path.display()))
+                })?;
             tracing::warn!(
                 path = %path.display(),
                 "generated a new secret key; back it up, since stored credentials cannot be read without it, or set HERALD_SECRET_KEY"
             );
             Ok(key)
         }
-        Err(e) => Err(ConfigError(format!("cannot read the key file {}: {e}", path.display()))),
+        Err(e) => Err(ConfigError(format!(
+            "cannot read the key file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -79,9 +94,19 @@ pub async fn check(config: &Config) -> Result<(), Exit> {
 }
 
 fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    let host = if host.is_empty() { "herald".to_string() } else { host };
-    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[24..])
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "herald".to_string()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[24..]
+    )
 }
 
 pub async fn serve(config: Config) -> Result<(), Exit> {
@@ -99,7 +124,12 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     db.migrate().await.context("applying database migrations")?;
     let queue = Queue::new(db.clone());
     let metrics = herald_server::metrics::install();
-    let state = AppState { db: db.clone(), queue: queue.clone(), metrics: metrics.clone(), role: config.role };
+    let state = AppState {
+        db: db.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        role: config.role,
+    };
     let app = router(state);
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
@@ -115,7 +145,10 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         let stop = shutdown.clone();
         async move {
             // Histograms need periodic upkeep between scrapes.
-            while tokio::time::timeout(Duration::from_secs(5), stop.cancelled()).await.is_err() {
+            while tokio::time::timeout(Duration::from_secs(5), stop.cancelled())
+                .await
+                .is_err()
+            {
                 metrics.run_upkeep();
             }
         }
@@ -131,9 +164,12 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             shutdown_grace: config.shutdown_grace,
             ..RunnerConfig::default()
         };
-        tokio::spawn(Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()))
+        tokio::spawn(
+            Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()),
+        )
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = server.await;
     if let Some(r) = runner {
         let _ = r.await;
@@ -145,7 +181,7 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
 }
 
 async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),

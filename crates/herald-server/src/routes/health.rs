@@ -1,11 +1,11 @@
 use crate::error::ApiError;
 use crate::router::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::Json;
 use herald_core::ErrorCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// The process is alive. Touches nothing else, so it answers even when the database does not.
 pub async fn healthz() -> Json<Value> {
@@ -15,7 +15,9 @@ pub async fn healthz() -> Json<Value> {
 /// The database answers and every migration is applied: the process can take traffic.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.db.is_ready().await {
-        Ok(Json(json!({"status": "ready", "database": state.db.backend().as_str(), "role": state.role.as_str()})))
+        Ok(Json(
+            json!({"status": "ready", "database": state.db.backend().as_str(), "role": state.role.as_str()}),
+        ))
     } else {
         Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -27,5 +29,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.metrics.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
