@@ -94,11 +94,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-            details: None,
-        }
+        Error { code, message: message.into(), details: None }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -125,10 +121,7 @@ mod tests {
         for code in ErrorCode::ALL {
             let s = code.as_str();
             assert!(seen.insert(s), "duplicate code {s}");
-            assert!(
-                s.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                "{s} is not snake_case"
-            );
+            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s} is not snake_case");
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(s));
             assert!((400..600).contains(&code.http_status()));
         }

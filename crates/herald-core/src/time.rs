@@ -7,9 +7,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{input}` is not a duration; write it like 30s, 5m, 2h or 7d"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("`{input}` is not a duration; write it like 30s, 5m, 2h or 7d"))?;
     let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
     let d = match unit.trim() {
         "" | "s" => secs(1),
@@ -18,9 +16,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         "h" => secs(3600),
         "d" => secs(86_400),
         other => {
-            return Err(format!(
-                "`{input}` has an unknown unit `{other}`; use ms, s, m, h or d"
-            ));
+            return Err(format!("`{input}` has an unknown unit `{other}`; use ms, s, m, h or d"));
         }
     };
     d.ok_or_else(|| format!("`{input}` is too large"))
@@ -48,23 +44,13 @@ mod tests {
 
     #[test]
     fn parses_and_formats_round_trip() {
-        for (text, secs) in [
-            ("30s", 30),
-            ("5m", 300),
-            ("2h", 7200),
-            ("7d", 604_800),
-            ("45", 45),
-        ] {
+        for (text, secs) in [("30s", 30), ("5m", 300), ("2h", 7200), ("7d", 604_800), ("45", 45)] {
             assert_eq!(parse_duration(text).unwrap(), Duration::from_secs(secs));
         }
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(format_duration(Duration::from_secs(604_800)), "7d");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert!(
-            parse_duration("5 weeks")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(parse_duration("5 weeks").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
     }

@@ -26,9 +26,9 @@ pub async fn enqueue(tx: &mut Tx, job: NewJob) -> Result<Enqueued, QueueError> {
     Ok(Enqueued::New(id))
 }
 
-/// Adds many jobs in the caller's transaction, in one statement on PostgreSQL where it can.
+/// Adds many jobs in the caller's transaction, in one statement unless some carry unique keys.
 pub async fn enqueue_many(tx: &mut Tx, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
-    if matches!(tx.conn(), TxConn::Sqlite(_)) || jobs.iter().any(|j| j.unique_key.is_some()) {
+    if jobs.iter().any(|j| j.unique_key.is_some()) {
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             out.push(enqueue(tx, job).await?);
@@ -36,8 +36,9 @@ pub async fn enqueue_many(tx: &mut Tx, jobs: Vec<NewJob>) -> Result<Vec<Enqueued
         return Ok(out);
     }
     let with_ids: Vec<(JobId, &NewJob)> = jobs.iter().map(|j| (JobId::new(), j)).collect();
-    if let TxConn::Postgres(c) = tx.conn() {
-        postgres::insert_many(c, &with_ids).await?;
+    match tx.conn() {
+        TxConn::Sqlite(c) => sqlite::insert_many(c, &with_ids, chrono::Utc::now()).await?,
+        TxConn::Postgres(c) => postgres::insert_many(c, &with_ids).await?,
     }
     let out = with_ids.iter().map(|(id, _)| Enqueued::New(*id)).collect();
     let mut counts: std::collections::HashMap<String, u64> = Default::default();

@@ -16,10 +16,7 @@ pub enum JobError {
     /// The far side said "not yet" (a 429 with Retry-After). The job waits and the run does not
     /// count as an attempt; the job's rate bucket, if it has one, is blocked for the same time.
     #[error("rate limited: {reason}")]
-    RateLimited {
-        reason: String,
-        retry_after: Duration,
-    },
+    RateLimited { reason: String, retry_after: Duration },
     /// Stop: the work is no longer wanted.
     #[error("cancelled: {0}")]
     Cancel(String),
@@ -53,9 +50,7 @@ impl From<QueueError> for herald_core::Error {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::Store(s) => s.into(),
-            QueueError::Payload(p) => {
-                herald_core::Error::internal(format!("stored job payload is corrupt: {p}"))
-            }
+            QueueError::Payload(p) => herald_core::Error::internal(format!("stored job payload is corrupt: {p}")),
         }
     }
 }

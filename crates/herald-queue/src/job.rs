@@ -39,13 +39,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
-        JobState::Pending,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Dead,
-        JobState::Cancelled,
-    ];
+    pub const ALL: [JobState; 5] =
+        [JobState::Pending, JobState::Running, JobState::Succeeded, JobState::Dead, JobState::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,10 +57,7 @@ impl JobState {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled
-        )
+        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
     }
 }
 

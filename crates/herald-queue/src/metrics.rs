@@ -8,8 +8,7 @@ pub(crate) fn enqueued(kind: &str, n: u64) {
 
 pub(crate) fn claimed(kind: &str, wait: Duration) {
     metrics::counter!("herald_jobs_claimed_total", "kind" => kind.to_string()).increment(1);
-    metrics::histogram!("herald_job_wait_seconds", "kind" => kind.to_string())
-        .record(wait.as_secs_f64());
+    metrics::histogram!("herald_job_wait_seconds", "kind" => kind.to_string()).record(wait.as_secs_f64());
 }
 
 /// `outcome` is one of succeeded, failed, retried, dead, rate_limited, cancelled.
@@ -25,8 +24,7 @@ pub(crate) fn finished(kind: &str, outcome: &'static str, run: Duration) {
     if matches!(outcome, "retried" | "dead") {
         metrics::counter!("herald_jobs_failed_total", "kind" => kind.to_string()).increment(1);
     }
-    metrics::histogram!("herald_job_run_seconds", "kind" => kind.to_string())
-        .record(run.as_secs_f64());
+    metrics::histogram!("herald_job_run_seconds", "kind" => kind.to_string()).record(run.as_secs_f64());
 }
 
 pub(crate) fn reaped(n: u64) {

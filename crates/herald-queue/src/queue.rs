@@ -67,27 +67,16 @@ impl Completion {
     fn row(&self) -> CompletionRow {
         let (state, refund, delay, error, outcome) = match &self.result {
             RunResult::Succeeded => ("succeeded", 0, None, None, "succeeded"),
-            RunResult::Retry { error, delay } => (
-                "pending",
-                0,
-                Some(delay.as_secs_f64()),
-                Some(error.clone()),
-                "failed",
-            ),
-            RunResult::Dead { error } => ("dead", 0, None, Some(error.clone()), "dead"),
-            RunResult::RateLimited { error, delay } => (
-                "pending",
-                1,
-                Some(delay.as_secs_f64()),
-                Some(error.clone()),
-                "rate_limited",
-            ),
-            RunResult::Cancelled { reason } => {
-                ("cancelled", 0, None, Some(reason.clone()), "cancelled")
+            RunResult::Retry { error, delay } => {
+                ("pending", 0, Some(delay.as_secs_f64()), Some(error.clone()), "failed")
             }
+            RunResult::Dead { error } => ("dead", 0, None, Some(error.clone()), "dead"),
+            RunResult::RateLimited { error, delay } => {
+                ("pending", 1, Some(delay.as_secs_f64()), Some(error.clone()), "rate_limited")
+            }
+            RunResult::Cancelled { reason } => ("cancelled", 0, None, Some(reason.clone()), "cancelled"),
         };
-        let finished_at =
-            self.started_at + chrono::Duration::from_std(self.run_time).unwrap_or_default();
+        let finished_at = self.started_at + chrono::Duration::from_std(self.run_time).unwrap_or_default();
         CompletionRow {
             id: self.job_id,
             attempt: self.attempt,
@@ -99,11 +88,7 @@ impl Completion {
             started_at: self.started_at,
             finished_at,
             outcome,
-            block_bucket: if outcome == "rate_limited" {
-                self.bucket_key.clone()
-            } else {
-                None
-            },
+            block_bucket: if outcome == "rate_limited" { self.bucket_key.clone() } else { None },
         }
     }
 }
@@ -126,11 +111,7 @@ impl Bucket {
         match self.capacity {
             None => f64::INFINITY,
             Some(cap) => {
-                let elapsed = (now - self.updated_at)
-                    .num_microseconds()
-                    .unwrap_or(0)
-                    .max(0) as f64
-                    / 1e6;
+                let elapsed = (now - self.updated_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                 (self.tokens + elapsed * self.refill_per_sec.unwrap_or(0.0)).min(cap)
             }
         }
@@ -163,20 +144,12 @@ impl Queue {
 
     /// Claims up to `limit` due jobs of `queue` for `worker`, leased for `lease`, honouring rate
     /// buckets. Highest priority (lowest number) first, then oldest `run_at`.
-    pub async fn claim(
-        &self,
-        queue: &str,
-        limit: usize,
-        worker: &str,
-        lease: Duration,
-    ) -> Result<Vec<Job>> {
+    pub async fn claim(&self, queue: &str, limit: usize, worker: &str, lease: Duration) -> Result<Vec<Job>> {
         let mut tx = self.db.begin().await?;
         let now = Utc::now();
         let mut jobs = match tx.conn() {
             TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
-            TxConn::Postgres(c) => {
-                postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?
-            }
+            TxConn::Postgres(c) => postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?,
         };
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
         if jobs.iter().any(|j| j.bucket_key.is_some()) {
@@ -185,22 +158,14 @@ impl Queue {
         tx.commit().await?;
         for job in &jobs {
             let due = job.run_at.max(job.created_at);
-            let wait = job
-                .started_at
-                .map(|s| (s - due).to_std().unwrap_or_default())
-                .unwrap_or_default();
+            let wait = job.started_at.map(|s| (s - due).to_std().unwrap_or_default()).unwrap_or_default();
             metrics::claimed(&job.kind, wait);
         }
         Ok(jobs)
     }
 
     /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
-    async fn take_tokens(
-        &self,
-        tx: &mut herald_store::Tx,
-        jobs: &mut Vec<Job>,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
         let mut keys: Vec<String> = jobs.iter().filter_map(|j| j.bucket_key.clone()).collect();
         keys.sort();
         keys.dedup();
@@ -211,10 +176,8 @@ impl Queue {
                 (b, postgres::now(c).await?)
             }
         };
-        let mut left: HashMap<String, (f64, bool)> = buckets
-            .iter()
-            .map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some())))
-            .collect();
+        let mut left: HashMap<String, (f64, bool)> =
+            buckets.iter().map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some()))).collect();
         let mut keep = Vec::with_capacity(jobs.len());
         let mut put_back = Vec::new();
         for job in jobs.drain(..) {
@@ -226,11 +189,7 @@ impl Queue {
                 Some(_) => false,
                 None => true, // no bucket row: unlimited
             };
-            if ok {
-                keep.push(job)
-            } else {
-                put_back.push(job.id)
-            }
+            if ok { keep.push(job) } else { put_back.push(job.id) }
         }
         *jobs = keep;
         for id in put_back {
@@ -316,9 +275,7 @@ impl Queue {
                     Box::pin(async move {
                         match tx.conn() {
                             TxConn::Sqlite(c) => sqlite::prune_before(c, cutoff, PRUNE_CHUNK).await,
-                            TxConn::Postgres(c) => {
-                                postgres::prune_before(c, cutoff, PRUNE_CHUNK).await
-                            }
+                            TxConn::Postgres(c) => postgres::prune_before(c, cutoff, PRUNE_CHUNK).await,
                         }
                     })
                 })
@@ -330,9 +287,7 @@ impl Queue {
                     Box::pin(async move {
                         match tx.conn() {
                             TxConn::Sqlite(c) => sqlite::prune_beyond(c, keep, PRUNE_CHUNK).await,
-                            TxConn::Postgres(c) => {
-                                postgres::prune_beyond(c, keep, PRUNE_CHUNK).await
-                            }
+                            TxConn::Postgres(c) => postgres::prune_beyond(c, keep, PRUNE_CHUNK).await,
                         }
                     })
                 })
@@ -415,10 +370,7 @@ impl Queue {
         queues.dedup();
         for q in queues {
             for state in JobState::ALL {
-                let n = rows
-                    .iter()
-                    .find(|d| d.queue == q && d.state == state.as_str())
-                    .map_or(0, |d| d.count);
+                let n = rows.iter().find(|d| d.queue == q && d.state == state.as_str()).map_or(0, |d| d.count);
                 metrics::depth(q, state.as_str(), n);
             }
         }
@@ -437,12 +389,8 @@ impl Queue {
     pub async fn set_bucket(&self, key: &str, capacity: f64, refill_per_sec: f64) -> Result<()> {
         let mut tx = self.db.begin().await?;
         match tx.conn() {
-            TxConn::Sqlite(c) => {
-                sqlite::set_bucket(c, key, Some(capacity), Some(refill_per_sec), Utc::now()).await?
-            }
-            TxConn::Postgres(c) => {
-                postgres::set_bucket(c, key, Some(capacity), Some(refill_per_sec)).await?
-            }
+            TxConn::Sqlite(c) => sqlite::set_bucket(c, key, Some(capacity), Some(refill_per_sec), Utc::now()).await?,
+            TxConn::Postgres(c) => postgres::set_bucket(c, key, Some(capacity), Some(refill_per_sec)).await?,
         }
         tx.commit().await?;
         Ok(())

@@ -108,42 +108,30 @@ struct InFlight {
 
 type Running = Arc<Mutex<HashMap<JobId, InFlight>>>;
 
+/// A finished run on its way to the database. It holds a backlog permit until the result is
+/// committed, so a slow database slows claiming instead of letting `running` rows pile up, while
+/// its worker slot is already free for the next job.
+struct Done {
+    completion: Completion,
+    _unrecorded: OwnedSemaphorePermit,
+}
+
 impl Runner {
     pub fn new(queue: Queue, registry: Registry, config: RunnerConfig) -> Self {
-        Runner {
-            queue,
-            registry: Arc::new(registry),
-            config: Arc::new(config),
-        }
+        Runner { queue, registry: Arc::new(registry), config: Arc::new(config) }
     }
 
     /// Works until `shutdown` is cancelled, then stops claiming, gives running jobs the grace
     /// period to finish, releases the rest without spending their attempt, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Runner {
-            queue,
-            registry,
-            config,
-        } = self;
+        let Runner { queue, registry, config } = self;
         let running: Running = Arc::default();
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
         let background = CancellationToken::new();
 
-        let completer = tokio::spawn(complete_loop(
-            queue.clone(),
-            config.worker_id.clone(),
-            done_rx,
-        ));
-        let heartbeat = tokio::spawn(heartbeat_loop(
-            queue.clone(),
-            config.clone(),
-            background.clone(),
-        ));
-        let maintenance = tokio::spawn(maintenance_loop(
-            queue.clone(),
-            config.clone(),
-            background.clone(),
-        ));
+        let completer = tokio::spawn(complete_loop(queue.clone(), config.worker_id.clone(), done_rx));
+        let heartbeat = tokio::spawn(heartbeat_loop(queue.clone(), config.clone(), background.clone()));
+        let maintenance = tokio::spawn(maintenance_loop(queue.clone(), config.clone(), background.clone()));
         let listener = (queue.db().backend() == Backend::Postgres)
             .then(|| tokio::spawn(listen_loop(queue.clone(), background.clone())));
 
@@ -174,8 +162,7 @@ impl Runner {
         while !running.lock().expect("running lock").is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let leftovers: Vec<(JobId, InFlight)> =
-            running.lock().expect("running lock").drain().collect();
+        let leftovers: Vec<(JobId, InFlight)> = running.lock().expect("running lock").drain().collect();
         if !leftovers.is_empty() {
             let mut release = Vec::with_capacity(leftovers.len());
             for (id, f) in leftovers {
@@ -185,10 +172,7 @@ impl Runner {
                 release.push((id, f.attempt, f.started_at));
             }
             match queue.release(&config.worker_id, &release).await {
-                Ok(n) => tracing::warn!(
-                    released = n,
-                    "shutdown grace ran out; released unfinished jobs"
-                ),
+                Ok(n) => tracing::warn!(released = n, "shutdown grace ran out; released unfinished jobs"),
                 Err(e) => {
                     tracing::error!(error = %e, "could not release jobs at shutdown; their leases will expire")
                 }
@@ -213,12 +197,14 @@ struct Dispatcher {
     name: String,
     concurrency: usize,
     running: Running,
-    done: mpsc::UnboundedSender<Completion>,
+    done: mpsc::UnboundedSender<Done>,
 }
 
 impl Dispatcher {
     async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        // Jobs claimed but not yet recorded as finished: bounded, so `running` rows stay few.
+        let unrecorded = Arc::new(Semaphore::new((self.concurrency * 4).max(1000)));
         let wake = self.queue.db().wakeups().channel(WAKE_CHANNEL);
         // Under load, wait a moment for several slots so one claim takes many jobs.
         let batch_target = (self.concurrency / 2).clamp(1, self.config.batch_size);
@@ -229,12 +215,7 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => return,
             };
             let mut permits = vec![first];
-            let gather_until = Instant::now()
-                + if saturated {
-                    Duration::from_millis(2)
-                } else {
-                    Duration::ZERO
-                };
+            let gather_until = Instant::now() + if saturated { Duration::from_millis(2) } else { Duration::ZERO };
             while permits.len() < self.config.batch_size {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -248,20 +229,28 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
+            let mut backlog = Vec::with_capacity(permits.len());
+            while backlog.len() < permits.len() {
+                match unrecorded.clone().try_acquire_owned() {
+                    Ok(p) => backlog.push(p),
+                    Err(_) => break,
+                }
+            }
+            if backlog.is_empty() {
+                // Results are not being recorded as fast as jobs finish; wait for the database.
+                drop(permits);
+                tokio::select! {
+                    p = unrecorded.clone().acquire_owned() => drop(p),
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            permits.truncate(backlog.len());
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wanted = permits.len();
-            let jobs = match self
-                .queue
-                .claim(
-                    &self.name,
-                    wanted,
-                    &self.config.worker_id,
-                    self.config.lease,
-                )
-                .await
-            {
+            let jobs = match self.queue.claim(&self.name, wanted, &self.config.worker_id, self.config.lease).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(queue = %self.name, error = %e, "claiming jobs failed; retrying in 1s");
@@ -274,20 +263,19 @@ impl Dispatcher {
             };
             let got = jobs.len();
             for job in jobs {
-                let permit = permits.pop().expect("one permit per claimed job");
-                self.spawn(job, permit);
+                let slot = permits.pop().expect("one slot per claimed job");
+                let pending = backlog.pop().expect("one backlog permit per claimed job");
+                self.spawn(job, slot, pending);
             }
             drop(permits);
+            drop(backlog);
             saturated = got == wanted;
             if saturated {
                 continue;
             }
             let now = Utc::now();
             let nap = match self.queue.next_due(&self.name).await {
-                Ok(Some(t)) if t > now => (t - now)
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(self.config.poll_interval),
+                Ok(Some(t)) if t > now => (t - now).to_std().unwrap_or_default().min(self.config.poll_interval),
                 _ => self.config.poll_interval,
             };
             tokio::select! {
@@ -298,18 +286,14 @@ impl Dispatcher {
         }
     }
 
-    fn spawn(&self, job: Job, permit: OwnedSemaphorePermit) {
+    fn spawn(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
         let id = job.id;
         let started_at = job.started_at.unwrap_or_else(Utc::now);
         // Registered before the task exists, so a fast job finds itself in the map.
-        self.running.lock().expect("running lock").insert(
-            id,
-            InFlight {
-                attempt: job.attempt,
-                started_at,
-                abort: None,
-            },
-        );
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(id, InFlight { attempt: job.attempt, started_at, abort: None });
         let handler = self.registry.get(&job.kind).cloned();
         let running = self.running.clone();
         let done = self.done.clone();
@@ -317,27 +301,23 @@ impl Dispatcher {
             let clock = Instant::now();
             let result = run_one(handler.as_deref(), &job).await;
             let run_time = clock.elapsed();
+            drop(slot);
             metrics::finished(&job.kind, result.outcome(), run_time);
             if let RunResult::Retry { error, .. } | RunResult::Dead { error } = &result {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %error, "job failed");
             }
             // If shutdown already took this job to release it, it is not ours to complete.
-            if running
-                .lock()
-                .expect("running lock")
-                .remove(&job.id)
-                .is_some()
-            {
-                let _ = done.send(Completion {
+            if running.lock().expect("running lock").remove(&job.id).is_some() {
+                let completion = Completion {
                     job_id: job.id,
                     attempt: job.attempt,
                     started_at,
                     run_time,
                     bucket_key: job.bucket_key.clone(),
                     result,
-                });
+                };
+                let _ = done.send(Done { completion, _unrecorded: unrecorded });
             }
-            drop(permit);
         });
         if let Some(f) = self.running.lock().expect("running lock").get_mut(&id) {
             f.abort = Some(task.abort_handle());
@@ -354,12 +334,7 @@ async fn run_one(handler: Option<&dyn Handler>, job: &Job) -> RunResult {
         );
     };
     let limit = handler.timeout();
-    let outcome = match tokio::time::timeout(
-        limit,
-        AssertUnwindSafe(handler.run(job)).catch_unwind(),
-    )
-    .await
-    {
+    let outcome = match tokio::time::timeout(limit, AssertUnwindSafe(handler.run(job)).catch_unwind()).await {
         Ok(Ok(r)) => r,
         Ok(Err(panic)) => {
             let msg = panic
@@ -369,52 +344,40 @@ async fn run_one(handler: Option<&dyn Handler>, job: &Job) -> RunResult {
                 .unwrap_or_else(|| "unknown panic".into());
             Err(JobError::Retry(format!("job panicked: {msg}")))
         }
-        Err(_) => Err(JobError::Retry(format!(
-            "job timed out after {}s",
-            limit.as_secs_f64()
-        ))),
+        Err(_) => Err(JobError::Retry(format!("job timed out after {}s", limit.as_secs_f64()))),
     };
     match outcome {
         Ok(()) => RunResult::Succeeded,
         Err(JobError::Retry(e)) => retry_or_dead(job, e, handler.backoff(job.attempt)),
         Err(JobError::RetryAfter(e, d)) => retry_or_dead(job, e, d),
         Err(JobError::Permanent(e)) => RunResult::Dead { error: e },
-        Err(JobError::RateLimited {
-            reason,
-            retry_after,
-        }) => RunResult::RateLimited {
-            error: reason,
-            delay: retry_after,
-        },
-        Err(JobError::Cancel(reason)) => RunResult::Cancelled {
-            reason: format!("cancelled: {reason}"),
-        },
+        Err(JobError::RateLimited { reason, retry_after }) => {
+            RunResult::RateLimited { error: reason, delay: retry_after }
+        }
+        Err(JobError::Cancel(reason)) => RunResult::Cancelled { reason: format!("cancelled: {reason}") },
     }
 }
 
 fn retry_or_dead(job: &Job, error: String, delay: Duration) -> RunResult {
     if job.attempt >= job.max_attempts {
-        RunResult::Dead {
-            error: format!(
-                "{error} (attempt {} of {}; giving up)",
-                job.attempt, job.max_attempts
-            ),
-        }
+        RunResult::Dead { error: format!("{error} (attempt {} of {}; giving up)", job.attempt, job.max_attempts) }
     } else {
         RunResult::Retry { error, delay }
     }
 }
 
 /// Writes completions in batches: whatever arrived while the last batch was being written.
-async fn complete_loop(queue: Queue, worker: String, mut rx: mpsc::UnboundedReceiver<Completion>) {
+async fn complete_loop(queue: Queue, worker: String, mut rx: mpsc::UnboundedReceiver<Done>) {
     const MAX_BATCH: usize = 1000;
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut slots = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            batch.push(d.completion);
+            slots.push(d._unrecorded);
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
         let mut delay = Duration::from_millis(50);
@@ -435,6 +398,7 @@ async fn complete_loop(queue: Queue, worker: String, mut rx: mpsc::UnboundedRece
             }
         }
         batch.clear();
+        slots.clear(); // frees the backlog
     }
 }
 
@@ -456,8 +420,7 @@ fn jitter(d: Duration) -> Duration {
 }
 
 async fn maintenance_loop(queue: Queue, config: Arc<RunnerConfig>, stop: CancellationToken) {
-    let mut next_prune =
-        Instant::now() + jitter(Duration::from_secs(30)).min(config.prune_interval);
+    let mut next_prune = Instant::now() + jitter(Duration::from_secs(30)).min(config.prune_interval);
     let mut next_depth = Instant::now();
     loop {
         if let Err(e) = queue.reap().await {
@@ -468,10 +431,7 @@ async fn maintenance_loop(queue: Queue, config: Arc<RunnerConfig>, stop: Cancell
             next_depth = Instant::now() + Duration::from_secs(15);
         }
         if Instant::now() >= next_prune {
-            match queue
-                .prune(config.retention_age, config.retention_count)
-                .await
-            {
+            match queue.prune(config.retention_age, config.retention_count).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "pruned finished jobs"),
                 Err(e) => tracing::error!(error = %e, "pruning finished jobs failed"),

@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use herald_queue::{
-    CancelResult, Completion, Enqueued, Handler, Job, JobError, JobId, JobState, NewJob, Queue,
-    Registry, RunResult, Runner, RunnerConfig, enqueue, enqueue_many,
+    CancelResult, Completion, Enqueued, Handler, Job, JobError, JobId, JobState, NewJob, Queue, Registry, RunResult,
+    Runner, RunnerConfig, enqueue, enqueue_many,
 };
 use herald_store::Db;
 use herald_store::testing::each_backend;
@@ -49,17 +49,11 @@ async fn enqueue_commits_with_the_callers_transaction_and_vanishes_on_rollback()
         let mut tx = db.begin().await.unwrap();
         let gone = enqueue(&mut tx, noop()).await.unwrap().id();
         tx.rollback().await.unwrap();
-        assert!(
-            q.get(gone).await.unwrap().is_none(),
-            "a rolled-back enqueue leaves no job"
-        );
+        assert!(q.get(gone).await.unwrap().is_none(), "a rolled-back enqueue leaves no job");
 
         let mut tx = db.begin().await.unwrap();
         let kept = enqueue(&mut tx, noop()).await.unwrap().id();
-        assert!(
-            q.get(kept).await.unwrap().is_none(),
-            "not visible before commit"
-        );
+        assert!(q.get(kept).await.unwrap().is_none(), "not visible before commit");
         tx.commit().await.unwrap();
         let job = q.get(kept).await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Pending);
@@ -87,22 +81,14 @@ async fn a_unique_key_returns_the_live_job_and_frees_once_it_finishes() {
         let claimed = q.claim("default", 10, "w1", LEASE).await.unwrap();
         assert_eq!(claimed.len(), 1);
         let mut tx = db.begin().await.unwrap();
-        assert_eq!(
-            enqueue(&mut tx, noop().unique_key("post:1")).await.unwrap(),
-            Enqueued::Existing(first.id())
-        );
+        assert_eq!(enqueue(&mut tx, noop().unique_key("post:1")).await.unwrap(), Enqueued::Existing(first.id()));
         tx.commit().await.unwrap();
 
-        q.complete("w1", &[done(&claimed[0], RunResult::Succeeded)])
-            .await
-            .unwrap();
+        q.complete("w1", &[done(&claimed[0], RunResult::Succeeded)]).await.unwrap();
         let mut tx = db.begin().await.unwrap();
         let third = enqueue(&mut tx, noop().unique_key("post:1")).await.unwrap();
         tx.commit().await.unwrap();
-        assert!(
-            matches!(third, Enqueued::New(id) if id != first.id()),
-            "a finished job frees its key"
-        );
+        assert!(matches!(third, Enqueued::New(id) if id != first.id()), "a finished job frees its key");
     })
     .await;
 }
@@ -113,11 +99,7 @@ async fn claims_follow_priority_then_run_at_and_skip_future_jobs() {
         let q = Queue::new(db.clone());
         let later = add(&db, noop().run_at(Utc::now() + chrono::Duration::hours(1))).await;
         let low = add(&db, noop().priority(5)).await;
-        let old_normal = add(
-            &db,
-            noop().run_at(Utc::now() - chrono::Duration::seconds(5)),
-        )
-        .await;
+        let old_normal = add(&db, noop().run_at(Utc::now() - chrono::Duration::seconds(5))).await;
         let normal = add(&db, noop()).await;
         let urgent = add(&db, noop().priority(-1)).await;
         let other_queue = add(&db, noop().queue("other")).await;
@@ -125,10 +107,7 @@ async fn claims_follow_priority_then_run_at_and_skip_future_jobs() {
         let jobs = q.claim("default", 10, "w1", LEASE).await.unwrap();
         let order: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
         assert_eq!(order, vec![urgent, old_normal, normal, low]);
-        assert!(
-            jobs.iter()
-                .all(|j| j.state == JobState::Running && j.attempt == 1)
-        );
+        assert!(jobs.iter().all(|j| j.state == JobState::Running && j.attempt == 1));
         assert_eq!(jobs[0].locked_by.as_deref(), Some("w1"));
         assert_eq!(state(&q, later).await, JobState::Pending);
         assert_eq!(state(&q, other_queue).await, JobState::Pending);
@@ -149,9 +128,7 @@ async fn concurrent_claimers_never_take_the_same_job() {
     each_backend(|db| async move {
         let q = Queue::new(db.clone());
         let mut tx = db.begin().await.unwrap();
-        enqueue_many(&mut tx, (0..400).map(|_| noop()).collect())
-            .await
-            .unwrap();
+        enqueue_many(&mut tx, (0..400).map(|_| noop()).collect()).await.unwrap();
         tx.commit().await.unwrap();
         let mut tasks = Vec::new();
         for w in 0..4 {
@@ -159,10 +136,7 @@ async fn concurrent_claimers_never_take_the_same_job() {
             tasks.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let jobs = q
-                        .claim("default", 7, &format!("w{w}"), LEASE)
-                        .await
-                        .unwrap();
+                    let jobs = q.claim("default", 7, &format!("w{w}"), LEASE).await.unwrap();
                     if jobs.is_empty() {
                         return mine;
                     }
@@ -199,17 +173,9 @@ async fn an_expired_lease_is_reaped_and_recorded_but_heartbeats_keep_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(q.heartbeat("alive", short).await.unwrap(), 1);
             q.reap().await.unwrap();
-            assert_eq!(
-                state(&q, kept).await,
-                JobState::Running,
-                "a heartbeating job is never reaped"
-            );
+            assert_eq!(state(&q, kept).await, JobState::Running, "a heartbeating job is never reaped");
         }
-        assert_eq!(
-            state(&q, lost).await,
-            JobState::Pending,
-            "the silent worker's job was reaped"
-        );
+        assert_eq!(state(&q, lost).await, JobState::Pending, "the silent worker's job was reaped");
         let attempts = q.attempts(lost).await.unwrap();
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].outcome, "lease_expired");
@@ -218,19 +184,9 @@ async fn an_expired_lease_is_reaped_and_recorded_but_heartbeats_keep_it() {
         // Its late completion is ignored, and the rerun is attempt 2.
         let again = q.claim("lost", 1, "other", LEASE).await.unwrap();
         assert_eq!(again[0].attempt, 2);
-        assert_eq!(
-            q.complete("crashed", &[done(&gone[0], RunResult::Succeeded)])
-                .await
-                .unwrap(),
-            0
-        );
+        assert_eq!(q.complete("crashed", &[done(&gone[0], RunResult::Succeeded)]).await.unwrap(), 0);
         assert_eq!(state(&q, lost).await, JobState::Running);
-        assert_eq!(
-            q.complete("other", &[done(&again[0], RunResult::Succeeded)])
-                .await
-                .unwrap(),
-            1
-        );
+        assert_eq!(q.complete("other", &[done(&again[0], RunResult::Succeeded)]).await.unwrap(), 1);
         assert_eq!(state(&q, lost).await, JobState::Succeeded);
     })
     .await;
@@ -241,9 +197,7 @@ async fn a_reaped_job_on_its_last_attempt_goes_dead() {
     each_backend(|db| async move {
         let q = Queue::new(db.clone());
         let id = add(&db, noop().max_attempts(1)).await;
-        q.claim("default", 1, "w", Duration::from_millis(50))
-            .await
-            .unwrap();
+        q.claim("default", 1, "w", Duration::from_millis(50)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(q.reap().await.unwrap(), 1);
         let job = q.get(id).await.unwrap().unwrap();
@@ -261,49 +215,24 @@ async fn retries_back_off_then_die_with_the_last_error() {
         let id = add(&db, noop().max_attempts(2)).await;
         let job = q.claim("default", 1, "w", LEASE).await.unwrap().remove(0);
         let before = Utc::now();
-        let retry = RunResult::Retry {
-            error: "HTTP 503 from platform".into(),
-            delay: Duration::from_secs(60),
-        };
+        let retry = RunResult::Retry { error: "HTTP 503 from platform".into(), delay: Duration::from_secs(60) };
         assert_eq!(q.complete("w", &[done(&job, retry)]).await.unwrap(), 1);
         let after = q.get(id).await.unwrap().unwrap();
         assert_eq!(after.state, JobState::Pending);
         assert_eq!(after.last_error.as_deref(), Some("HTTP 503 from platform"));
         let wait = (after.run_at - before).num_seconds();
-        assert!(
-            (58..=62).contains(&wait),
-            "retry scheduled ~60 s out, got {wait}"
-        );
-        assert!(
-            q.claim("default", 1, "w", LEASE).await.unwrap().is_empty(),
-            "not due yet"
-        );
+        assert!((58..=62).contains(&wait), "retry scheduled ~60 s out, got {wait}");
+        assert!(q.claim("default", 1, "w", LEASE).await.unwrap().is_empty(), "not due yet");
 
         // Make it due now, fail it for good.
         q.reschedule(id, Utc::now()).await.unwrap();
         let job = q.claim("default", 1, "w", LEASE).await.unwrap().remove(0);
         assert_eq!(job.attempt, 2);
-        q.complete(
-            "w",
-            &[done(
-                &job,
-                RunResult::Dead {
-                    error: "gave up".into(),
-                },
-            )],
-        )
-        .await
-        .unwrap();
+        q.complete("w", &[done(&job, RunResult::Dead { error: "gave up".into() })]).await.unwrap();
         let dead = q.get(id).await.unwrap().unwrap();
         assert_eq!(dead.state, JobState::Dead);
         assert_eq!(dead.last_error.as_deref(), Some("gave up"));
-        let outcomes: Vec<String> = q
-            .attempts(id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|a| a.outcome)
-            .collect();
+        let outcomes: Vec<String> = q.attempts(id).await.unwrap().into_iter().map(|a| a.outcome).collect();
         assert_eq!(outcomes, ["failed", "dead"]);
     })
     .await;
@@ -317,23 +246,12 @@ async fn a_rate_limited_run_waits_without_spending_an_attempt_and_blocks_its_buc
         let sibling = add(&db, noop().bucket("telegram:42")).await;
         let job = q.claim("default", 1, "w", LEASE).await.unwrap().remove(0);
         assert_eq!(job.id, id);
-        let limited = RunResult::RateLimited {
-            error: "429 retry after 30".into(),
-            delay: Duration::from_secs(30),
-        };
+        let limited = RunResult::RateLimited { error: "429 retry after 30".into(), delay: Duration::from_secs(30) };
         q.complete("w", &[done(&job, limited)]).await.unwrap();
         let after = q.get(id).await.unwrap().unwrap();
-        assert_eq!(
-            after.state,
-            JobState::Pending,
-            "even with max_attempts 1 it is not dead"
-        );
+        assert_eq!(after.state, JobState::Pending, "even with max_attempts 1 it is not dead");
         assert_eq!(after.attempt, 0, "the rate-limited run is not an attempt");
-        let bucket = q
-            .bucket("telegram:42")
-            .await
-            .unwrap()
-            .expect("bucket created");
+        let bucket = q.bucket("telegram:42").await.unwrap().expect("bucket created");
         assert!(bucket.blocked_until.unwrap() > Utc::now() + chrono::Duration::seconds(25));
         // The blocked bucket holds back the sibling too.
         assert!(q.claim("default", 5, "w", LEASE).await.unwrap().is_empty());
@@ -354,20 +272,11 @@ async fn rate_buckets_limit_claims_across_claimers() {
         let free = add(&db, noop().bucket("unconfigured")).await;
         let plain = add(&db, noop()).await;
         let first = q.claim("default", 10, "a", LEASE).await.unwrap();
-        let limited = first
-            .iter()
-            .filter(|j| j.bucket_key.as_deref() == Some("mastodon:1"))
-            .count();
+        let limited = first.iter().filter(|j| j.bucket_key.as_deref() == Some("mastodon:1")).count();
         assert_eq!(limited, 3, "three tokens, three claims");
-        assert!(
-            first.iter().any(|j| j.id == free),
-            "a bucket with no row is unlimited"
-        );
+        assert!(first.iter().any(|j| j.id == free), "a bucket with no row is unlimited");
         assert!(first.iter().any(|j| j.id == plain));
-        assert!(
-            q.claim("default", 10, "b", LEASE).await.unwrap().is_empty(),
-            "the bucket is empty for every claimer"
-        );
+        assert!(q.claim("default", 10, "b", LEASE).await.unwrap().is_empty(), "the bucket is empty for every claimer");
         let b = q.bucket("mastodon:1").await.unwrap().unwrap();
         assert!(b.tokens < 1.0);
 
@@ -378,9 +287,7 @@ async fn rate_buckets_limit_claims_across_claimers() {
         assert_eq!(refilled.len(), 3);
         // A block stops even a full bucket.
         add(&db, noop().bucket("mastodon:1")).await;
-        q.block_bucket("mastodon:1", Duration::from_secs(60))
-            .await
-            .unwrap();
+        q.block_bucket("mastodon:1", Duration::from_secs(60)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(q.claim("default", 10, "b", LEASE).await.unwrap().is_empty());
     })
@@ -391,28 +298,15 @@ async fn rate_buckets_limit_claims_across_claimers() {
 async fn cancel_stops_pending_jobs_only() {
     each_backend(|db| async move {
         let q = Queue::new(db.clone());
-        let pending = add(
-            &db,
-            noop().run_at(Utc::now() + chrono::Duration::minutes(5)),
-        )
-        .await;
+        let pending = add(&db, noop().run_at(Utc::now() + chrono::Duration::minutes(5))).await;
         let running = add(&db, noop()).await;
         q.claim("default", 1, "w", LEASE).await.unwrap();
-        assert_eq!(
-            q.cancel(pending, "post deleted").await.unwrap(),
-            CancelResult::Cancelled
-        );
+        assert_eq!(q.cancel(pending, "post deleted").await.unwrap(), CancelResult::Cancelled);
         let job = q.get(pending).await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Cancelled);
         assert_eq!(job.last_error.as_deref(), Some("cancelled: post deleted"));
-        assert_eq!(
-            q.cancel(running, "x").await.unwrap(),
-            CancelResult::NotCancellable(JobState::Running)
-        );
-        assert_eq!(
-            q.cancel(JobId::new(), "x").await.unwrap(),
-            CancelResult::NotFound
-        );
+        assert_eq!(q.cancel(running, "x").await.unwrap(), CancelResult::NotCancellable(JobState::Running));
+        assert_eq!(q.cancel(JobId::new(), "x").await.unwrap(), CancelResult::NotFound);
     })
     .await;
 }
@@ -426,46 +320,18 @@ async fn pruning_removes_old_finished_jobs_and_their_attempts_only() {
             finished.push(add(&db, noop()).await);
         }
         let jobs = q.claim("default", 5, "w", LEASE).await.unwrap();
-        q.complete(
-            "w",
-            &jobs
-                .iter()
-                .map(|j| done(j, RunResult::Succeeded))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+        q.complete("w", &jobs.iter().map(|j| done(j, RunResult::Succeeded)).collect::<Vec<_>>()).await.unwrap();
         let live = add(&db, noop().run_at(Utc::now() + chrono::Duration::hours(1))).await;
 
-        assert_eq!(
-            q.prune(Some(Duration::from_secs(3600)), None)
-                .await
-                .unwrap(),
-            0,
-            "nothing is an hour old"
-        );
-        assert_eq!(
-            q.prune(None, Some(2)).await.unwrap(),
-            3,
-            "keep the newest two"
-        );
+        assert_eq!(q.prune(Some(Duration::from_secs(3600)), None).await.unwrap(), 0, "nothing is an hour old");
+        assert_eq!(q.prune(None, Some(2)).await.unwrap(), 3, "keep the newest two");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            q.prune(Some(Duration::from_millis(1)), None).await.unwrap(),
-            2
-        );
+        assert_eq!(q.prune(Some(Duration::from_millis(1)), None).await.unwrap(), 2);
         for id in finished {
             assert!(q.get(id).await.unwrap().is_none());
-            assert!(
-                q.attempts(id).await.unwrap().is_empty(),
-                "attempts go with their job"
-            );
+            assert!(q.attempts(id).await.unwrap().is_empty(), "attempts go with their job");
         }
-        assert_eq!(
-            state(&q, live).await,
-            JobState::Pending,
-            "pending jobs are never pruned"
-        );
+        assert_eq!(state(&q, live).await, JobState::Pending, "pending jobs are never pruned");
     })
     .await;
 }
@@ -522,24 +388,13 @@ async fn the_runner_retries_fails_and_records_every_attempt() {
         let q = Queue::new(db.clone());
         let runs = Arc::new(AtomicUsize::new(0));
         let mut registry = Registry::default();
-        registry.register(
-            "test.noop",
-            Counting {
-                runs: runs.clone(),
-                fail_first: 2,
-            },
-        );
+        registry.register("test.noop", Counting { runs: runs.clone(), fail_first: 2 });
         let shutdown = CancellationToken::new();
-        let runner =
-            tokio::spawn(Runner::new(q.clone(), registry, fast_config()).run(shutdown.clone()));
+        let runner = tokio::spawn(Runner::new(q.clone(), registry, fast_config()).run(shutdown.clone()));
 
         let flaky = add(&db, noop()).await;
         let permanent = add(&db, NewJob::new("test.noop", json!({"mode": "permanent"}))).await;
-        let panics = add(
-            &db,
-            NewJob::new("test.noop", json!({"mode": "panic"})).max_attempts(2),
-        )
-        .await;
+        let panics = add(&db, NewJob::new("test.noop", json!({"mode": "panic"})).max_attempts(2)).await;
         let cancels = add(&db, NewJob::new("test.noop", json!({"mode": "cancel"}))).await;
         let unknown = add(&db, NewJob::new("test.unknown", json!({})).max_attempts(1)).await;
         wait_until_finished(&q, &[flaky, permanent, panics, cancels, unknown]).await;
@@ -548,22 +403,12 @@ async fn the_runner_retries_fails_and_records_every_attempt() {
 
         let flaky_job = q.get(flaky).await.unwrap().unwrap();
         assert_eq!(flaky_job.state, JobState::Succeeded);
-        let outcomes: Vec<String> = q
-            .attempts(flaky)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|a| a.outcome)
-            .collect();
+        let outcomes: Vec<String> = q.attempts(flaky).await.unwrap().into_iter().map(|a| a.outcome).collect();
         assert!(outcomes.last().map(String::as_str) == Some("succeeded"));
         assert!(outcomes.iter().all(|o| o == "failed" || o == "succeeded"));
 
         assert_eq!(state(&q, permanent).await, JobState::Dead);
-        assert_eq!(
-            q.attempts(permanent).await.unwrap().len(),
-            1,
-            "permanent failures are not retried"
-        );
+        assert_eq!(q.attempts(permanent).await.unwrap().len(), 1, "permanent failures are not retried");
         let p = q.get(panics).await.unwrap().unwrap();
         assert_eq!(p.state, JobState::Dead);
         assert!(p.last_error.unwrap().contains("job panicked: handler bug"));
@@ -571,11 +416,7 @@ async fn the_runner_retries_fails_and_records_every_attempt() {
         assert_eq!(state(&q, cancels).await, JobState::Cancelled);
         let u = q.get(unknown).await.unwrap().unwrap();
         assert_eq!(u.state, JobState::Dead);
-        assert!(
-            u.last_error
-                .unwrap()
-                .contains("no handler for job kind `test.unknown`")
-        );
+        assert!(u.last_error.unwrap().contains("no handler for job kind `test.unknown`"));
         let a = &q.attempts(flaky).await.unwrap()[0];
         assert!(a.finished_at >= a.started_at);
     })
@@ -599,10 +440,7 @@ async fn shutdown_lets_short_jobs_finish_and_releases_long_ones_without_spending
         let q = Queue::new(db.clone());
         let mut registry = Registry::default();
         registry.register("test.slow", Slow);
-        let config = RunnerConfig {
-            shutdown_grace: Duration::from_millis(300),
-            ..fast_config()
-        };
+        let config = RunnerConfig { shutdown_grace: Duration::from_millis(300), ..fast_config() };
         let short = add(&db, NewJob::new("test.slow", json!({"ms": 100}))).await;
         let long = add(&db, NewJob::new("test.slow", json!({"ms": 60_000}))).await;
         let shutdown = CancellationToken::new();
@@ -614,22 +452,11 @@ async fn shutdown_lets_short_jobs_finish_and_releases_long_ones_without_spending
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), runner)
-            .await
-            .expect("runner stops within the grace")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), runner).await.expect("runner stops within the grace").unwrap();
 
-        assert_eq!(
-            state(&q, short).await,
-            JobState::Succeeded,
-            "a job inside the grace period finishes"
-        );
+        assert_eq!(state(&q, short).await, JobState::Succeeded, "a job inside the grace period finishes");
         let l = q.get(long).await.unwrap().unwrap();
-        assert_eq!(
-            l.state,
-            JobState::Pending,
-            "the long job is released, not lost"
-        );
+        assert_eq!(l.state, JobState::Pending, "the long job is released, not lost");
         assert_eq!(l.attempt, 0, "and keeps its attempt");
         assert!(l.locked_by.is_none());
         assert_eq!(q.attempts(long).await.unwrap()[0].outcome, "released");
@@ -644,31 +471,22 @@ async fn the_runner_wakes_promptly_on_enqueue_and_honours_run_at() {
         let mut registry = Registry::default();
         registry.register("test.slow", Slow);
         // A long poll interval: only the wake-up can make this prompt.
-        let config = RunnerConfig {
-            poll_interval: Duration::from_secs(30),
-            ..fast_config()
-        };
+        let config = RunnerConfig { poll_interval: Duration::from_secs(30), ..fast_config() };
         let shutdown = CancellationToken::new();
         let runner = tokio::spawn(Runner::new(q.clone(), registry, config).run(shutdown.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         let now = add(&db, NewJob::new("test.slow", json!({}))).await;
-        let soon = add(
-            &db,
-            NewJob::new("test.slow", json!({}))
-                .run_at(Utc::now() + chrono::Duration::milliseconds(500)),
-        )
-        .await;
+        let soon =
+            add(&db, NewJob::new("test.slow", json!({})).run_at(Utc::now() + chrono::Duration::milliseconds(500)))
+                .await;
         wait_until_finished(&q, &[now, soon]).await;
         let now_job = q.get(now).await.unwrap().unwrap();
         let soon_job = q.get(soon).await.unwrap().unwrap();
         assert!((now_job.started_at.unwrap() - now_job.created_at).num_milliseconds() < 1000);
         let late = soon_job.started_at.unwrap() - soon_job.run_at;
         assert!(late.num_milliseconds() >= 0, "never before run_at");
-        assert!(
-            late.num_milliseconds() < 1000,
-            "started {late} after run_at"
-        );
+        assert!(late.num_milliseconds() < 1000, "started {late} after run_at");
         shutdown.cancel();
         runner.await.unwrap();
     })

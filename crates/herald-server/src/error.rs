@@ -23,13 +23,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let Error {
-            code,
-            message,
-            details,
-        } = self.0;
-        let status =
-            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let Error { code, message, details } = self.0;
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({"error": {"code": code, "message": message, "details": details}});
         (status, Json(body)).into_response()
     }

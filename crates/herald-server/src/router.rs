@@ -63,14 +63,9 @@ pub fn router(state: AppState) -> Router {
     if state.role.serves_api() {
         app = app.nest("/api/v1", routes::api_v1());
     }
-    app.fallback(not_found)
-        .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .with_state(state)
+    app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        ErrorCode::NotFound,
-        "no such endpoint; see /api/openapi.json for the API",
-    )
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see /api/openapi.json for the API")
 }

@@ -36,10 +36,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            max_connections: 10,
-            connect_timeout: Duration::from_secs(5),
-        }
+        StoreOptions { max_connections: 10, connect_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -81,10 +78,7 @@ impl Db {
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
                     .pragma("temp_store", "memory");
-                let open_err = |source| StoreError::Open {
-                    path: path.display().to_string(),
-                    source,
-                };
+                let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
                 let write = SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
@@ -104,10 +98,7 @@ impl Db {
                 Pools::Sqlite { write, read }
             }
             DatabaseUrl::Postgres { url: raw } => {
-                let unreachable = |source| StoreError::Unreachable {
-                    url: url.redacted(),
-                    source,
-                };
+                let unreachable = |source| StoreError::Unreachable { url: url.redacted(), source };
                 let options = PgConnectOptions::from_str(raw).map_err(unreachable)?;
                 // One direct connection first: a pool would report only "timed out", hiding
                 // "connection refused" or "password authentication failed".
@@ -128,13 +119,7 @@ impl Db {
                 Pools::Postgres(pool)
             }
         };
-        Ok(Db {
-            inner: Arc::new(Inner {
-                pools,
-                url: url.clone(),
-                wakeups: Arc::default(),
-            }),
-        })
+        Ok(Db { inner: Arc::new(Inner { pools, url: url.clone(), wakeups: Arc::default() }) })
     }
 
     pub fn backend(&self) -> Backend {
@@ -195,9 +180,7 @@ impl Db {
             Pools::Sqlite { write, read } => {
                 read.close().await;
                 // Leaves the WAL checkpointed and the -wal file small for the next start.
-                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(write)
-                    .await;
+                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(write).await;
                 write.close().await;
             }
             Pools::Postgres(pool) => pool.close().await,

@@ -10,9 +10,7 @@ pub enum StoreError {
         "cannot reach the database at {url}: {source}. Check that it is running and that the URL, user and password are right"
     )]
     Unreachable { url: String, source: sqlx::Error },
-    #[error(
-        "cannot open the SQLite database {path}: {source}. Check that the directory exists and is writable"
-    )]
+    #[error("cannot open the SQLite database {path}: {source}. Check that the directory exists and is writable")]
     Open { path: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -35,12 +33,9 @@ impl StoreError {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Sqlx(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
-            ) => Error::new(
-                ErrorCode::Unavailable,
-                "the database is unavailable; try again shortly",
-            ),
+            StoreError::Sqlx(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                Error::new(ErrorCode::Unavailable, "the database is unavailable; try again shortly")
+            }
             _ => {
                 tracing::error!(error = %e, "storage failure");
                 Error::internal("a storage error occurred; the server log has the cause")

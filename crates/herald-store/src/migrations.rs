@@ -12,20 +12,11 @@ macro_rules! migrations {
 }
 
 fn migration(version: i64, name: &'static str, sql: &'static str) -> Migration {
-    Migration::new(
-        version,
-        Cow::Borrowed(name),
-        MigrationType::Simple,
-        AssertSqlSafe(sql).into_sql_str(),
-        false,
-    )
+    Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, AssertSqlSafe(sql).into_sql_str(), false)
 }
 
 fn migrator(migrations: Vec<Migration>) -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
 pub(crate) fn sqlite() -> Migrator {

@@ -50,31 +50,20 @@ impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = scratch_dir("herald-test");
         let url = DatabaseUrl::sqlite(dir.join("herald.db"));
-        let db = Db::connect(&url, &StoreOptions::default())
-            .await
-            .expect("open sqlite");
+        let db = Db::connect(&url, &StoreOptions::default()).await.expect("open sqlite");
         db.migrate().await.expect("migrate sqlite");
-        TestDb {
-            db,
-            cleanup: Cleanup::Sqlite(dir),
-        }
+        TestDb { db, cleanup: Cleanup::Sqlite(dir) }
     }
 
     /// A fresh database on the test PostgreSQL server, or `None` when none is configured.
     pub async fn postgres() -> Option<TestDb> {
         let admin_url = postgres_url()?;
         let (url, name) = create_postgres_database(&admin_url).await;
-        let db = Db::connect(
-            &DatabaseUrl::parse(&url).expect("postgres url"),
-            &StoreOptions::default(),
-        )
-        .await
-        .expect("connect to test postgres database");
+        let db = Db::connect(&DatabaseUrl::parse(&url).expect("postgres url"), &StoreOptions::default())
+            .await
+            .expect("connect to test postgres database");
         db.migrate().await.expect("migrate postgres");
-        Some(TestDb {
-            db,
-            cleanup: Cleanup::Postgres { admin_url, name },
-        })
+        Some(TestDb { db, cleanup: Cleanup::Postgres { admin_url, name } })
     }
 
     /// The URL of this test database, for starting `herald` processes on it.
@@ -91,9 +80,7 @@ impl TestDb {
             Cleanup::Sqlite(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            Cleanup::Postgres { admin_url, name } => {
-                drop_postgres_database(&admin_url, &name).await
-            }
+            Cleanup::Postgres { admin_url, name } => drop_postgres_database(&admin_url, &name).await,
         }
     }
 }
@@ -102,9 +89,7 @@ impl TestDb {
 pub async fn create_postgres_database(admin_url: &str) -> (String, String) {
     use sqlx::Connection;
     let name = format!("herald_test_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(admin_url)
-        .await
-        .expect("connect to HERALD_TEST_POSTGRES_URL");
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.expect("connect to HERALD_TEST_POSTGRES_URL");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
@@ -118,11 +103,9 @@ pub async fn create_postgres_database(admin_url: &str) -> (String, String) {
 pub async fn drop_postgres_database(admin_url: &str, name: &str) {
     use sqlx::Connection;
     if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await;
         let _ = admin.close().await;
     }
 }

@@ -28,17 +28,10 @@ pub enum TxConn<'a> {
 impl Tx {
     pub(crate) async fn begin(pools: &Pools, wakeups: Arc<Wakeups>) -> Result<Tx, StoreError> {
         let inner = match pools {
-            Pools::Sqlite { write, .. } => {
-                Inner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?)
-            }
+            Pools::Sqlite { write, .. } => Inner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
             Pools::Postgres(pool) => Inner::Postgres(pool.begin().await?),
         };
-        Ok(Tx {
-            inner,
-            notify: BTreeSet::new(),
-            after_commit: Vec::new(),
-            wakeups,
-        })
+        Ok(Tx { inner, notify: BTreeSet::new(), after_commit: Vec::new(), wakeups })
     }
 
     pub fn conn(&mut self) -> TxConn<'_> {
@@ -62,21 +55,13 @@ impl Tx {
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
-        let Tx {
-            inner,
-            notify,
-            after_commit,
-            wakeups,
-        } = self;
+        let Tx { inner, notify, after_commit, wakeups } = self;
         match inner {
             Inner::Sqlite(tx) => tx.commit().await?,
             Inner::Postgres(mut tx) => {
                 // NOTIFY inside the transaction is delivered at commit, and not at all on rollback.
                 for channel in &notify {
-                    sqlx::query("SELECT pg_notify($1, '')")
-                        .bind(channel)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
                 }
                 tx.commit().await?
             }

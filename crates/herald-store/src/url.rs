@@ -14,27 +14,22 @@ pub enum DatabaseUrl {
 impl DatabaseUrl {
     pub fn parse(raw: &str) -> Result<Self, StoreError> {
         let raw = raw.trim();
-        if let Some(rest) = raw
-            .strip_prefix("sqlite://")
-            .or_else(|| raw.strip_prefix("sqlite:"))
-        {
+        if let Some(rest) = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")) {
             let path = rest.split('?').next().unwrap_or_default();
             if path.is_empty() || path == ":memory:" {
                 return Err(StoreError::BadUrl(format!(
                     "`{raw}` names no file; Herald needs a database file such as sqlite://herald-data/herald.db"
                 )));
             }
-            return Ok(DatabaseUrl::Sqlite {
-                path: PathBuf::from(path),
-            });
+            return Ok(DatabaseUrl::Sqlite { path: PathBuf::from(path) });
         }
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             ::url::Url::parse(raw).map_err(|e| {
-                StoreError::BadUrl(format!("the PostgreSQL URL does not parse ({e}); write it as postgres://user:password@host:5432/database"))
+                StoreError::BadUrl(format!(
+                    "the PostgreSQL URL does not parse ({e}); write it as postgres://user:password@host:5432/database"
+                ))
             })?;
-            return Ok(DatabaseUrl::Postgres {
-                url: raw.to_string(),
-            });
+            return Ok(DatabaseUrl::Postgres { url: raw.to_string() });
         }
         let scheme = raw.split(':').next().unwrap_or(raw);
         Err(StoreError::BadUrl(format!(
@@ -59,11 +54,7 @@ impl DatabaseUrl {
                     let pairs: Vec<(String, String)> = u
                         .query_pairs()
                         .map(|(k, v)| {
-                            let v = if k.eq_ignore_ascii_case("password") {
-                                "***".into()
-                            } else {
-                                v.into_owned()
-                            };
+                            let v = if k.eq_ignore_ascii_case("password") { "***".into() } else { v.into_owned() };
                             (k.into_owned(), v)
                         })
                         .collect();
@@ -100,21 +91,12 @@ mod tests {
             DatabaseUrl::parse("sqlite://herald-data/herald.db").unwrap(),
             DatabaseUrl::sqlite("herald-data/herald.db")
         );
-        assert_eq!(
-            DatabaseUrl::parse("sqlite:/tmp/x.db").unwrap(),
-            DatabaseUrl::sqlite("/tmp/x.db")
-        );
-        let pg =
-            DatabaseUrl::parse("postgres://herald:s3cret@db:5432/herald?password=other").unwrap();
+        assert_eq!(DatabaseUrl::parse("sqlite:/tmp/x.db").unwrap(), DatabaseUrl::sqlite("/tmp/x.db"));
+        let pg = DatabaseUrl::parse("postgres://herald:s3cret@db:5432/herald?password=other").unwrap();
         let shown = format!("{pg} {pg:?}");
-        assert!(
-            !shown.contains("s3cret") && !shown.contains("other"),
-            "{shown}"
-        );
+        assert!(!shown.contains("s3cret") && !shown.contains("other"), "{shown}");
         assert!(shown.contains("herald:***@db:5432/herald"), "{shown}");
-        let err = DatabaseUrl::parse("mysql://root@localhost/x")
-            .unwrap_err()
-            .to_string();
+        let err = DatabaseUrl::parse("mysql://root@localhost/x").unwrap_err().to_string();
         assert!(err.contains("unknown database URL scheme `mysql`"), "{err}");
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
     }

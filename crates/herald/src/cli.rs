@@ -5,11 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "herald",
-    version,
-    about = "Herald: watch where creators publish, run workflows, publish everywhere."
-)]
+#[command(name = "herald", version, about = "Herald: watch where creators publish, run workflows, publish everywhere.")]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
@@ -136,18 +132,14 @@ pub struct BenchQueueArgs {
     /// Jobs to enqueue and drain.
     #[arg(long, default_value_t = 50_000)]
     pub jobs: usize,
-    /// Jobs run at once.
-    #[arg(long, default_value_t = 64)]
+    /// Jobs run at once (worker slots: cheap async tasks, not threads).
+    #[arg(long, default_value_t = 256)]
     pub workers: usize,
     /// sqlite, postgres or all.
     #[arg(long, default_value = "all")]
     pub backend: String,
     /// A PostgreSQL server to create the bench database on.
-    #[arg(
-        long,
-        env = "HERALD_BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
+    #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_url: String,
     /// Seconds to measure the raw commit ceiling.
     #[arg(long, default_value_t = 3)]

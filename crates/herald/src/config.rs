@@ -70,11 +70,8 @@ impl std::fmt::Debug for SecretKey {
 impl SecretKey {
     pub fn parse_hex(s: &str) -> Result<Self, ConfigError> {
         let s = s.trim();
-        let invalid = || {
-            bad(
-                "HERALD_SECRET_KEY must be 64 hex characters (32 bytes); generate one with `openssl rand -hex 32`",
-            )
-        };
+        let invalid =
+            || bad("HERALD_SECRET_KEY must be 64 hex characters (32 bytes); generate one with `openssl rand -hex 32`");
         if s.len() != 64 {
             return Err(invalid());
         }
@@ -150,34 +147,24 @@ impl Config {
     pub fn load(flags: &Settings) -> Result<Config, ConfigError> {
         let (file_path, file) = read_file(flags.config.as_deref())?;
         let mut sources = Vec::new();
-        let mut m = Merge {
-            sources: &mut sources,
-        };
+        let mut m = Merge { sources: &mut sources };
         let f = file;
 
-        let listen_raw = m
-            .pick("listen", flags.listen.clone(), f.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen: SocketAddr = listen_raw
-            .parse()
-            .map_err(|_| bad(format!("listen: `{listen_raw}` is not an address; write it like 127.0.0.1:8080 or 0.0.0.0:8080")))?;
-        let data_dir = m
-            .pick("data_dir", flags.data_dir.clone(), f.data_dir)
-            .unwrap_or_else(|| "herald-data".into());
-        let database_url = match m.pick("database_url", flags.database_url.clone(), f.database_url)
-        {
+        let listen_raw = m.pick("listen", flags.listen.clone(), f.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            bad(format!("listen: `{listen_raw}` is not an address; write it like 127.0.0.1:8080 or 0.0.0.0:8080"))
+        })?;
+        let data_dir = m.pick("data_dir", flags.data_dir.clone(), f.data_dir).unwrap_or_else(|| "herald-data".into());
+        let database_url = match m.pick("database_url", flags.database_url.clone(), f.database_url) {
             Some(raw) => DatabaseUrl::parse(&raw).map_err(|e| bad(format!("database_url: {e}")))?,
             None => DatabaseUrl::sqlite(data_dir.join("herald.db")),
         };
         let public_url = m
             .pick("public_url", flags.public_url.clone(), f.public_url)
             .map(|raw| {
-                let u = url::Url::parse(&raw)
-                    .map_err(|e| bad(format!("public_url: `{raw}` is not a URL ({e})")))?;
+                let u = url::Url::parse(&raw).map_err(|e| bad(format!("public_url: `{raw}` is not a URL ({e})")))?;
                 if !matches!(u.scheme(), "http" | "https") {
-                    return Err(bad(format!(
-                        "public_url: `{raw}` must start with http:// or https://"
-                    )));
+                    return Err(bad(format!("public_url: `{raw}` must start with http:// or https://")));
                 }
                 Ok(u)
             })
@@ -186,67 +173,36 @@ impl Config {
             .pick("secret_key", flags.secret_key.clone(), f.secret_key)
             .map(|s| SecretKey::parse_hex(&s))
             .transpose()?;
-        let role_raw = m
-            .pick("role", flags.role.clone(), f.role)
-            .unwrap_or_else(|| "all".into());
-        let role = Role::parse(&role_raw).ok_or_else(|| {
-            bad(format!(
-                "role: `{role_raw}` is not a role; use all, api or worker"
-            ))
-        })?;
+        let role_raw = m.pick("role", flags.role.clone(), f.role).unwrap_or_else(|| "all".into());
+        let role = Role::parse(&role_raw)
+            .ok_or_else(|| bad(format!("role: `{role_raw}` is not a role; use all, api or worker")))?;
         let workers = m.pick("workers", flags.workers, f.workers).unwrap_or(32);
         if workers == 0 {
             return Err(bad("workers: must be at least 1"));
         }
         let shutdown_grace = duration(
             "shutdown_grace",
-            m.pick(
-                "shutdown_grace",
-                flags.shutdown_grace.clone(),
-                f.shutdown_grace,
-            ),
+            m.pick("shutdown_grace", flags.shutdown_grace.clone(), f.shutdown_grace),
             Duration::from_secs(30),
         )?;
-        let job_lease = duration(
-            "job_lease",
-            m.pick("job_lease", flags.job_lease.clone(), f.job_lease),
-            Duration::from_secs(30),
-        )?;
+        let job_lease =
+            duration("job_lease", m.pick("job_lease", flags.job_lease.clone(), f.job_lease), Duration::from_secs(30))?;
         if job_lease < Duration::from_secs(1) {
-            return Err(bad(
-                "job_lease: must be at least 1s, or heartbeats cannot keep up",
-            ));
+            return Err(bad("job_lease: must be at least 1s, or heartbeats cannot keep up"));
         }
         let job_retention = duration(
             "job_retention",
-            m.pick(
-                "job_retention",
-                flags.job_retention.clone(),
-                f.job_retention,
-            ),
+            m.pick("job_retention", flags.job_retention.clone(), f.job_retention),
             Duration::from_secs(7 * 86_400),
         )?;
-        let job_retention_count = m
-            .pick(
-                "job_retention_count",
-                flags.job_retention_count,
-                f.job_retention_count,
-            )
-            .unwrap_or(100_000);
-        let db_max_connections = m
-            .pick(
-                "db_max_connections",
-                flags.db_max_connections,
-                f.db_max_connections,
-            )
-            .unwrap_or(10);
+        let job_retention_count =
+            m.pick("job_retention_count", flags.job_retention_count, f.job_retention_count).unwrap_or(100_000);
+        let db_max_connections =
+            m.pick("db_max_connections", flags.db_max_connections, f.db_max_connections).unwrap_or(10);
         let allow_private_networks = m
             .pick(
                 "allow_private_networks",
-                flags
-                    .allow_private_networks
-                    .clone()
-                    .map(|s| s.split(',').map(|p| p.trim().to_string()).collect()),
+                flags.allow_private_networks.clone().map(|s| s.split(',').map(|p| p.trim().to_string()).collect()),
                 f.allow_private_networks,
             )
             .unwrap_or_default()
@@ -256,19 +212,12 @@ impl Config {
         for cidr in &allow_private_networks {
             validate_cidr(cidr)?;
         }
-        let log = m
-            .pick("log", flags.log.clone(), f.log)
-            .unwrap_or_else(|| "info".into());
-        let log_format = match m
-            .pick("log_format", flags.log_format.clone(), f.log_format)
-            .as_deref()
-        {
+        let log = m.pick("log", flags.log.clone(), f.log).unwrap_or_else(|| "info".into());
+        let log_format = match m.pick("log_format", flags.log_format.clone(), f.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(bad(format!(
-                    "log_format: `{other}` is not a format; use text or json"
-                )));
+                return Err(bad(format!("log_format: `{other}` is not a format; use text or json")));
             }
         };
         Ok(Config {
@@ -293,10 +242,7 @@ impl Config {
     }
 
     fn source(&self, key: &str) -> &'static str {
-        self.sources
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map_or("default", |(_, s)| s.as_str())
+        self.sources.iter().find(|(k, _)| *k == key).map_or("default", |(_, s)| s.as_str())
     }
 
     /// The configuration as TOML, secrets redacted, each line noting where its value came from.
@@ -314,19 +260,10 @@ impl Config {
         line("listen", q(&self.listen.to_string()));
         line("data_dir", q(&self.data_dir.display().to_string()));
         line("database_url", q(&self.database_url.redacted()));
-        line(
-            "public_url",
-            self.public_url
-                .as_ref()
-                .map_or("\"\"".into(), |u| q(u.as_str())),
-        );
+        line("public_url", self.public_url.as_ref().map_or("\"\"".into(), |u| q(u.as_str())));
         line(
             "secret_key",
-            if self.secret_key.is_some() {
-                q("***")
-            } else {
-                q("(key file in data_dir, generated on first serve)")
-            },
+            if self.secret_key.is_some() { q("***") } else { q("(key file in data_dir, generated on first serve)") },
         );
         line("role", q(self.role.as_str()));
         line("workers", self.workers.to_string());
@@ -335,19 +272,9 @@ impl Config {
         line("job_retention", q(&format_duration(self.job_retention)));
         line("job_retention_count", self.job_retention_count.to_string());
         line("db_max_connections", self.db_max_connections.to_string());
-        line(
-            "allow_private_networks",
-            format!("{:?}", self.allow_private_networks),
-        );
+        line("allow_private_networks", format!("{:?}", self.allow_private_networks));
         line("log", q(&self.log));
-        line(
-            "log_format",
-            q(if self.log_format == LogFormat::Json {
-                "json"
-            } else {
-                "text"
-            }),
-        );
+        line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));
         out
     }
 }
@@ -358,27 +285,15 @@ fn read_file(explicit: Option<&Path>) -> Result<(Option<PathBuf>, FileConfig), C
         None if Path::new("herald.toml").exists() => PathBuf::from("herald.toml"),
         None => return Ok((None, FileConfig::default())),
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        bad(format!(
-            "cannot read the configuration file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| {
-        bad(format!(
-            "the configuration file {} is invalid: {e}",
-            path.display()
-        ))
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad(format!("cannot read the configuration file {}: {e}", path.display())))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|e| bad(format!("the configuration file {} is invalid: {e}", path.display())))?;
     Ok((Some(path), file))
 }
 
 fn validate_cidr(cidr: &str) -> Result<(), ConfigError> {
-    let err = || {
-        bad(format!(
-            "allow_private_networks: `{cidr}` is not a CIDR such as 10.0.0.0/8 or fd00::/8"
-        ))
-    };
+    let err = || bad(format!("allow_private_networks: `{cidr}` is not a CIDR such as 10.0.0.0/8 or fd00::/8"));
     let (addr, len) = cidr.split_once('/').ok_or_else(err)?;
     let ip: std::net::IpAddr = addr.parse().map_err(|_| err())?;
     let len: u8 = len.parse().map_err(|_| err())?;
@@ -401,15 +316,8 @@ mod tests {
     #[test]
     fn a_flag_beats_the_file_which_beats_the_default() {
         let dir = herald_store::testing::scratch_dir("herald-config");
-        let file = write(
-            &dir,
-            "listen = \"127.0.0.1:9000\"\nworkers = 4\njob_lease = \"1m\"\n",
-        );
-        let flags = Settings {
-            config: Some(file),
-            listen: Some("127.0.0.1:9100".into()),
-            ..Settings::default()
-        };
+        let file = write(&dir, "listen = \"127.0.0.1:9000\"\nworkers = 4\njob_lease = \"1m\"\n");
+        let flags = Settings { config: Some(file), listen: Some("127.0.0.1:9100".into()), ..Settings::default() };
         let c = Config::load(&flags).unwrap();
         assert_eq!(c.listen.port(), 9100);
         assert_eq!(c.workers, 4);
@@ -432,65 +340,20 @@ mod tests {
         };
         let c = Config::load(&flags).unwrap();
         let shown = format!("{}{:?}", c.render(), c);
-        assert!(
-            !shown.contains(&key) && !shown.contains("hunter2"),
-            "{shown}"
-        );
+        assert!(!shown.contains(&key) && !shown.contains("hunter2"), "{shown}");
         assert_eq!(c.secret_key.unwrap().to_hex(), key);
     }
 
     #[test]
     fn bad_values_say_what_to_do() {
         let cases = [
-            (
-                Settings {
-                    database_url: Some("mysql://x".into()),
-                    ..Default::default()
-                },
-                "unknown database URL scheme",
-            ),
-            (
-                Settings {
-                    listen: Some("localhost".into()),
-                    ..Default::default()
-                },
-                "is not an address",
-            ),
-            (
-                Settings {
-                    role: Some("boss".into()),
-                    ..Default::default()
-                },
-                "use all, api or worker",
-            ),
-            (
-                Settings {
-                    secret_key: Some("short".into()),
-                    ..Default::default()
-                },
-                "openssl rand -hex 32",
-            ),
-            (
-                Settings {
-                    job_lease: Some("5 weeks".into()),
-                    ..Default::default()
-                },
-                "unknown unit",
-            ),
-            (
-                Settings {
-                    allow_private_networks: Some("10.0.0.0/33".into()),
-                    ..Default::default()
-                },
-                "not a CIDR",
-            ),
-            (
-                Settings {
-                    config: Some("/nonexistent/herald.toml".into()),
-                    ..Default::default()
-                },
-                "cannot read",
-            ),
+            (Settings { database_url: Some("mysql://x".into()), ..Default::default() }, "unknown database URL scheme"),
+            (Settings { listen: Some("localhost".into()), ..Default::default() }, "is not an address"),
+            (Settings { role: Some("boss".into()), ..Default::default() }, "use all, api or worker"),
+            (Settings { secret_key: Some("short".into()), ..Default::default() }, "openssl rand -hex 32"),
+            (Settings { job_lease: Some("5 weeks".into()), ..Default::default() }, "unknown unit"),
+            (Settings { allow_private_networks: Some("10.0.0.0/33".into()), ..Default::default() }, "not a CIDR"),
+            (Settings { config: Some("/nonexistent/herald.toml".into()), ..Default::default() }, "cannot read"),
         ];
         for (flags, want) in cases {
             let err = Config::load(&flags).unwrap_err().to_string();
@@ -498,12 +361,7 @@ mod tests {
         }
         let dir = herald_store::testing::scratch_dir("herald-config");
         let file = write(&dir, "lisen = \"typo\"\n");
-        let err = Config::load(&Settings {
-            config: Some(file),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let err = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("unknown field `lisen`"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }

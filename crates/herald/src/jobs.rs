@@ -24,9 +24,7 @@ struct Ping {
 #[async_trait::async_trait]
 impl Handler for Ping {
     async fn run(&self, job: &Job) -> Result<(), JobError> {
-        let url = job.payload["url"]
-            .as_str()
-            .ok_or_else(|| JobError::permanent("diag.ping payload has no url"))?;
+        let url = job.payload["url"].as_str().ok_or_else(|| JobError::permanent("diag.ping payload has no url"))?;
         let response = self
             .http
             .post(url)
@@ -66,13 +64,7 @@ pub async fn enqueue_pings(db: &Db, url: &str, count: usize) -> anyhow::Result<(
     while left > 0 {
         let n = left.min(1000);
         let mut tx = db.begin().await?;
-        enqueue_many(
-            &mut tx,
-            (0..n)
-                .map(|_| NewJob::new(DIAG_PING, json!({"url": url})))
-                .collect(),
-        )
-        .await?;
+        enqueue_many(&mut tx, (0..n).map(|_| NewJob::new(DIAG_PING, json!({"url": url}))).collect()).await?;
         tx.commit().await?;
         left -= n;
     }

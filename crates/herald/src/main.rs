@@ -34,11 +34,7 @@ impl From<anyhow::Error> for Exit {
 
 impl From<herald_store::StoreError> for Exit {
     fn from(e: herald_store::StoreError) -> Self {
-        if e.is_config() {
-            Exit::Config(e.to_string())
-        } else {
-            Exit::Failure(e.into())
-        }
+        if e.is_config() { Exit::Config(e.to_string()) } else { Exit::Failure(e.into()) }
     }
 }
 
@@ -71,10 +67,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herald: cannot start the async runtime: {e}");
@@ -105,29 +98,20 @@ async fn run(command: Command, config: Config) -> Result<(), Exit> {
             db.close().await;
             Ok(())
         }
-        Command::Config {
-            command: ConfigCommand::Check,
-        } => {
+        Command::Config { command: ConfigCommand::Check } => {
             print!("{}", config.render());
             serve::check(&config).await?;
             println!("# configuration is valid");
             Ok(())
         }
-        Command::Jobs {
-            command: JobsCommand::Stats,
-        } => {
+        Command::Jobs { command: JobsCommand::Stats } => {
             let db = serve::open_database(&config).await?;
             let depth = herald_queue::Queue::new(db.clone()).depth().await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&depth).map_err(anyhow::Error::from)?
-            );
+            println!("{}", serde_json::to_string_pretty(&depth).map_err(anyhow::Error::from)?);
             db.close().await;
             Ok(())
         }
-        Command::Diag {
-            command: DiagCommand::Ping { url, count },
-        } => {
+        Command::Diag { command: DiagCommand::Ping { url, count } } => {
             let db = serve::open_database(&config).await?;
             db.migrate().await?;
             jobs::enqueue_pings(&db, &url, count).await?;

@@ -20,10 +20,7 @@ pub async fn open_database(config: &Config) -> Result<Db, Exit> {
     {
         ensure_writable_dir(dir, "the SQLite database's directory")?;
     }
-    let opts = StoreOptions {
-        max_connections: config.db_max_connections,
-        ..StoreOptions::default()
-    };
+    let opts = StoreOptions { max_connections: config.db_max_connections, ..StoreOptions::default() };
     Ok(Db::connect(&config.database_url, &opts).await?)
 }
 
@@ -49,10 +46,7 @@ fn load_or_create_key(config: &Config) -> Result<SecretKey, ConfigError> {
     let path = config.data_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => SecretKey::parse_hex(&text).map_err(|_| {
-            ConfigError(format!(
-                "the key file {} is corrupt: it must hold 64 hex characters",
-                path.display()
-            ))
+            ConfigError(format!("the key file {} is corrupt: it must hold 64 hex characters", path.display()))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey(rand::random());
@@ -60,27 +54,19 @@ fn load_or_create_key(config: &Config) -> Result<SecretKey, ConfigError> {
             opts.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&path).map_err(|e| {
-                ConfigError(format!(
-                    "cannot create the key file {}: {e}",
-                    path.display()
-                ))
-            })?;
+            let mut f = opts
+                .open(&path)
+                .map_err(|e| ConfigError(format!("cannot create the key file {}: {e}", path.display())))?;
             f.write_all(key.to_hex().as_bytes())
                 .and_then(|_| f.sync_all())
-                .map_err(|e| {
-                    ConfigError(format!("cannot write the key file {}: {e}", path.display()))
-                })?;
+                .map_err(|e| ConfigError(format!("cannot write the key file {}: {e}", path.display())))?;
             tracing::warn!(
                 path = %path.display(),
                 "generated a new secret key; back it up, since stored credentials cannot be read without it, or set HERALD_SECRET_KEY"
             );
             Ok(key)
         }
-        Err(e) => Err(ConfigError(format!(
-            "cannot read the key file {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(ConfigError(format!("cannot read the key file {}: {e}", path.display()))),
     }
 }
 
@@ -94,19 +80,9 @@ pub async fn check(config: &Config) -> Result<(), Exit> {
 }
 
 fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "herald".to_string()
-    } else {
-        host
-    };
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &uuid::Uuid::now_v7().simple().to_string()[24..]
-    )
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "herald".to_string() } else { host };
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[24..])
 }
 
 pub async fn serve(config: Config) -> Result<(), Exit> {
@@ -124,12 +100,7 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     db.migrate().await.context("applying database migrations")?;
     let queue = Queue::new(db.clone());
     let metrics = herald_server::metrics::install();
-    let state = AppState {
-        db: db.clone(),
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        role: config.role,
-    };
+    let state = AppState { db: db.clone(), queue: queue.clone(), metrics: metrics.clone(), role: config.role };
     let app = router(state);
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
@@ -145,10 +116,7 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         let stop = shutdown.clone();
         async move {
             // Histograms need periodic upkeep between scrapes.
-            while tokio::time::timeout(Duration::from_secs(5), stop.cancelled())
-                .await
-                .is_err()
-            {
+            while tokio::time::timeout(Duration::from_secs(5), stop.cancelled()).await.is_err() {
                 metrics.run_upkeep();
             }
         }
@@ -164,12 +132,9 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             shutdown_grace: config.shutdown_grace,
             ..RunnerConfig::default()
         };
-        tokio::spawn(
-            Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()),
-        )
+        tokio::spawn(Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()))
     });
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = server.await;
     if let Some(r) = runner {
         let _ = r.await;

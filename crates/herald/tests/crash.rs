@@ -28,9 +28,7 @@ struct Counter {
 
 impl Counter {
     async fn start(&self) -> std::net::SocketAddr {
-        let app = axum::Router::new()
-            .route("/ping", post(record))
-            .with_state(self.clone());
+        let app = axum::Router::new().route("/ping", post(record)).with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -42,21 +40,12 @@ impl Counter {
     }
 
     fn requests(&self) -> u64 {
-        self.seen
-            .lock()
-            .unwrap()
-            .values()
-            .map(|n| u64::from(*n))
-            .sum()
+        self.seen.lock().unwrap().values().map(|n| u64::from(*n)).sum()
     }
 }
 
 async fn record(State(c): State<Counter>, headers: HeaderMap) -> &'static str {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("missing")
-        .to_string();
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("missing").to_string();
     *c.seen.lock().unwrap().entry(key).or_default() += 1;
     "ok"
 }
@@ -73,44 +62,23 @@ async fn drain_while_one_worker_is_killed(t: TestDb, processes: usize) {
     let addr = counter.start().await;
     let url = format!("http://{addr}/ping");
     let mut tx = t.db.begin().await.unwrap();
-    enqueue_many(
-        &mut tx,
-        (0..JOBS)
-            .map(|_| NewJob::new("diag.ping", json!({"url": url})))
-            .collect(),
-    )
-    .await
-    .unwrap();
+    enqueue_many(&mut tx, (0..JOBS).map(|_| NewJob::new("diag.ping", json!({"url": url}))).collect()).await.unwrap();
     tx.commit().await.unwrap();
 
     let dir = herald_store::testing::scratch_dir("herald-crash");
     let mut workers: Vec<Proc> = (0..processes)
         .map(|_| {
             let mut cmd = herald();
-            cmd.args([
-                "serve",
-                "--role",
-                "worker",
-                "--listen",
-                "127.0.0.1:0",
-                "--job-lease",
-                "3s",
-                "--workers",
-                "16",
-            ])
-            .args(["--database-url", &t.url()])
-            .env("HERALD_SECRET_KEY", "ab".repeat(32));
+            cmd.args(["serve", "--role", "worker", "--listen", "127.0.0.1:0", "--job-lease", "3s", "--workers", "16"])
+                .args(["--database-url", &t.url()])
+                .env("HERALD_SECRET_KEY", "ab".repeat(32));
             Proc::spawn(cmd, &dir)
         })
         .collect();
 
     let start = Instant::now();
     while counter.distinct() < JOBS / 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "workers made no progress:\n{}",
-            workers[0].log()
-        );
+        assert!(start.elapsed() < Duration::from_secs(120), "workers made no progress:\n{}", workers[0].log());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     workers[0].child.kill().unwrap(); // SIGKILL, mid-run
@@ -119,19 +87,11 @@ async fn drain_while_one_worker_is_killed(t: TestDb, processes: usize) {
     let q = Queue::new(t.db.clone());
     loop {
         let depth = q.depth().await.unwrap();
-        let done: i64 = depth
-            .iter()
-            .filter(|d| d.state == JobState::Succeeded.as_str())
-            .map(|d| d.count)
-            .sum();
+        let done: i64 = depth.iter().filter(|d| d.state == JobState::Succeeded.as_str()).map(|d| d.count).sum();
         if done == JOBS as i64 {
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "not drained: {depth:?}\n{}",
-            workers[1].log()
-        );
+        assert!(start.elapsed() < Duration::from_secs(300), "not drained: {depth:?}\n{}", workers[1].log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for w in &mut workers[1..] {
@@ -139,16 +99,8 @@ async fn drain_while_one_worker_is_killed(t: TestDb, processes: usize) {
         assert_eq!(w.wait_exit(Duration::from_secs(30)), 0, "{}", w.log());
     }
 
-    let reaped = count(
-        &t.db,
-        "SELECT COUNT(*) FROM job_attempts WHERE outcome = 'lease_expired'",
-    )
-    .await;
-    let succeeded = count(
-        &t.db,
-        "SELECT COUNT(*) FROM job_attempts WHERE outcome = 'succeeded'",
-    )
-    .await;
+    let reaped = count(&t.db, "SELECT COUNT(*) FROM job_attempts WHERE outcome = 'lease_expired'").await;
+    let succeeded = count(&t.db, "SELECT COUNT(*) FROM job_attempts WHERE outcome = 'succeeded'").await;
     let twice = count(
         &t.db,
         "SELECT COUNT(*) FROM (SELECT job_id FROM job_attempts WHERE outcome = 'succeeded' GROUP BY job_id HAVING COUNT(*) > 1) AS d",
@@ -162,21 +114,11 @@ async fn drain_while_one_worker_is_killed(t: TestDb, processes: usize) {
     assert_eq!(counter.distinct(), JOBS, "the counter saw every job id");
     assert_eq!(succeeded, JOBS as i64, "every job succeeded once");
     assert_eq!(twice, 0, "no job succeeded twice");
-    assert!(
-        reaped >= 1,
-        "the kill interrupted running jobs, and the reaper put them back"
-    );
-    assert!(
-        replays <= reaped as u64,
-        "only interrupted runs were repeated ({replays} > {reaped})"
-    );
+    assert!(reaped >= 1, "the kill interrupted running jobs, and the reaper put them back");
+    assert!(replays <= reaped as u64, "only interrupted runs were repeated ({replays} > {reaped})");
     let ids: Vec<String> = counter.seen.lock().unwrap().keys().cloned().collect();
     for id in ids.iter().take(50) {
-        let job = q
-            .get(herald_queue::JobId(id.parse().unwrap()))
-            .await
-            .unwrap()
-            .expect("the key is a real job id");
+        let job = q.get(herald_queue::JobId(id.parse().unwrap())).await.unwrap().expect("the key is a real job id");
         assert_eq!(job.state, JobState::Succeeded);
     }
     drop(workers);

@@ -23,36 +23,22 @@ fn serve_starts_on_a_fresh_data_dir_answers_and_stops_cleanly_on_sigterm() {
     assert!(body.contains("\"code\":\"not_found\""), "{body}");
     let (_, metrics) = http_get(addr, "/metrics").unwrap();
     assert!(
-        metrics.contains(
-            "herald_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"
-        ),
+        metrics.contains("herald_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"}"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("herald_http_request_duration_seconds_bucket"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("herald_http_request_duration_seconds_bucket"), "{metrics}");
 
     let data = dir.join("herald-data");
     assert!(data.join("herald.db").exists());
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(data.join("secret.key"))
-            .unwrap()
-            .permissions(),
-    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join("secret.key")).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the generated key file is private");
 
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
     let log = p.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("herald listening on"))
-        .expect("one start-up line");
-    assert!(
-        line.contains(&format!("http://{addr}")) && line.contains("sqlite://herald-data/herald.db"),
-        "{line}"
-    );
+    let line = log.lines().find(|l| l.contains("herald listening on")).expect("one start-up line");
+    assert!(line.contains(&format!("http://{addr}")) && line.contains("sqlite://herald-data/herald.db"), "{line}");
     assert!(log.contains("generated a new secret key"));
     assert!(log.contains("SIGTERM received"));
     let _ = std::fs::remove_dir_all(dir);
@@ -62,15 +48,8 @@ fn expect_config_error(args: &[&str], want: &str) {
     let dir = herald_store::testing::scratch_dir("herald-badconf");
     let out = herald().args(args).current_dir(&dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{args:?} should exit 2; stderr: {stderr}"
-    );
-    assert!(
-        stderr.contains("configuration error") && stderr.contains(want),
-        "{args:?}: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(2), "{args:?} should exit 2; stderr: {stderr}");
+    assert!(stderr.contains("configuration error") && stderr.contains(want), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -81,18 +60,8 @@ fn each_bad_configuration_stops_with_a_clear_message_and_exit_code_2() {
         &["--database-url", "mysql://root@localhost/x", "serve"],
         "unknown database URL scheme `mysql`",
     );
-    expect_config_error(
-        &[
-            "--database-url",
-            "postgres://postgres@127.0.0.1:1/x",
-            "serve",
-        ],
-        "cannot reach the database",
-    );
-    expect_config_error(
-        &["--data-dir", "/proc/herald-cannot-live-here", "serve"],
-        "is not writable",
-    );
+    expect_config_error(&["--database-url", "postgres://postgres@127.0.0.1:1/x", "serve"], "cannot reach the database");
+    expect_config_error(&["--data-dir", "/proc/herald-cannot-live-here", "serve"], "is not writable");
     expect_config_error(&["--listen", "nonsense", "serve"], "is not an address");
     expect_config_error(&["--role", "boss", "serve"], "use all, api or worker");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -103,11 +72,7 @@ fn each_bad_configuration_stops_with_a_clear_message_and_exit_code_2() {
 #[test]
 fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
     let dir = herald_store::testing::scratch_dir("herald-check");
-    std::fs::write(
-        dir.join("herald.toml"),
-        "workers = 7\nlisten = \"127.0.0.1:9999\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("herald.toml"), "workers = 7\nlisten = \"127.0.0.1:9999\"\n").unwrap();
     let out = herald()
         .args(["config", "check", "--listen", "127.0.0.1:7000"])
         .env("HERALD_SECRET_KEY", "cd".repeat(32))
@@ -116,24 +81,13 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("listen = \"127.0.0.1:7000\""),
-        "flag beats file: {stdout}"
-    );
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("listen = \"127.0.0.1:7000\""), "flag beats file: {stdout}");
     assert!(stdout.contains("workers = 7"), "{stdout}");
     assert!(stdout.contains("secret_key = \"***\""), "{stdout}");
     assert!(!stdout.contains(&"cd".repeat(32)));
     std::fs::write(dir.join("herald.toml"), "workers = \"many\"\n").unwrap();
-    let out = herald()
-        .args(["config", "check"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let out = herald().args(["config", "check"]).current_dir(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("herald.toml is invalid"));
     let _ = std::fs::remove_dir_all(dir);

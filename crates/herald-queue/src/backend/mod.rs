@@ -42,6 +42,6 @@ pub(crate) struct Expired {
     pub started_at: DateTime<Utc>,
 }
 
-pub(crate) const LEASE_EXPIRED: &str = "lease expired: the worker stopped sending heartbeats (it crashed, was killed or lost the database)";
-pub(crate) const RELEASED: &str =
-    "the worker shut down before the job finished; released without spending an attempt";
+pub(crate) const LEASE_EXPIRED: &str =
+    "lease expired: the worker stopped sending heartbeats (it crashed, was killed or lost the database)";
+pub(crate) const RELEASED: &str = "the worker shut down before the job finished; released without spending an attempt";

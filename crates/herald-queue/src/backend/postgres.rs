@@ -35,9 +35,7 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
 }
 
 pub(crate) async fn now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
-    Ok(sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *conn)
-        .await?)
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?)
 }
 
 pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob) -> Result<bool> {
@@ -100,12 +98,11 @@ pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob
 }
 
 pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Result<Option<JobId>> {
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('pending', 'running')",
-    )
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('pending', 'running')")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
     Ok(id.map(JobId))
 }
 
@@ -126,11 +123,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
            locked_until = now() + make_interval(secs => $4), started_at = now() \
          FROM picked WHERE jobs.id = picked.id \
          RETURNING {}",
-        JOB_COLS
-            .split(", ")
-            .map(|c| format!("jobs.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        JOB_COLS.split(", ").map(|c| format!("jobs.{c}")).collect::<Vec<_>>().join(", ")
     )
 });
 
@@ -176,21 +169,14 @@ pub(crate) async fn buckets(conn: &mut PgConnection, keys: &[String]) -> Result<
 }
 
 pub(crate) async fn bucket(pool: &PgPool, key: &str) -> Result<Option<Bucket>> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = $1"
-    )))
-    .bind(key)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = $1")))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(
-    conn: &mut PgConnection,
-    key: &str,
-    tokens: f64,
-    at: DateTime<Utc>,
-) -> Result<()> {
+pub(crate) async fn store_tokens(conn: &mut PgConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
     sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE key = $1")
         .bind(key)
         .bind(tokens)
@@ -242,18 +228,10 @@ pub(crate) async fn block_bucket(conn: &mut PgConnection, key: &str, secs: f64) 
 }
 
 /// Applies a batch of completions in two statements, whatever its size.
-pub(crate) async fn complete(
-    conn: &mut PgConnection,
-    worker: &str,
-    rows: &[CompletionRow],
-) -> Result<usize> {
+pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[CompletionRow]) -> Result<usize> {
     let n = rows.len();
-    let (mut ids, mut attempts, mut states, mut refunds) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let (mut ids, mut attempts, mut states, mut refunds) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut delays, mut finished, mut errors, mut started, mut ended, mut outcomes) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -285,7 +263,7 @@ pub(crate) async fn complete(
              finished_at = CASE WHEN i.finished THEN i.finished_at END, \
              last_error = COALESCE(i.error, j.last_error), locked_by = NULL, locked_until = NULL \
            FROM input AS i \
-           WHERE j.id = i.id AND j.state = 'running' AND j.locked_by = $11 AND j.attempt = i.attempt \
+           WHERE j.id = ANY($1) AND j.id = i.id AND j.state = 'running' AND j.locked_by = $11 AND j.attempt = i.attempt \
            RETURNING j.id), \
          logged AS ( \
            INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
@@ -315,11 +293,7 @@ pub(crate) async fn complete(
     Ok(applied.len())
 }
 
-pub(crate) async fn heartbeat(
-    conn: &mut PgConnection,
-    worker: &str,
-    lease_secs: f64,
-) -> Result<u64> {
+pub(crate) async fn heartbeat(conn: &mut PgConnection, worker: &str, lease_secs: f64) -> Result<u64> {
     let done = sqlx::query(
         "UPDATE jobs SET locked_until = now() + make_interval(secs => $1) WHERE state = 'running' AND locked_by = $2",
     )
@@ -375,7 +349,7 @@ pub(crate) async fn release(
         "WITH input AS (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[]) AS t(id, attempt, started_at)), \
          done AS ( \
            UPDATE jobs AS j SET state = 'pending', attempt = j.attempt - 1, run_at = now(), locked_by = NULL, locked_until = NULL \
-           FROM input AS i WHERE j.id = i.id AND j.state = 'running' AND j.locked_by = $4 AND j.attempt = i.attempt \
+           FROM input AS i WHERE j.id = ANY($1) AND j.id = i.id AND j.state = 'running' AND j.locked_by = $4 AND j.attempt = i.attempt \
            RETURNING j.id), \
          logged AS ( \
            INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
@@ -392,11 +366,7 @@ pub(crate) async fn release(
     Ok(n as u64)
 }
 
-pub(crate) async fn prune_before(
-    conn: &mut PgConnection,
-    cutoff: DateTime<Utc>,
-    limit: usize,
-) -> Result<u64> {
+pub(crate) async fn prune_before(conn: &mut PgConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          AND finished_at < $1 LIMIT $2)",
@@ -421,11 +391,7 @@ pub(crate) async fn prune_beyond(conn: &mut PgConnection, keep: u64, limit: usiz
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn cancel(
-    conn: &mut PgConnection,
-    id: JobId,
-    reason: &str,
-) -> Result<Option<JobState>> {
+pub(crate) async fn cancel(conn: &mut PgConnection, id: JobId, reason: &str) -> Result<Option<JobState>> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = now(), last_error = $1 WHERE id = $2 AND state = 'pending'",
     )
@@ -436,18 +402,12 @@ pub(crate) async fn cancel(
     if done.rows_affected() == 1 {
         return Ok(Some(JobState::Cancelled));
     }
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-        .bind(id.0)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1").bind(id.0).fetch_optional(&mut *conn).await?;
     Ok(state.and_then(|s| JobState::parse(&s)))
 }
 
-pub(crate) async fn reschedule(
-    conn: &mut PgConnection,
-    id: JobId,
-    run_at: DateTime<Utc>,
-) -> Result<bool> {
+pub(crate) async fn reschedule(conn: &mut PgConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
     let done = sqlx::query("UPDATE jobs SET run_at = $1 WHERE id = $2 AND state = 'pending'")
         .bind(run_at)
         .bind(id.0)
@@ -457,12 +417,10 @@ pub(crate) async fn reschedule(
 }
 
 pub(crate) async fn get(pool: &PgPool, id: JobId) -> Result<Option<Job>> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {JOB_COLS} FROM jobs WHERE id = $1"
-    )))
-    .bind(id.0)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1")))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(job_from_row).transpose()
 }
 
@@ -489,25 +447,13 @@ pub(crate) async fn attempts(pool: &PgPool, id: JobId) -> Result<Vec<Attempt>> {
 }
 
 pub(crate) async fn depth(pool: &PgPool) -> Result<Vec<Depth>> {
-    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Depth {
-                queue: r.try_get(0)?,
-                state: r.try_get(1)?,
-                count: r.try_get(2)?,
-            })
-        })
-        .collect()
+    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetch_all(pool).await?;
+    rows.iter().map(|r| Ok(Depth { queue: r.try_get(0)?, state: r.try_get(1)?, count: r.try_get(2)? })).collect()
 }
 
 pub(crate) async fn next_due(pool: &PgPool, queue: &str) -> Result<Option<DateTime<Utc>>> {
-    Ok(
-        sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = $1")
-            .bind(queue)
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = $1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await?)
 }

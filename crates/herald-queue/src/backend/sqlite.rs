@@ -40,12 +40,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
 }
 
 /// Inserts one job; `false` when a live job already holds its unique key.
-pub(crate) async fn insert(
-    conn: &mut SqliteConnection,
-    id: JobId,
-    job: &NewJob,
-    now: DateTime<Utc>,
-) -> Result<bool> {
+pub(crate) async fn insert(conn: &mut SqliteConnection, id: JobId, job: &NewJob, now: DateTime<Utc>) -> Result<bool> {
     let run_at = job.run_at.unwrap_or(now);
     let done = sqlx::query(
         "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
@@ -67,16 +62,12 @@ pub(crate) async fn insert(
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn live_id_for_key(
-    conn: &mut SqliteConnection,
-    key: &str,
-) -> Result<Option<JobId>> {
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('pending', 'running')",
-    )
-    .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?;
+pub(crate) async fn live_id_for_key(conn: &mut SqliteConnection, key: &str) -> Result<Option<JobId>> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('pending', 'running')")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
     Ok(id.map(JobId))
 }
 
@@ -140,21 +131,14 @@ pub(crate) async fn buckets(conn: &mut SqliteConnection, keys: &[String]) -> Res
 }
 
 pub(crate) async fn bucket(pool: &SqlitePool, key: &str) -> Result<Option<Bucket>> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ?1"
-    )))
-    .bind(key)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ?1")))
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(
-    conn: &mut SqliteConnection,
-    key: &str,
-    tokens: f64,
-    at: DateTime<Utc>,
-) -> Result<()> {
+pub(crate) async fn store_tokens(conn: &mut SqliteConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
     sqlx::query("UPDATE rate_buckets SET tokens = ?2, updated_at = ?3 WHERE key = ?1")
         .bind(key)
         .bind(tokens)
@@ -214,51 +198,113 @@ pub(crate) async fn block_bucket(
     Ok(())
 }
 
+/// Applies a batch of completions in two statements, whatever its size: the batch travels as
+/// one JSON parameter, because each statement is a round trip to SQLite's connection thread.
 pub(crate) async fn complete(
     conn: &mut SqliteConnection,
     worker: &str,
     rows: &[CompletionRow],
     now: DateTime<Utc>,
 ) -> Result<usize> {
-    let mut applied = 0;
-    for c in rows {
-        let run_at = c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64);
-        let done = sqlx::query(
-            "UPDATE jobs SET state = ?1, attempt = attempt - ?2, run_at = COALESCE(?3, run_at), finished_at = ?4, \
-               last_error = COALESCE(?5, last_error), locked_by = NULL, locked_until = NULL \
-             WHERE id = ?6 AND state = 'running' AND locked_by = ?7 AND attempt = ?8",
+    let hex = |id: JobId| id.0.simple().to_string();
+    let input: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": hex(c.id),
+                "attempt": c.attempt,
+                "state": c.state,
+                "refund": c.attempt_refund,
+                "run_at": c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64),
+                "finished_at": c.finished.then(|| to_micros(c.finished_at)),
+                "error": c.error,
+            })
+        })
+        .collect();
+    let applied: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
+           finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
+         FROM (SELECT unhex(value ->> 'id') AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state, \
+                      value ->> 'refund' AS refund, value ->> 'run_at' AS run_at, value ->> 'finished_at' AS finished_at, \
+                      value ->> 'error' AS error \
+               FROM json_each(?1)) AS i \
+         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = ?2 AND jobs.attempt = i.attempt \
+         RETURNING jobs.id",
+    )
+    .bind(serde_json::Value::Array(input).to_string())
+    .bind(worker)
+    .fetch_all(&mut *conn)
+    .await?;
+    // A completion that matched nothing lost its lease (reaped or cancelled); the reaper already
+    // recorded that run.
+    let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
+    let kept: Vec<&CompletionRow> = rows.iter().filter(|c| applied.contains(&c.id.0)).collect();
+    if !kept.is_empty() {
+        let attempts: Vec<serde_json::Value> = kept
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": hex(c.id),
+                    "attempt": c.attempt,
+                    "started_at": to_micros(c.started_at),
+                    "finished_at": to_micros(c.finished_at),
+                    "outcome": c.outcome,
+                    "error": c.error,
+                })
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
+             SELECT unhex(value ->> 'id'), value ->> 'attempt', ?2, value ->> 'started_at', value ->> 'finished_at', \
+                    value ->> 'outcome', value ->> 'error' \
+             FROM json_each(?1)",
         )
-        .bind(c.state)
-        .bind(c.attempt_refund)
-        .bind(run_at)
-        .bind(c.finished.then(|| to_micros(c.finished_at)))
-        .bind(&c.error)
-        .bind(c.id.0)
+        .bind(serde_json::Value::Array(attempts).to_string())
         .bind(worker)
-        .bind(c.attempt)
         .execute(&mut *conn)
         .await?;
-        if done.rows_affected() == 0 {
-            // The lease was lost (reaped, or cancelled); the reaper already recorded this run.
-            continue;
-        }
-        applied += 1;
-        insert_attempt(
-            conn,
-            c.id,
-            c.attempt,
-            worker,
-            c.started_at,
-            c.finished_at,
-            c.outcome,
-            c.error.as_deref(),
-        )
-        .await?;
-        if let (Some(key), Some(until)) = (&c.block_bucket, run_at) {
-            block_bucket(conn, key, from_micros(until), now).await?;
+    }
+    for c in &kept {
+        if let (Some(key), Some(secs)) = (&c.block_bucket, c.delay_secs) {
+            let until = now + chrono::Duration::microseconds((secs * 1e6) as i64);
+            block_bucket(conn, key, until, now).await?;
         }
     }
-    Ok(applied)
+    Ok(kept.len())
+}
+
+/// Inserts many jobs without unique keys in one statement.
+pub(crate) async fn insert_many(
+    conn: &mut SqliteConnection,
+    jobs: &[(JobId, &NewJob)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let input: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|(id, j)| {
+            serde_json::json!({
+                "id": id.0.simple().to_string(),
+                "queue": j.queue,
+                "kind": j.kind,
+                "payload": j.payload.to_string(),
+                "priority": j.priority,
+                "max_attempts": j.max_attempts,
+                "run_at": to_micros(j.run_at.unwrap_or(now)),
+                "bucket_key": j.bucket_key,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key) \
+         SELECT unhex(value ->> 'id'), value ->> 'queue', value ->> 'kind', value ->> 'payload', value ->> 'priority', \
+                'pending', 0, value ->> 'max_attempts', value ->> 'run_at', ?2, value ->> 'bucket_key' \
+         FROM json_each(?1)",
+    )
+    .bind(serde_json::Value::Array(input).to_string())
+    .bind(to_micros(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,25 +333,16 @@ async fn insert_attempt(
     Ok(())
 }
 
-pub(crate) async fn heartbeat(
-    conn: &mut SqliteConnection,
-    worker: &str,
-    lease_until: DateTime<Utc>,
-) -> Result<u64> {
-    let done =
-        sqlx::query("UPDATE jobs SET locked_until = ?1 WHERE state = 'running' AND locked_by = ?2")
-            .bind(to_micros(lease_until))
-            .bind(worker)
-            .execute(&mut *conn)
-            .await?;
+pub(crate) async fn heartbeat(conn: &mut SqliteConnection, worker: &str, lease_until: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query("UPDATE jobs SET locked_until = ?1 WHERE state = 'running' AND locked_by = ?2")
+        .bind(to_micros(lease_until))
+        .bind(worker)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn reap(
-    conn: &mut SqliteConnection,
-    limit: usize,
-    now: DateTime<Utc>,
-) -> Result<Vec<Expired>> {
+pub(crate) async fn reap(conn: &mut SqliteConnection, limit: usize, now: DateTime<Utc>) -> Result<Vec<Expired>> {
     let rows = sqlx::query(
         "SELECT id, attempt, max_attempts, locked_by, started_at FROM jobs \
          WHERE state = 'running' AND locked_until < ?1 LIMIT ?2",
@@ -336,17 +373,8 @@ pub(crate) async fn reap(
         .bind(e.attempt)
         .execute(&mut *conn)
         .await?;
-        insert_attempt(
-            conn,
-            e.id,
-            e.attempt,
-            &e.worker,
-            e.started_at,
-            now,
-            "lease_expired",
-            Some(LEASE_EXPIRED),
-        )
-        .await?;
+        insert_attempt(conn, e.id, e.attempt, &e.worker, e.started_at, now, "lease_expired", Some(LEASE_EXPIRED))
+            .await?;
         expired.push(e);
     }
     Ok(expired)
@@ -372,28 +400,14 @@ pub(crate) async fn release(
         .await?;
         if done.rows_affected() == 1 {
             n += 1;
-            insert_attempt(
-                conn,
-                *id,
-                *attempt,
-                worker,
-                *started_at,
-                now,
-                "released",
-                Some(RELEASED),
-            )
-            .await?;
+            insert_attempt(conn, *id, *attempt, worker, *started_at, now, "released", Some(RELEASED)).await?;
         }
     }
     Ok(n)
 }
 
 /// Deletes up to `limit` finished jobs that finished before `cutoff`.
-pub(crate) async fn prune_before(
-    conn: &mut SqliteConnection,
-    cutoff: DateTime<Utc>,
-    limit: usize,
-) -> Result<u64> {
+pub(crate) async fn prune_before(conn: &mut SqliteConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          AND finished_at < ?1 LIMIT ?2)",
@@ -406,11 +420,7 @@ pub(crate) async fn prune_before(
 }
 
 /// Deletes up to `limit` finished jobs beyond the newest `keep`.
-pub(crate) async fn prune_beyond(
-    conn: &mut SqliteConnection,
-    keep: u64,
-    limit: usize,
-) -> Result<u64> {
+pub(crate) async fn prune_beyond(conn: &mut SqliteConnection, keep: u64, limit: usize) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          ORDER BY finished_at DESC, id DESC LIMIT ?2 OFFSET ?1)",
@@ -439,18 +449,12 @@ pub(crate) async fn cancel(
     if done.rows_affected() == 1 {
         return Ok(Some(JobState::Cancelled));
     }
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
-        .bind(id.0)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1").bind(id.0).fetch_optional(&mut *conn).await?;
     Ok(state.and_then(|s| JobState::parse(&s)))
 }
 
-pub(crate) async fn reschedule(
-    conn: &mut SqliteConnection,
-    id: JobId,
-    run_at: DateTime<Utc>,
-) -> Result<bool> {
+pub(crate) async fn reschedule(conn: &mut SqliteConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
     let done = sqlx::query("UPDATE jobs SET run_at = ?1 WHERE id = ?2 AND state = 'pending'")
         .bind(to_micros(run_at))
         .bind(id.0)
@@ -460,12 +464,10 @@ pub(crate) async fn reschedule(
 }
 
 pub(crate) async fn get(pool: &SqlitePool, id: JobId) -> Result<Option<Job>> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {JOB_COLS} FROM jobs WHERE id = ?1"
-    )))
-    .bind(id.0)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1")))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(job_from_row).transpose()
 }
 
@@ -492,25 +494,14 @@ pub(crate) async fn attempts(pool: &SqlitePool, id: JobId) -> Result<Vec<Attempt
 }
 
 pub(crate) async fn depth(pool: &SqlitePool) -> Result<Vec<Depth>> {
-    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Depth {
-                queue: r.try_get(0)?,
-                state: r.try_get(1)?,
-                count: r.try_get(2)?,
-            })
-        })
-        .collect()
+    let rows = sqlx::query("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state").fetch_all(pool).await?;
+    rows.iter().map(|r| Ok(Depth { queue: r.try_get(0)?, state: r.try_get(1)?, count: r.try_get(2)? })).collect()
 }
 
 pub(crate) async fn next_due(pool: &SqlitePool, queue: &str) -> Result<Option<DateTime<Utc>>> {
-    let t: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = ?1")
-            .bind(queue)
-            .fetch_one(pool)
-            .await?;
+    let t: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'pending' AND queue = ?1")
+        .bind(queue)
+        .fetch_one(pool)
+        .await?;
     Ok(t.map(from_micros))
 }

@@ -15,9 +15,7 @@ pub async fn healthz() -> Json<Value> {
 /// The database answers and every migration is applied: the process can take traffic.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.db.is_ready().await {
-        Ok(Json(
-            json!({"status": "ready", "database": state.db.backend().as_str(), "role": state.role.as_str()}),
-        ))
+        Ok(Json(json!({"status": "ready", "database": state.db.backend().as_str(), "role": state.role.as_str()})))
     } else {
         Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -29,8 +27,5 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.metrics.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

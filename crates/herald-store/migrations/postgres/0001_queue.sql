@@ -21,7 +21,6 @@ CREATE TABLE jobs (
 
 CREATE INDEX jobs_ready ON jobs (queue, priority, run_at) WHERE state = 'pending';
 CREATE INDEX jobs_leases ON jobs (locked_until) WHERE state = 'running';
-CREATE INDEX jobs_locked_by ON jobs (locked_by) WHERE state = 'running';
 CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('succeeded', 'dead', 'cancelled');

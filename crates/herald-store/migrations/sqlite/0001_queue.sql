@@ -23,7 +23,6 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_ready ON jobs (queue, priority, run_at) WHERE state = 'pending';
 -- What the reaper scans.
 CREATE INDEX jobs_leases ON jobs (locked_until) WHERE state = 'running';
-CREATE INDEX jobs_locked_by ON jobs (locked_by) WHERE state = 'running';
 -- A unique key holds only while its job is live; a finished job frees it.
 CREATE UNIQUE INDEX jobs_unique_live ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('pending', 'running');

@@ -21,28 +21,18 @@ pub fn herald() -> Command {
 }
 
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A minimal HTTP/1.1 GET, so tests need no client library.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -54,12 +44,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut cmd: Command, cwd: &Path) -> Proc {
-        let mut child = cmd
-            .current_dir(cwd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn herald");
+        let mut child =
+            cmd.current_dir(cwd).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn herald");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -84,10 +70,7 @@ impl Proc {
                 return start.elapsed();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "herald exited with {status} before it was ready:\n{}",
-                    self.log()
-                );
+                panic!("herald exited with {status} before it was ready:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -95,11 +78,7 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(ok.success());
     }
 
