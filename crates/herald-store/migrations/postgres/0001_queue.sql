@@ -12,7 +12,7 @@ CREATE TABLE jobs (
     created_at   timestamptz NOT NULL,
     started_at   timestamptz,
     finished_at  timestamptz,
-    locked_by    text,
+    locked_by    text,                             -- set exactly while running
     locked_until timestamptz,
     bucket_key   text,
     unique_key   text,

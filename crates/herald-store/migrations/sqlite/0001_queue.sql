@@ -12,7 +12,7 @@ CREATE TABLE jobs (
     created_at   INTEGER NOT NULL,
     started_at   INTEGER,
     finished_at  INTEGER,
-    locked_by    TEXT,
+    locked_by    TEXT,                             -- set exactly while running
     locked_until INTEGER,
     bucket_key   TEXT,
     unique_key   TEXT,
