@@ -492,3 +492,27 @@ async fn the_runner_wakes_promptly_on_enqueue_and_honours_run_at() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn on_postgres_an_enqueue_on_one_node_wakes_the_workers_of_another() {
+    let Some(t) = herald_store::testing::TestDb::postgres().await else { return };
+    // A second handle: its own pool and its own in-process wake-ups, like another node.
+    let other = Db::connect(&herald_store::DatabaseUrl::parse(&t.url()).unwrap(), &Default::default()).await.unwrap();
+    let q = Queue::new(t.db.clone());
+    let mut registry = Registry::default();
+    registry.register("test.slow", Slow);
+    let config = RunnerConfig { poll_interval: Duration::from_secs(30), ..fast_config() };
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(Runner::new(q.clone(), registry, config).run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await; // LISTEN is up, the first poll is done
+
+    let id = add(&other, NewJob::new("test.slow", json!({}))).await;
+    wait_until_finished(&q, &[id]).await;
+    let job = q.get(id).await.unwrap().unwrap();
+    let waited = job.started_at.unwrap() - job.created_at;
+    assert!(waited.num_milliseconds() < 2000, "woken by NOTIFY, not the 30 s poll: waited {waited}");
+    shutdown.cancel();
+    runner.await.unwrap();
+    other.close().await;
+    t.destroy().await;
+}

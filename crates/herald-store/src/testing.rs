@@ -32,7 +32,13 @@ pub fn postgres_url() -> Option<String> {
         }
         _ => {
             SKIP_NOTICE.call_once(|| {
-                eprintln!("note: PostgreSQL suite skipped: {POSTGRES_ENV} is not set (e.g. postgres://postgres@127.0.0.1:5432/postgres)")
+                // Straight to stderr: libtest captures `eprintln!` of passing tests, and this
+                // notice must be seen.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: PostgreSQL suite skipped: {POSTGRES_ENV} is not set (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+                );
             });
             None
         }

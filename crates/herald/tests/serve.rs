@@ -84,11 +84,79 @@ fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("listen = \"127.0.0.1:7000\""), "flag beats file: {stdout}");
     assert!(stdout.contains("workers = 7"), "{stdout}");
+    let out = herald().args(["config", "check"]).env("HERALD_WORKERS", "9").current_dir(&dir).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("workers = 9"), "the environment beats the file");
     assert!(stdout.contains("secret_key = \"***\""), "{stdout}");
     assert!(!stdout.contains(&"cd".repeat(32)));
     std::fs::write(dir.join("herald.toml"), "workers = \"many\"\n").unwrap();
     let out = herald().args(["config", "check"]).current_dir(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("herald.toml is invalid"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A tiny HTTP server that answers 200 to everything and counts requests.
+fn sink() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, hits)
+}
+
+#[test]
+fn jobs_run_by_serve_show_in_the_queue_metrics() {
+    let dir = herald_store::testing::scratch_dir("herald-metrics");
+    let (target, hits) = sink();
+    let out = herald()
+        .args(["diag", "ping", "--count", "3", "--url", &format!("http://{target}/ping")])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let addr = free_port();
+    let mut cmd = herald();
+    cmd.args(["serve", "--listen", &addr.to_string()]);
+    let mut p = Proc::spawn(cmd, &dir);
+    p.wait_ready(addr, Duration::from_secs(20));
+    let start = std::time::Instant::now();
+    while hits.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(20), "pings not delivered:\n{}", p.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Completions are recorded in batches, and depth is refreshed by the maintenance loop.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(addr, "/metrics").unwrap().1;
+        if metrics.contains("herald_jobs_succeeded_total{kind=\"diag.ping\"} 3") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for want in [
+        "herald_jobs_claimed_total{kind=\"diag.ping\"} 3",
+        "herald_jobs_succeeded_total{kind=\"diag.ping\"} 3",
+        "herald_job_run_seconds_bucket{kind=\"diag.ping\"",
+        "herald_job_wait_seconds_bucket{kind=\"diag.ping\"",
+        "herald_queue_depth{queue=\"default\",state=\"pending\"}",
+    ] {
+        assert!(metrics.contains(want), "missing {want} in:\n{metrics}");
+    }
+    let out = herald().args(["jobs", "stats"]).current_dir(&dir).output().unwrap();
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert!(stats.contains("\"state\": \"succeeded\"") && stats.contains("\"count\": 3"), "{stats}");
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    assert!(p.log().contains("SIGINT received"));
     let _ = std::fs::remove_dir_all(dir);
 }
