@@ -18,10 +18,20 @@ pub enum ErrorCode {
     Unauthorized,
     /// Authenticated, but the role does not allow this.
     Forbidden,
+    /// The email and password do not match an active account (the same answer for both cases).
+    InvalidCredentials,
+    /// The password was right; now send the TOTP or a recovery code.
+    TwoFactorRequired,
+    /// The team requires two-factor authentication and this user has not enrolled.
+    TwoFactorEnrollmentRequired,
+    /// A team quota would be exceeded; `details` names the quota and its limit.
+    QuotaExceeded,
     /// The object changed state in a way that makes the request impossible.
     Conflict,
     /// The body is larger than the endpoint accepts.
     PayloadTooLarge,
+    /// The body's Content-Type is not one this endpoint takes.
+    UnsupportedMediaType,
     /// Too many requests; retry after the time in `details`.
     RateLimited,
     /// The database is unreachable or not migrated.
@@ -38,8 +48,13 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::InvalidCredentials,
+        ErrorCode::TwoFactorRequired,
+        ErrorCode::TwoFactorEnrollmentRequired,
+        ErrorCode::QuotaExceeded,
         ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -52,8 +67,13 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::TwoFactorRequired => "two_factor_required",
+            ErrorCode::TwoFactorEnrollmentRequired => "two_factor_enrollment_required",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -68,8 +88,13 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::InvalidCredentials => 401,
+            ErrorCode::TwoFactorRequired => 401,
+            ErrorCode::TwoFactorEnrollmentRequired => 403,
+            ErrorCode::QuotaExceeded => 403,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,

@@ -2,7 +2,9 @@
 //! It knows nothing of HTTP or SQL, so any layer can depend on it.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod error;
 pub mod time;
 
+pub use access::{Action, TeamRole};
 pub use error::{Error, ErrorCode};

@@ -4,6 +4,20 @@ use axum::response::{IntoResponse, Response};
 use herald_core::{Error, ErrorCode};
 use serde_json::json;
 
+/// The error body every endpoint returns, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code, e.g. `not_found`, `quota_exceeded`.
+    pub code: String,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+}
+
 /// The one error every handler returns. It renders as
 /// `{"error":{"code":"snake_case","message":"…","details":…}}` with the code's HTTP status.
 #[derive(Debug)]

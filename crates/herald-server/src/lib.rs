@@ -1,11 +1,15 @@
 //! Herald's HTTP surface: the axum router, the one error format, health and readiness, and
-//! Prometheus metrics. It reaches storage only through `herald-store` and `herald-queue`.
+//! Prometheus metrics. It reaches storage only through `herald-store`, `herald-queue` and
+//! `herald-accounts`.
 #![forbid(unsafe_code)]
 
+mod auth;
+mod body;
 mod error;
 pub mod metrics;
 mod router;
 mod routes;
 
+pub use auth::{CSRF_HEADER, SESSION_COOKIE};
 pub use error::ApiError;
-pub use router::{AppState, Role, router};
+pub use router::{AppState, Role, openapi, router};

@@ -49,6 +49,9 @@ impl Role {
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    pub accounts: herald_accounts::Accounts,
+    /// HERALD_PUBLIC_URL: the origin allowed to send cookie requests, and https makes cookies Secure.
+    pub public_url: Option<String>,
     pub queue: Queue,
     pub metrics: PrometheusHandle,
     pub role: Role,
@@ -61,11 +64,20 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics));
     if state.role.serves_api() {
-        app = app.nest("/api/v1", routes::api_v1());
+        let (api, doc) = routes::api_v1();
+        let doc = std::sync::Arc::new(doc);
+        app = app
+            .nest("/api/v1", api)
+            .route("/api/openapi.json", get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
     }
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; see /api/openapi.json for the API")
+}
+
+/// The OpenAPI document of `/api/v1`, as `/api/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes::api_v1().1
 }

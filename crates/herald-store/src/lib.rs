@@ -9,6 +9,7 @@
 mod db;
 mod error;
 mod migrations;
+mod portable;
 pub mod testing;
 mod tx;
 mod url;
@@ -16,6 +17,7 @@ mod wakeups;
 
 pub use db::{Backend, Db, Pools, StoreOptions};
 pub use error::StoreError;
+pub use portable::Ts;
 pub use tx::{Tx, TxConn};
 pub use url::DatabaseUrl;
 pub use wakeups::Wakeups;

@@ -34,6 +34,12 @@ pub struct Settings {
     /// 32 bytes as 64 hex characters, encrypting stored secrets [default: a generated key file].
     #[arg(long, env = "HERALD_SECRET_KEY", global = true, hide_env_values = true)]
     pub secret_key: Option<String>,
+    /// A dashboard session unused this long ends [default: 7d].
+    #[arg(long, env = "HERALD_SESSION_IDLE", global = true)]
+    pub session_idle: Option<String>,
+    /// A dashboard session ends this long after sign-in [default: 30d].
+    #[arg(long, env = "HERALD_SESSION_MAX", global = true)]
+    pub session_max: Option<String>,
     /// all, api or worker [default: all].
     #[arg(long, env = "HERALD_ROLE", global = true)]
     pub role: Option<String>,
@@ -77,6 +83,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage users: create (the first owner too), reset links, disable.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API keys.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage the master keys that encrypt stored secrets.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Inspect the job queue.
     Jobs {
         #[command(subcommand)]
@@ -99,6 +120,70 @@ pub enum ConfigCommand {
     /// Print the effective configuration (secrets redacted) and where each value came from;
     /// exit 2 when it is invalid.
     Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user and a team they own. The password is read from stdin (one line) or, on a
+    /// terminal, from a prompt; never from the command line.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Shown in the dashboard [default: the part of the email before @].
+        #[arg(long)]
+        name: Option<String>,
+        /// Also an instance admin (may set team quotas).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Print a one-hour, single-use password-reset link for a user (when no SMTP is configured).
+    ResetLink {
+        #[arg(long)]
+        email: String,
+    },
+    /// Disable a user: every session ends and sign-in is refused.
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Re-enable a disabled user.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an API key for a team and print it (shown once).
+    Create {
+        /// The team's id.
+        #[arg(long)]
+        team: uuid::Uuid,
+        /// admin, editor or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Expire after this long, e.g. 90d.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Add a new master key (key file) and re-encrypt every stored secret under it. Idempotent and
+    /// resumable; with HERALD_SECRET_KEY, put the new key first in it and run this to re-encrypt.
+    Rotate {
+        /// Only re-encrypt under the current active key; add no key.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Drop from the key file every old key that no stored secret uses any more.
+    Retire,
+    /// How many stored secrets each key seals.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]

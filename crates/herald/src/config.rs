@@ -28,6 +28,8 @@ struct FileConfig {
     database_url: Option<String>,
     public_url: Option<String>,
     secret_key: Option<String>,
+    session_idle: Option<String>,
+    session_max: Option<String>,
     role: Option<String>,
     workers: Option<usize>,
     shutdown_grace: Option<String>,
@@ -57,40 +59,6 @@ impl Source {
     }
 }
 
-/// A 32-byte key, never printed.
-#[derive(Clone)]
-pub struct SecretKey(pub [u8; 32]);
-
-impl std::fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretKey(***)")
-    }
-}
-
-impl SecretKey {
-    pub fn parse_hex(s: &str) -> Result<Self, ConfigError> {
-        let s = s.trim();
-        let invalid =
-            || bad("HERALD_SECRET_KEY must be 64 hex characters (32 bytes); generate one with `openssl rand -hex 32`");
-        if s.len() != 64 {
-            return Err(invalid());
-        }
-        let mut key = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let pair = std::str::from_utf8(chunk).map_err(|_| invalid())?;
-            key[i] = u8::from_str_radix(pair, 16).map_err(|_| invalid())?;
-        }
-        Ok(SecretKey(key))
-    }
-
-    pub fn to_hex(&self) -> String {
-        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: Option<PathBuf>,
@@ -98,8 +66,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: DatabaseUrl,
     pub public_url: Option<url::Url>,
-    /// `None` until [`crate::serve`] loads or generates the key file.
-    pub secret_key: Option<SecretKey>,
+    /// Keys from HERALD_SECRET_KEY (the first seals); `None` means the key file in the data dir.
+    pub secret_key: Option<Vec<herald_vault::MasterKey>>,
+    pub session_idle: Duration,
+    pub session_max: Duration,
     pub role: Role,
     pub workers: usize,
     pub shutdown_grace: Duration,
@@ -171,8 +141,25 @@ impl Config {
             .transpose()?;
         let secret_key = m
             .pick("secret_key", flags.secret_key.clone(), f.secret_key)
-            .map(|s| SecretKey::parse_hex(&s))
+            .map(|s| {
+                herald_vault::MasterKey::parse_list(&s).map_err(|_| {
+                    bad("secret_key: HERALD_SECRET_KEY must be 64 hex characters (32 bytes), or several such keys separated by commas with the active one first; generate one with `openssl rand -hex 32`")
+                })
+            })
             .transpose()?;
+        let session_idle = duration(
+            "session_idle",
+            m.pick("session_idle", flags.session_idle.clone(), f.session_idle),
+            Duration::from_secs(7 * 86_400),
+        )?;
+        let session_max = duration(
+            "session_max",
+            m.pick("session_max", flags.session_max.clone(), f.session_max),
+            Duration::from_secs(30 * 86_400),
+        )?;
+        if session_idle.is_zero() || session_max.is_zero() {
+            return Err(bad("session_idle and session_max must be more than 0s"));
+        }
         let role_raw = m.pick("role", flags.role.clone(), f.role).unwrap_or_else(|| "all".into());
         let role = Role::parse(&role_raw)
             .ok_or_else(|| bad(format!("role: `{role_raw}` is not a role; use all, api or worker")))?;
@@ -227,6 +214,8 @@ impl Config {
             database_url,
             public_url,
             secret_key,
+            session_idle,
+            session_max,
             role,
             workers,
             shutdown_grace,
@@ -265,6 +254,8 @@ impl Config {
             "secret_key",
             if self.secret_key.is_some() { q("***") } else { q("(key file in data_dir, generated on first serve)") },
         );
+        line("session_idle", q(&format_duration(self.session_idle)));
+        line("session_max", q(&format_duration(self.session_max)));
         line("role", q(self.role.as_str()));
         line("workers", self.workers.to_string());
         line("shutdown_grace", q(&format_duration(self.shutdown_grace)));
@@ -341,7 +332,7 @@ mod tests {
         let c = Config::load(&flags).unwrap();
         let shown = format!("{}{:?}", c.render(), c);
         assert!(!shown.contains(&key) && !shown.contains("hunter2"), "{shown}");
-        assert_eq!(c.secret_key.unwrap().to_hex(), key);
+        assert_eq!(c.secret_key.unwrap()[0].to_hex(), key);
     }
 
     #[test]

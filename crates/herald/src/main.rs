@@ -2,6 +2,7 @@
 //! carries the operator commands.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod bench;
 mod cli;
 mod config;
@@ -104,6 +105,9 @@ async fn run(command: Command, config: Config) -> Result<(), Exit> {
             println!("# configuration is valid");
             Ok(())
         }
+        Command::User { command } => admin::user(command, &config).await,
+        Command::Token { command } => admin::token(command, &config).await,
+        Command::Secrets { command } => admin::secrets(command, &config).await,
         Command::Jobs { command: JobsCommand::Stats } => {
             let db = serve::open_database(&config).await?;
             let depth = herald_queue::Queue::new(db.clone()).depth().await?;

@@ -2,17 +2,18 @@
 //! the HTTP server and the job runner until SIGINT or SIGTERM.
 
 use crate::Exit;
-use crate::config::{Config, ConfigError, SecretKey};
+use crate::config::{Config, ConfigError};
 use anyhow::Context;
+use herald_accounts::{Accounts, AccountsConfig};
 use herald_queue::{Queue, Runner, RunnerConfig};
 use herald_server::{AppState, router};
 use herald_store::{DatabaseUrl, Db, StoreOptions};
-use std::io::Write;
+use herald_vault::{KeyFile, Vault};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const KEY_FILE: &str = "secret.key";
+pub const KEY_FILE: &str = "secret.key";
 
 pub async fn open_database(config: &Config) -> Result<Db, Exit> {
     if let DatabaseUrl::Sqlite { path } = &config.database_url
@@ -38,36 +39,32 @@ fn ensure_writable_dir(dir: &Path, what: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Reads the key file, or creates one (mode 0600) when neither it nor HERALD_SECRET_KEY exists.
-fn load_or_create_key(config: &Config) -> Result<SecretKey, ConfigError> {
-    if let Some(k) = &config.secret_key {
-        return Ok(k.clone());
+/// The master keys: HERALD_SECRET_KEY when set, else the key file in the data dir, created
+/// (mode 0600, with a warning) on first use.
+pub fn load_vault(config: &Config) -> Result<Vault, ConfigError> {
+    if let Some(keys) = &config.secret_key {
+        return Ok(Vault::new(keys));
     }
-    let path = config.data_dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => SecretKey::parse_hex(&text).map_err(|_| {
-            ConfigError(format!("the key file {} is corrupt: it must hold 64 hex characters", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SecretKey(rand::random());
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts
-                .open(&path)
-                .map_err(|e| ConfigError(format!("cannot create the key file {}: {e}", path.display())))?;
-            f.write_all(key.to_hex().as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| ConfigError(format!("cannot write the key file {}: {e}", path.display())))?;
-            tracing::warn!(
-                path = %path.display(),
-                "generated a new secret key; back it up, since stored credentials cannot be read without it, or set HERALD_SECRET_KEY"
-            );
-            Ok(key)
-        }
-        Err(e) => Err(ConfigError(format!("cannot read the key file {}: {e}", path.display()))),
+    let file = KeyFile::at(config.data_dir.join(KEY_FILE));
+    if !file.exists() {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ConfigError(format!("cannot create the data dir {}: {e}", config.data_dir.display())))?;
+        file.create().map_err(|e| ConfigError(e.to_string()))?;
+        tracing::warn!(
+            path = %file.path().display(),
+            "generated a new secret key; back it up, since stored credentials cannot be read without it, or set HERALD_SECRET_KEY"
+        );
     }
+    Vault::from_file(&file).map_err(|e| ConfigError(e.to_string()))
+}
+
+pub fn accounts_for(config: &Config, db: Db, vault: Vault) -> Accounts {
+    let accounts_config = AccountsConfig {
+        session_idle: config.session_idle,
+        session_max: config.session_max,
+        public_url: config.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
+    };
+    Accounts::new(db, vault, accounts_config)
 }
 
 /// `herald config check`: what can be checked without starting.
@@ -88,7 +85,7 @@ fn worker_id() -> String {
 pub async fn serve(config: Config) -> Result<(), Exit> {
     let started = Instant::now();
     ensure_writable_dir(&config.data_dir, "the data dir")?;
-    let _key = load_or_create_key(&config)?;
+    let vault = load_vault(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::AddrInUse { "is already in use" } else { "cannot be bound" };
         Exit::Config(format!(
@@ -100,9 +97,19 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     db.migrate().await.context("applying database migrations")?;
     let queue = Queue::new(db.clone());
     let metrics = herald_server::metrics::install();
-    let state = AppState { db: db.clone(), queue: queue.clone(), metrics: metrics.clone(), role: config.role };
+    let accounts = accounts_for(&config, db.clone(), vault.clone());
+    let state = AppState {
+        db: db.clone(),
+        accounts: accounts.clone(),
+        public_url: accounts.config().public_url.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        role: config.role,
+    };
     let app = router(state);
     let addr = listener.local_addr().context("reading the bound address")?;
+    // The dummy Argon2 hash, so the first sign-in of an unknown email costs what the others do.
+    tokio::task::spawn_blocking(herald_accounts::crypto::warm_up);
     tracing::info!(
         "herald listening on http://{addr} with database {} (role {}, ready in {} ms)",
         config.database_url,
@@ -110,8 +117,23 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         started.elapsed().as_millis()
     );
 
+    if config.role.serves_api() {
+        announce_setup(&accounts, &config, addr).await?;
+    }
+
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    tokio::spawn({
+        let stop = shutdown.clone();
+        async move {
+            // Picks up keys `herald secrets rotate` adds while this node runs.
+            while tokio::time::timeout(Duration::from_secs(30), stop.cancelled()).await.is_err() {
+                if vault.reload() {
+                    tracing::info!(keys = ?vault.key_ids(), "reloaded the master keys");
+                }
+            }
+        }
+    });
     tokio::spawn({
         let stop = shutdown.clone();
         async move {
@@ -134,7 +156,8 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         };
         tokio::spawn(Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()))
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let served = server.await;
     if let Some(r) = runner {
         let _ = r.await;
@@ -142,6 +165,22 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     db.close().await;
     served.context("the HTTP server failed")?;
     tracing::info!("herald stopped");
+    Ok(())
+}
+
+/// While no user exists, logs a one-time link (24 h) that creates the first owner.
+async fn announce_setup(accounts: &Accounts, config: &Config, addr: std::net::SocketAddr) -> Result<(), Exit> {
+    let token = accounts.issue_setup_token().await.map_err(|e| Exit::Failure(anyhow::anyhow!("{}", e.message)))?;
+    if let Some(token) = token {
+        let base = config
+            .public_url
+            .as_ref()
+            .map_or_else(|| format!("http://{addr}"), |u| u.as_str().trim_end_matches('/').to_string());
+        tracing::warn!(
+            "no user exists yet: open {base}/setup?token={token} within 24 hours to create the first owner \
+             (or POST /api/v1/session/setup with this token, or run `herald user create --email …`)"
+        );
+    }
     Ok(())
 }
 

@@ -1,10 +1,67 @@
 pub mod health;
+mod keys;
+mod session;
+mod teams;
 
 use crate::router::AppState;
-use axum::Router;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// The JSON API. Resources arrive with their issues (teams and keys first, since every other
-/// route needs authentication).
-pub fn api_v1() -> Router<AppState> {
-    Router::new()
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald API", description = "Herald's REST API. Authenticate with `Authorization: Bearer hk_…` (an API key) \
+        or the dashboard's `herald_session` cookie plus `X-CSRF-Token` on state-changing requests. Every object belongs to \
+        one team; another team's object answers 404. Errors are `{\"error\":{\"code\",\"message\",\"details\"}}`."),
+    servers((url = "/api/v1")),
+    modifiers(&Security),
+    security(("api_key" = []), ("session" = [])),
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("hk_…").build()),
+        );
+        components
+            .add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("herald_session"))));
+    }
+}
+
+/// The JSON API and its OpenAPI document, built from the same route list so they cannot drift.
+pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(session::login))
+        .routes(routes!(session::logout))
+        .routes(routes!(session::current))
+        .routes(routes!(session::select_team))
+        .routes(routes!(session::setup))
+        .routes(routes!(session::reset_request))
+        .routes(routes!(session::reset_complete))
+        .routes(routes!(session::me, session::update_me))
+        .routes(routes!(session::change_password))
+        .routes(routes!(session::my_sessions))
+        .routes(routes!(session::end_session))
+        .routes(routes!(session::enrol))
+        .routes(routes!(session::confirm))
+        .routes(routes!(session::disable))
+        .routes(routes!(teams::list, teams::create))
+        .routes(routes!(teams::get, teams::update))
+        .routes(routes!(teams::set_quotas))
+        .routes(routes!(teams::members))
+        .routes(routes!(teams::member, teams::update_member, teams::remove_member))
+        .routes(routes!(teams::invites, teams::create_invite))
+        .routes(routes!(teams::invite, teams::revoke_invite))
+        .routes(routes!(teams::accept))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::get, keys::revoke))
+        .routes(routes!(keys::audit))
+        .split_for_parts()
 }

@@ -1,0 +1,143 @@
+//! The audit log: security and admin events, written in the same transaction as what they record.
+
+use crate::model::{AuditEvent, Principal};
+use crate::service::{Accounts, store};
+use herald_core::Error;
+use herald_store::{Ts, Tx, on_read, on_tx};
+use uuid::Uuid;
+
+/// Who did it.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    pub user: Option<Uuid>,
+    pub key: Option<Uuid>,
+    pub label: String,
+    pub ip: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor { label: "system".into(), ..Actor::default() }
+    }
+
+    pub fn of(p: &Principal) -> Actor {
+        Actor { user: p.user_id, key: p.key_id, label: p.label.clone(), ip: p.client.ip.clone() }
+    }
+}
+
+/// One event to record.
+pub struct Event<'a> {
+    pub team: Option<Uuid>,
+    pub action: &'a str,
+    pub target: Option<(&'a str, String)>,
+    pub details: serde_json::Value,
+}
+
+impl<'a> Event<'a> {
+    pub fn new(team: Option<Uuid>, action: &'a str) -> Self {
+        Event { team, action, target: None, details: serde_json::json!({}) }
+    }
+
+    pub fn target(mut self, kind: &'a str, id: impl ToString) -> Self {
+        self.target = Some((kind, id.to_string()));
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+pub async fn record(tx: &mut Tx, actor: &Actor, event: Event<'_>) -> Result<(), Error> {
+    let (target_type, target_id) = match event.target {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    const SQL: &str = "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, \
+                       target_id, ip, details, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    let details = event.details.to_string();
+    on_tx!(tx, c => sqlx::query(SQL)
+        .bind(Uuid::now_v7()).bind(event.team).bind(actor.user).bind(actor.key).bind(&actor.label)
+        .bind(event.action).bind(target_type).bind(&target_id).bind(&actor.ip).bind(&details).bind(Ts::now())
+        .execute(&mut *c).await.map(|r| r.rows_affected()))
+    .map_err(store)?;
+    tracing::info!(
+        target: "herald::audit",
+        action = event.action,
+        actor = %actor.label,
+        team = ?event.team,
+        target_id = target_id.as_deref().unwrap_or(""),
+        ip = actor.ip.as_deref().unwrap_or(""),
+        "audit"
+    );
+    Ok(())
+}
+
+/// Filters for reading the log; newest first, paged by `before` (an event id).
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this action, e.g. `login.failed`; a trailing `*` matches a prefix (`api_key.*`).
+    pub action: Option<String>,
+    /// Only events by this user.
+    pub actor_user_id: Option<Uuid>,
+    /// Only events older than this event id (the `next` cursor of the previous page).
+    pub before: Option<Uuid>,
+    /// At most this many events (1 to 200, default 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    team_id: Option<Uuid>,
+    actor_user: Option<Uuid>,
+    actor_key: Option<Uuid>,
+    actor: String,
+    action: String,
+    target_type: Option<String>,
+    target_id: Option<String>,
+    ip: Option<String>,
+    details: String,
+    created_at: Ts,
+}
+
+impl Accounts {
+    /// One team's events, newest first.
+    pub async fn audit_events(&self, team: Uuid, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
+        let limit = q.limit.unwrap_or(50).clamp(1, 200) as i64;
+        let (action_exact, action_prefix) = match q.action.as_deref() {
+            Some(a) if a.ends_with('*') => {
+                (None, Some(format!("{}%", a.trim_end_matches('*').replace(['%', '_'], ""))))
+            }
+            Some(a) => (Some(a.to_string()), None),
+            None => (None, None),
+        };
+        const SQL: &str = "SELECT id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, details, \
+                           created_at FROM audit_events WHERE team_id = $1 \
+                           AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR action LIKE $3) \
+                           AND ($4 IS NULL OR actor_user = $4) AND ($5 IS NULL OR id < $5) \
+                           ORDER BY id DESC LIMIT $6";
+        let rows: Vec<Row> = on_read!(self.db, c => sqlx::query_as(SQL)
+            .bind(team).bind(&action_exact).bind(&action_prefix).bind(q.actor_user_id).bind(q.before).bind(limit)
+            .fetch_all(c).await)
+        .map_err(store)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEvent {
+                id: r.id,
+                team_id: r.team_id,
+                actor_user_id: r.actor_user,
+                actor_key_id: r.actor_key,
+                actor: r.actor,
+                action: r.action,
+                target_type: r.target_type,
+                target_id: r.target_id,
+                ip: r.ip,
+                details: serde_json::from_str(&r.details).unwrap_or_default(),
+                created_at: r.created_at.0,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,87 @@
+//! Sign-in throttling, per account and per address. After five failures in an hour each further
+//! failure doubles the wait (1 s, 2 s, 4 s … at most 15 minutes); an hour without failures forgets
+//! them. Nobody is ever locked out for good, and an unknown email is throttled exactly like a
+//! known one, so the answers do not tell them apart.
+
+use crate::service::store;
+use herald_core::{Error, ErrorCode};
+use herald_store::{Db, Ts, Tx, on_read, on_tx};
+
+pub const FREE_FAILURES: i64 = 5;
+pub const MAX_DELAY_SECS: i64 = 15 * 60;
+const FORGET_AFTER_SECS: i64 = 3600;
+
+pub fn account_key(email: &str) -> String {
+    format!("account:{}", email.trim().to_lowercase())
+}
+
+pub fn ip_key(ip: &str) -> String {
+    format!("ip:{ip}")
+}
+
+/// The delay after `failures` failures in a row.
+pub fn delay_secs(failures: i64) -> i64 {
+    if failures < FREE_FAILURES { 0 } else { (1i64 << (failures - FREE_FAILURES).min(20)).min(MAX_DELAY_SECS) }
+}
+
+/// Fails with `rate_limited` (and the seconds to wait) while any of `keys` is blocked.
+pub async fn check(db: &Db, keys: &[String]) -> Result<(), Error> {
+    let now = Ts::now();
+    let mut wait = 0i64;
+    for key in keys {
+        let until: Option<Ts> =
+            on_read!(db, c => sqlx::query_scalar("SELECT blocked_until FROM login_throttle WHERE key = $1")
+                .bind(key).fetch_optional(c).await)
+            .map_err(store)?;
+        if let Some(until) = until.filter(|u| *u > now) {
+            wait = wait.max((until.0 - now.0).num_seconds() + 1);
+        }
+    }
+    if wait > 0 {
+        return Err(Error::new(
+            ErrorCode::RateLimited,
+            format!("too many failed sign-ins; wait {wait} s and try again"),
+        )
+        .with_details(serde_json::json!({"retry_after_secs": wait})));
+    }
+    Ok(())
+}
+
+/// Counts a failure against each key.
+pub async fn fail(tx: &mut Tx, keys: &[String]) -> Result<(), Error> {
+    let now = Ts::now();
+    let stale = Ts(now.0 - chrono::Duration::seconds(FORGET_AFTER_SECS));
+    for key in keys {
+        let failures: i64 = on_tx!(tx, c => sqlx::query_scalar(
+            "INSERT INTO login_throttle (key, failures, last_failed_at, blocked_until) VALUES ($1, 1, $2, $2) \
+             ON CONFLICT (key) DO UPDATE SET \
+               failures = CASE WHEN login_throttle.last_failed_at < $3 THEN 1 ELSE login_throttle.failures + 1 END, \
+               last_failed_at = $2 \
+             RETURNING failures")
+            .bind(key).bind(now).bind(stale).fetch_one(&mut *c).await)
+        .map_err(store)?;
+        let until = Ts(now.0 + chrono::Duration::seconds(delay_secs(failures)));
+        on_tx!(tx, c => sqlx::query("UPDATE login_throttle SET blocked_until = $2 WHERE key = $1")
+            .bind(key).bind(until).execute(&mut *c).await.map(|r| r.rows_affected()))
+        .map_err(store)?;
+    }
+    Ok(())
+}
+
+/// Forgets the failures of `key` (after a successful sign-in).
+pub async fn clear(tx: &mut Tx, key: &str) -> Result<(), Error> {
+    on_tx!(tx, c => sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key).execute(&mut *c).await.map(|r| r.rows_affected()))
+        .map_err(store)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_delay_rises_and_is_capped() {
+        use super::delay_secs;
+        assert_eq!((0..5).map(delay_secs).sum::<i64>(), 0);
+        assert_eq!([5, 6, 7, 8].map(delay_secs), [1, 2, 4, 8]);
+        assert_eq!(delay_secs(100), super::MAX_DELAY_SECS);
+    }
+}

@@ -1,0 +1,240 @@
+//! Tenant isolation and the role matrix, enumerated from the OpenAPI document so a new route
+//! cannot be forgotten: it fails here until it is classified.
+
+mod common;
+
+use common::{App, Caller, code};
+use herald_core::{Action, TeamRole};
+use herald_http::Method;
+use herald_store::testing::each_backend;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Every operation in the document, as (METHOD, path).
+fn operations() -> Vec<(String, String)> {
+    let doc = serde_json::to_value(herald_server::openapi()).unwrap();
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                ops.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// What each operation needs. `None`: anyone signed in (their own things), or no sign-in at all.
+fn required(method: &str, path: &str) -> Option<Option<Action>> {
+    let a = match (method, path) {
+        ("POST", "/session/login" | "/session/setup" | "/password-reset/request" | "/password-reset/complete") => None,
+        ("POST", "/invites/accept" | "/session/logout" | "/teams" | "/me/password" | "/me/2fa/enrol" | "/me/2fa/confirm")
+        | ("POST", "/me/2fa/disable")
+        | ("GET", "/session" | "/me" | "/me/sessions" | "/teams" | "/teams/{team_id}")
+        | ("PUT", "/session/team")
+        | ("PATCH", "/me")
+        | ("DELETE", "/me/sessions/{session_id}")
+        // Instance admins only; anyone else gets 404 (tested in the BOLA matrix).
+        | ("PUT", "/teams/{team_id}/quotas") => None,
+        ("GET", "/members" | "/members/{user_id}") => Some(Action::Read),
+        ("PATCH" | "DELETE", "/members/{user_id}") => Some(Action::ManageMembers),
+        ("GET" | "POST", "/invites") | ("GET" | "DELETE", "/invites/{invite_id}") => Some(Action::ManageMembers),
+        ("GET" | "POST", "/api-keys") | ("GET" | "DELETE", "/api-keys/{key_id}") => Some(Action::ManageApiKeys),
+        ("GET", "/audit") => Some(Action::ReadAudit),
+        ("PATCH", "/teams/{team_id}") => Some(Action::ManageTeam),
+        _ => return None,
+    };
+    Some(a)
+}
+
+/// A valid body for each operation that takes one, so a 404 or 403 is about access, not input.
+fn body_for(method: &str, path: &str) -> Option<Value> {
+    match (method, path) {
+        ("PATCH", "/teams/{team_id}") => Some(json!({"name": "renamed"})),
+        ("PUT", "/teams/{team_id}/quotas") => Some(json!({"members": 50})),
+        ("PATCH", "/members/{user_id}") => Some(json!({"role": "editor"})),
+        ("POST", "/invites") => Some(json!({"role": "viewer"})),
+        ("POST", "/api-keys") => Some(json!({"name": "k", "role": "viewer"})),
+        ("GET" | "DELETE", _) => None,
+        _ => panic!("give {method} {path} a valid body in body_for"),
+    }
+}
+
+#[tokio::test]
+async fn every_route_is_classified_for_the_matrices() {
+    for (method, path) in operations() {
+        assert!(required(&method, &path).is_some(), "{method} {path} is not in the role table of tests/access.rs");
+    }
+}
+
+#[tokio::test]
+async fn bola_team_a_gets_404_for_every_id_of_team_b() {
+    each_backend(|db| async move {
+        let app = App::start(db).await;
+        let (a, _, _team_a) = app.owner("a@example.com").await;
+        let (_, _, team_a2) = app.owner("a2@example.com").await;
+        let a_key = app.key(_team_a, TeamRole::Admin).await;
+        let (b, b_user, team_b) = app.owner("b@example.com").await;
+        let (_, b_member) = app.member(&b, "b2@example.com", TeamRole::Editor).await;
+        let (_, inv) = app.post(&b, "/invites", json!({"role": "viewer"})).await;
+        let b_invite = inv["id"].as_str().unwrap().to_string();
+        let (_, key) = app.post(&b, "/api-keys", json!({"name": "b", "role": "editor"})).await;
+        let b_key_id = key["id"].as_str().unwrap().to_string();
+        let b_key = Caller::Key(key["key"].as_str().unwrap().to_string());
+        let (_, sessions) = app.get(&b, "/me/sessions").await;
+        let b_session = sessions[0]["id"].as_str().unwrap().to_string();
+        let ids: BTreeMap<&str, String> = [
+            ("team_id", team_b.to_string()),
+            ("user_id", b_member.to_string()),
+            ("invite_id", b_invite.clone()),
+            ("key_id", b_key_id.clone()),
+            ("session_id", b_session.clone()),
+        ]
+        .into();
+        let mut checked = 0;
+        for (method, path) in operations() {
+            if !path.contains('{') {
+                continue;
+            }
+            let mut concrete = path.clone();
+            for (name, id) in &ids {
+                concrete = concrete.replace(&format!("{{{name}}}"), id);
+            }
+            assert!(!concrete.contains('{'), "{path}: add its parameter to the BOLA id map");
+            for who in [&a, &a_key] {
+                let m = Method::from_bytes(method.as_bytes()).unwrap();
+                let (status, body) = app.call(who, m, &concrete, body_for(&method, &path)).await;
+                assert_eq!(status, 404, "{method} {path} with team A's credentials on team B's id: {body}");
+                assert_eq!(code(&body), "not_found");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} calls");
+        // Owner B's user id is not reachable either, and A's other team is not B's.
+        assert_eq!(app.get(&a, &format!("/members/{b_user}")).await.0, 404);
+        assert_ne!(team_a2, team_b);
+        // Team B's objects are untouched.
+        assert_eq!(app.get(&b, &format!("/invites/{b_invite}")).await.1["revoked_at"], Value::Null);
+        assert_eq!(app.get(&b_key, "/members").await.0, 200);
+        assert_eq!(app.get(&b, &format!("/members/{b_member}")).await.1["role"], "editor");
+        let (_, team) = app.get(&b, &format!("/teams/{team_b}")).await;
+        assert_ne!(team["name"], "renamed");
+        let (_, sessions) = app.get(&b, "/me/sessions").await;
+        assert_eq!(sessions.as_array().unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn role_matrix_every_role_against_every_guarded_route() {
+    each_backend(|db| async move {
+        let app = App::start(db).await;
+        let (owner, _, team) = app.owner("owner@example.com").await;
+        let mut callers = vec![(TeamRole::Owner, owner.clone())];
+        for (i, role) in [TeamRole::Admin, TeamRole::Editor, TeamRole::Viewer].into_iter().enumerate() {
+            callers.push((role, app.member(&owner, &format!("m{i}@example.com"), role).await.0));
+            callers.push((role, app.key(team, role).await));
+        }
+        let mut n = 0;
+        for (method, path) in operations() {
+            let Some(Some(action)) = required(&method, &path) else { continue };
+            for (role, who) in &callers {
+                // A fresh target for each call, since a successful call may consume it.
+                let target = match path.as_str() {
+                    "/members/{user_id}" => {
+                        let (s, inv) = app.post(&owner, "/invites", json!({"role": "viewer"})).await;
+                        assert_eq!(s, 201);
+                        let email = format!("t{}@example.com", Uuid::now_v7().simple());
+                        let (_, t) = app
+                            .post(&Caller::Anonymous, "/invites/accept", json!({"token": inv["token"], "email": email, "display_name": "T", "password": common::PASSWORD}))
+                            .await;
+                        let members = app.get(&owner, "/members").await.1;
+                        let _ = t;
+                        members.as_array().unwrap().iter().find(|m| m["email"] == json!(email)).unwrap()["user_id"].as_str().unwrap().to_string()
+                    }
+                    "/invites/{invite_id}" => app.post(&owner, "/invites", json!({"role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
+                    "/api-keys/{key_id}" => app.post(&owner, "/api-keys", json!({"name": "t", "role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
+                    "/teams/{team_id}" => team.to_string(),
+                    _ => String::new(),
+                };
+                let concrete = path.replace(&path[path.find('{').unwrap_or(path.len())..], &target);
+                let m = Method::from_bytes(method.as_bytes()).unwrap();
+                let (status, body) = app.call(who, m, &concrete, body_for(&method, &path)).await;
+                if role.allows(action) {
+                    assert!((200..300).contains(&status), "{role} should be allowed {method} {path}: {status} {body}");
+                } else {
+                    assert_eq!(status, 403, "{role} must be refused {method} {path}: {body}");
+                    assert_eq!(code(&body), "forbidden");
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 70, "only {n} checks");
+        // Owner-only: an admin cannot make anyone owner, or demote the owner.
+        let (admin, _) = app.member(&owner, "admin2@example.com", TeamRole::Admin).await;
+        let (_, victim) = app.member(&owner, "v@example.com", TeamRole::Viewer).await;
+        let (s, b) = app.call(&admin, Method::PATCH, &format!("/members/{victim}"), Some(json!({"role": "owner"}))).await;
+        assert_eq!((s, code(&b)), (403, "forbidden"), "{b}");
+        // An editor cannot mint an admin key, nor can an admin mint an owner key.
+        let (s, _) = app.post(&admin, "/api-keys", json!({"name": "x", "role": "owner"})).await;
+        assert_eq!(s, 422);
+        // The last owner keeps the role.
+        let me = app.get(&owner, "/me").await.1["user"]["id"].as_str().unwrap().to_string();
+        let (s, b) = app.call(&owner, Method::PATCH, &format!("/members/{me}"), Some(json!({"role": "admin"}))).await;
+        assert_eq!((s, code(&b)), (409, "conflict"), "{b}");
+        let (s, _) = app.call(&owner, Method::DELETE, &format!("/members/{me}"), None).await;
+        assert_eq!(s, 409);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bodies_cannot_set_team_owner_role_or_creator_where_not_meant_to() {
+    each_backend(|db| async move {
+        let app = App::start(db).await;
+        let (owner, user, team) = app.owner("o@example.com").await;
+        let (_, _, other_team) = app.owner("p@example.com").await;
+        for (path, body) in [
+            ("/teams", json!({"name": "t", "owner_id": Uuid::now_v7()})),
+            ("/api-keys", json!({"name": "k", "role": "viewer", "team_id": other_team})),
+            ("/api-keys", json!({"name": "k", "role": "viewer", "created_by": Uuid::now_v7()})),
+            ("/invites", json!({"role": "viewer", "team_id": other_team})),
+        ] {
+            let (s, b) = app.post(&owner, path, body.clone()).await;
+            assert_eq!((s, code(&b)), (400, "bad_request"), "{path} {body}: {b}");
+        }
+        let (s, b) = app.call(&owner, Method::PATCH, "/me", Some(json!({"display_name": "x", "role": "owner"}))).await;
+        assert_eq!(s, 400, "{b}");
+        let (s, b) =
+            app.call(&owner, Method::PATCH, &format!("/teams/{team}"), Some(json!({"team_id": other_team}))).await;
+        assert_eq!(s, 400, "{b}");
+        // Nothing was written for the other team.
+        assert!(app.accounts.api_keys(other_team).await.unwrap().is_empty());
+        assert!(app.accounts.invites(other_team).await.unwrap().is_empty());
+        let _ = user;
+        // A JSON endpoint refuses other content types with 415.
+        let resp = app
+            .http
+            .post(&format!("{}/api/v1/api-keys", app.base))
+            .header("content-type", "multipart/form-data; boundary=x")
+            .body("--x--")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "unauthenticated first");
+        let Caller::Session { token, csrf } = &owner else { unreachable!() };
+        let resp = app
+            .http
+            .post(&format!("{}/api/v1/api-keys", app.base))
+            .header("cookie", format!("herald_session={token}"))
+            .header("x-csrf-token", csrf)
+            .header("content-type", "text/plain")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 415);
+    })
+    .await;
+}

@@ -1,0 +1,134 @@
+//! A real Herald API on a random port over a test database, and callers for it.
+#![allow(dead_code)]
+
+use herald_accounts::{Accounts, AccountsConfig, Actor};
+use herald_core::TeamRole;
+use herald_http::{HttpClient, Method};
+use herald_server::{AppState, Role, router};
+use herald_store::Db;
+use herald_vault::{MasterKey, Vault};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct App {
+    pub base: String,
+    pub http: HttpClient,
+    pub accounts: Accounts,
+    pub db: Db,
+}
+
+/// How a test authenticates.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Anonymous,
+    Key(String),
+    Session { token: String, csrf: String },
+}
+
+impl App {
+    pub async fn start(db: Db) -> App {
+        Self::start_with(db, AccountsConfig::default()).await
+    }
+
+    pub async fn start_with(db: Db, config: AccountsConfig) -> App {
+        let vault = Vault::new(&[MasterKey::generate()]);
+        let accounts = Accounts::new(db.clone(), vault, config);
+        let state = AppState {
+            db: db.clone(),
+            accounts: accounts.clone(),
+            public_url: None,
+            queue: herald_queue::Queue::new(db.clone()),
+            metrics: herald_server::metrics::install(),
+            role: Role::All,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        App { base, http: HttpClient::trusted().unwrap(), accounts, db }
+    }
+
+    pub async fn call(&self, who: &Caller, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        match who {
+            Caller::Anonymous => {}
+            Caller::Key(k) => req = req.bearer_auth(k),
+            Caller::Session { token, csrf } => {
+                req = req.header("cookie", format!("herald_session={token}")).header("x-csrf-token", csrf)
+            }
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, who: &Caller, path: &str) -> (u16, Value) {
+        self.call(who, Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, who: &Caller, path: &str, body: Value) -> (u16, Value) {
+        self.call(who, Method::POST, path, Some(body)).await
+    }
+
+    /// Signs in over HTTP; returns the session or the error answer.
+    pub async fn login(&self, email: &str, password: &str, extra: Value) -> Result<(Caller, Value), (u16, Value)> {
+        let mut body = json!({"email": email, "password": password});
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let resp = self.http.post(&format!("{}/api/v1/session/login", self.base)).json(&body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let cookies: Vec<String> =
+            resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        let v: Value = resp.json().await.unwrap();
+        if status != 200 {
+            return Err((status, v));
+        }
+        let session = cookies.iter().find(|c| c.starts_with("herald_session=")).expect("a session cookie");
+        assert!(session.contains("HttpOnly") && session.contains("SameSite=Lax"), "{session}");
+        let token = session.trim_start_matches("herald_session=").split(';').next().unwrap().to_string();
+        let csrf = v["csrf_token"].as_str().unwrap().to_string();
+        Ok((Caller::Session { token, csrf }, v))
+    }
+
+    /// A user with their own team (as owner), signed in.
+    pub async fn owner(&self, email: &str) -> (Caller, Uuid, Uuid) {
+        let mut tx = self.db.begin().await.unwrap();
+        let (user, team) = self.accounts.create_user(&mut tx, email, "Owner", PASSWORD, false).await.unwrap();
+        tx.commit().await.unwrap();
+        let (caller, _) = self.login(email, PASSWORD, json!({})).await.unwrap();
+        (caller, user.id, team)
+    }
+
+    /// A new user who joins `by`'s team with `role` through an invite; signed in, acting there.
+    pub async fn member(&self, by: &Caller, email: &str, role: TeamRole) -> (Caller, Uuid) {
+        let (s, inv) = self.post(by, "/invites", json!({"role": role})).await;
+        assert_eq!(s, 201, "{inv}");
+        let (s, team) = self
+            .post(
+                &Caller::Anonymous,
+                "/invites/accept",
+                json!({"token": inv["token"], "email": email, "display_name": "Member", "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(s, 200, "{team}");
+        assert_eq!(team["role"], json!(role));
+        let (caller, v) = self.login(email, PASSWORD, json!({})).await.unwrap();
+        (caller, Uuid::parse_str(v["user"]["id"].as_str().unwrap()).unwrap())
+    }
+
+    /// An API key for `team` with `role`, as the CLI makes them.
+    pub async fn key(&self, team: Uuid, role: TeamRole) -> Caller {
+        let k = self.accounts.insert_api_key(team, "test", role, None, &Actor::system()).await.unwrap();
+        Caller::Key(k.key)
+    }
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}

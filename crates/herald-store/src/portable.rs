@@ -1,0 +1,98 @@
+//! Writing a query once for both backends. SQL that both SQLite and PostgreSQL accept (numbered
+//! `$1` parameters, `RETURNING`, `ON CONFLICT`, no backend functions such as `now()`) runs through
+//! [`on_tx!`](crate::on_tx) or [`on_read!`](crate::on_read), which expand the body once per backend.
+//! Times bind and decode as [`Ts`]: microseconds in SQLite, `timestamptz` in PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
+
+/// A UTC instant as both backends store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ts(pub DateTime<Utc>);
+
+impl Ts {
+    pub fn now() -> Ts {
+        Ts(Utc::now())
+    }
+}
+
+impl From<DateTime<Utc>> for Ts {
+    fn from(t: DateTime<Utc>) -> Ts {
+        Ts(t)
+    }
+}
+
+impl From<Ts> for DateTime<Utc> {
+    fn from(t: Ts) -> DateTime<Utc> {
+        t.0
+    }
+}
+
+impl Type<Sqlite> for Ts {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <i64 as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Sqlite> for Ts {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<'_, Sqlite>>::encode(crate::to_micros(self.0), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Ts {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Ts(crate::from_micros(<i64 as Decode<'r, Sqlite>>::decode(value)?)))
+    }
+}
+
+impl Type<Postgres> for Ts {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as Type<Postgres>>::type_info()
+    }
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <DateTime<Utc> as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Postgres> for Ts {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for Ts {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Ts(<DateTime<Utc> as Decode<'r, Postgres>>::decode(value)?))
+    }
+}
+
+/// Runs `$body` with `$c` bound to the transaction's connection, once per backend:
+/// `on_tx!(tx, c => sqlx::query(SQL).bind(x).execute(&mut *c).await)`.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $c:ident => $body:expr) => {
+        match $tx.conn() {
+            $crate::TxConn::Sqlite($c) => $body,
+            $crate::TxConn::Postgres($c) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the read pool (SQLite) or the pool (PostgreSQL).
+#[macro_export]
+macro_rules! on_read {
+    ($db:expr, $c:ident => $body:expr) => {
+        match $db.pools() {
+            $crate::Pools::Sqlite { read: $c, .. } => $body,
+            $crate::Pools::Postgres($c) => $body,
+        }
+    };
+}
