@@ -103,20 +103,23 @@ struct Row {
     created_at: Ts,
 }
 
+/// Escapes LIKE's wildcards so a prefix matches literally.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
 impl Accounts {
     /// One team's events, newest first.
     pub async fn audit_events(&self, team: Uuid, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
         let limit = q.limit.unwrap_or(50).clamp(1, 200) as i64;
         let (action_exact, action_prefix) = match q.action.as_deref() {
-            Some(a) if a.ends_with('*') => {
-                (None, Some(format!("{}%", a.trim_end_matches('*').replace(['%', '_'], ""))))
-            }
+            Some(a) if a.ends_with('*') => (None, Some(format!("{}%", like_escape(a.trim_end_matches('*'))))),
             Some(a) => (Some(a.to_string()), None),
             None => (None, None),
         };
         const SQL: &str = "SELECT id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, details, \
                            created_at FROM audit_events WHERE team_id = $1 \
-                           AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR action LIKE $3) \
+                           AND ($2 IS NULL OR action = $2) AND ($3 IS NULL OR action LIKE $3 ESCAPE '\\') \
                            AND ($4 IS NULL OR actor_user = $4) AND ($5 IS NULL OR id < $5) \
                            ORDER BY id DESC LIMIT $6";
         let rows: Vec<Row> = on_read!(self.db, c => sqlx::query_as(SQL)

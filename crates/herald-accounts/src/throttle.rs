@@ -1,13 +1,14 @@
-//! Sign-in throttling, per account and per address. After five failures in an hour each further
-//! failure doubles the wait (1 s, 2 s, 4 s … at most 15 minutes); an hour without failures forgets
-//! them. Nobody is ever locked out for good, and an unknown email is throttled exactly like a
+//! Sign-in throttling, per account and per address. After five failures on an account (twenty
+//! from one address, which many people may share behind NAT) within an hour, each further failure
+//! doubles the wait (1 s, 2 s, 4 s … at most 15 minutes); an hour without failures forgets them. Nobody is ever locked out for good, and an unknown email is throttled exactly like a
 //! known one, so the answers do not tell them apart.
 
 use crate::service::store;
 use herald_core::{Error, ErrorCode};
 use herald_store::{Db, Ts, Tx, on_read, on_tx};
 
-pub const FREE_FAILURES: i64 = 5;
+pub const FREE_FAILURES_ACCOUNT: i64 = 5;
+pub const FREE_FAILURES_IP: i64 = 20;
 pub const MAX_DELAY_SECS: i64 = 15 * 60;
 const FORGET_AFTER_SECS: i64 = 3600;
 
@@ -19,9 +20,13 @@ pub fn ip_key(ip: &str) -> String {
     format!("ip:{ip}")
 }
 
-/// The delay after `failures` failures in a row.
-pub fn delay_secs(failures: i64) -> i64 {
-    if failures < FREE_FAILURES { 0 } else { (1i64 << (failures - FREE_FAILURES).min(20)).min(MAX_DELAY_SECS) }
+/// The delay after `failures` failures in a row, when the first `free` cost nothing.
+pub fn delay_secs(failures: i64, free: i64) -> i64 {
+    if failures < free { 0 } else { (1i64 << (failures - free).min(20)).min(MAX_DELAY_SECS) }
+}
+
+fn free_failures(key: &str) -> i64 {
+    if key.starts_with("ip:") { FREE_FAILURES_IP } else { FREE_FAILURES_ACCOUNT }
 }
 
 /// Fails with `rate_limited` (and the seconds to wait) while any of `keys` is blocked.
@@ -60,7 +65,7 @@ pub async fn fail(tx: &mut Tx, keys: &[String]) -> Result<(), Error> {
              RETURNING failures")
             .bind(key).bind(now).bind(stale).fetch_one(&mut *c).await)
         .map_err(store)?;
-        let until = Ts(now.0 + chrono::Duration::seconds(delay_secs(failures)));
+        let until = Ts(now.0 + chrono::Duration::seconds(delay_secs(failures, free_failures(key))));
         on_tx!(tx, c => sqlx::query("UPDATE login_throttle SET blocked_until = $2 WHERE key = $1")
             .bind(key).bind(until).execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(store)?;
@@ -80,8 +85,9 @@ mod tests {
     #[test]
     fn the_delay_rises_and_is_capped() {
         use super::delay_secs;
-        assert_eq!((0..5).map(delay_secs).sum::<i64>(), 0);
-        assert_eq!([5, 6, 7, 8].map(delay_secs), [1, 2, 4, 8]);
-        assert_eq!(delay_secs(100), super::MAX_DELAY_SECS);
+        assert_eq!((0..5).map(|n| delay_secs(n, 5)).sum::<i64>(), 0);
+        assert_eq!([5, 6, 7, 8].map(|n| delay_secs(n, 5)), [1, 2, 4, 8]);
+        assert_eq!(delay_secs(100, 5), super::MAX_DELAY_SECS);
+        assert_eq!(super::free_failures("ip:127.0.0.1"), super::FREE_FAILURES_IP);
     }
 }
