@@ -29,7 +29,7 @@ pub const MAX_PASSWORD: usize = 1024;
 /// Length rules only (ASVS 6.2): at least 10 characters, at most 1024, no composition rules.
 pub fn check_password_rules(password: &str) -> Result<(), Error> {
     let n = password.chars().count();
-    if n < MIN_PASSWORD || n > MAX_PASSWORD {
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
         return Err(Error::new(
             ErrorCode::ValidationFailed,
             format!("a password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long"),

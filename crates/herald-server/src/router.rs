@@ -68,9 +68,15 @@ pub fn router(state: AppState) -> Router {
         let doc = std::sync::Arc::new(doc);
         app = app
             .nest("/api/v1", api)
-            .route("/api/openapi.json", get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
+            .route("/api/openapi.json", get(move || std::future::ready(axum::Json(doc.as_ref().clone()))))
+            .route("/setup", get(setup_page));
     }
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
+}
+
+/// The first-run page the setup link opens; it posts to `/api/v1/session/setup`.
+async fn setup_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("setup.html"))
 }
 
 async fn not_found() -> ApiError {

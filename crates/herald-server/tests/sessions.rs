@@ -420,3 +420,45 @@ async fn password_reset_tokens_are_single_use_and_end_sessions() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rotation_rewraps_under_the_new_key_and_copied_ciphertexts_do_not_open() {
+    use herald_vault::{MasterKey, Vault};
+    each_backend(|db| async move {
+        let (old, new) = (MasterKey::generate(), MasterKey::generate());
+        let before = App::start_full(db.clone(), AccountsConfig::default(), Vault::new(std::slice::from_ref(&old))).await;
+        let mut seeds = Vec::new();
+        for email in ["x@example.com", "y@example.com"] {
+            let (me, _, _) = before.owner(email).await;
+            let (_, enrol) = before.call(&me, Method::POST, "/me/2fa/enrol", None).await;
+            let seed = enrol["secret"].as_str().unwrap().to_string();
+            let code_now = totp::code_at(&seed, totp::step_of(chrono::Utc::now().timestamp())).unwrap();
+            assert_eq!(before.post(&me, "/me/2fa/confirm", json!({"code": code_now})).await.0, 200);
+            seeds.push(seed);
+        }
+        // New key first, old key still readable: old rows open, rewrap moves them all.
+        let both = App::start_full(db.clone(), AccountsConfig::default(), Vault::new(&[new.clone(), old.clone()])).await;
+        let by_key = both.accounts.secrets_by_key().await.unwrap();
+        assert_eq!(by_key.get(&old.id()), Some(&2));
+        let report = both.accounts.rewrap_secrets(|_| {}).await.unwrap();
+        assert_eq!((report.rewrapped, report.failed.len()), (2, 0));
+        assert_eq!(both.accounts.rewrap_secrets(|_| {}).await.unwrap().rewrapped, 0, "idempotent");
+        assert_eq!(both.accounts.secrets_by_key().await.unwrap().get(&new.id()), Some(&2));
+        // With only the new key, sign-in with a code works.
+        let after = App::start_full(db.clone(), AccountsConfig::default(), Vault::new(std::slice::from_ref(&new))).await;
+        let step = totp::step_of(chrono::Utc::now().timestamp()) + 1;
+        let code_x = totp::code_at(&seeds[0], step).unwrap();
+        assert!(after.login("x@example.com", PASSWORD, json!({"totp_code": code_x})).await.is_ok());
+        // A ciphertext copied into another user's row does not open there.
+        let mut tx = db.begin().await.unwrap();
+        on_tx!(tx, c => sqlx::query("UPDATE users SET totp_secret = (SELECT totp_secret FROM users WHERE email = 'x@example.com') WHERE email = 'y@example.com'")
+            .execute(&mut *c).await.map(|_| ())).unwrap();
+        tx.commit().await.unwrap();
+        let code_from_x = totp::code_at(&seeds[0], step + 1).unwrap();
+        let (s, b) = after.login("y@example.com", PASSWORD, json!({"totp_code": code_from_x})).await.unwrap_err();
+        assert_eq!((s, code(&b)), (500, "internal"), "{b}");
+        let report = after.accounts.rewrap_secrets(|_| {}).await.unwrap();
+        assert_eq!(report.failed.len(), 0, "both rows are under the active key already, nothing to open");
+    })
+    .await;
+}

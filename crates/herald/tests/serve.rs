@@ -27,6 +27,16 @@ fn serve_starts_on_a_fresh_data_dir_answers_and_stops_cleanly_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("herald_http_request_duration_seconds_bucket"), "{metrics}");
+    // First run: a one-time setup link is logged, and it opens the setup page.
+    let log = p.log();
+    let link = log.split_whitespace().find(|w| w.contains("/setup?token=")).expect("a setup link in the log");
+    assert!(link.starts_with(&format!("http://{addr}/setup?token=")), "{link}");
+    let (status, page) = http_get(addr, &link[link.find("/setup").unwrap()..]).unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("/api/v1/session/setup"));
+    let (status, doc) = http_get(addr, "/api/openapi.json").unwrap();
+    assert_eq!(status, 200);
+    assert!(doc.contains("\"/session/login\""), "{doc}");
 
     let data = dir.join("herald-data");
     assert!(data.join("herald.db").exists());

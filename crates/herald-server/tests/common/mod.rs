@@ -33,7 +33,10 @@ impl App {
     }
 
     pub async fn start_with(db: Db, config: AccountsConfig) -> App {
-        let vault = Vault::new(&[MasterKey::generate()]);
+        Self::start_full(db, config, Vault::new(&[MasterKey::generate()])).await
+    }
+
+    pub async fn start_full(db: Db, config: AccountsConfig, vault: Vault) -> App {
         let accounts = Accounts::new(db.clone(), vault, config);
         let state = AppState {
             db: db.clone(),

@@ -127,7 +127,7 @@ CREATE INDEX audit_events_team ON audit_events (team_id, id);
 -- Failed sign-ins per account ('account:<email>') and per address ('ip:<addr>').
 CREATE TABLE login_throttle (
     key            TEXT PRIMARY KEY,
-    failures       INTEGER NOT NULL,
+    failures       BIGINT NOT NULL,
     last_failed_at TIMESTAMPTZ NOT NULL,
     blocked_until  TIMESTAMPTZ NOT NULL
 );
