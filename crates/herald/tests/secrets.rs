@@ -24,7 +24,11 @@ fn run(dir: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, Strin
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 struct Client {
@@ -74,7 +78,8 @@ fn totp_now(secret: &str, offset: i64) -> String {
 #[tokio::test]
 async fn canaries_never_leak_and_rotation_keeps_secrets_readable() {
     let dir = herald_store::testing::scratch_dir("herald-canary");
-    let (code, out, err) = run(&dir, &["user", "create", "--email", "canary@example.com", "--admin"], &format!("{PASSWORD}\n"));
+    let (code, out, err) =
+        run(&dir, &["user", "create", "--email", "canary@example.com", "--admin"], &format!("{PASSWORD}\n"));
     assert_eq!(code, 0, "{out}{err}");
     assert!(!out.contains(PASSWORD) && !err.contains(PASSWORD));
 
@@ -86,16 +91,24 @@ async fn canaries_never_leak_and_rotation_keeps_secrets_readable() {
     let base = format!("http://{addr}");
     let http = HttpClient::trusted().unwrap();
 
-    let (status, body, cookie) = login(&http, &base, json!({"email": "canary@example.com", "password": PASSWORD})).await;
+    let (status, body, cookie) =
+        login(&http, &base, json!({"email": "canary@example.com", "password": PASSWORD})).await;
     assert_eq!(status, 200, "{body}");
-    let mut c = Client { http, base: base.clone(), cookie: cookie.unwrap(), csrf: body["csrf_token"].as_str().unwrap().into(), seen: vec![body.to_string()] };
+    let mut c = Client {
+        http,
+        base: base.clone(),
+        cookie: cookie.unwrap(),
+        csrf: body["csrf_token"].as_str().unwrap().into(),
+        seen: vec![body.to_string()],
+    };
 
     // Two-factor: the seed and the recovery codes are shown once, here.
     let (_, enrol) = c.call("POST", "/me/2fa/enrol", None).await;
     let seed = enrol["secret"].as_str().unwrap().to_string();
     let (s, codes) = c.call("POST", "/me/2fa/confirm", Some(json!({"code": totp_now(&seed, 0)}))).await;
     assert_eq!(s, 200);
-    let recovery: Vec<String> = codes["recovery_codes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let recovery: Vec<String> =
+        codes["recovery_codes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
     let (s, key) = c.call("POST", "/api-keys", Some(json!({"name": "canary", "role": "viewer"}))).await;
     assert_eq!(s, 201);
     let api_key = key["key"].as_str().unwrap().to_string();
@@ -112,7 +125,10 @@ async fn canaries_never_leak_and_rotation_keeps_secrets_readable() {
     // Rotate while the server runs: it must pick up the new key and still verify codes.
     let (code, out, err) = run(&dir, &["secrets", "rotate"], "");
     assert_eq!(code, 0, "{out}{err}");
-    let report: Value = serde_json::from_str(out.lines().skip(1).take_while(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n").as_str()).unwrap();
+    let report: Value = serde_json::from_str(
+        out.lines().skip(1).take_while(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n").as_str(),
+    )
+    .unwrap();
     assert_eq!(report["report"]["rewrapped"], 1, "{out}");
     let active = report["report"]["active_key"].as_str().unwrap().to_string();
     assert_eq!(report["secrets_by_key"], json!({active.clone(): 1}));
@@ -127,8 +143,12 @@ async fn canaries_never_leak_and_rotation_keeps_secrets_readable() {
     let keyfile = std::fs::read_to_string(dir.join("herald-data/secret.key")).unwrap();
     assert_eq!(keyfile.lines().filter(|l| !l.starts_with('#')).count(), 1);
 
-    let (status, body, _) =
-        login(&c.http, &base, json!({"email": "canary@example.com", "password": PASSWORD, "totp_code": totp_now(&seed, 1)})).await;
+    let (status, body, _) = login(
+        &c.http,
+        &base,
+        json!({"email": "canary@example.com", "password": PASSWORD, "totp_code": totp_now(&seed, 1)}),
+    )
+    .await;
     assert_eq!(status, 200, "the re-encrypted seed opens under the new key: {body}");
     c.seen.push(body.to_string());
 
@@ -144,7 +164,12 @@ async fn canaries_never_leak_and_rotation_keeps_secrets_readable() {
         db.extend(std::fs::read(dir.join("herald-data").join(f)).unwrap_or_default());
     }
     let db = String::from_utf8_lossy(&db).to_string();
-    let mut canaries = vec![("password", PASSWORD.to_string()), ("totp seed", seed), ("api key", api_key), ("session token", c.cookie.clone())];
+    let mut canaries = vec![
+        ("password", PASSWORD.to_string()),
+        ("totp seed", seed),
+        ("api key", api_key),
+        ("session token", c.cookie.clone()),
+    ];
     canaries.extend(recovery.into_iter().map(|r| ("recovery code", r)));
     for (what, canary) in &canaries {
         assert!(!log.contains(canary.as_str()), "the {what} is in the server log");
