@@ -40,8 +40,9 @@ pub struct Settings {
     /// A dashboard session ends this long after sign-in [default: 30d].
     #[arg(long, env = "HERALD_SESSION_MAX", global = true)]
     pub session_max: Option<String>,
-    /// all, api or worker [default: all].
-    #[arg(long, env = "HERALD_ROLE", global = true)]
+    /// The process role (all, api or worker): set by `herald serve --role` or HERALD_ROLE. It is not
+    /// a global flag, since `herald token create --role` names an API key's role.
+    #[arg(skip)]
     pub role: Option<String>,
     /// Jobs one process runs at once [default: 32].
     #[arg(long, env = "HERALD_WORKERS", global = true)]
@@ -75,7 +76,11 @@ pub struct Settings {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the API, dashboard, job workers and schedulers.
-    Serve,
+    Serve {
+        /// all, api or worker [default: all].
+        #[arg(long, env = "HERALD_ROLE")]
+        role: Option<String>,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Inspect the configuration.

@@ -59,7 +59,11 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.settings.role = match &cli.command {
+        Command::Serve { role } => role.clone(),
+        _ => std::env::var("HERALD_ROLE").ok(),
+    };
     let config = match Config::load(&cli.settings) {
         Ok(c) => c,
         Err(e) => {
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> Result<(), Exit> {
     match command {
-        Command::Serve => serve::serve(config).await,
+        Command::Serve { .. } => serve::serve(config).await,
         Command::Migrate => {
             let db = serve::open_database(&config).await?;
             db.migrate().await?;

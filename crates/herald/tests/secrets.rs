@@ -152,9 +152,28 @@ async fn canaries_never_leak_and_rotation_keeps_secrets_readable() {
     assert_eq!(status, 200, "the re-encrypted seed opens under the new key: {body}");
     c.seen.push(body.to_string());
 
-    // The key works, and after all that, nothing leaked.
+    // The key works; so does one made by `herald token create`.
     let resp = c.http.get(&format!("{base}/api/v1/me")).bearer_auth(&api_key).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    let team = body["teams"][0]["id"].as_str().unwrap().to_string();
+    let (code, cli_key, err) =
+        run(&dir, &["token", "create", "--team", &team, "--role", "viewer", "--name", "ops"], "");
+    assert_eq!(code, 0, "{err}");
+    let resp = c.http.get(&format!("{base}/api/v1/members")).bearer_auth(cli_key.trim()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = c
+        .http
+        .post(&format!("{base}/api/v1/invites"))
+        .bearer_auth(cli_key.trim())
+        .json(&json!({"role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403, "a viewer key cannot invite");
+    let (code, _, err) = run(&dir, &["token", "create", "--team", &team, "--role", "owner"], "");
+    assert_eq!(code, 2, "owner keys are refused: {err}");
+    // Nor do secrets reach the metrics.
+    c.seen.push(c.http.get(&format!("{base}/metrics")).send().await.unwrap().text().await.unwrap());
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(30)), 0);
     let log = server.log();

@@ -73,7 +73,7 @@ fn each_bad_configuration_stops_with_a_clear_message_and_exit_code_2() {
     expect_config_error(&["--database-url", "postgres://postgres@127.0.0.1:1/x", "serve"], "cannot reach the database");
     expect_config_error(&["--data-dir", "/proc/herald-cannot-live-here", "serve"], "is not writable");
     expect_config_error(&["--listen", "nonsense", "serve"], "is not an address");
-    expect_config_error(&["--role", "boss", "serve"], "use all, api or worker");
+    expect_config_error(&["serve", "--role", "boss"], "use all, api or worker");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     expect_config_error(&["--listen", &addr, "serve"], "is already in use");
@@ -148,7 +148,9 @@ fn jobs_run_by_serve_show_in_the_queue_metrics() {
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = http_get(addr, "/metrics").unwrap().1;
-        if metrics.contains("herald_jobs_succeeded_total{kind=\"diag.ping\"} 3") {
+        if metrics.contains("herald_jobs_succeeded_total{kind=\"diag.ping\"} 3")
+            && metrics.contains("herald_queue_depth{")
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
