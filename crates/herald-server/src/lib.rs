@@ -10,6 +10,8 @@ pub mod metrics;
 mod router;
 mod routes;
 
+pub use routes::mail::{MAIL_PASSWORD_RESET, password_reset_binding};
+
 pub use auth::{CSRF_HEADER, SESSION_COOKIE};
 pub use error::ApiError;
 pub use router::{AppState, Role, openapi, router};

@@ -52,6 +52,8 @@ pub struct AppState {
     pub accounts: herald_accounts::Accounts,
     /// HERALD_PUBLIC_URL: the origin allowed to send cookie requests, and https makes cookies Secure.
     pub public_url: Option<String>,
+    /// SMTP is configured: password-reset links are mailed by a `mail.password_reset` job.
+    pub mail_enabled: bool,
     pub queue: Queue,
     pub metrics: PrometheusHandle,
     pub role: Role,
@@ -69,7 +71,8 @@ pub fn router(state: AppState) -> Router {
         app = app
             .nest("/api/v1", api)
             .route("/api/openapi.json", get(move || std::future::ready(axum::Json(doc.as_ref().clone()))))
-            .route("/setup", get(setup_page));
+            .route("/setup", get(setup_page))
+            .route("/reset-password", get(reset_page));
     }
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }
@@ -77,6 +80,11 @@ pub fn router(state: AppState) -> Router {
 /// The first-run page the setup link opens; it posts to `/api/v1/session/setup`.
 async fn setup_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("setup.html"))
+}
+
+/// The page a mailed reset link opens; it posts to `/api/v1/password-reset/complete`.
+async fn reset_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("reset.html"))
 }
 
 async fn not_found() -> ApiError {

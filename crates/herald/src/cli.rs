@@ -34,6 +34,13 @@ pub struct Settings {
     /// 32 bytes as 64 hex characters, encrypting stored secrets [default: a generated key file].
     #[arg(long, env = "HERALD_SECRET_KEY", global = true, hide_env_values = true)]
     pub secret_key: Option<String>,
+    /// The SMTP relay for mail (password resets): smtp://, smtp+starttls:// or smtps://, with
+    /// user:password@ when it needs them [default: none; reset links come from the CLI].
+    #[arg(long, env = "HERALD_SMTP_URL", global = true, hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// The From address of Herald's mail [default: herald@ the public URL's host].
+    #[arg(long, env = "HERALD_SMTP_FROM", global = true)]
+    pub smtp_from: Option<String>,
     /// A dashboard session unused this long ends [default: 7d].
     #[arg(long, env = "HERALD_SESSION_IDLE", global = true)]
     pub session_idle: Option<String>,

@@ -30,6 +30,8 @@ struct FileConfig {
     secret_key: Option<String>,
     session_idle: Option<String>,
     session_max: Option<String>,
+    smtp_url: Option<String>,
+    smtp_from: Option<String>,
     role: Option<String>,
     workers: Option<usize>,
     shutdown_grace: Option<String>,
@@ -70,6 +72,7 @@ pub struct Config {
     pub secret_key: Option<Vec<herald_vault::MasterKey>>,
     pub session_idle: Duration,
     pub session_max: Duration,
+    pub smtp: Option<Smtp>,
     pub role: Role,
     pub workers: usize,
     pub shutdown_grace: Duration,
@@ -81,6 +84,13 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     sources: Vec<(&'static str, Source)>,
+}
+
+/// Where Herald sends mail.
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub url: herald_mail::SmtpUrl,
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +167,24 @@ impl Config {
             m.pick("session_max", flags.session_max.clone(), f.session_max),
             Duration::from_secs(30 * 86_400),
         )?;
+        let smtp_url = m.pick("smtp_url", flags.smtp_url.clone(), f.smtp_url);
+        let smtp_from = m.pick("smtp_from", flags.smtp_from.clone(), f.smtp_from);
+        let smtp = match smtp_url {
+            None => None,
+            Some(raw) => {
+                let url = herald_mail::SmtpUrl::parse(&raw).map_err(|e| bad(format!("smtp_url: {e}")))?;
+                let Some(public) = &public_url else {
+                    return Err(bad(
+                        "smtp_url needs public_url (HERALD_PUBLIC_URL): mailed links must point somewhere",
+                    ));
+                };
+                let from = smtp_from.unwrap_or_else(|| format!("herald@{}", public.host_str().unwrap_or("localhost")));
+                if !from.contains('@') || from.contains(['\r', '\n', '<', '>']) {
+                    return Err(bad(format!("smtp_from: `{from}` is not an email address")));
+                }
+                Some(Smtp { url, from })
+            }
+        };
         if session_idle.is_zero() || session_max.is_zero() {
             return Err(bad("session_idle and session_max must be more than 0s"));
         }
@@ -216,6 +244,7 @@ impl Config {
             secret_key,
             session_idle,
             session_max,
+            smtp,
             role,
             workers,
             shutdown_grace,
@@ -254,6 +283,8 @@ impl Config {
             "secret_key",
             if self.secret_key.is_some() { q("***") } else { q("(key file in data_dir, generated on first serve)") },
         );
+        line("smtp_url", self.smtp.as_ref().map_or("\"\"".into(), |s| q(&s.url.redacted())));
+        line("smtp_from", self.smtp.as_ref().map_or("\"\"".into(), |s| q(&s.from)));
         line("session_idle", q(&format_duration(self.session_idle)));
         line("session_max", q(&format_duration(self.session_max)));
         line("role", q(self.role.as_str()));

@@ -1,5 +1,7 @@
 //! The job kinds built into the binary.
 
+use crate::config::Smtp;
+use herald_accounts::Accounts;
 use herald_http::{HttpClient, StatusCode, header};
 use herald_queue::{Handler, Job, JobError, NewJob, Registry, enqueue_many};
 use herald_store::Db;
@@ -9,10 +11,54 @@ use std::time::Duration;
 pub const DIAG_PING: &str = "diag.ping";
 
 /// Every handler this binary runs.
-pub fn registry(http: HttpClient) -> Registry {
+pub fn registry(http: HttpClient, accounts: Accounts, smtp: Option<Smtp>) -> Registry {
     let mut r = Registry::default();
     r.register(DIAG_PING, Ping { http });
+    if let Some(smtp) = smtp {
+        r.register(herald_server::MAIL_PASSWORD_RESET, ResetMail { accounts, smtp });
+    }
     r
+}
+
+/// Mails a password-reset link. The token travels sealed in the payload and is opened only here.
+struct ResetMail {
+    accounts: Accounts,
+    smtp: Smtp,
+}
+
+#[async_trait::async_trait]
+impl Handler for ResetMail {
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let user = job.payload["user_id"]
+            .as_str()
+            .and_then(|u| uuid::Uuid::parse_str(u).ok())
+            .ok_or_else(|| JobError::permanent("the payload has no user_id"))?;
+        let sealed = job.payload["token"].as_str().ok_or_else(|| JobError::permanent("the payload has no token"))?;
+        let token = self
+            .accounts
+            .vault()
+            .open(sealed, &herald_server::password_reset_binding(user))
+            .map_err(|e| JobError::permanent(format!("the reset token does not open: {e}")))?;
+        let user = self.accounts.user(user).await.map_err(|e| JobError::permanent(e.message))?;
+        let link = self.accounts.link(&format!("/reset-password?token={}", token.expose()));
+        let msg = herald_mail::Message {
+            from: self.smtp.from.clone(),
+            to: user.email.clone(),
+            subject: "Reset your Herald password".into(),
+            text: format!(
+                "Hello {},\n\nSomeone (hopefully you) asked to reset your Herald password. Open this link within an hour to choose a new one:\n\n{link}\n\nIf it was not you, ignore this mail; your password stays as it is.\n",
+                user.display_name
+            ),
+        };
+        herald_mail::send(&self.smtp.url, &msg).await.map_err(|e| {
+            // The error names the server and the reply, never the link.
+            if e.is_transient() { JobError::retry(e) } else { JobError::permanent(e) }
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(120)
+    }
 }
 
 /// POSTs `{"job_id","attempt"}` to the payload's URL with the job id as Idempotency-Key, so a

@@ -102,6 +102,7 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         db: db.clone(),
         accounts: accounts.clone(),
         public_url: accounts.config().public_url.clone(),
+        mail_enabled: config.smtp.is_some(),
         queue: queue.clone(),
         metrics: metrics.clone(),
         role: config.role,
@@ -154,7 +155,8 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             shutdown_grace: config.shutdown_grace,
             ..RunnerConfig::default()
         };
-        tokio::spawn(Runner::new(queue, crate::jobs::registry(http), runner_config).run(shutdown.clone()))
+        let registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone());
+        tokio::spawn(Runner::new(queue, registry, runner_config).run(shutdown.clone()))
     });
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

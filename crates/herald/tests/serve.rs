@@ -74,6 +74,11 @@ fn each_bad_configuration_stops_with_a_clear_message_and_exit_code_2() {
     expect_config_error(&["--data-dir", "/proc/herald-cannot-live-here", "serve"], "is not writable");
     expect_config_error(&["--listen", "nonsense", "serve"], "is not an address");
     expect_config_error(&["serve", "--role", "boss"], "use all, api or worker");
+    expect_config_error(&["--smtp-url", "smtp://u:pw@mail.example.org", "serve"], "smtp_url needs public_url");
+    expect_config_error(
+        &["--smtp-url", "imap://mail.example.org", "--public-url", "https://h.example", "serve"],
+        "unknown scheme",
+    );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     expect_config_error(&["--listen", &addr, "serve"], "is already in use");

@@ -1,6 +1,11 @@
 pub mod health;
 mod keys;
 mod session;
+
+/// What the binary's mail job needs from the reset route.
+pub mod mail {
+    pub use super::session::{MAIL_PASSWORD_RESET, password_reset_binding};
+}
 mod teams;
 
 use crate::router::AppState;

@@ -136,12 +136,33 @@ pub struct ResetRequest {
 #[utoipa::path(post, path = "/password-reset/request", tag = "session", request_body = ResetRequest,
     responses((status = 202, description = "accepted")))]
 pub async fn reset_request(State(state): State<AppState>, Body(r): Body<ResetRequest>) -> Result<StatusCode, ApiError> {
-    // The token is issued (and audited) so a mailer can send it; with no mailer it is dropped here
-    // and never logged.
-    if let Ok(Some((user, _token))) = state.accounts.issue_reset_token(&r.email).await {
+    // Unknown and known emails get the same answer at once; the mail goes out from a job.
+    let Some((user, token)) = state.accounts.issue_reset_token(&r.email).await.unwrap_or(None) else {
+        return Ok(StatusCode::ACCEPTED);
+    };
+    if !state.mail_enabled {
         tracing::info!(user = %user.id, "password reset requested; no SMTP configured, so an admin must run `herald user reset-link`");
+        return Ok(StatusCode::ACCEPTED);
     }
+    // The token is a credential: the job's payload carries it sealed, never in clear.
+    let sealed = state.accounts.vault().seal(&token, &password_reset_binding(user.id));
+    let mut tx = state.db.begin().await?;
+    herald_queue::enqueue(
+        &mut tx,
+        herald_queue::NewJob::new(MAIL_PASSWORD_RESET, serde_json::json!({"user_id": user.id, "token": sealed})),
+    )
+    .await
+    .map_err(|e| ApiError::new(herald_core::ErrorCode::Internal, format!("queueing the reset mail failed: {e}")))?;
+    tx.commit().await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// The job kind that mails a password-reset link.
+pub const MAIL_PASSWORD_RESET: &str = "mail.password_reset";
+
+/// Where a sealed reset token in a job's payload belongs: to that user's reset mail only.
+pub fn password_reset_binding(user: Uuid) -> String {
+    herald_vault::binding("jobs", "mail.password_reset.token", None, &user)
 }
 
 #[derive(Deserialize, ToSchema)]

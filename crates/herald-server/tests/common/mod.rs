@@ -42,6 +42,7 @@ impl App {
             db: db.clone(),
             accounts: accounts.clone(),
             public_url: None,
+            mail_enabled: false,
             queue: herald_queue::Queue::new(db.clone()),
             metrics: herald_server::metrics::install(),
             role: Role::All,
