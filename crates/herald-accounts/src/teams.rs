@@ -437,7 +437,7 @@ impl Accounts {
         .await?;
         tx.commit().await.map_err(store_err)?;
         let invite = self.invite(team, id).await?;
-        let url = self.config.public_url.as_ref().map(|_| self.link(&format!("/invite/{token}")));
+        let url = self.config.public_url.as_ref().map(|_| self.link(&format!("/invite?token={token}")));
         Ok(CreatedInvite { token, url, invite })
     }
 

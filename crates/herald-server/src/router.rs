@@ -72,7 +72,8 @@ pub fn router(state: AppState) -> Router {
             .nest("/api/v1", api)
             .route("/api/openapi.json", get(move || std::future::ready(axum::Json(doc.as_ref().clone()))))
             .route("/setup", get(setup_page))
-            .route("/reset-password", get(reset_page));
+            .route("/reset-password", get(reset_page))
+            .route("/invite", get(invite_page));
     }
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }
@@ -85,6 +86,11 @@ async fn setup_page() -> axum::response::Html<&'static str> {
 /// The page a mailed reset link opens; it posts to `/api/v1/password-reset/complete`.
 async fn reset_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("reset.html"))
+}
+
+/// The page an invite link opens; it posts to `/api/v1/invites/accept`.
+async fn invite_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("invite.html"))
 }
 
 async fn not_found() -> ApiError {

@@ -34,6 +34,12 @@ fn serve_starts_on_a_fresh_data_dir_answers_and_stops_cleanly_on_sigterm() {
     let (status, page) = http_get(addr, &link[link.find("/setup").unwrap()..]).unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("/api/v1/session/setup"));
+    for (page, posts_to) in
+        [("/invite?token=x", "/api/v1/invites/accept"), ("/reset-password?token=x", "/api/v1/password-reset/complete")]
+    {
+        let (status, body) = http_get(addr, page).unwrap();
+        assert!(status == 200 && body.contains(posts_to), "{page}: {status}");
+    }
     let (status, doc) = http_get(addr, "/api/openapi.json").unwrap();
     assert_eq!(status, 200);
     assert!(doc.contains("\"/session/login\""), "{doc}");
