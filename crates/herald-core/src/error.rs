@@ -34,6 +34,11 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// Too many requests; retry after the time in `details`.
     RateLimited,
+    /// An outgoing request to a user-chosen URL was refused: a private, loopback or metadata
+    /// address, a bad scheme or port, or too many redirects. The message names the reason.
+    SsrfBlockedDestination,
+    /// A remote server (a platform, a feed, a webhook target) failed or could not be reached.
+    UpstreamFailed,
     /// The database is unreachable or not migrated.
     Unavailable,
     /// A bug or an unexpected failure; the server log has the cause.
@@ -56,6 +61,8 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
+        ErrorCode::SsrfBlockedDestination,
+        ErrorCode::UpstreamFailed,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -75,6 +82,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SsrfBlockedDestination => "ssrf_blocked_destination",
+            ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -96,6 +105,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
+            ErrorCode::SsrfBlockedDestination => 422,
+            ErrorCode::UpstreamFailed => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }

@@ -315,14 +315,9 @@ fn read_file(explicit: Option<&Path>) -> Result<(Option<PathBuf>, FileConfig), C
 }
 
 fn validate_cidr(cidr: &str) -> Result<(), ConfigError> {
-    let err = || bad(format!("allow_private_networks: `{cidr}` is not a CIDR such as 10.0.0.0/8 or fd00::/8"));
-    let (addr, len) = cidr.split_once('/').ok_or_else(err)?;
-    let ip: std::net::IpAddr = addr.parse().map_err(|_| err())?;
-    let len: u8 = len.parse().map_err(|_| err())?;
-    if len > if ip.is_ipv4() { 32 } else { 128 } {
-        return Err(err());
-    }
-    Ok(())
+    herald_http::guard::Cidr::parse(cidr)
+        .map(|_| ())
+        .ok_or_else(|| bad(format!("allow_private_networks: `{cidr}` is not a CIDR such as 10.0.0.0/8 or fd00::/8")))
 }
 
 #[cfg(test)]
