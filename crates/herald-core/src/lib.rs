@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod error;
+pub mod platforms;
 pub mod time;
 
 pub use access::{Action, TeamRole};

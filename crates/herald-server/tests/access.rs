@@ -31,7 +31,7 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("POST", "/session/login" | "/session/setup" | "/password-reset/request" | "/password-reset/complete") => None,
         ("POST", "/invites/accept" | "/session/logout" | "/teams" | "/me/password" | "/me/2fa/enrol" | "/me/2fa/confirm")
         | ("POST", "/me/2fa/disable")
-        | ("GET", "/session" | "/me" | "/me/sessions" | "/teams" | "/teams/{team_id}")
+        | ("GET", "/session" | "/me" | "/me/sessions" | "/teams" | "/teams/{team_id}" | "/platforms")
         | ("PUT", "/session/team")
         | ("PATCH", "/me")
         | ("DELETE", "/me/sessions/{session_id}")

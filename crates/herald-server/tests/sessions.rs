@@ -395,7 +395,14 @@ async fn first_run_setup_creates_the_owner_once() {
         // The OpenAPI document is served and lists the routes.
         let doc: serde_json::Value =
             app.http.get(&format!("{}/api/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
-        for p in ["/session/login", "/teams", "/members", "/invites", "/api-keys", "/audit", "/me"] {
+        let (admin, _) = app.login("first@example.com", PASSWORD, json!({})).await.unwrap();
+        let (s, reg) = app.get(&admin, "/platforms").await;
+        assert_eq!(s, 200);
+        let bsky = reg["platforms"].as_array().unwrap().iter().find(|p| p["id"] == "bluesky").unwrap().clone();
+        assert_eq!(bsky["text"]["max"], 300);
+        assert_eq!(bsky["text"]["counting"]["kind"], "graphemes");
+        assert_eq!(app.get(&Caller::Anonymous, "/platforms").await.0, 401);
+        for p in ["/session/login", "/teams", "/members", "/invites", "/api-keys", "/audit", "/me", "/platforms"] {
             assert!(doc["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
         }
     })

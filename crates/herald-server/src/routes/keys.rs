@@ -80,3 +80,11 @@ pub async fn audit(
     let next = (events.len() == limit).then(|| events.last().map(|e| e.id)).flatten();
     Ok(Json(AuditPage { events, next }))
 }
+
+/// The platform registry: capabilities, text limits with each platform's counting rule, media
+/// limits and how retries avoid duplicates.
+#[utoipa::path(get, path = "/platforms", tag = "platforms",
+    responses((status = 200, description = "every platform", body = Object), (status = 401, body = ErrorBody)))]
+pub async fn platforms(Auth(_): Auth) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "platforms": herald_core::platforms::REGISTRY }))
+}
