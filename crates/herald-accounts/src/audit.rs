@@ -3,7 +3,7 @@
 use crate::model::{AuditEvent, Principal};
 use crate::service::{Accounts, store};
 use herald_core::Error;
-use herald_store::{Ts, Tx, on_read, on_tx};
+use herald_store::{Ts, Tx, exec, on_read};
 use uuid::Uuid;
 
 /// Who did it.
@@ -57,10 +57,21 @@ pub async fn record(tx: &mut Tx, actor: &Actor, event: Event<'_>) -> Result<(), 
     const SQL: &str = "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, \
                        target_id, ip, details, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
     let details = event.details.to_string();
-    on_tx!(tx, c => sqlx::query(SQL)
-        .bind(Uuid::now_v7()).bind(event.team).bind(actor.user).bind(actor.key).bind(&actor.label)
-        .bind(event.action).bind(target_type).bind(&target_id).bind(&actor.ip).bind(&details).bind(Ts::now())
-        .execute(&mut *c).await.map(|r| r.rows_affected()))
+    exec!(
+        tx,
+        SQL,
+        Uuid::now_v7(),
+        event.team,
+        actor.user,
+        actor.key,
+        &actor.label,
+        event.action,
+        target_type,
+        &target_id,
+        &actor.ip,
+        &details,
+        Ts::now()
+    )
     .map_err(store)?;
     tracing::info!(
         target: "herald::audit",

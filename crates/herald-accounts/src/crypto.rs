@@ -10,7 +10,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Error, ErrorCode};
 use sha2::{Digest, Sha256};
-use std::sync::LazyLock;
 
 /// A fresh 256-bit token, base64url, with an optional prefix that tells what it is (`hk_` for
 /// API keys) so secret scanners and people can recognise it.
@@ -56,17 +55,17 @@ pub async fn hash_password(password: String) -> Result<String, Error> {
     .map_err(|e| Error::internal(format!("the password hasher stopped: {e}")))?
 }
 
-/// A hash of a random password, so an unknown email costs the same Argon2 work as a wrong password.
-static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
-    argon2().hash_password(new_token("").as_bytes()).map(|h| h.to_string()).expect("hashing a random password")
-});
+/// The hash of a random password nobody knows, with the same parameters as real ones, so an
+/// unknown email costs the same Argon2 work as a wrong password.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$MxFnRfuPVDU6RejHyBITBA$zEFjJklM11MlMnooD96tjOpufVw2bdgISF0iLYvoYd4";
 
 /// Checks `password` against `hash`; with no hash (unknown user) it checks against a dummy one
 /// and fails, taking the same time.
 pub async fn verify_password(password: String, hash: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
         let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
         let Ok(parsed) = PasswordHash::new(&hash) else { return false };
         argon2().verify_password(password.as_bytes(), &parsed).is_ok() && known
     })
@@ -74,7 +73,13 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
     .unwrap_or(false)
 }
 
-/// Warms the dummy hash so the first unknown-user login is not faster than the rest.
-pub fn warm_up() {
-    LazyLock::force(&DUMMY_HASH);
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dummy_hash_has_the_parameters_of_real_hashes() {
+        use argon2::password_hash::PasswordHasher;
+        let real = super::argon2().hash_password(b"x").unwrap().to_string();
+        let params = |h: &str| h.split('$').take(4).collect::<Vec<_>>().join("$");
+        assert_eq!(params(super::DUMMY_HASH), params(&real));
+    }
 }

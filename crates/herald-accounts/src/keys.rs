@@ -8,7 +8,7 @@ use crate::service::{Accounts, check_name, invalid, not_found, store, store_err}
 use crate::teams::authorize;
 use chrono::{DateTime, Utc};
 use herald_core::{Action, Error, ErrorCode, TeamRole};
-use herald_store::{Ts, on_read, on_tx};
+use herald_store::{Ts, exec, on_read};
 use uuid::Uuid;
 
 pub const KEY_PREFIX: &str = "hk_";
@@ -95,11 +95,20 @@ impl Accounts {
         let id = Uuid::now_v7();
         let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        on_tx!(tx, c => sqlx::query(
+        exec!(
+            tx,
             "INSERT INTO api_keys (id, team_id, name, role, key_hash, prefix, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(id).bind(team).bind(&name).bind(role.as_str()).bind(hash_token(&key)).bind(&prefix)
-            .bind(actor.user).bind(Ts::now()).bind(expires_at.map(Ts)).execute(&mut *c).await.map(|r| r.rows_affected()))
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            id,
+            team,
+            &name,
+            role.as_str(),
+            hash_token(&key),
+            &prefix,
+            actor.user,
+            Ts::now(),
+            expires_at.map(Ts)
+        )
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => not_found("team"),
             _ => store(e),
@@ -119,8 +128,13 @@ impl Accounts {
     pub async fn revoke_api_key(&self, p: &Principal, id: Uuid) -> Result<ApiKey, Error> {
         let (team, _) = authorize(p, Action::ManageApiKeys)?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        let done = on_tx!(tx, c => sqlx::query("UPDATE api_keys SET revoked_at = $3 WHERE team_id = $1 AND id = $2 AND revoked_at IS NULL")
-            .bind(team).bind(id).bind(Ts::now()).execute(&mut *c).await.map(|r| r.rows_affected()))
+        let done = exec!(
+            tx,
+            "UPDATE api_keys SET revoked_at = $3 WHERE team_id = $1 AND id = $2 AND revoked_at IS NULL",
+            team,
+            id,
+            Ts::now()
+        )
         .map_err(store)?;
         if done == 0 {
             return Err(not_found("active API key"));
@@ -157,8 +171,7 @@ impl Accounts {
             .ok_or_else(|| Error::new(ErrorCode::Internal, "an API key has an unknown role"))?;
         if row.last_used_at.is_none_or(|t| now.0 - t.0 >= TOUCH_EVERY) {
             let mut tx = self.db.begin().await.map_err(store_err)?;
-            on_tx!(tx, c => sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1").bind(row.id).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
-                .map_err(store)?;
+            exec!(tx, "UPDATE api_keys SET last_used_at = $2 WHERE id = $1", row.id, now).map_err(store)?;
             tx.commit().await.map_err(store_err)?;
         }
         Ok(Some(Principal {

@@ -5,7 +5,7 @@
 
 use crate::service::{Accounts, store, store_err};
 use herald_core::Error;
-use herald_store::{on_read, on_tx};
+use herald_store::{exec, on_read};
 use uuid::Uuid;
 
 /// A column holding sealed secrets: its table, the column, and the column naming the owning team
@@ -89,8 +89,8 @@ impl Accounts {
                     match self.vault.open(&sealed, &aad) {
                         Ok(secret) => {
                             let fresh = self.vault.seal(secret.expose(), &aad);
-                            let done = on_tx!(tx, c => sqlx::query(sqlx::AssertSqlSafe(update.as_str())).bind(id).bind(&sealed).bind(&fresh).execute(&mut *c).await.map(|r| r.rows_affected()))
-                                .map_err(store)?;
+                            let done =
+                                exec!(tx, sqlx::AssertSqlSafe(update.as_str()), id, &sealed, &fresh).map_err(store)?;
                             if done == 1 { report.rewrapped += 1 } else { report.already_current += 1 }
                         }
                         Err(e) => report.failed.push(RotateFailure {

@@ -6,7 +6,7 @@ use crate::crypto::{hash_token, new_token};
 use crate::model::{CreatedInvite, Invite, Member, Principal, Quotas, Team};
 use crate::service::{Accounts, after, check_name, conflict, invalid, normalize_email, not_found, store, store_err};
 use herald_core::{Action, Error, ErrorCode, TeamRole};
-use herald_store::{Ts, Tx, on_read, on_tx};
+use herald_store::{Ts, Tx, exec, on_read, on_tx};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -150,11 +150,14 @@ impl Accounts {
         let name = check_name("name", name)?;
         let id = Uuid::now_v7();
         let now = Ts::now();
-        on_tx!(tx, c => sqlx::query("INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(id).bind(&name).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
-        on_tx!(tx, c => sqlx::query("INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, 'owner', $3)")
-            .bind(id).bind(owner).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
+        exec!(tx, "INSERT INTO teams (id, name, created_at) VALUES ($1, $2, $3)", id, &name, now).map_err(store)?;
+        exec!(
+            tx,
+            "INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, 'owner', $3)",
+            id,
+            owner,
+            now
+        )
         .map_err(store)?;
         Ok(id)
     }
@@ -215,8 +218,13 @@ impl Accounts {
         }
         let name = name.map(|n| check_name("name", n)).transpose()?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        on_tx!(tx, c => sqlx::query("UPDATE teams SET name = COALESCE($2, name), require_2fa = COALESCE($3, require_2fa) WHERE id = $1")
-            .bind(team).bind(&name).bind(require_2fa).execute(&mut *c).await.map(|r| r.rows_affected()))
+        exec!(
+            tx,
+            "UPDATE teams SET name = COALESCE($2, name), require_2fa = COALESCE($3, require_2fa) WHERE id = $1",
+            team,
+            &name,
+            require_2fa
+        )
         .map_err(store)?;
         audit::record(
             &mut tx,
@@ -247,11 +255,8 @@ impl Accounts {
             }
         }
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        let done = on_tx!(tx, c => sqlx::query(
-            "UPDATE teams SET quota_connections = $2, quota_members = $3, quota_posts_month = $4, quota_ai_calls_month = $5, \
-             quota_media_bytes = $6 WHERE id = $1")
-            .bind(team).bind(quotas.connections).bind(quotas.members).bind(quotas.posts_per_month)
-            .bind(quotas.ai_calls_per_month).bind(quotas.media_bytes).execute(&mut *c).await.map(|r| r.rows_affected()))
+        let done = exec!(tx, "UPDATE teams SET quota_connections = $2, quota_members = $3, quota_posts_month = $4, quota_ai_calls_month = $5, \
+             quota_media_bytes = $6 WHERE id = $1", team, quotas.connections, quotas.members, quotas.posts_per_month, quotas.ai_calls_per_month, quotas.media_bytes)
         .map_err(store)?;
         if done == 0 {
             return Err(not_found("team"));
@@ -290,10 +295,15 @@ impl Accounts {
         .map_err(store)?;
         let used = used.unwrap_or(0);
         self.check_quota(tx, team, quota, used, n).await?;
-        on_tx!(tx, c => sqlx::query(
+        exec!(
+            tx,
             "INSERT INTO team_usage (team_id, metric, period, used) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (team_id, metric, period) DO UPDATE SET used = team_usage.used + $4")
-            .bind(team).bind(quota.as_str()).bind(&period).bind(n).execute(&mut *c).await.map(|r| r.rows_affected()))
+             ON CONFLICT (team_id, metric, period) DO UPDATE SET used = team_usage.used + $4",
+            team,
+            quota.as_str(),
+            &period,
+            n
+        )
         .map_err(store)?;
         Ok(used + n)
     }
@@ -340,9 +350,8 @@ impl Accounts {
         if current == TeamRole::Owner && role != TeamRole::Owner {
             ensure_another_owner(&mut tx, team).await?;
         }
-        on_tx!(tx, c => sqlx::query("UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2")
-            .bind(team).bind(user).bind(role.as_str()).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
+        exec!(tx, "UPDATE memberships SET role = $3 WHERE team_id = $1 AND user_id = $2", team, user, role.as_str())
+            .map_err(store)?;
         audit::record(
             &mut tx,
             &Actor::of(p),
@@ -368,9 +377,8 @@ impl Accounts {
             }
             ensure_another_owner(&mut tx, team).await?;
         }
-        on_tx!(tx, c => sqlx::query("DELETE FROM memberships WHERE team_id = $1 AND user_id = $2").bind(team).bind(user).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
-        on_tx!(tx, c => sqlx::query("UPDATE sessions SET team_id = NULL WHERE team_id = $1 AND user_id = $2").bind(team).bind(user).execute(&mut *c).await.map(|r| r.rows_affected()))
+        exec!(tx, "DELETE FROM memberships WHERE team_id = $1 AND user_id = $2", team, user).map_err(store)?;
+        exec!(tx, "UPDATE sessions SET team_id = NULL WHERE team_id = $1 AND user_id = $2", team, user)
             .map_err(store)?;
         audit::record(
             &mut tx,
@@ -421,11 +429,19 @@ impl Accounts {
         self.check_quota(&mut tx, team, Quota::Members, members, 1).await?;
         let token = new_token("");
         let id = Uuid::now_v7();
-        on_tx!(tx, c => sqlx::query(
+        exec!(
+            tx,
             "INSERT INTO invites (id, team_id, email, role, token_hash, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(id).bind(team).bind(&email).bind(role.as_str()).bind(hash_token(&token)).bind(p.user_id)
-            .bind(Ts::now()).bind(after(ttl)).execute(&mut *c).await.map(|r| r.rows_affected()))
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            id,
+            team,
+            &email,
+            role.as_str(),
+            hash_token(&token),
+            p.user_id,
+            Ts::now(),
+            after(ttl)
+        )
         .map_err(store)?;
         audit::record(
             &mut tx,
@@ -444,9 +460,7 @@ impl Accounts {
     pub async fn revoke_invite(&self, p: &Principal, id: Uuid) -> Result<(), Error> {
         let (team, _) = authorize(p, Action::ManageMembers)?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        let done = on_tx!(tx, c => sqlx::query(
-            "UPDATE invites SET revoked_at = $3 WHERE team_id = $1 AND id = $2 AND revoked_at IS NULL AND accepted_at IS NULL")
-            .bind(team).bind(id).bind(Ts::now()).execute(&mut *c).await.map(|r| r.rows_affected()))
+        let done = exec!(tx, "UPDATE invites SET revoked_at = $3 WHERE team_id = $1 AND id = $2 AND revoked_at IS NULL AND accepted_at IS NULL", team, id, Ts::now())
         .map_err(store)?;
         if done == 0 {
             return Err(not_found("pending invite"));
@@ -490,8 +504,14 @@ impl Accounts {
         }
         let members = count_members(tx, row.team_id).await?;
         self.check_quota(tx, row.team_id, Quota::Members, members, 1).await?;
-        on_tx!(tx, c => sqlx::query("INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(row.team_id).bind(user).bind(&row.role).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
+        exec!(
+            tx,
+            "INSERT INTO memberships (team_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+            row.team_id,
+            user,
+            &row.role,
+            now
+        )
         .map_err(store)?;
         audit::record(
             tx,
@@ -511,8 +531,7 @@ impl Accounts {
         let mut tx = self.db.begin().await.map_err(store_err)?;
         let team = self.accept_invite(&mut tx, token, user, &email, &Actor::of(p)).await?;
         if let Some(session) = p.session_id {
-            on_tx!(tx, c => sqlx::query("UPDATE sessions SET team_id = $2 WHERE id = $1").bind(session).bind(team).execute(&mut *c).await.map(|r| r.rows_affected()))
-                .map_err(store)?;
+            exec!(tx, "UPDATE sessions SET team_id = $2 WHERE id = $1", session, team).map_err(store)?;
         }
         tx.commit().await.map_err(store_err)?;
         let mut p = p.clone();
@@ -530,32 +549,17 @@ impl Accounts {
         password: &str,
         client: &crate::model::Client,
     ) -> Result<crate::model::LoggedIn, Error> {
-        let email = normalize_email(email)?;
-        let display_name = check_name("display_name", display_name)?;
-        crate::crypto::check_password_rules(password)?;
-        let hash = crate::crypto::hash_password(password.to_string()).await?;
+        let new = crate::users::NewUser::prepare(email, display_name, password).await?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        let id = Uuid::now_v7();
-        let now = Ts::now();
-        let inserted = on_tx!(tx, c => sqlx::query(
-            "INSERT INTO users (id, email, display_name, password_hash, created_at, password_changed_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (email) DO NOTHING")
-            .bind(id).bind(&email).bind(&display_name).bind(&hash).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
-        if inserted == 0 {
-            return Err(conflict("a user with that email exists; sign in and accept the invite"));
-        }
-        let actor = Actor { user: Some(id), label: email.clone(), ip: client.ip.clone(), ..Actor::default() };
-        let team = self.accept_invite(&mut tx, token, id, &email, &actor).await?;
-        let user = crate::model::User {
-            id,
-            email,
-            display_name,
-            is_admin: false,
-            disabled: false,
-            totp_enabled: false,
-            created_at: now.0,
-        };
+        let user = crate::users::insert_user(
+            &mut tx,
+            &new,
+            false,
+            "a user with that email exists; sign in and accept the invite",
+        )
+        .await?;
+        let actor = Actor { user: Some(user.id), label: user.email.clone(), ip: client.ip.clone(), ..Actor::default() };
+        let team = self.accept_invite(&mut tx, token, user.id, &user.email, &actor).await?;
         let logged_in = self.start_session_in(&mut tx, user, Some(team), client).await?;
         tx.commit().await.map_err(store_err)?;
         Ok(logged_in)

@@ -5,7 +5,7 @@
 
 use crate::service::store;
 use herald_core::{Error, ErrorCode};
-use herald_store::{Db, Ts, Tx, on_read, on_tx};
+use herald_store::{Db, Ts, Tx, exec, on_read, on_tx};
 
 pub const FREE_FAILURES_ACCOUNT: i64 = 5;
 pub const FREE_FAILURES_IP: i64 = 20;
@@ -66,17 +66,14 @@ pub async fn fail(tx: &mut Tx, keys: &[String]) -> Result<(), Error> {
             .bind(key).bind(now).bind(stale).fetch_one(&mut *c).await)
         .map_err(store)?;
         let until = Ts(now.0 + chrono::Duration::seconds(delay_secs(failures, free_failures(key))));
-        on_tx!(tx, c => sqlx::query("UPDATE login_throttle SET blocked_until = $2 WHERE key = $1")
-            .bind(key).bind(until).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
+        exec!(tx, "UPDATE login_throttle SET blocked_until = $2 WHERE key = $1", key, until).map_err(store)?;
     }
     Ok(())
 }
 
 /// Forgets the failures of `key` (after a successful sign-in).
 pub async fn clear(tx: &mut Tx, key: &str) -> Result<(), Error> {
-    on_tx!(tx, c => sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
+    exec!(tx, "DELETE FROM login_throttle WHERE key = $1", key).map_err(store)?;
     Ok(())
 }
 

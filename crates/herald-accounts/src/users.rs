@@ -6,7 +6,7 @@ use crate::model::{Client, LoggedIn, Principal, Session, TotpEnrolment, User};
 use crate::service::{Accounts, after, check_name, conflict, invalid, normalize_email, not_found, store, store_err};
 use crate::{throttle, totp};
 use herald_core::{Error, ErrorCode, TeamRole};
-use herald_store::{Ts, Tx, on_read, on_tx};
+use herald_store::{Ts, Tx, exec, on_read, on_tx};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -120,8 +120,7 @@ impl Accounts {
         Ok(Some(token))
     }
 
-    /// Creates a user with their own team, where they are the owner. Used by first-run setup and
-    /// by `herald user create`.
+    /// Creates a user with their own team, where they are the owner (`herald user create`).
     pub async fn create_user(
         &self,
         tx: &mut Tx,
@@ -130,23 +129,13 @@ impl Accounts {
         password: &str,
         is_admin: bool,
     ) -> Result<(User, Uuid), Error> {
-        let email = normalize_email(email)?;
-        let display_name = check_name("display_name", display_name)?;
-        crypto::check_password_rules(password)?;
-        let hash = crypto::hash_password(password.to_string()).await?;
-        let id = Uuid::now_v7();
-        let now = Ts::now();
-        let inserted = on_tx!(tx, c => sqlx::query(
-            "INSERT INTO users (id, email, display_name, password_hash, is_admin, created_at, password_changed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (email) DO NOTHING")
-            .bind(id).bind(&email).bind(&display_name).bind(&hash).bind(is_admin).bind(now)
-            .execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
-        if inserted == 0 {
-            return Err(conflict("a user with that email already exists"));
-        }
-        let team = self.insert_team(tx, &format!("{display_name}'s team"), id).await?;
-        let user = User { id, email, display_name, is_admin, disabled: false, totp_enabled: false, created_at: now.0 };
+        let new = NewUser::prepare(email, display_name, password).await?;
+        self.create_owner(tx, &new, is_admin).await
+    }
+
+    async fn create_owner(&self, tx: &mut Tx, new: &NewUser, is_admin: bool) -> Result<(User, Uuid), Error> {
+        let user = insert_user(tx, new, is_admin, "a user with that email already exists").await?;
+        let team = self.insert_team(tx, &format!("{}'s team", user.display_name), user.id).await?;
         Ok((user, team))
     }
 
@@ -159,6 +148,7 @@ impl Accounts {
         password: &str,
         client: &Client,
     ) -> Result<LoggedIn, Error> {
+        let new = NewUser::prepare(email, display_name, password).await?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
         let users: i64 = on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&mut *c).await)
             .map_err(store)?;
@@ -168,7 +158,7 @@ impl Accounts {
                 "this setup link is used, expired or unknown; create users with `herald user create`",
             ));
         }
-        let (user, team) = self.create_user(&mut tx, email, display_name, password, true).await?;
+        let (user, team) = self.create_owner(&mut tx, &new, true).await?;
         let actor = Actor { user: Some(user.id), label: user.email.clone(), ip: client.ip.clone(), ..Actor::default() };
         audit::record(&mut tx, &actor, Event::new(Some(team), "user.created").target("user", user.id)).await?;
         let logged_in = self.start_session_in(&mut tx, user, Some(team), client).await?;
@@ -248,8 +238,7 @@ impl Accounts {
         }
         throttle::clear(&mut tx, &account).await?;
         if let Some(old) = replaces {
-            on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(hash_token(old)).execute(&mut *c).await.map(|r| r.rows_affected()))
-                .map_err(store)?;
+            exec!(tx, "DELETE FROM sessions WHERE token_hash = $1", hash_token(old)).map_err(store)?;
         }
         audit::record(&mut tx, &actor, Event::new(default_team, "login.succeeded")).await?;
         let logged_in = self.start_session_in(&mut tx, row.user(), default_team, client).await?;
@@ -270,11 +259,8 @@ impl Accounts {
         let expires = after(self.config.session_max);
         let id = Uuid::now_v7();
         let ua: Option<String> = client.user_agent.as_ref().map(|u| u.chars().take(300).collect());
-        on_tx!(tx, c => sqlx::query(
-            "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, team_id, created_at, last_seen_at, expires_at, ip, user_agent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)")
-            .bind(id).bind(hash_token(&token)).bind(hash_token(&csrf)).bind(user.id).bind(team).bind(now)
-            .bind(expires).bind(&client.ip).bind(&ua).execute(&mut *c).await.map(|r| r.rows_affected()))
+        exec!(tx, "INSERT INTO sessions (id, token_hash, csrf_hash, user_id, team_id, created_at, last_seen_at, expires_at, ip, user_agent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)", id, hash_token(&token), hash_token(&csrf), user.id, team, now, expires, &client.ip, &ua)
         .map_err(store)?;
         let session = Session {
             id,
@@ -314,10 +300,15 @@ impl Accounts {
             is_admin: bool,
             disabled: bool,
             totp_enabled: bool,
+            role: Option<String>,
+            require_2fa: Option<bool>,
         }
+        // One read per request: the session, its user, and the role in the team it acts in.
         let row: Option<Row> = on_read!(self.db, c => sqlx::query_as(
             "SELECT s.id, s.csrf_hash, s.user_id, s.team_id, s.last_seen_at, s.expires_at, u.email, u.is_admin, \
-             u.disabled, u.totp_enabled FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1")
+             u.disabled, u.totp_enabled, m.role, t.require_2fa FROM sessions s JOIN users u ON u.id = s.user_id \
+             LEFT JOIN memberships m ON m.team_id = s.team_id AND m.user_id = s.user_id \
+             LEFT JOIN teams t ON t.id = m.team_id WHERE s.token_hash = $1")
             .bind(hash_token(token)).fetch_optional(c).await)
         .map_err(store)?;
         let Some(row) = row else { return Ok(None) };
@@ -325,19 +316,18 @@ impl Accounts {
         let idle = chrono::Duration::from_std(self.config.session_idle).unwrap_or(chrono::Duration::MAX);
         if row.disabled || now >= row.expires_at || now.0 - row.last_seen_at.0 >= idle {
             let mut tx = self.db.begin().await.map_err(store_err)?;
-            on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE id = $1").bind(row.id).execute(&mut *c).await.map(|r| r.rows_affected())).map_err(store)?;
+            exec!(tx, "DELETE FROM sessions WHERE id = $1", row.id).map_err(store)?;
             tx.commit().await.map_err(store_err)?;
             return Ok(None);
         }
         if now.0 - row.last_seen_at.0 >= TOUCH_EVERY {
             let mut tx = self.db.begin().await.map_err(store_err)?;
-            on_tx!(tx, c => sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1").bind(row.id).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
-                .map_err(store)?;
+            exec!(tx, "UPDATE sessions SET last_seen_at = $2 WHERE id = $1", row.id, now).map_err(store)?;
             tx.commit().await.map_err(store_err)?;
         }
-        let team = match row.team_id {
-            Some(t) => self.membership(t, row.user_id).await?.map(|(role, require_2fa)| (t, role, require_2fa)),
-            None => None,
+        let team = match (row.team_id, row.role.as_deref().and_then(TeamRole::parse)) {
+            (Some(t), Some(role)) => Some((t, role, row.require_2fa.unwrap_or(false))),
+            _ => None,
         };
         let principal = Principal {
             user_id: Some(row.user_id),
@@ -352,20 +342,18 @@ impl Accounts {
         Ok(Some((principal, row.csrf_hash)))
     }
 
-    /// A member's role and the team's 2FA rule.
-    pub(crate) async fn membership(&self, team: Uuid, user: Uuid) -> Result<Option<(TeamRole, bool)>, Error> {
-        let row: Option<(String, bool)> = on_read!(self.db, c => sqlx::query_as(
-            "SELECT m.role, t.require_2fa FROM memberships m JOIN teams t ON t.id = m.team_id \
-             WHERE m.team_id = $1 AND m.user_id = $2")
-            .bind(team).bind(user).fetch_optional(c).await)
+    async fn is_member(&self, team: Uuid, user: Uuid) -> Result<bool, Error> {
+        let n: i64 = on_read!(self.db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM memberships WHERE team_id = $1 AND user_id = $2")
+            .bind(team).bind(user).fetch_one(c).await)
         .map_err(store)?;
-        Ok(row.and_then(|(role, req)| TeamRole::parse(&role).map(|r| (r, req))))
+        Ok(n > 0)
     }
 
     pub async fn logout(&self, p: &Principal) -> Result<(), Error> {
         let Some(session) = p.session_id else { return Ok(()) };
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE id = $1").bind(session).execute(&mut *c).await.map(|r| r.rows_affected())).map_err(store)?;
+        exec!(tx, "DELETE FROM sessions WHERE id = $1", session).map_err(store)?;
         audit::record(
             &mut tx,
             &Actor::of(p),
@@ -381,12 +369,11 @@ impl Accounts {
         let (Some(user), Some(session)) = (p.user_id, p.session_id) else {
             return Err(Error::new(ErrorCode::BadRequest, "API keys act in their own team and cannot switch"));
         };
-        if self.membership(team, user).await?.is_none() {
+        if !self.is_member(team, user).await? {
             return Err(not_found("team"));
         }
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        on_tx!(tx, c => sqlx::query("UPDATE sessions SET team_id = $2 WHERE id = $1").bind(session).bind(team).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
+        exec!(tx, "UPDATE sessions SET team_id = $2 WHERE id = $1", session, team).map_err(store)?;
         tx.commit().await.map_err(store_err)?;
         Ok(())
     }
@@ -404,9 +391,7 @@ impl Accounts {
     pub async fn end_session(&self, p: &Principal, session: Uuid) -> Result<(), Error> {
         let user = p.user_id.ok_or_else(|| not_found("session"))?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        let done = on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE id = $1 AND user_id = $2")
-            .bind(session).bind(user).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
+        let done = exec!(tx, "DELETE FROM sessions WHERE id = $1 AND user_id = $2", session, user).map_err(store)?;
         if done == 0 {
             return Err(not_found("session"));
         }
@@ -424,8 +409,7 @@ impl Accounts {
         let user = p.user_id.ok_or_else(|| not_found("user"))?;
         let name = check_name("display_name", display_name)?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        on_tx!(tx, c => sqlx::query("UPDATE users SET display_name = $2 WHERE id = $1").bind(user).bind(&name).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
+        exec!(tx, "UPDATE users SET display_name = $2 WHERE id = $1", user, &name).map_err(store)?;
         tx.commit().await.map_err(store_err)?;
         self.user(user).await
     }
@@ -449,9 +433,8 @@ impl Accounts {
         let mut tx = self.db.begin().await.map_err(store_err)?;
         set_password(&mut tx, user, &hash).await?;
         if end_other_sessions {
-            on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
-                .bind(user).bind(p.session_id.unwrap_or_default()).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
+            exec!(tx, "DELETE FROM sessions WHERE user_id = $1 AND id <> $2", user, p.session_id.unwrap_or_default())
+                .map_err(store)?;
         }
         audit::record(
             &mut tx,
@@ -499,7 +482,7 @@ impl Accounts {
             ));
         };
         set_password(&mut tx, user, &hash).await?;
-        on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user).execute(&mut *c).await.map(|r| r.rows_affected())).map_err(store)?;
+        exec!(tx, "DELETE FROM sessions WHERE user_id = $1", user).map_err(store)?;
         let team = self.default_team(user).await?;
         let actor =
             Actor { user: Some(user), label: "password reset".into(), ip: client.ip.clone(), ..Actor::default() };
@@ -511,13 +494,12 @@ impl Accounts {
     /// Disables or re-enables a user (instance admin, CLI). Disabling ends every session.
     pub async fn set_disabled(&self, user: Uuid, disabled: bool) -> Result<(), Error> {
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        let done = on_tx!(tx, c => sqlx::query("UPDATE users SET disabled = $2 WHERE id = $1").bind(user).bind(disabled).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
+        let done = exec!(tx, "UPDATE users SET disabled = $2 WHERE id = $1", user, disabled).map_err(store)?;
         if done == 0 {
             return Err(not_found("user"));
         }
         if disabled {
-            on_tx!(tx, c => sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user).execute(&mut *c).await.map(|r| r.rows_affected())).map_err(store)?;
+            exec!(tx, "DELETE FROM sessions WHERE user_id = $1", user).map_err(store)?;
         }
         let team = self.default_team(user).await?;
         let action = if disabled { "user.disabled" } else { "user.enabled" };
@@ -535,9 +517,8 @@ impl Accounts {
         let secret = totp::new_secret();
         let sealed = self.vault.seal(&secret, &totp_binding(user.id));
         let mut tx = self.db.begin().await.map_err(store_err)?;
-        on_tx!(tx, c => sqlx::query("UPDATE users SET totp_secret = $2, totp_last_step = 0 WHERE id = $1")
-            .bind(user.id).bind(&sealed).execute(&mut *c).await.map(|r| r.rows_affected()))
-        .map_err(store)?;
+        exec!(tx, "UPDATE users SET totp_secret = $2, totp_last_step = 0 WHERE id = $1", user.id, &sealed)
+            .map_err(store)?;
         tx.commit().await.map_err(store_err)?;
         let uri = totp::otpauth_uri(&secret, &user.email);
         Ok(TotpEnrolment { qr_svg: totp::qr_svg(&uri), otpauth_uri: uri, secret })
@@ -558,14 +539,17 @@ impl Accounts {
             return Err(invalid("code", "that code is wrong; check the device's clock and try the next code"));
         }
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
-        on_tx!(tx, c => sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(user).execute(&mut *c).await.map(|r| r.rows_affected())).map_err(store)?;
+        exec!(tx, "DELETE FROM recovery_codes WHERE user_id = $1", user).map_err(store)?;
         for code in &codes {
-            on_tx!(tx, c => sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
-                .bind(user).bind(hash_token(&normalize_recovery(code))).execute(&mut *c).await.map(|r| r.rows_affected()))
+            exec!(
+                tx,
+                "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)",
+                user,
+                hash_token(&normalize_recovery(code))
+            )
             .map_err(store)?;
         }
-        on_tx!(tx, c => sqlx::query("UPDATE users SET totp_enabled = TRUE WHERE id = $1").bind(user).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
+        exec!(tx, "UPDATE users SET totp_enabled = TRUE WHERE id = $1", user).map_err(store)?;
         audit::record(&mut tx, &Actor::of(p), Event::new(p.team.map(|t| t.0), "user.2fa_enabled").target("user", user))
             .await?;
         tx.commit().await.map_err(store_err)?;
@@ -587,9 +571,8 @@ impl Accounts {
         if !ok {
             return Err(Error::new(ErrorCode::InvalidCredentials, "the two-factor code is wrong or already used"));
         }
-        on_tx!(tx, c => sqlx::query("UPDATE users SET totp_enabled = FALSE, totp_secret = NULL WHERE id = $1").bind(user).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
-        on_tx!(tx, c => sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(user).execute(&mut *c).await.map(|r| r.rows_affected())).map_err(store)?;
+        exec!(tx, "UPDATE users SET totp_enabled = FALSE, totp_secret = NULL WHERE id = $1", user).map_err(store)?;
+        exec!(tx, "DELETE FROM recovery_codes WHERE user_id = $1", user).map_err(store)?;
         audit::record(
             &mut tx,
             &Actor::of(p),
@@ -611,17 +594,63 @@ impl Accounts {
         let now = chrono::Utc::now().timestamp();
         let Some(step) = totp::verify(secret.expose(), code, now, row.totp_last_step) else { return Ok(false) };
         let claimed =
-            on_tx!(tx, c => sqlx::query("UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2")
-            .bind(row.id).bind(step).execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(store)?;
+            exec!(tx, "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2", row.id, step)
+                .map_err(store)?;
         Ok(claimed == 1)
     }
 }
 
-async fn set_password(tx: &mut Tx, user: Uuid, hash: &str) -> Result<(), Error> {
-    on_tx!(tx, c => sqlx::query("UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE id = $1")
-        .bind(user).bind(hash).bind(Ts::now()).execute(&mut *c).await.map(|r| r.rows_affected()))
+/// A checked sign-up with its password already hashed. Hash before opening a transaction: on
+/// SQLite a transaction holds the only writer, and Argon2 takes tens of milliseconds.
+pub(crate) struct NewUser {
+    email: String,
+    display_name: String,
+    password_hash: String,
+}
+
+impl NewUser {
+    pub(crate) async fn prepare(email: &str, display_name: &str, password: &str) -> Result<NewUser, Error> {
+        let email = normalize_email(email)?;
+        let display_name = check_name("display_name", display_name)?;
+        crypto::check_password_rules(password)?;
+        let password_hash = crypto::hash_password(password.to_string()).await?;
+        Ok(NewUser { email, display_name, password_hash })
+    }
+}
+
+/// Inserts the user, or fails with `conflict` (and `taken` as its message) when the email is in use.
+pub(crate) async fn insert_user(tx: &mut Tx, new: &NewUser, is_admin: bool, taken: &str) -> Result<User, Error> {
+    let id = Uuid::now_v7();
+    let now = Ts::now();
+    let inserted = exec!(
+        tx,
+        "INSERT INTO users (id, email, display_name, password_hash, is_admin, created_at, password_changed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (email) DO NOTHING",
+        id,
+        &new.email,
+        &new.display_name,
+        &new.password_hash,
+        is_admin,
+        now
+    )
     .map_err(store)?;
+    if inserted == 0 {
+        return Err(conflict(taken));
+    }
+    Ok(User {
+        id,
+        email: new.email.clone(),
+        display_name: new.display_name.clone(),
+        is_admin,
+        disabled: false,
+        totp_enabled: false,
+        created_at: now.0,
+    })
+}
+
+async fn set_password(tx: &mut Tx, user: Uuid, hash: &str) -> Result<(), Error> {
+    exec!(tx, "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE id = $1", user, hash, Ts::now())
+        .map_err(store)?;
     Ok(())
 }
 
@@ -632,9 +661,15 @@ async fn insert_auth_token(
     user: Option<Uuid>,
     ttl: Duration,
 ) -> Result<(), Error> {
-    on_tx!(tx, c => sqlx::query(
-        "INSERT INTO auth_tokens (token_hash, purpose, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(hash_token(token)).bind(purpose).bind(user).bind(Ts::now()).bind(after(ttl)).execute(&mut *c).await.map(|r| r.rows_affected()))
+    exec!(
+        tx,
+        "INSERT INTO auth_tokens (token_hash, purpose, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        hash_token(token),
+        purpose,
+        user,
+        Ts::now(),
+        after(ttl)
+    )
     .map_err(store)?;
     Ok(())
 }
@@ -660,9 +695,13 @@ fn normalize_recovery(code: &str) -> String {
 }
 
 async fn spend_recovery_code(tx: &mut Tx, user: Uuid, code: &str) -> Result<bool, Error> {
-    let done = on_tx!(tx, c => sqlx::query(
-        "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
-        .bind(user).bind(hash_token(&normalize_recovery(code))).bind(Ts::now()).execute(&mut *c).await.map(|r| r.rows_affected()))
+    let done = exec!(
+        tx,
+        "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+        user,
+        hash_token(&normalize_recovery(code)),
+        Ts::now()
+    )
     .map_err(store)?;
     Ok(done == 1)
 }

@@ -78,19 +78,24 @@ pub fn router(state: AppState) -> Router {
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }
 
+/// A small page in the shared shell (title, viewport, style).
+fn page(title: &str, body: &str) -> axum::response::Html<String> {
+    axum::response::Html(include_str!("pages/shell.html").replace("{title}", title).replace("{body}", body))
+}
+
 /// The first-run page the setup link opens; it posts to `/api/v1/session/setup`.
-async fn setup_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("setup.html"))
+async fn setup_page() -> axum::response::Html<String> {
+    page("first-run setup", include_str!("pages/setup.html"))
 }
 
 /// The page a mailed reset link opens; it posts to `/api/v1/password-reset/complete`.
-async fn reset_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("reset.html"))
+async fn reset_page() -> axum::response::Html<String> {
+    page("reset your password", include_str!("pages/reset.html"))
 }
 
 /// The page an invite link opens; it posts to `/api/v1/invites/accept`.
-async fn invite_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("invite.html"))
+async fn invite_page() -> axum::response::Html<String> {
+    page("join a team", include_str!("pages/invite.html"))
 }
 
 async fn not_found() -> ApiError {

@@ -8,13 +8,13 @@ use herald_accounts::{AccountsConfig, Quota, totp};
 use herald_core::TeamRole;
 use herald_http::Method;
 use herald_store::testing::each_backend;
-use herald_store::{Db, Ts, on_tx};
+use herald_store::{Db, Ts};
 use serde_json::json;
 use std::time::Duration;
 
 async fn exec(db: &Db, sql: &'static str, at: Ts) {
     let mut tx = db.begin().await.unwrap();
-    on_tx!(tx, c => sqlx::query(sql).bind(at).execute(&mut *c).await.map(|_| ())).unwrap();
+    herald_store::exec!(tx, sql, at).unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -458,8 +458,7 @@ async fn rotation_rewraps_under_the_new_key_and_copied_ciphertexts_do_not_open()
         assert!(after.login("x@example.com", PASSWORD, json!({"totp_code": code_x})).await.is_ok());
         // A ciphertext copied into another user's row does not open there.
         let mut tx = db.begin().await.unwrap();
-        on_tx!(tx, c => sqlx::query("UPDATE users SET totp_secret = (SELECT totp_secret FROM users WHERE email = 'x@example.com') WHERE email = 'y@example.com'")
-            .execute(&mut *c).await.map(|_| ())).unwrap();
+        herald_store::exec!(tx, "UPDATE users SET totp_secret = (SELECT totp_secret FROM users WHERE email = 'x@example.com') WHERE email = 'y@example.com'").unwrap();
         tx.commit().await.unwrap();
         let code_from_x = totp::code_at(&seeds[0], step + 1).unwrap();
         let (s, b) = after.login("y@example.com", PASSWORD, json!({"totp_code": code_from_x})).await.unwrap_err();

@@ -1,6 +1,7 @@
 //! Writing a query once for both backends. SQL that both SQLite and PostgreSQL accept (numbered
 //! `$1` parameters, `RETURNING`, `ON CONFLICT`, no backend functions such as `now()`) runs through
-//! [`on_tx!`](crate::on_tx) or [`on_read!`](crate::on_read), which expand the body once per backend.
+//! [`on_tx!`](crate::on_tx), [`exec!`](crate::exec) or [`on_read!`](crate::on_read), which expand once per
+//! backend.
 //! Times bind and decode as [`Ts`]: microseconds in SQLite, `timestamptz` in PostgreSQL.
 
 use chrono::{DateTime, Utc};
@@ -93,6 +94,18 @@ macro_rules! on_read {
         match $db.pools() {
             $crate::Pools::Sqlite { read: $c, .. } => $body,
             $crate::Pools::Postgres($c) => $body,
+        }
+    };
+}
+
+/// Executes one portable statement in the transaction and gives the rows it affected:
+/// `exec!(tx, "UPDATE users SET disabled = $2 WHERE id = $1", user, true)`.
+#[macro_export]
+macro_rules! exec {
+    ($tx:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $tx.conn() {
+            $crate::TxConn::Sqlite(c) => ::sqlx::query($sql)$(.bind($arg))*.execute(&mut *c).await.map(|r| r.rows_affected()),
+            $crate::TxConn::Postgres(c) => ::sqlx::query($sql)$(.bind($arg))*.execute(&mut *c).await.map(|r| r.rows_affected()),
         }
     };
 }

@@ -109,8 +109,6 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     };
     let app = router(state);
     let addr = listener.local_addr().context("reading the bound address")?;
-    // The dummy Argon2 hash, so the first sign-in of an unknown email costs what the others do.
-    tokio::task::spawn_blocking(herald_accounts::crypto::warm_up);
     tracing::info!(
         "herald listening on http://{addr} with database {} (role {}, ready in {} ms)",
         config.database_url,
