@@ -37,6 +37,11 @@ pub enum ErrorCode {
     /// An outgoing request to a user-chosen URL was refused: a private, loopback or metadata
     /// address, a bad scheme or port, or too many redirects. The message names the reason.
     SsrfBlockedDestination,
+    /// The platform refused the connection's credentials: fix them or re-authorise.
+    PlatformAuthFailed,
+    /// The platform rejected the request (content, settings, a missing right); the message
+    /// carries the platform's own words.
+    PlatformRejected,
     /// A remote server (a platform, a feed, a webhook target) failed or could not be reached.
     UpstreamFailed,
     /// The database is unreachable or not migrated.
@@ -62,6 +67,8 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
         ErrorCode::SsrfBlockedDestination,
+        ErrorCode::PlatformAuthFailed,
+        ErrorCode::PlatformRejected,
         ErrorCode::UpstreamFailed,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -83,6 +90,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::SsrfBlockedDestination => "ssrf_blocked_destination",
+            ErrorCode::PlatformAuthFailed => "platform_auth_failed",
+            ErrorCode::PlatformRejected => "platform_rejected",
             ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -106,6 +115,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::SsrfBlockedDestination => 422,
+            ErrorCode::PlatformAuthFailed => 422,
+            ErrorCode::PlatformRejected => 422,
             ErrorCode::UpstreamFailed => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,

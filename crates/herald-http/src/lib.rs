@@ -14,7 +14,7 @@ use guard::{Blocked, Guard, GuardConfig, GuardedResolver, Lookup, SystemLookup, 
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-pub use reqwest::{Method, Response, StatusCode, header};
+pub use reqwest::{Body, Error, Method, RequestBuilder, Response, StatusCode, header, multipart};
 
 pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
@@ -38,11 +38,16 @@ fn install_crypto_provider() {
 
 impl HttpClient {
     pub fn trusted() -> Result<Self, BuildError> {
+        Self::trusted_with_timeout(Duration::from_secs(30))
+    }
+
+    /// With a whole-request timeout other than 30 s (tests make lost answers quick).
+    pub fn trusted_with_timeout(timeout: Duration) -> Result<Self, BuildError> {
         install_crypto_provider();
         let inner = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()?;
         Ok(HttpClient { inner })
@@ -70,6 +75,8 @@ pub enum FetchError {
     TooLarge { limit: usize },
     #[error("the request failed: {0}")]
     Http(reqwest::Error),
+    #[error("{0}")]
+    Connect(String),
 }
 
 impl FetchError {
@@ -87,7 +94,9 @@ impl From<FetchError> for herald_core::Error {
         match &e {
             FetchError::Blocked(b) => herald_core::Error::new(ErrorCode::SsrfBlockedDestination, b.to_string()),
             FetchError::TooLarge { .. } => herald_core::Error::new(ErrorCode::PayloadTooLarge, e.to_string()),
-            FetchError::Http(_) => herald_core::Error::new(ErrorCode::UpstreamFailed, e.to_string()),
+            FetchError::Http(_) | FetchError::Connect(_) => {
+                herald_core::Error::new(ErrorCode::UpstreamFailed, e.to_string())
+            }
         }
     }
 }
@@ -99,6 +108,7 @@ impl From<FetchError> for herald_core::Error {
 pub struct SafeClient {
     inner: reqwest::Client,
     guard: Guard,
+    lookup: Arc<dyn Lookup>,
 }
 
 pub const MAX_REDIRECTS: usize = 3;
@@ -110,6 +120,11 @@ impl SafeClient {
 
     /// With a custom resolver (tests use one that changes its answer, as DNS rebinding does).
     pub fn with_lookup(config: GuardConfig, lookup: Arc<dyn Lookup>) -> Result<Self, BuildError> {
+        Self::with_options(config, lookup, Duration::from_secs(30))
+    }
+
+    /// With a resolver and a whole-request timeout of choice.
+    pub fn with_options(config: GuardConfig, lookup: Arc<dyn Lookup>, timeout: Duration) -> Result<Self, BuildError> {
         install_crypto_provider();
         let guard = Guard::new(config);
         let hop_guard = guard.clone();
@@ -128,13 +143,51 @@ impl SafeClient {
         let inner = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver { guard: guard.clone(), lookup }))
+            .dns_resolver(Arc::new(GuardedResolver { guard: guard.clone(), lookup: lookup.clone() }))
             .redirect(policy)
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(10).min(timeout))
+            .timeout(timeout)
             .build()?;
-        Ok(SafeClient { inner, guard })
+        Ok(SafeClient { inner, guard, lookup })
+    }
+
+    /// Opens a TCP connection for a protocol that is not HTTP (a Nostr relay's `ws(s)://`, an SMTP
+    /// server a user chose). The URL gets the same checks as an HTTP one, with its own schemes and
+    /// `default_port`, and the socket goes only to an address the guard checked.
+    pub async fn connect_tcp(
+        &self,
+        url: &url::Url,
+        schemes: &[&str],
+        default_port: u16,
+    ) -> Result<tokio::net::TcpStream, FetchError> {
+        if !schemes.contains(&url.scheme()) {
+            return Err(FetchError::Blocked(Blocked(format!(
+                "the scheme `{}` is not allowed here; use {}",
+                url.scheme(),
+                schemes.join(" or ")
+            ))));
+        }
+        let port = url.port().unwrap_or(default_port);
+        // Reuse the HTTP URL checks (userinfo, port, literal addresses) on an equivalent URL.
+        let mut probe = url::Url::parse("http://placeholder/").expect("static URL");
+        probe.set_host(url.host_str()).map_err(|e| FetchError::Blocked(Blocked(format!("bad host ({e})"))))?;
+        let _ = probe.set_port(Some(port));
+        let _ = probe.set_username(url.username());
+        let _ = probe.set_password(url.password());
+        if port == default_port && default_port != 80 && default_port != 443 {
+            // The protocol's own default port (e.g. 25 for SMTP) is not an "odd" port.
+            let _ = probe.set_port(None);
+        }
+        self.guard.check_parsed(&probe).map_err(FetchError::Blocked)?;
+        let host = url.host_str().unwrap_or_default();
+        let addrs = self.guard.resolve(self.lookup.as_ref(), host, port).await.map_err(FetchError::Blocked)?;
+        let connect = tokio::net::TcpStream::connect(&addrs[..]);
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(FetchError::Connect(format!("cannot connect to {host}:{port}: {e}"))),
+            Err(_) => Err(FetchError::Connect(format!("connecting to {host}:{port} timed out"))),
+        }
     }
 
     /// A request to `url`, refused before any connection when the URL itself is not allowed.

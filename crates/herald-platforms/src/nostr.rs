@@ -1,0 +1,25 @@
+//! Nostr (not built yet).
+
+use crate::{Adapter, Connection, Net, Outgoing, Pacing, Platform, PlatformError, Published, Verified};
+use async_trait::async_trait;
+
+pub struct Nostr;
+
+#[async_trait]
+impl Adapter for Nostr {
+    fn platform(&self) -> &'static Platform {
+        crate::registry("nostr")
+    }
+
+    async fn verify(&self, _net: &Net, _conn: &Connection) -> Result<Verified, PlatformError> {
+        Err(PlatformError::invalid("not built yet"))
+    }
+
+    async fn publish(&self, _net: &Net, _conn: &Connection, _post: &Outgoing) -> Result<Published, PlatformError> {
+        Err(PlatformError::invalid("not built yet"))
+    }
+
+    fn pacing(&self, _conn: &Connection) -> Option<Pacing> {
+        None
+    }
+}

@@ -1,0 +1,1 @@
+//! The bluesky fake (not built yet).

@@ -1,0 +1,1 @@
+//! The discord fake (not built yet).

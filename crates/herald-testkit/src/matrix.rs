@@ -1,0 +1,1 @@
+//! The matrix fake (not built yet).

@@ -1,0 +1,1 @@
+//! The nostr fake (not built yet).

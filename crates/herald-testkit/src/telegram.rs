@@ -1,0 +1,1 @@
+//! The telegram fake (not built yet).

@@ -1,0 +1,1 @@
+//! The vk fake (not built yet).

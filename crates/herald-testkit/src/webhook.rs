@@ -1,0 +1,1 @@
+//! The webhook fake (not built yet).

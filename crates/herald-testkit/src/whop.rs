@@ -1,0 +1,1 @@
+//! The whop fake (not built yet).
