@@ -17,8 +17,10 @@ pub struct SecretColumn {
     pub team_column: Option<&'static str>,
 }
 
-pub const SECRET_COLUMNS: &[SecretColumn] =
-    &[SecretColumn { table: "users", column: "totp_secret", team_column: None }];
+pub const SECRET_COLUMNS: &[SecretColumn] = &[
+    SecretColumn { table: "users", column: "totp_secret", team_column: None },
+    SecretColumn { table: "connections", column: "credentials", team_column: Some("team_id") },
+];
 
 /// What a rotation did.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -9,7 +9,34 @@ use herald_http::Method;
 use herald_store::testing::each_backend;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use uuid::Uuid;
+
+/// A webhook receiver that accepts any signature, so creating a connection can succeed for real.
+static RECEIVER: OnceLock<String> = OnceLock::new();
+
+async fn receiver() -> String {
+    RECEIVER
+        .get_or_init(|| {
+            // Each test has its own runtime, and a server dies with the runtime it was spawned
+            // on: give the receiver a runtime of its own that outlives every test.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let fake = herald_testkit::webhook::start_with(None).await;
+                    tx.send(format!("{}/hook", fake.url)).unwrap();
+                    std::future::pending::<()>().await;
+                });
+            });
+            rx.recv().unwrap()
+        })
+        .clone()
+}
+
+fn connection_body() -> Value {
+    json!({"platform": "webhook", "name": "hook", "credentials": {}, "settings": {"url": RECEIVER.get().expect("receiver() first")}})
+}
 
 /// Every operation in the document, as (METHOD, path).
 fn operations() -> Vec<(String, String)> {
@@ -42,6 +69,9 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("GET" | "POST", "/invites") | ("GET" | "DELETE", "/invites/{invite_id}") => Some(Action::ManageMembers),
         ("GET" | "POST", "/api-keys") | ("GET" | "DELETE", "/api-keys/{key_id}") => Some(Action::ManageApiKeys),
         ("GET", "/audit") => Some(Action::ReadAudit),
+        ("GET", "/connections" | "/connections/{connection_id}") => Some(Action::Read),
+        ("POST", "/connections") | ("PATCH" | "DELETE", "/connections/{connection_id}") => Some(Action::ManageConnections),
+        ("POST", "/connections/{connection_id}/test") => Some(Action::Publish),
         ("PATCH", "/teams/{team_id}") => Some(Action::ManageTeam),
         _ => return None,
     };
@@ -56,6 +86,9 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("PATCH", "/members/{user_id}") => Some(json!({"role": "editor"})),
         ("POST", "/invites") => Some(json!({"role": "viewer"})),
         ("POST", "/api-keys") => Some(json!({"name": "k", "role": "viewer"})),
+        ("POST", "/connections") => Some(connection_body()),
+        ("PATCH", "/connections/{connection_id}") => Some(json!({"name": "renamed"})),
+        ("POST", "/connections/{connection_id}/test") => None,
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }
@@ -84,12 +117,17 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         let b_key = Caller::Key(key["key"].as_str().unwrap().to_string());
         let (_, sessions) = app.get(&b, "/me/sessions").await;
         let b_session = sessions[0]["id"].as_str().unwrap().to_string();
+        receiver().await;
+        let (s, conn) = app.post(&b, "/connections", connection_body()).await;
+        assert_eq!(s, 201, "{conn}");
+        let b_connection = conn["id"].as_str().unwrap().to_string();
         let ids: BTreeMap<&str, String> = [
             ("team_id", team_b.to_string()),
             ("user_id", b_member.to_string()),
             ("invite_id", b_invite.clone()),
             ("key_id", b_key_id.clone()),
             ("session_id", b_session.clone()),
+            ("connection_id", b_connection.clone()),
         ]
         .into();
         let mut checked = 0;
@@ -122,12 +160,15 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         assert_ne!(team["name"], "renamed");
         let (_, sessions) = app.get(&b, "/me/sessions").await;
         assert_eq!(sessions.as_array().unwrap().len(), 1);
+        let (_, conn) = app.get(&b, &format!("/connections/{b_connection}")).await;
+        assert_eq!(conn["name"], "hook");
     })
     .await;
 }
 
 #[tokio::test]
 async fn role_matrix_every_role_against_every_guarded_route() {
+    receiver().await;
     each_backend(|db| async move {
         let app = App::start(db).await;
         let (owner, _, team) = app.owner("owner@example.com").await;
@@ -156,9 +197,17 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                     "/invites/{invite_id}" => app.post(&owner, "/invites", json!({"role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
                     "/api-keys/{key_id}" => app.post(&owner, "/api-keys", json!({"name": "t", "role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
                     "/teams/{team_id}" => team.to_string(),
+                    "/connections/{connection_id}" | "/connections/{connection_id}/test" => {
+                        let (s, c) = app.post(&owner, "/connections", connection_body()).await;
+                        assert_eq!(s, 201, "{c}");
+                        c["id"].as_str().unwrap().to_string()
+                    }
                     _ => String::new(),
                 };
-                let concrete = path.replace(&path[path.find('{').unwrap_or(path.len())..], &target);
+                let concrete = match (path.find('{'), path.find('}')) {
+                    (Some(a), Some(b)) => format!("{}{target}{}", &path[..a], &path[b + 1..]),
+                    _ => path.clone(),
+                };
                 let m = Method::from_bytes(method.as_bytes()).unwrap();
                 let (status, body) = app.call(who, m, &concrete, body_for(&method, &path)).await;
                 if role.allows(action) {

@@ -20,9 +20,9 @@ fn migrator(migrations: Vec<Migration>) -> Migrator {
 }
 
 pub(crate) fn sqlite() -> Migrator {
-    migrator(migrations!("sqlite": 1 => "0001_queue", 2 => "0002_accounts"))
+    migrator(migrations!("sqlite": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections"))
 }
 
 pub(crate) fn postgres() -> Migrator {
-    migrator(migrations!("postgres": 1 => "0001_queue", 2 => "0002_accounts"))
+    migrator(migrations!("postgres": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections"))
 }

@@ -72,6 +72,9 @@ pub struct Settings {
     /// Comma-separated CIDRs the outgoing-request guard lets through [default: none].
     #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", global = true)]
     pub allow_private_networks: Option<String>,
+    /// Comma-separated ports, besides 80 and 443, that user-chosen hosts may use [default: none].
+    #[arg(long, env = "HERALD_ALLOW_PORTS", global = true)]
+    pub allow_ports: Option<String>,
     /// Log filter, e.g. `info` or `herald=debug,sqlx=warn` [default: info].
     #[arg(long, env = "HERALD_LOG", global = true)]
     pub log: Option<String>,

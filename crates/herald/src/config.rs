@@ -6,6 +6,7 @@ use herald_core::time::{format_duration, parse_duration};
 use herald_server::Role;
 use herald_store::DatabaseUrl;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,9 @@ struct FileConfig {
     job_retention_count: Option<u64>,
     db_max_connections: Option<u32>,
     allow_private_networks: Option<Vec<String>>,
+    allow_ports: Option<Vec<u16>>,
+    /// `platform id -> API base`, like HERALD_<PLATFORM>_API_BASE.
+    api_bases: Option<BTreeMap<String, String>>,
     log: Option<String>,
     log_format: Option<String>,
 }
@@ -81,6 +85,9 @@ pub struct Config {
     pub job_retention_count: u64,
     pub db_max_connections: u32,
     pub allow_private_networks: Vec<String>,
+    pub allow_ports: Vec<u16>,
+    /// Operator overrides of platform API bases (trusted configuration, not SSRF-guarded).
+    pub api_bases: BTreeMap<String, String>,
     pub log: String,
     pub log_format: LogFormat,
     sources: Vec<(&'static str, Source)>,
@@ -227,6 +234,44 @@ impl Config {
         for cidr in &allow_private_networks {
             validate_cidr(cidr)?;
         }
+        let allow_ports = match flags.allow_ports.as_deref() {
+            Some(raw) => Some(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                            bad(format!("allow_ports: `{p}` is not a port; write a comma-separated list such as 8448,7000"))
+                        })
+                    })
+                    .collect::<Result<Vec<u16>, _>>()?,
+            ),
+            None => None,
+        };
+        let allow_ports = m.pick("allow_ports", allow_ports, f.allow_ports).unwrap_or_default();
+        let mut api_bases = f.api_bases.unwrap_or_default();
+        for p in herald_core::platforms::REGISTRY {
+            let var = format!("HERALD_{}_API_BASE", p.id.to_uppercase());
+            if let Ok(v) = std::env::var(&var)
+                && !v.trim().is_empty()
+            {
+                api_bases.insert(p.id.to_string(), v.trim().to_string());
+            }
+        }
+        for (platform, base) in &api_bases {
+            if herald_core::platforms::platform(platform).is_none() {
+                return Err(bad(format!("api_bases: `{platform}` is not a platform id")));
+            }
+            match url::Url::parse(base) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(bad(format!(
+                        "the API base for {platform} (`{base}`) is not an http(s) URL; set HERALD_{}_API_BASE like https://api.example.com",
+                        platform.to_uppercase()
+                    )));
+                }
+            }
+        }
         let log = m.pick("log", flags.log.clone(), f.log).unwrap_or_else(|| "info".into());
         let log_format = match m.pick("log_format", flags.log_format.clone(), f.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -253,6 +298,8 @@ impl Config {
             job_retention_count,
             db_max_connections,
             allow_private_networks,
+            allow_ports,
+            api_bases,
             log,
             log_format,
             sources,
@@ -295,8 +342,13 @@ impl Config {
         line("job_retention_count", self.job_retention_count.to_string());
         line("db_max_connections", self.db_max_connections.to_string());
         line("allow_private_networks", format!("{:?}", self.allow_private_networks));
+        line("allow_ports", format!("{:?}", self.allow_ports));
+
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));
+        for (platform, base) in &self.api_bases {
+            let _ = writeln!(out, "# api base for {platform}: {base} (HERALD_{}_API_BASE or api_bases)", platform.to_uppercase());
+        }
         out
     }
 }

@@ -67,6 +67,25 @@ pub fn accounts_for(config: &Config, db: Db, vault: Vault) -> Accounts {
     Accounts::new(db, vault, accounts_config)
 }
 
+/// The clients adapters talk through: the trusted one for operator-set API bases, and the
+/// SSRF-guarded one (with HERALD_ALLOW_PRIVATE_NETWORKS and HERALD_ALLOW_PORTS) for user-chosen hosts.
+pub fn net_for(config: &Config) -> Result<herald_platforms::Net, ConfigError> {
+    use herald_http::guard::{Cidr, GuardConfig};
+    let guard = GuardConfig {
+        allow_networks: config.allow_private_networks.iter().filter_map(|c| Cidr::parse(c)).collect(),
+        allow_ports: config.allow_ports.clone(),
+    };
+    let fail = |e: herald_http::BuildError| ConfigError(e.to_string());
+    let mut net = herald_platforms::Net::new(
+        herald_http::HttpClient::trusted().map_err(fail)?,
+        herald_http::SafeClient::new(guard).map_err(fail)?,
+    );
+    for (platform, base) in &config.api_bases {
+        net = net.with_base(platform, base.clone());
+    }
+    Ok(net)
+}
+
 /// `herald config check`: what can be checked without starting.
 pub async fn check(config: &Config) -> Result<(), Exit> {
     ensure_writable_dir(&config.data_dir, "the data dir")?;
@@ -98,9 +117,11 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     let queue = Queue::new(db.clone());
     let metrics = herald_server::metrics::install();
     let accounts = accounts_for(&config, db.clone(), vault.clone());
+    let connections = herald_connections::Connections::new(accounts.clone(), net_for(&config)?);
     let state = AppState {
         db: db.clone(),
         accounts: accounts.clone(),
+        connections,
         public_url: accounts.config().public_url.clone(),
         mail_enabled: config.smtp.is_some(),
         queue: queue.clone(),

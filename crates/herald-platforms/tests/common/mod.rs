@@ -20,8 +20,8 @@ pub fn net() -> Net {
 
 /// A `Net` with the production guard: nothing private is reachable.
 pub fn strict_net() -> Net {
-    let safe = SafeClient::with_options(GuardConfig::default(), Arc::new(herald_http::guard::SystemLookup), TIMEOUT)
-        .unwrap();
+    let safe =
+        SafeClient::with_options(GuardConfig::default(), Arc::new(herald_http::guard::SystemLookup), TIMEOUT).unwrap();
     Net::new(HttpClient::trusted_with_timeout(TIMEOUT).unwrap(), safe)
 }
 

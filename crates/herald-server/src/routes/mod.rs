@@ -1,3 +1,4 @@
+mod connections;
 pub mod health;
 mod keys;
 mod session;
@@ -22,7 +23,7 @@ use utoipa_axum::routes;
     servers((url = "/api/v1")),
     modifiers(&Security),
     security(("api_key" = []), ("session" = [])),
-    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"))
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"))
 )]
 struct ApiDoc;
 
@@ -69,5 +70,8 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::get, keys::revoke))
         .routes(routes!(keys::audit))
         .routes(routes!(keys::platforms))
+        .routes(routes!(connections::list, connections::create))
+        .routes(routes!(connections::get, connections::update, connections::remove))
+        .routes(routes!(connections::test))
         .split_for_parts()
 }

@@ -12,6 +12,17 @@ use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// Clients that may reach the fakes on 127.0.0.1, with every platform's API base pointing at
+/// `HERALD_TEST_*` fakes where a test sets them through [`App::start_with_net`].
+pub fn test_net() -> herald_platforms::Net {
+    use herald_http::guard::{Cidr, GuardConfig};
+    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").unwrap()], allow_ports: vec![] };
+    herald_platforms::Net::new(
+        HttpClient::trusted_with_timeout(std::time::Duration::from_secs(3)).unwrap(),
+        herald_http::SafeClient::new(guard).unwrap(),
+    )
+}
+
 pub struct App {
     pub base: String,
     pub http: HttpClient,
@@ -37,10 +48,21 @@ impl App {
     }
 
     pub async fn start_full(db: Db, config: AccountsConfig, vault: Vault) -> App {
+        Self::start_full_net(db, config, vault, test_net()).await
+    }
+
+    /// With platform clients of the test's choosing (API bases pointed at fakes).
+    pub async fn start_with_net(db: Db, net: herald_platforms::Net) -> App {
+        Self::start_full_net(db, AccountsConfig::default(), Vault::new(&[MasterKey::generate()]), net).await
+    }
+
+    pub async fn start_full_net(db: Db, config: AccountsConfig, vault: Vault, net: herald_platforms::Net) -> App {
         let accounts = Accounts::new(db.clone(), vault, config);
+        let connections = herald_connections::Connections::new(accounts.clone(), net);
         let state = AppState {
             db: db.clone(),
             accounts: accounts.clone(),
+            connections,
             public_url: None,
             mail_enabled: false,
             queue: herald_queue::Queue::new(db.clone()),
