@@ -108,6 +108,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage platform connections, on a running server (--server and HERALD_API_KEY) or on the
+    /// local data dir (--team).
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+        #[command(flatten)]
+        target: ConnectionsTarget,
+    },
     /// Manage the master keys that encrypt stored secrets.
     Secrets {
         #[command(subcommand)]
@@ -184,6 +192,46 @@ pub enum TokenCommand {
         #[arg(long)]
         expires_in: Option<String>,
     },
+}
+
+/// Where `herald connections` acts: a running server's API, or the local database.
+#[derive(Args, Debug)]
+pub struct ConnectionsTarget {
+    /// A running Herald's base URL, e.g. https://herald.example.com; the key comes from
+    /// HERALD_API_KEY. Without it, the command opens the local database.
+    #[arg(long, env = "HERALD_SERVER", global = true)]
+    pub server: Option<String>,
+    /// The API key for --server (prefer the HERALD_API_KEY variable: flags show in `ps`).
+    #[arg(long, env = "HERALD_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The team to act in, for the local database (a team id).
+    #[arg(long, global = true)]
+    pub team: Option<uuid::Uuid>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConnectionsCommand {
+    /// Connect an account. The credentials are checked live first. They are read as JSON from
+    /// stdin (never from the command line), e.g. `{"bot_token":"…"}`.
+    Add {
+        /// A platform id: telegram, discord, whop, mastodon, bluesky, matrix, nostr, vk, webhook, email.
+        #[arg(long)]
+        platform: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Non-secret settings as JSON, e.g. '{"chat_id":"@mychannel"}'.
+        #[arg(long, default_value = "{}")]
+        settings: String,
+    },
+    /// List the team's connections and their status.
+    List,
+    /// Check a connection's stored credentials live again and print its status.
+    Test { id: uuid::Uuid },
+    /// Delete a connection.
+    Remove { id: uuid::Uuid },
 }
 
 #[derive(Subcommand, Debug)]

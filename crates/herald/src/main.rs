@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod cli;
 mod config;
+mod connections;
 mod jobs;
 mod serve;
 
@@ -112,6 +113,7 @@ async fn run(command: Command, config: Config) -> Result<(), Exit> {
         Command::User { command } => admin::user(command, &config).await,
         Command::Token { command } => admin::token(command, &config).await,
         Command::Secrets { command } => admin::secrets(command, &config).await,
+        Command::Connections { command, target } => connections::run(command, target, &config).await,
         Command::Jobs { command: JobsCommand::Stats } => {
             let db = serve::open_database(&config).await?;
             let depth = herald_queue::Queue::new(db.clone()).depth().await?;

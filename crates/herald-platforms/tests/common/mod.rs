@@ -33,6 +33,9 @@ pub fn connection(settings: serde_json::Value, credentials: serde_json::Value) -
 pub fn peer(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{var} is not set, and CI must run the real-peer tests (.ci/peers/start.sh sets it)")
+        }
         _ => {
             eprintln!("skipped: {var} is not set (CI's .ci/run starts the real server and sets it)");
             None
