@@ -8,6 +8,8 @@
 //! `connections` quota is checked in the same transaction as the insert.
 #![forbid(unsafe_code)]
 
+pub mod delivery;
+
 use chrono::{DateTime, Utc};
 use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Accounts, Principal, Quota, authorize};

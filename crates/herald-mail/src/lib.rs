@@ -238,7 +238,9 @@ fn subject_header(subject: &str) -> String {
 
 /// A msg-id's inside (`left@right`) with nothing that could break the header.
 fn msg_id(id: &str) -> String {
-    id.chars().filter(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | ',' | ';' | '\\' | '"')).collect()
+    id.chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | ',' | ';' | '\\' | '"'))
+        .collect()
 }
 
 /// A mail to one or more recipients, as the email platform sends it.
@@ -351,7 +353,11 @@ impl Conn {
             }
             let garbled = |text: String| MailError::Reply { command, code: 0, text };
             if !buf.ends_with(b"\n") {
-                return Err(if n as u64 >= MAX_REPLY_LINE { garbled("an over-long reply line".into()) } else { closed() });
+                return Err(if n as u64 >= MAX_REPLY_LINE {
+                    garbled("an over-long reply line".into())
+                } else {
+                    closed()
+                });
             }
             let line = String::from_utf8_lossy(&buf).trim_end().chars().take(300).collect::<String>();
             let code: u16 = match line.get(..3).and_then(|c| c.parse().ok()) {
@@ -597,8 +603,9 @@ fn render_mail(mail: &Mail, eight_bit: bool) -> String {
             // Unguessable (v7 is mostly random), so it cannot occur in either part.
             let boundary = format!("=_herald_{}", uuid::Uuid::now_v7().simple());
             out.push_str(&format!("Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n"));
-            out.push_str(&format!("--{boundary}\r\n{}", part("plain", &mail.text)));
-            out.push_str(&format!("--{boundary}\r\n{}", part("html", html)));
+            // The CRLF before a delimiter belongs to it (RFC 2046 5.1.1), hence one more per part.
+            out.push_str(&format!("--{boundary}\r\n{}\r\n", part("plain", &mail.text)));
+            out.push_str(&format!("--{boundary}\r\n{}\r\n", part("html", html)));
             out.push_str(&format!("--{boundary}--\r\n"));
         }
     }
@@ -686,7 +693,9 @@ mod tests {
         assert_eq!(Address::parse("\"Acme, Inc.\" <a@b.org>").unwrap().header(), "\"Acme, Inc.\" <a@b.org>");
         let encoded = Address::parse("Zoë <z@b.org>").unwrap().header();
         assert_eq!(encoded, format!("=?UTF-8?B?{}?= <z@b.org>", STANDARD.encode("Zoë")));
-        for bad in ["", "no-at", "a@", "@b.org", "a b@c.org", "a@b c.org", "a@1.2.3.4", "a..b@c.org", "ü@c.org", "a@b.org>"] {
+        for bad in
+            ["", "no-at", "a@", "@b.org", "a b@c.org", "a@b c.org", "a@1.2.3.4", "a..b@c.org", "ü@c.org", "a@b.org>"]
+        {
             assert!(Address::parse(bad).is_err(), "{bad} passed");
         }
     }

@@ -71,7 +71,8 @@ fn settings(raw: &Value) -> Result<Settings, PlatformError> {
     let s: RawSettings = crate::settings(raw, "email")?;
     let bad = |m: String| PlatformError::invalid(m).code("bad_settings");
     let shown = |a: &str| a.chars().filter(|c| !c.is_control()).take(100).collect::<String>();
-    let from = Address::parse(&s.from).map_err(|_| bad(format!("from: `{}` is not an email address", shown(&s.from))))?;
+    let from =
+        Address::parse(&s.from).map_err(|_| bad(format!("from: `{}` is not an email address", shown(&s.from))))?;
     if s.to.is_empty() || s.to.len() > MAX_RECIPIENTS {
         return Err(bad(format!("to: give between 1 and {MAX_RECIPIENTS} addresses (got {})", s.to.len())));
     }
