@@ -28,10 +28,9 @@ pub fn job_error(e: &PlatformError) -> JobError {
             Some(d) => JobError::RetryAfter(msg, d),
             None => JobError::Retry(msg),
         },
-        ErrorClass::RateLimited => JobError::RateLimited {
-            reason: msg,
-            retry_after: e.retry_after.unwrap_or(Duration::from_secs(60)),
-        },
+        ErrorClass::RateLimited => {
+            JobError::RateLimited { reason: msg, retry_after: e.retry_after.unwrap_or(Duration::from_secs(60)) }
+        }
     }
 }
 

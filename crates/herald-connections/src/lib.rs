@@ -326,8 +326,15 @@ impl Connections {
         }
         let mut tx = self.db.begin().await.map_err(Error::from)?;
         if let Some(name) = &name {
-            exec!(tx, "UPDATE connections SET name = $3, updated_at = $4 WHERE team_id = $1 AND id = $2", team, id, name, Ts::now())
-                .map_err(store)?;
+            exec!(
+                tx,
+                "UPDATE connections SET name = $3, updated_at = $4 WHERE team_id = $1 AND id = $2",
+                team,
+                id,
+                name,
+                Ts::now()
+            )
+            .map_err(store)?;
         }
         if reverify {
             let adapter = Self::adapter(&loaded.view.platform)?;
@@ -429,7 +436,13 @@ impl Connections {
         self.record_failure_in(team, id, e, None).await
     }
 
-    async fn record_failure_in(&self, team: Uuid, id: Uuid, e: &PlatformError, actor: Option<&Actor>) -> Result<(), Error> {
+    async fn record_failure_in(
+        &self,
+        team: Uuid,
+        id: Uuid,
+        e: &PlatformError,
+        actor: Option<&Actor>,
+    ) -> Result<(), Error> {
         let status = match e.class {
             ErrorClass::Auth => Status::NeedsReauth,
             // A passing failure during a delivery says nothing about the connection.
@@ -439,9 +452,10 @@ impl Connections {
             _ => Status::Error,
         };
         let mut tx = self.db.begin().await.map_err(Error::from)?;
-        let before: Option<String> = on_tx!(tx, c => sqlx::query_scalar("SELECT status FROM connections WHERE team_id = $1 AND id = $2")
+        let before: Option<String> =
+            on_tx!(tx, c => sqlx::query_scalar("SELECT status FROM connections WHERE team_id = $1 AND id = $2")
             .bind(team).bind(id).fetch_optional(&mut *c).await)
-        .map_err(store)?;
+            .map_err(store)?;
         let Some(before) = before else { return Err(Error::not_found("connection")) };
         let message: String = e.message.chars().take(1000).collect();
         exec!(

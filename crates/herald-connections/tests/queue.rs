@@ -57,12 +57,16 @@ async fn deliveries_honour_rate_limits_auth_failures_and_lost_answers() {
         tx.commit().await.unwrap();
         let connections = Connections::new(accounts, net(&fake.url));
         let conn = connections
-            .create_in(team, &Actor::system(), NewConnection {
-                platform: "telegram".into(),
-                name: None,
-                credentials: json!({"bot_token": telegram::TOKEN}),
-                settings: json!({"chat_id": telegram::CHANNEL}),
-            })
+            .create_in(
+                team,
+                &Actor::system(),
+                NewConnection {
+                    platform: "telegram".into(),
+                    name: None,
+                    credentials: json!({"bot_token": telegram::TOKEN}),
+                    settings: json!({"chat_id": telegram::CHANNEL}),
+                },
+            )
             .await
             .unwrap();
         let q = Queue::new(db.clone());
@@ -108,7 +112,11 @@ async fn deliveries_honour_rate_limits_auth_failures_and_lost_answers() {
         assert!(job.last_error.as_deref().unwrap_or("").contains("unknown_outcome"), "{job:?}");
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_eq!(fake.data().messages.iter().filter(|m| m.text.as_deref() == Some("lost")).count(), 1);
-        assert_eq!(connections.get(team, conn.id).await.unwrap().status, Status::Active, "a lost answer says nothing about the credentials");
+        assert_eq!(
+            connections.get(team, conn.id).await.unwrap().status,
+            Status::Active,
+            "a lost answer says nothing about the credentials"
+        );
 
         // The token is revoked: the job fails for good and the connection needs re-authorising.
         fake.data().token = "654321:AAOther-token_0123456789abcdefghijklmn".into();

@@ -271,7 +271,13 @@ impl Adapter for Vk {
                 ))
                 .code("bad_settings"));
             }
-            name(group)
+            // The token is good, but VK refuses community tokens on wall.post and the upload
+            // methods (error 27): saving the connection would only fail every delivery.
+            return Err(PlatformError::invalid(format!(
+                "this is a community token of {}; VK takes wall posts only with a user token. Connect with                  the token of a community admin (token_kind user) and Herald posts as the community (from_group)",
+                name(group)
+            ))
+            .code("community_token"));
         } else {
             let me = call(net, token, "users.get", &[], Idempotent::Yes).await?;
             let me = me.get(0).ok_or_else(|| PlatformError::auth("VK did not say whose token this is"))?;

@@ -61,9 +61,9 @@ async fn verify_a_community_wall_with_an_admin_user_token() {
 }
 
 #[tokio::test]
-async fn verify_a_community_token_against_its_own_community() {
+async fn verify_refuses_a_community_token_and_says_what_to_use() {
     let fake = start().await;
-    let v = Vk
+    let e = Vk
         .verify(
             &net(&fake),
             &common::connection(
@@ -72,9 +72,9 @@ async fn verify_a_community_token_against_its_own_community() {
             ),
         )
         .await
-        .unwrap();
-    assert_eq!(v.account, "Herald Test Community");
-    assert_eq!(v.settings["token_kind"], json!("community"));
+        .unwrap_err();
+    assert_eq!((e.class, e.code.as_deref()), (ErrorClass::Invalid, Some("community_token")));
+    assert!(e.message.contains("Herald Test Community") && e.message.contains("user token"), "{e}");
 
     let wrong = common::connection(
         json!({ "owner_id": "-999", "token_kind": "community" }),

@@ -65,9 +65,11 @@ async fn a_connection_is_checked_live_sealed_and_never_returned() {
         assert!(!stored[0].contains(telegram::TOKEN) && !stored[0].contains("AAHerald"));
 
         // Renaming needs no live check; unknown fields are refused.
-        let (s, renamed) = app.call(&owner, Method::PATCH, &format!("/connections/{id}"), Some(json!({"name": "News"}))).await;
+        let (s, renamed) =
+            app.call(&owner, Method::PATCH, &format!("/connections/{id}"), Some(json!({"name": "News"}))).await;
         assert_eq!((s, renamed["name"].as_str()), (200, Some("News")));
-        let (s, _) = app.call(&owner, Method::PATCH, &format!("/connections/{id}"), Some(json!({"colour": "red"}))).await;
+        let (s, _) =
+            app.call(&owner, Method::PATCH, &format!("/connections/{id}"), Some(json!({"colour": "red"}))).await;
         assert_eq!(s, 400);
 
         let (s, gone) = app.call(&owner, Method::DELETE, &format!("/connections/{id}"), None).await;
@@ -112,11 +114,21 @@ async fn an_auth_failure_flips_to_needs_reauth_until_new_credentials_pass() {
         // New credentials that pass make it active again; ones that fail change nothing.
         fake.data().token = new_token.to_string();
         let (s, b) = app
-            .call(&owner, Method::PATCH, &format!("/connections/{id}"), Some(json!({"credentials": {"bot_token": telegram::TOKEN}})))
+            .call(
+                &owner,
+                Method::PATCH,
+                &format!("/connections/{id}"),
+                Some(json!({"credentials": {"bot_token": telegram::TOKEN}})),
+            )
             .await;
         assert_eq!((s, code(&b)), (422, "platform_auth_failed"), "{b}");
         let (s, fixed) = app
-            .call(&owner, Method::PATCH, &format!("/connections/{id}"), Some(json!({"credentials": {"bot_token": new_token}})))
+            .call(
+                &owner,
+                Method::PATCH,
+                &format!("/connections/{id}"),
+                Some(json!({"credentials": {"bot_token": new_token}})),
+            )
             .await;
         assert_eq!(s, 200, "{fixed}");
         assert_eq!(fixed["status"], "active");
@@ -156,7 +168,11 @@ async fn quota_unknown_platforms_and_blocked_hosts_are_refused_before_saving() {
         let (owner, _, _) = app.owner("o@example.com").await;
         for url in ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://0x7f000001/"] {
             let (s, b) = app
-                .post(&owner, "/connections", json!({"platform": "webhook", "credentials": {}, "settings": {"url": url}}))
+                .post(
+                    &owner,
+                    "/connections",
+                    json!({"platform": "webhook", "credentials": {}, "settings": {"url": url}}),
+                )
                 .await;
             assert_eq!(s, 422, "{url}: {b}");
             assert_eq!(b["error"]["details"]["code"], "ssrf_blocked_destination", "{url}: {b}");

@@ -241,7 +241,9 @@ impl Config {
                     .filter(|p| !p.is_empty())
                     .map(|p| {
                         p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                            bad(format!("allow_ports: `{p}` is not a port; write a comma-separated list such as 8448,7000"))
+                            bad(format!(
+                                "allow_ports: `{p}` is not a port; write a comma-separated list such as 8448,7000"
+                            ))
                         })
                     })
                     .collect::<Result<Vec<u16>, _>>()?,
@@ -347,7 +349,11 @@ impl Config {
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));
         for (platform, base) in &self.api_bases {
-            let _ = writeln!(out, "# api base for {platform}: {base} (HERALD_{}_API_BASE or api_bases)", platform.to_uppercase());
+            let _ = writeln!(
+                out,
+                "# api base for {platform}: {base} (HERALD_{}_API_BASE or api_bases)",
+                platform.to_uppercase()
+            );
         }
         out
     }
@@ -432,6 +438,17 @@ mod tests {
         let file = write(&dir, "lisen = \"typo\"\n");
         let err = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("unknown field `lisen`"), "{err}");
+        let err = Config::load(&Settings { allow_ports: Some("7000,http".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`http` is not a port"), "{err}");
+        let file = write(&dir, "[api_bases]\ntelegram = \"ftp://x\"\n");
+        let err = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("HERALD_TELEGRAM_API_BASE"), "{err}");
+        let file = write(&dir, "allow_ports = [8448]\n[api_bases]\nvk = \"http://127.0.0.1:9000\"\n");
+        let config = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap();
+        assert_eq!(config.allow_ports, vec![8448]);
+        assert_eq!(config.api_bases["vk"], "http://127.0.0.1:9000");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -46,8 +46,9 @@ fn read_credentials() -> Result<Value, Exit> {
     }
     let mut raw = String::new();
     std::io::stdin().read_to_string(&mut raw).context("reading the credentials from stdin")?;
-    let v: Value = serde_json::from_str(raw.trim())
-        .map_err(|_| Exit::Failure(anyhow!("the credentials on stdin are not JSON; pipe an object such as {{\"bot_token\":\"…\"}}")))?;
+    let v: Value = serde_json::from_str(raw.trim()).map_err(|_| {
+        Exit::Failure(anyhow!("the credentials on stdin are not JSON; pipe an object such as {{\"bot_token\":\"…\"}}"))
+    })?;
     if !v.is_object() {
         return Err(Exit::Failure(anyhow!("the credentials must be a JSON object")));
     }
@@ -68,7 +69,9 @@ fn to_value(v: ConnectionView) -> Value {
 
 async fn local(command: ConnectionsCommand, target: &ConnectionsTarget, config: &Config) -> Result<Vec<Value>, Exit> {
     let team = target.team.ok_or_else(|| {
-        Exit::Config("name the team with --team <id> (or use --server with HERALD_API_KEY to go through the API)".into())
+        Exit::Config(
+            "name the team with --team <id> (or use --server with HERALD_API_KEY to go through the API)".into(),
+        )
     })?;
     let db = open_database(config).await?;
     db.migrate().await?;
@@ -89,10 +92,9 @@ async fn local(command: ConnectionsCommand, target: &ConnectionsTarget, config: 
 }
 
 async fn remote(command: ConnectionsCommand, server: &str, target: &ConnectionsTarget) -> Result<Vec<Value>, Exit> {
-    let key = target
-        .api_key
-        .as_deref()
-        .ok_or_else(|| Exit::Config("--server needs an API key in HERALD_API_KEY (create one with `herald token create`)".into()))?;
+    let key = target.api_key.as_deref().ok_or_else(|| {
+        Exit::Config("--server needs an API key in HERALD_API_KEY (create one with `herald token create`)".into())
+    })?;
     let base = format!("{}/api/v1", server.trim_end_matches('/'));
     let http = HttpClient::trusted().map_err(|e| Exit::Failure(e.into()))?;
     let (method, path, body) = match command {
@@ -108,7 +110,8 @@ async fn remote(command: ConnectionsCommand, server: &str, target: &ConnectionsT
     if let Some(b) = &body {
         request = request.json(b);
     }
-    let response = request.send().await.map_err(|e| Exit::Failure(anyhow!("cannot reach {server}: {}", e.without_url())))?;
+    let response =
+        request.send().await.map_err(|e| Exit::Failure(anyhow!("cannot reach {server}: {}", e.without_url())))?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

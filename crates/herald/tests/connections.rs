@@ -32,10 +32,11 @@ async fn connections_from_the_cli_locally_and_through_the_api() {
     let receiver = herald_testkit::webhook::start_with(None).await;
     let dir = herald_store::testing::scratch_dir("herald-connections-cli");
     let d = dir.clone();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || run(&d, &["user", "create", "--email", "o@example.com"], "pw-123456789\n", &[]))
-            .await
-            .unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(&d, &["user", "create", "--email", "o@example.com"], "pw-123456789\n", &[])
+    })
+    .await
+    .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     let team = out.split("with team ").nth(1).unwrap().trim().to_string();
     let settings = format!("{{\"url\":\"{}/hook\"}}", receiver.url);
@@ -62,7 +63,18 @@ async fn connections_from_the_cli_locally_and_through_the_api() {
     assert!(err.contains("--team"), "{err}");
 
     // The guard is on by default: the receiver on 127.0.0.1 is refused until the operator opens it.
-    let add = args(&["connections", "add", "--platform", "webhook", "--name", "hook", "--settings", &settings, "--team", &team]);
+    let add = args(&[
+        "connections",
+        "add",
+        "--platform",
+        "webhook",
+        "--name",
+        "hook",
+        "--settings",
+        &settings,
+        "--team",
+        &team,
+    ]);
     let (code, _, err) = cli(add.clone(), "{}", vec![]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("ssrf_blocked_destination") || err.contains("refused destination"), "{err}");
@@ -97,7 +109,8 @@ async fn connections_from_the_cli_locally_and_through_the_api() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("active"), "{out}");
     assert_eq!(receiver.data().deliveries.len(), 2);
-    let (code, _, err) = cli(args(&["connections", "list"]), "", vec![("HERALD_SERVER", format!("http://{addr}"))]).await;
+    let (code, _, err) =
+        cli(args(&["connections", "list"]), "", vec![("HERALD_SERVER", format!("http://{addr}"))]).await;
     assert_eq!(code, 2, "no key: {err}");
     let (code, _, err) = cli(
         args(&["connections", "list"]),
