@@ -98,10 +98,23 @@ async fn dial(net: &Net, server: &SmtpUrl) -> Result<tokio::net::TcpStream, Plat
         PlatformError::invalid(format!("the SMTP server `{host}` is not a valid host ({e})")).code("bad_credentials")
     })?;
     let default_port = if SMTP_PORTS.contains(&server.port) { server.port } else { 25 };
-    net.safe.connect_tcp(&url, &["smtp", "smtps", "smtp+starttls"], default_port).await.map_err(|e| match e {
-        FetchError::Blocked(b) => PlatformError::invalid(b.to_string()).code("ssrf_blocked_destination"),
-        other => PlatformError::transient(other.to_string()),
-    })
+    let stream =
+        net.safe.connect_tcp(&url, &["smtp", "smtps", "smtp+starttls"], default_port).await.map_err(|e| match e {
+            FetchError::Blocked(b) => PlatformError::invalid(b.to_string()).code("ssrf_blocked_destination"),
+            other => PlatformError::transient(other.to_string()),
+        })?;
+    // A password over plain `smtp://` is readable on the way. That is acceptable only to a relay on
+    // a network the operator opened (a private or loopback address that passed the guard).
+    if server.security == herald_mail::Security::Plain && server.username.is_some() {
+        let public = stream.peer_addr().map(|a| herald_http::guard::forbidden_reason(a.ip()).is_none()).unwrap_or(true);
+        if public {
+            return Err(PlatformError::invalid(format!(
+                "refusing to send the SMTP password unencrypted to {host}; use smtp+starttls:// (port 587) or smtps:// (port 465)"
+            ))
+            .code("plaintext_auth"));
+        }
+    }
+    Ok(stream)
 }
 
 /// A failed dialogue in its class. The SMTP reply code goes into `code`.
