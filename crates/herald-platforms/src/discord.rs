@@ -241,16 +241,7 @@ fn error(reply: &Reply) -> PlatformError {
 
 fn content(post: &Outgoing) -> String {
     // Discord unfurls a link in the content into its own card.
-    match post.link.as_deref() {
-        Some(l) if !l.is_empty() && !post.text.contains(l) => {
-            if post.text.trim().is_empty() {
-                l.to_string()
-            } else {
-                format!("{}\n\n{l}", post.text.trim_end())
-            }
-        }
-        _ => post.text.clone(),
-    }
+    post.text_with_link()
 }
 
 fn file_part(media: &Media) -> Result<Part, PlatformError> {

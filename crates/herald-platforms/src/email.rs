@@ -178,13 +178,7 @@ fn first_line(line: &str) -> String {
 
 /// The text, then the link on its own line unless the text already has it.
 fn body(post: &Outgoing) -> String {
-    let mut text = post.text.trim_end().to_string();
-    if let Some(link) = post.link.as_deref().map(str::trim).filter(|l| !l.is_empty() && !text.contains(*l)) {
-        if !text.is_empty() {
-            text.push_str("\n\n");
-        }
-        text.push_str(link);
-    }
+    let mut text = post.text_with_link().trim_end().to_string();
     text.push('\n');
     text
 }

@@ -120,6 +120,17 @@ impl Outgoing {
         }
     }
 
+    /// The text with the link on its own line after it, unless the text already carries the link
+    /// (platforms that unfurl links, or have no link cards, get it this way).
+    pub fn text_with_link(&self) -> String {
+        let text = self.text.trim_end();
+        match self.link.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+            Some(l) if !text.contains(l) && text.trim().is_empty() => l.to_string(),
+            Some(l) if !text.contains(l) => format!("{text}\n\n{l}"),
+            _ => self.text.clone(),
+        }
+    }
+
     pub fn option_str(&self, key: &str) -> Option<&str> {
         self.options.get(key).and_then(|v| v.as_str())
     }

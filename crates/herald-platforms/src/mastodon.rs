@@ -214,13 +214,7 @@ fn string_id(body: &Value) -> Result<String, PlatformError> {
 
 /// The status text: the post's text with its link appended when the text does not carry it.
 fn status_text(post: &Outgoing) -> String {
-    match post.link.as_deref() {
-        Some(link) if !post.text.contains(link) => {
-            let text = post.text.trim_end();
-            if text.is_empty() { link.to_string() } else { format!("{text}\n\n{link}") }
-        }
-        _ => post.text.clone(),
-    }
+    post.text_with_link()
 }
 
 fn visibility(v: &str) -> Result<String, PlatformError> {

@@ -346,11 +346,7 @@ fn seg(s: &str) -> String {
 fn text_content(post: &Outgoing) -> Option<Value> {
     let text = post.text.trim_end();
     let link = post.link.as_deref().map(str::trim).filter(|l| !l.is_empty());
-    let body = match link {
-        Some(l) if !text.contains(l) && text.trim().is_empty() => l.to_string(),
-        Some(l) if !text.contains(l) => format!("{text}\n\n{l}"),
-        _ => text.to_string(),
-    };
+    let body = post.text_with_link().trim_end().to_string();
     if body.trim().is_empty() {
         return None;
     }

@@ -143,13 +143,8 @@ fn clean(s: &str) -> String {
 /// The kind-1 note for a post: the link appended when the text lacks it and tagged `r`, a NIP-10
 /// reply tag, and a `t` tag per hashtag.
 pub fn note(keys: &Keys, post: &Outgoing) -> Result<Event, PlatformError> {
-    let text = post.text.trim_end();
     let link = post.link.as_deref().map(str::trim).filter(|l| !l.is_empty());
-    let content = match link {
-        Some(l) if !text.contains(l) && text.trim().is_empty() => l.to_string(),
-        Some(l) if !text.contains(l) => format!("{text}\n\n{l}"),
-        _ => text.to_string(),
-    };
+    let content = post.text_with_link().trim_end().to_string();
     let mut tags: Vec<Vec<String>> = Vec::new();
     if let Some(parent) = post.reply_to.as_deref().filter(|p| !p.is_empty()) {
         tags.push(vec!["e".into(), event_id_hex(parent)?, String::new(), "reply".into()]);

@@ -225,20 +225,6 @@ pub fn escape(text: &str, mode: Option<ParseMode>) -> String {
     }
 }
 
-/// The text with the link appended when the text does not already carry it.
-fn with_link(text: &str, link: Option<&str>) -> String {
-    match link {
-        Some(l) if !l.is_empty() && !text.contains(l) => {
-            if text.trim().is_empty() {
-                l.to_string()
-            } else {
-                format!("{}\n\n{l}", text.trim_end())
-            }
-        }
-        _ => text.to_string(),
-    }
-}
-
 /// A link to a message, where Telegram has one: `t.me/<username>/<id>` for public channels and
 /// supergroups, `t.me/c/<internal id>/<id>` for private ones (`-100…` ids).
 pub fn message_url(chat: &Value, message_id: i64) -> Option<String> {
@@ -354,7 +340,7 @@ impl Adapter for Telegram {
     async fn publish(&self, net: &Net, conn: &Connection, post: &Outgoing) -> Result<Published, PlatformError> {
         let token = token(conn)?;
         let s = settings(conn)?;
-        let text = escape(&with_link(&post.text, post.link.as_deref()), s.parse_mode);
+        let text = escape(&post.text_with_link(), s.parse_mode);
         let reply = reply_parameters(post.reply_to.as_deref())?;
         let mode = s.parse_mode.map(ParseMode::as_str);
 

@@ -235,16 +235,7 @@ async fn upload(net: &Net, key: &str, media: &Media) -> Result<String, PlatformE
 }
 
 fn content(post: &Outgoing) -> String {
-    match post.link.as_deref() {
-        Some(l) if !l.is_empty() && !post.text.contains(l) => {
-            if post.text.trim().is_empty() {
-                l.to_string()
-            } else {
-                format!("{}\n\n{l}", post.text.trim_end())
-            }
-        }
-        _ => post.text.clone(),
-    }
+    post.text_with_link()
 }
 
 /// A stable, non-secret label for an API key: the first 16 hex digits of its SHA-256.
