@@ -36,6 +36,8 @@ pub struct Team {
     pub name: String,
     /// Members must enrol in two-factor authentication to act in this team.
     pub require_2fa: bool,
+    /// How the team writes local times (IANA name); schedules without an offset are in it.
+    pub timezone: String,
     pub quotas: Quotas,
     pub created_at: DateTime<Utc>,
     /// The caller's role here.

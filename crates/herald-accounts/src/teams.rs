@@ -61,6 +61,7 @@ struct TeamRow {
     id: Uuid,
     name: String,
     require_2fa: bool,
+    timezone: String,
     quota_connections: Option<i64>,
     quota_members: Option<i64>,
     quota_posts_month: Option<i64>,
@@ -76,6 +77,7 @@ impl TeamRow {
             id: self.id,
             name: self.name,
             require_2fa: self.require_2fa,
+            timezone: self.timezone,
             quotas: Quotas {
                 connections: self.quota_connections,
                 members: self.quota_members,
@@ -89,7 +91,7 @@ impl TeamRow {
     }
 }
 
-const TEAM_COLS: &str = "t.id, t.name, t.require_2fa, t.quota_connections, t.quota_members, t.quota_posts_month, \
+const TEAM_COLS: &str = "t.id, t.name, t.require_2fa, t.timezone, t.quota_connections, t.quota_members, t.quota_posts_month, \
                          t.quota_ai_calls_month, t.quota_media_bytes, t.created_at, m.role";
 
 #[derive(sqlx::FromRow)]
@@ -210,6 +212,7 @@ impl Accounts {
         team: Uuid,
         name: Option<&str>,
         require_2fa: Option<bool>,
+        timezone: Option<&str>,
     ) -> Result<Team, Error> {
         self.team(p, team).await?;
         let (acting, _) = authorize(p, Action::ManageTeam)?;
@@ -217,13 +220,19 @@ impl Accounts {
             return Err(not_found("team"));
         }
         let name = name.map(|n| check_name("name", n)).transpose()?;
+        let timezone = timezone
+            .map(|z| herald_core::time::parse_timezone(z).map(|tz| tz.name().to_string()))
+            .transpose()
+            .map_err(|e| invalid("timezone", e))?;
         let mut tx = self.db.begin().await.map_err(store_err)?;
         exec!(
             tx,
-            "UPDATE teams SET name = COALESCE($2, name), require_2fa = COALESCE($3, require_2fa) WHERE id = $1",
+            "UPDATE teams SET name = COALESCE($2, name), require_2fa = COALESCE($3, require_2fa), \
+             timezone = COALESCE($4, timezone) WHERE id = $1",
             team,
             &name,
-            require_2fa
+            require_2fa,
+            &timezone
         )
         .map_err(store)?;
         audit::record(
@@ -231,7 +240,7 @@ impl Accounts {
             &Actor::of(p),
             Event::new(Some(team), "team.updated")
                 .target("team", team)
-                .details(serde_json::json!({"name": name, "require_2fa": require_2fa})),
+                .details(serde_json::json!({"name": name, "require_2fa": require_2fa, "timezone": timezone})),
         )
         .await?;
         tx.commit().await.map_err(store_err)?;

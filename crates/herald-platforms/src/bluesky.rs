@@ -96,6 +96,11 @@ impl Adapter for Bluesky {
 
     /// Repo writes are 5000 points an hour per account. Counting a post at a create's 3 points (a
     /// put costs 2; refreshes and uploads come on top) gives about 1666 an hour: 0.46 a second.
+    fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {
+        // putRecord on the delivery's own rkey.
+        crate::Idempotency::Forever
+    }
+
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let c = &conn.credentials.0;
         let who = c["did"]

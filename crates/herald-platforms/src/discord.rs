@@ -361,6 +361,15 @@ impl Adapter for Discord {
         })
     }
 
+    /// A bot's `nonce` with `enforce_nonce` is honoured for "a few minutes"; webhooks have none.
+    fn idempotency(&self, conn: &Connection) -> crate::Idempotency {
+        let creds: Option<Creds> = conn.credentials.parse("Discord").ok();
+        match creds.and_then(|c| c.bot_token).filter(|t| !t.trim().is_empty()) {
+            Some(_) => crate::Idempotency::Window(std::time::Duration::from_secs(3 * 60)),
+            None => crate::Idempotency::None,
+        }
+    }
+
     /// One bucket per channel (or webhook) at 5 messages per 5 s, the usual per-route limit and far
     /// under the global 50 requests/s.
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {

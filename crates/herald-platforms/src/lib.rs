@@ -166,6 +166,29 @@ pub struct Verified {
     pub settings: serde_json::Value,
 }
 
+/// How long a platform recognises a repeated request as the same one. A retry after a lost
+/// answer is safe only inside the window; after it, the delivery must be reconciled instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// No way to tell a retry from a new post (Telegram, Whop, Discord webhooks, email).
+    None,
+    /// Recognised for this long after the first attempt (Mastodon keeps keys for an hour).
+    Window(std::time::Duration),
+    /// The key is part of what is stored (Nostr event ids, Bluesky rkeys).
+    Forever,
+}
+
+impl Idempotency {
+    /// Whether a request first sent at `first` may be sent again now without risking a duplicate.
+    pub fn covers(self, first: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        match self {
+            Idempotency::None => false,
+            Idempotency::Forever => true,
+            Idempotency::Window(w) => (now - first).to_std().map(|age| age < w).unwrap_or(true),
+        }
+    }
+}
+
 /// A queue rate bucket that keeps deliveries under a platform's documented limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pacing {
@@ -195,6 +218,17 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// The bucket deliveries to this connection share.
     fn pacing(&self, conn: &Connection) -> Option<Pacing>;
+
+    /// Whether, and for how long, a resent request is recognised as the same post.
+    fn idempotency(&self, _conn: &Connection) -> Idempotency {
+        Idempotency::None
+    }
+
+    /// The platform's rules for this connection: the registry entry, refined from what `verify`
+    /// learned (a Mastodon instance's own `max_characters`).
+    fn rules(&self, _conn: &Connection) -> Platform {
+        *self.platform()
+    }
 }
 
 /// The registry entry with this id; panics only if the core registry lost a platform (a bug).

@@ -329,6 +329,15 @@ impl Adapter for Mastodon {
         if reply.is_success() || reply.status == 404 { Ok(()) } else { Err(error(&reply)) }
     }
 
+    fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {
+        // Mastodon keeps an Idempotency-Key for an hour; 55 minutes leaves room for clocks.
+        crate::Idempotency::Window(std::time::Duration::from_secs(55 * 60))
+    }
+
+    fn rules(&self, conn: &Connection) -> Platform {
+        platform_for(&conn.settings)
+    }
+
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let settings: Settings = crate::settings(&conn.settings, "Mastodon").ok()?;
         let host = instance(&settings.instance_url).ok()?.host;

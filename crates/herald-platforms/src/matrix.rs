@@ -294,6 +294,11 @@ impl Adapter for Matrix {
 
     /// Homeservers rate-limit messages per user (Synapse: 0.2/s burst 10 by default, usually
     /// raised); one a second with a burst of five keeps a room readable and under most limits.
+    fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {
+        // Synapse keeps transaction ids for about 30 minutes.
+        crate::Idempotency::Window(std::time::Duration::from_secs(25 * 60))
+    }
+
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let settings: Settings = crate::settings(&conn.settings, "Matrix").ok()?;
         let base = homeserver(&settings.homeserver).ok()?;

@@ -497,6 +497,11 @@ impl Adapter for Nostr {
 
     /// Public relays throttle per key and per connection (often a few events a second); one a
     /// second with a burst of five stays under them.
+    fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {
+        // The event id is the content's hash, and created_at is fixed per delivery.
+        crate::Idempotency::Forever
+    }
+
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let creds: Creds = conn.credentials.parse("Nostr").ok()?;
         let keys = Keys::parse(&creds.secret_key).ok()?;

@@ -352,6 +352,11 @@ impl Adapter for Vk {
         call(net, &creds.access_token, "wall.delete", &params, Idempotent::Yes).await.map(|_| ())
     }
 
+    fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {
+        // VK's guid; its lifetime is not documented, so assume an hour.
+        crate::Idempotency::Window(std::time::Duration::from_secs(60 * 60))
+    }
+
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let s = settings(&conn.settings).ok()?;
         // VK allows 3 calls/s for a user token, 20 for a community token, and one post can take

@@ -233,6 +233,11 @@ impl Adapter for Webhook {
         Ok(Published { id: their_id.unwrap_or(id), url: answer["url"].as_str().map(str::to_string), credentials: None })
     }
 
+    fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {
+        // Standard Webhooks receivers deduplicate on webhook-id; a day is a reasonable expectation.
+        crate::Idempotency::Window(std::time::Duration::from_secs(24 * 3600))
+    }
+
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let s: Settings = crate::settings(&conn.settings, "webhook").ok()?;
         let host = host(&s.url).unwrap_or_else(|| conn.id.to_string());

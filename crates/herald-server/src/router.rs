@@ -51,6 +51,7 @@ pub struct AppState {
     pub db: Db,
     pub accounts: herald_accounts::Accounts,
     pub connections: herald_connections::Connections,
+    pub posts: herald_posts::Posts,
     /// HERALD_PUBLIC_URL: the origin allowed to send cookie requests, and https makes cookies Secure.
     pub public_url: Option<String>,
     /// SMTP is configured: password-reset links are mailed by a `mail.password_reset` job.

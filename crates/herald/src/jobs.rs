@@ -11,9 +11,10 @@ use std::time::Duration;
 pub const DIAG_PING: &str = "diag.ping";
 
 /// Every handler this binary runs.
-pub fn registry(http: HttpClient, accounts: Accounts, smtp: Option<Smtp>) -> Registry {
+pub fn registry(http: HttpClient, accounts: Accounts, smtp: Option<Smtp>, posts: herald_posts::Posts) -> Registry {
     let mut r = Registry::default();
     r.register(DIAG_PING, Ping { http });
+    r.register(herald_posts::DELIVERY_JOB, herald_posts::DeliveryHandler::new(posts));
     if let Some(smtp) = smtp {
         r.register(herald_server::MAIL_PASSWORD_RESET, ResetMail { accounts, smtp });
     }

@@ -118,10 +118,12 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     let metrics = herald_server::metrics::install();
     let accounts = accounts_for(&config, db.clone(), vault.clone());
     let connections = herald_connections::Connections::new(accounts.clone(), net_for(&config)?);
+    let posts = herald_posts::Posts::new(accounts.clone(), connections.clone(), queue.clone());
     let state = AppState {
         db: db.clone(),
         accounts: accounts.clone(),
         connections,
+        posts: posts.clone(),
         public_url: accounts.config().public_url.clone(),
         mail_enabled: config.smtp.is_some(),
         queue: queue.clone(),
@@ -174,7 +176,7 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             shutdown_grace: config.shutdown_grace,
             ..RunnerConfig::default()
         };
-        let registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone());
+        let registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone(), posts);
         tokio::spawn(Runner::new(queue, registry, runner_config).run(shutdown.clone()))
     });
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())

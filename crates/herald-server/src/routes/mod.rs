@@ -1,6 +1,7 @@
 mod connections;
 pub mod health;
 mod keys;
+mod posts;
 mod session;
 
 /// What the binary's mail job needs from the reset route.
@@ -23,7 +24,7 @@ use utoipa_axum::routes;
     servers((url = "/api/v1")),
     modifiers(&Security),
     security(("api_key" = []), ("session" = [])),
-    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"))
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"))
 )]
 struct ApiDoc;
 
@@ -73,5 +74,10 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(connections::list, connections::create))
         .routes(routes!(connections::get, connections::update, connections::remove))
         .routes(routes!(connections::test))
+        .routes(routes!(posts::list, posts::create))
+        .routes(routes!(posts::get, posts::update, posts::remove))
+        .routes(routes!(posts::cancel))
+        .routes(routes!(posts::retry))
+        .routes(routes!(posts::resolve))
         .split_for_parts()
 }

@@ -54,6 +54,8 @@ pub struct UpdateTeam {
     pub name: Option<String>,
     /// Members must have two-factor on to act in this team.
     pub require_2fa: Option<bool>,
+    /// The IANA timezone local schedule times are written in, e.g. `Europe/Berlin`.
+    pub timezone: Option<String>,
 }
 
 /// Renames the team the caller acts in, or sets its 2FA rule (`manage_team`).
@@ -65,7 +67,7 @@ pub async fn update(
     Path(id): Path<Uuid>,
     Body(r): Body<UpdateTeam>,
 ) -> Result<Json<Team>, ApiError> {
-    Ok(Json(state.accounts.update_team(&p, id, r.name.as_deref(), r.require_2fa).await?))
+    Ok(Json(state.accounts.update_team(&p, id, r.name.as_deref(), r.require_2fa, r.timezone.as_deref()).await?))
 }
 
 /// Sets a team's quotas; `null` is unlimited. Instance admins only.

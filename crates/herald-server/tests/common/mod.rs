@@ -59,10 +59,13 @@ impl App {
     pub async fn start_full_net(db: Db, config: AccountsConfig, vault: Vault, net: herald_platforms::Net) -> App {
         let accounts = Accounts::new(db.clone(), vault, config);
         let connections = herald_connections::Connections::new(accounts.clone(), net);
+        let queue = herald_queue::Queue::new(db.clone());
+        let posts = herald_posts::Posts::new(accounts.clone(), connections.clone(), queue.clone());
         let state = AppState {
             db: db.clone(),
             accounts: accounts.clone(),
             connections,
+            posts,
             public_url: None,
             mail_enabled: false,
             queue: herald_queue::Queue::new(db.clone()),

@@ -1,0 +1,14 @@
+//! Posts and the delivery pipeline. A post goes to one or more connections; each (post,
+//! connection) is a delivery that runs as one queue job. The post, its deliveries and their jobs
+//! commit in one transaction; every delivery's idempotency key is stored before any call; the
+//! worker marks a call in flight before it makes it, so a crash between the platform's answer and
+//! the commit is resent only where the platform deduplicates, and is `unconfirmed` elsewhere.
+#![forbid(unsafe_code)]
+
+pub mod model;
+mod store;
+pub mod worker;
+
+pub use model::*;
+pub use store::{MAX_ATTEMPTS, PostQuery, Posts};
+pub use worker::{DELIVERY_JOB, DeliveryHandler};

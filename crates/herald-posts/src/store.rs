@@ -1,0 +1,922 @@
+//! Creating, reading and changing posts. Every change to a post and its deliveries commits in one
+//! transaction with the jobs it creates, and the post's state is recomputed from its deliveries in
+//! the same transaction.
+
+use crate::model::*;
+use crate::worker::DELIVERY_JOB;
+use chrono::{DateTime, Utc};
+use herald_accounts::audit::{self, Actor, Event};
+use herald_accounts::{Accounts, Principal, Quota, authorize};
+use herald_connections::{Connections, Loaded};
+use herald_core::platforms::{Content as Checked, Violation, validate};
+use herald_core::{Action, Error, ErrorCode};
+use herald_queue::{NewJob, Queue};
+use herald_store::{Db, StoreError, Ts, Tx, exec, on_read, on_tx};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Tries a delivery gets for transient failures before it is `failed`.
+pub const MAX_ATTEMPTS: i32 = 12;
+const MAX_TARGETS: usize = 50;
+const MAX_TEXT_BYTES: usize = 100_000;
+
+#[derive(Clone)]
+pub struct Posts {
+    pub(crate) db: Db,
+    pub(crate) accounts: Accounts,
+    pub(crate) connections: Connections,
+    pub(crate) queue: Queue,
+}
+
+pub(crate) fn store(e: sqlx::Error) -> Error {
+    StoreError::Sqlx(e).into()
+}
+
+fn invalid(field: &str, msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::ValidationFailed, msg).with_details(json!({"field": field}))
+}
+
+fn conflict(msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Conflict, msg)
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PostRow {
+    pub id: Uuid,
+    pub author_user: Option<Uuid>,
+    pub state: String,
+    pub content: String,
+    pub schedule_at: Option<Ts>,
+    pub timezone: Option<String>,
+    pub campaign: Option<String>,
+    pub tags: String,
+    pub created_at: Ts,
+    pub updated_at: Ts,
+}
+
+pub(crate) const POST_COLS: &str =
+    "id, author_user, state, content, schedule_at, timezone, campaign, tags, created_at, updated_at";
+
+impl PostRow {
+    pub fn content(&self) -> Content {
+        serde_json::from_str(&self.content).unwrap_or_default()
+    }
+}
+
+/// A target's own text and options, over the post's.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Override {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<Value>,
+}
+
+impl Override {
+    pub fn resolve(&self, post: &Content) -> Content {
+        let mut c = post.clone();
+        if let Some(t) = &self.text {
+            c.text = t.clone();
+        }
+        if let (Some(Value::Object(extra)), Value::Object(base)) = (&self.options, &mut c.options) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeliveryRow {
+    pub id: Uuid,
+    pub post_id: Uuid,
+    pub team_id: Uuid,
+    pub connection_id: Uuid,
+    pub platform: String,
+    pub state: String,
+    pub content: String,
+    pub idempotency_key: String,
+    pub job_id: Option<Uuid>,
+    pub run_at: Option<Ts>,
+    pub parts: String,
+    pub platform_post_id: Option<String>,
+    pub platform_url: Option<String>,
+    pub attempts: i64,
+    pub first_attempt_at: Option<Ts>,
+    pub call_started_at: Option<Ts>,
+    pub last_error: Option<String>,
+    pub last_error_class: Option<String>,
+    pub published_at: Option<Ts>,
+}
+
+pub(crate) const DELIVERY_COLS: &str = "id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
+    job_id, run_at, parts, platform_post_id, platform_url, attempts, first_attempt_at, call_started_at, last_error, \
+    last_error_class, published_at";
+
+impl DeliveryRow {
+    pub fn state(&self) -> DeliveryState {
+        DeliveryState::parse(&self.state)
+    }
+
+    pub fn overrides(&self) -> Override {
+        serde_json::from_str(&self.content).unwrap_or_default()
+    }
+
+    pub fn parts(&self) -> Vec<Value> {
+        serde_json::from_str(&self.parts).unwrap_or_default()
+    }
+
+    fn view(&self, post: &Content, attempt_log: Vec<AttemptView>) -> DeliveryView {
+        DeliveryView {
+            id: self.id,
+            connection_id: self.connection_id,
+            platform: self.platform.clone(),
+            state: self.state(),
+            content: self.overrides().resolve(post),
+            run_at: self.run_at.map(|t| t.0),
+            platform_post_id: self.platform_post_id.clone(),
+            platform_url: self.platform_url.clone(),
+            parts: Value::Array(self.parts()),
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            last_error_class: self.last_error_class.clone(),
+            published_at: self.published_at.map(|t| t.0),
+            attempt_log,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    delivery_id: Uuid,
+    part: i64,
+    started_at: Ts,
+    duration_ms: i64,
+    outcome: String,
+    http_status: Option<i64>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// Filters for `GET /api/v1/posts`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct PostQuery {
+    pub state: Option<String>,
+    /// Posts created (or scheduled, when they are) at or after this instant.
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Posts with a delivery to this connection.
+    pub connection: Option<Uuid>,
+    pub campaign: Option<String>,
+    pub tag: Option<String>,
+    /// The `next` of the previous page.
+    pub before: Option<Uuid>,
+    /// 1 to 200; 50 by default.
+    pub limit: Option<i64>,
+}
+
+/// The state a post is in, given its deliveries'.
+pub(crate) fn rollup(
+    current: PostState,
+    schedule_at: Option<DateTime<Utc>>,
+    deliveries: &[DeliveryState],
+) -> PostState {
+    use DeliveryState as D;
+    if current == PostState::Draft || deliveries.is_empty() {
+        return current;
+    }
+    let all = |f: &dyn Fn(&D) -> bool| deliveries.iter().all(f);
+    let any = |s: D| deliveries.contains(&s);
+    if all(&|d| *d == D::Published) {
+        PostState::Published
+    } else if all(&|d| *d == D::Cancelled) {
+        PostState::Cancelled
+    } else if all(&|d| d.is_final()) {
+        if any(D::Published) { PostState::PartiallyPublished } else { PostState::Failed }
+    } else if deliveries.iter().any(|d| matches!(d, D::Publishing | D::Published | D::Failed | D::Unconfirmed))
+        || schedule_at.is_none_or(|t| t <= Utc::now())
+    {
+        PostState::Publishing
+    } else {
+        PostState::Scheduled
+    }
+}
+
+/// Recomputes and stores the post's state inside `tx`.
+pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, Error> {
+    #[derive(sqlx::FromRow)]
+    struct P {
+        state: String,
+        schedule_at: Option<Ts>,
+    }
+    let p: P = on_tx!(tx, c => sqlx::query_as("SELECT state, schedule_at FROM posts WHERE id = $1").bind(post).fetch_one(&mut *c).await)
+        .map_err(store)?;
+    let states: Vec<String> =
+        on_tx!(tx, c => sqlx::query_scalar("SELECT state FROM deliveries WHERE post_id = $1").bind(post).fetch_all(&mut *c).await)
+            .map_err(store)?;
+    let states: Vec<DeliveryState> = states.iter().map(|s| DeliveryState::parse(s)).collect();
+    let current = PostState::parse(&p.state).unwrap_or(PostState::Publishing);
+    let next = rollup(current, p.schedule_at.map(|t| t.0), &states);
+    if next != current {
+        exec!(tx, "UPDATE posts SET state = $2, updated_at = $3 WHERE id = $1", post, next.as_str(), Ts::now())
+            .map_err(store)?;
+    }
+    Ok(next)
+}
+
+/// The text a platform will count: the link is appended where the platform has no link cards.
+fn checked(platform: &herald_core::platforms::Platform, c: &Content) -> Checked {
+    let link = c.link.as_deref().filter(|l| !l.is_empty() && !c.text.contains(*l));
+    let text = match link {
+        Some(l) if !platform.capabilities.link_card => format!("{}\n\n{l}", c.text.trim_end()),
+        _ => c.text.clone(),
+    };
+    Checked { text, media: Vec::new() }
+}
+
+/// The rules `content` breaks on this connection (with its instance's own limits). With thread
+/// splitting on and a platform that takes replies, over-long text is not a violation.
+pub(crate) fn violations(loaded: &Loaded, content: &Content) -> Vec<Violation> {
+    let Some(adapter) = herald_platforms::adapter(&loaded.view.platform) else { return Vec::new() };
+    let rules = adapter.rules(&loaded.connection);
+    let mut v = validate(&rules, &checked(&rules, content));
+    if content.thread.split && rules.capabilities.thread {
+        v.retain(|x| !matches!(x.rule, "text_length" | "text_bytes"));
+    }
+    v
+}
+
+fn check_tags(tags: &[String]) -> Result<Vec<String>, Error> {
+    if tags.len() > 20 {
+        return Err(invalid("tags", "at most 20 tags"));
+    }
+    tags.iter()
+        .map(|t| {
+            let t = t.trim();
+            if t.is_empty() || t.chars().count() > 50 || t.contains(['"', '\\']) || t.chars().any(char::is_control) {
+                Err(invalid("tags", format!("`{t}`: a tag is 1 to 50 characters, without quotes or backslashes")))
+            } else {
+                Ok(t.to_string())
+            }
+        })
+        .collect()
+}
+
+fn check_content(c: &Content) -> Result<(), Error> {
+    if c.text.len() > MAX_TEXT_BYTES {
+        return Err(invalid("text", format!("the text is longer than {MAX_TEXT_BYTES} bytes")));
+    }
+    if !c.options.is_object() {
+        return Err(invalid("options", "options must be a JSON object"));
+    }
+    if let Some(l) = &c.link {
+        match url::Url::parse(l) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return Err(invalid("link", format!("`{l}` is not an http(s) URL"))),
+        }
+    }
+    Ok(())
+}
+
+impl Posts {
+    pub fn new(accounts: Accounts, connections: Connections, queue: Queue) -> Posts {
+        Posts { db: accounts.db().clone(), accounts, connections, queue }
+    }
+
+    async fn team_timezone(&self, team: Uuid, given: Option<&str>) -> Result<herald_core::time::Tz, Error> {
+        let name = match given {
+            Some(z) => z.to_string(),
+            None => on_read!(self.db, c => sqlx::query_scalar::<_, String>("SELECT timezone FROM teams WHERE id = $1")
+                .bind(team).fetch_one(c).await)
+            .map_err(store)?,
+        };
+        herald_core::time::parse_timezone(&name).map_err(|e| invalid("timezone", e))
+    }
+
+    async fn schedule(&self, team: Uuid, at: Option<&str>, zone: Option<&str>) -> Result<Option<DateTime<Utc>>, Error> {
+        let Some(at) = at else { return Ok(None) };
+        let tz = self.team_timezone(team, zone).await?;
+        let t = herald_core::time::parse_schedule(at, tz).map_err(|e| invalid("schedule_at", e))?;
+        if t < Utc::now() - chrono::Duration::seconds(60) {
+            return Err(invalid(
+                "schedule_at",
+                format!("{} is in the past; leave schedule_at out to publish now", t.to_rfc3339()),
+            ));
+        }
+        Ok(Some(t))
+    }
+
+    /// Loads every target and checks the content against each platform's rules; one 422 lists
+    /// every broken rule of every target.
+    async fn check_targets(
+        &self,
+        team: Uuid,
+        post: &Content,
+        targets: &[(Uuid, Override)],
+    ) -> Result<Vec<Loaded>, Error> {
+        let mut loaded = Vec::with_capacity(targets.len());
+        let mut report = Vec::new();
+        for (i, (id, o)) in targets.iter().enumerate() {
+            let l = self.connections.load(team, *id).await.map_err(|e| match e.code {
+                ErrorCode::NotFound => {
+                    invalid(&format!("targets[{i}].connection_id"), format!("no connection {id} in this team"))
+                }
+                _ => e,
+            })?;
+            let v = violations(&l, &o.resolve(post));
+            if !v.is_empty() {
+                report.push(TargetViolations {
+                    index: i,
+                    connection_id: *id,
+                    platform: l.view.platform.clone(),
+                    violations: v,
+                });
+            }
+            loaded.push(l);
+        }
+        if !report.is_empty() {
+            let n: usize = report.iter().map(|r| r.violations.len()).sum();
+            return Err(Error::new(
+                ErrorCode::ValidationFailed,
+                format!("the post breaks {n} platform rule(s); see details.targets"),
+            )
+            .with_details(json!({ "targets": report })));
+        }
+        Ok(loaded)
+    }
+
+    /// Creates a post: a draft, now, or scheduled. With an idempotency key, a repeat of the same
+    /// request answers the post it made (`true`), and a different request with the key is a
+    /// conflict.
+    pub async fn create(&self, p: &Principal, new: NewPost, key: Option<&str>) -> Result<(PostView, bool), Error> {
+        let (team, _) = authorize(p, if new.draft { Action::WriteContent } else { Action::Publish })?;
+        let hash = hex::encode(Sha256::digest(format!("{new:?}").as_bytes()));
+        if let Some(key) = key {
+            if key.is_empty() || key.len() > 255 {
+                return Err(invalid("Idempotency-Key", "the Idempotency-Key header must be 1 to 255 characters"));
+            }
+            if let Some(existing) = self.by_key(team, key, &hash).await? {
+                return Ok((existing, true));
+            }
+        }
+        let content = Content {
+            text: new.text.clone(),
+            link: new.link.clone().filter(|l| !l.trim().is_empty()),
+            options: new.options.clone().unwrap_or_else(empty),
+            thread: new.thread,
+        };
+        check_content(&content)?;
+        let tags = check_tags(&new.tags)?;
+        if new.targets.is_empty() && !new.draft {
+            return Err(invalid("targets", "a post needs at least one target connection (or save it as a draft)"));
+        }
+        if new.targets.len() > MAX_TARGETS {
+            return Err(invalid("targets", format!("at most {MAX_TARGETS} targets")));
+        }
+        let mut targets = Vec::new();
+        for (i, t) in new.targets.iter().enumerate() {
+            if targets.iter().any(|(id, _)| *id == t.connection_id) {
+                return Err(invalid(&format!("targets[{i}]"), "the same connection twice"));
+            }
+            if t.options.as_ref().is_some_and(|o| !o.is_object()) {
+                return Err(invalid(&format!("targets[{i}].options"), "options must be a JSON object"));
+            }
+            targets.push((t.connection_id, Override { text: t.text.clone(), options: t.options.clone() }));
+        }
+        let schedule = self.schedule(team, new.schedule_at.as_deref(), new.timezone.as_deref()).await?;
+        let zone = match (&new.schedule_at, &new.timezone) {
+            (Some(_), Some(z)) => Some(self.team_timezone(team, Some(z)).await?.name().to_string()),
+            _ => None,
+        };
+        let loaded = self.check_targets(team, &content, &targets).await?;
+        let mut buckets = Vec::with_capacity(loaded.len());
+        if !new.draft {
+            for l in &loaded {
+                buckets.push(self.connections.pace(&self.queue, l).await?);
+            }
+        }
+
+        let id = Uuid::now_v7();
+        let now = Ts::now();
+        let state = match (new.draft, schedule) {
+            (true, _) => PostState::Draft,
+            (false, Some(t)) if t > Utc::now() => PostState::Scheduled,
+            _ => PostState::Publishing,
+        };
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        if !new.draft {
+            self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
+        }
+        let inserted = exec!(
+            tx,
+            "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
+             idempotency_key, request_hash, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+            id,
+            team,
+            p.user_id,
+            p.key_id,
+            state.as_str(),
+            serde_json::to_string(&content).unwrap_or_default(),
+            schedule.map(Ts),
+            &zone,
+            &new.campaign,
+            serde_json::to_string(&tags).unwrap_or_default(),
+            key,
+            &hash,
+            now
+        );
+        if let Err(e) = inserted {
+            drop(tx);
+            // Two requests with one key raced: the other one made the post.
+            if let (sqlx::Error::Database(d), Some(key)) = (&e, key)
+                && d.is_unique_violation()
+                && let Some(existing) = self.by_key(team, key, &hash).await?
+            {
+                return Ok((existing, true));
+            }
+            return Err(store(e));
+        }
+        for (i, ((conn, o), l)) in targets.iter().zip(&loaded).enumerate() {
+            let did = Uuid::now_v7();
+            let dstate = match state {
+                PostState::Scheduled => DeliveryState::Scheduled,
+                _ => DeliveryState::Pending,
+            };
+            let job_id =
+                if new.draft { None } else { Some(self.enqueue(&mut tx, did, 0, schedule, buckets[i].clone()).await?) };
+            exec!(
+                tx,
+                "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
+                 job_id, run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                did,
+                id,
+                team,
+                *conn,
+                &l.view.platform,
+                dstate.as_str(),
+                serde_json::to_string(o).unwrap_or_default(),
+                herald_platforms::idempotency_key(did),
+                job_id,
+                schedule.map(Ts),
+                now
+            )
+            .map_err(store)?;
+        }
+        audit::record(
+            &mut tx,
+            &Actor::of(p),
+            Event::new(Some(team), "post.created").target("post", id).details(json!({
+                "state": state.as_str(), "targets": targets.len(), "schedule_at": schedule,
+            })),
+        )
+        .await?;
+        tx.commit().await.map_err(Error::from)?;
+        Ok((self.get(team, id).await?, false))
+    }
+
+    /// Enqueues a delivery's job in the caller's transaction.
+    pub(crate) async fn enqueue(
+        &self,
+        tx: &mut Tx,
+        delivery: Uuid,
+        round: i64,
+        at: Option<DateTime<Utc>>,
+        bucket: Option<String>,
+    ) -> Result<Uuid, Error> {
+        let mut job = NewJob::new(DELIVERY_JOB, json!({ "delivery": delivery }))
+            .unique_key(format!("delivery:{delivery}:{round}"))
+            .max_attempts(MAX_ATTEMPTS);
+        if let Some(at) = at {
+            job = job.run_at(at);
+        }
+        if let Some(b) = bucket {
+            job = job.bucket(b);
+        }
+        Ok(herald_queue::enqueue(tx, job).await.map_err(Error::from)?.id().0)
+    }
+
+    async fn by_key(&self, team: Uuid, key: &str, hash: &str) -> Result<Option<PostView>, Error> {
+        let found: Option<(Uuid, Option<String>)> = on_read!(self.db, c => sqlx::query_as(
+            "SELECT id, request_hash FROM posts WHERE team_id = $1 AND idempotency_key = $2")
+            .bind(team).bind(key).fetch_optional(c).await)
+        .map_err(store)?;
+        match found {
+            None => Ok(None),
+            Some((id, h)) if h.as_deref() == Some(hash) => Ok(Some(self.get(team, id).await?)),
+            Some(_) => {
+                Err(conflict("this Idempotency-Key was used for a different request; use a new key for a new post"))
+            }
+        }
+    }
+
+    pub(crate) async fn post_row(&self, team: Uuid, id: Uuid) -> Result<PostRow, Error> {
+        let sql = format!("SELECT {POST_COLS} FROM posts WHERE team_id = $1 AND id = $2");
+        let row: Option<PostRow> = on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(team).bind(id).fetch_optional(c).await)
+        .map_err(store)?;
+        row.ok_or_else(|| Error::not_found("post"))
+    }
+
+    pub(crate) async fn delivery_rows(&self, post: Uuid) -> Result<Vec<DeliveryRow>, Error> {
+        let sql = format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE post_id = $1 ORDER BY id");
+        on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(post).fetch_all(c).await)
+            .map_err(store)
+    }
+
+    pub(crate) async fn delivery_row(&self, team: Uuid, id: Uuid) -> Result<DeliveryRow, Error> {
+        let sql = format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE team_id = $1 AND id = $2");
+        let row: Option<DeliveryRow> = on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(team).bind(id).fetch_optional(c).await)
+        .map_err(store)?;
+        row.ok_or_else(|| Error::not_found("delivery"))
+    }
+
+    fn view(row: &PostRow, deliveries: Vec<DeliveryView>) -> PostView {
+        PostView {
+            id: row.id,
+            state: PostState::parse(&row.state).unwrap_or(PostState::Failed),
+            content: row.content(),
+            schedule_at: row.schedule_at.map(|t| t.0),
+            timezone: row.timezone.clone(),
+            campaign: row.campaign.clone(),
+            tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            author_user: row.author_user,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
+            deliveries,
+        }
+    }
+
+    /// The post with its deliveries and every attempt.
+    pub async fn get(&self, team: Uuid, id: Uuid) -> Result<PostView, Error> {
+        let row = self.post_row(team, id).await?;
+        let content = row.content();
+        let deliveries = self.delivery_rows(id).await?;
+        let attempts: Vec<AttemptRow> = on_read!(self.db, c => sqlx::query_as(
+            "SELECT a.delivery_id, a.part, a.started_at, a.duration_ms, a.outcome, a.http_status, a.code, a.message \
+             FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.post_id = $1 \
+             ORDER BY a.started_at, a.id")
+            .bind(id).fetch_all(c).await)
+        .map_err(store)?;
+        let views = deliveries
+            .iter()
+            .map(|d| {
+                let log = attempts
+                    .iter()
+                    .filter(|a| a.delivery_id == d.id)
+                    .map(|a| AttemptView {
+                        part: a.part,
+                        started_at: a.started_at.0,
+                        duration_ms: a.duration_ms,
+                        outcome: a.outcome.clone(),
+                        http_status: a.http_status,
+                        code: a.code.clone(),
+                        message: a.message.clone(),
+                    })
+                    .collect();
+                d.view(&content, log)
+            })
+            .collect();
+        Ok(Self::view(&row, views))
+    }
+
+    /// Posts, newest first, with their deliveries (without attempt logs).
+    pub async fn list(&self, team: Uuid, q: &PostQuery) -> Result<(Vec<PostView>, Option<Uuid>), Error> {
+        if let Some(s) = &q.state
+            && PostState::parse(s).is_none()
+        {
+            return Err(invalid("state", format!("`{s}` is not a post state")));
+        }
+        let limit = q.limit.unwrap_or(50).clamp(1, 200);
+        let tag = q.tag.as_ref().map(|t| format!("%\"{}\"%", t.replace(['%', '_', '"', '\\'], "")));
+        let sql = format!(
+            "SELECT {POST_COLS} FROM posts p WHERE team_id = $1 AND ($2 IS NULL OR state = $2) \
+             AND ($3 IS NULL OR COALESCE(schedule_at, created_at) >= $3) AND ($4 IS NULL OR COALESCE(schedule_at, created_at) < $4) \
+             AND ($5 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.post_id = p.id AND d.connection_id = $5)) \
+             AND ($6 IS NULL OR campaign = $6) AND ($7 IS NULL OR tags LIKE $7) AND ($8 IS NULL OR id < $8) \
+             ORDER BY id DESC LIMIT $9"
+        );
+        let rows: Vec<PostRow> = on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(team).bind(&q.state).bind(q.from.map(Ts)).bind(q.to.map(Ts)).bind(q.connection)
+            .bind(&q.campaign).bind(&tag).bind(q.before).bind(limit).fetch_all(c).await)
+        .map_err(store)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let content = row.content();
+            let deliveries = self.delivery_rows(row.id).await?.iter().map(|d| d.view(&content, Vec::new())).collect();
+            out.push(Self::view(row, deliveries));
+        }
+        let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id)).flatten();
+        Ok((out, next))
+    }
+
+    /// Changes a post while nothing of it has gone out; a new time moves its jobs, and
+    /// `draft: false` publishes a draft.
+    pub async fn update(&self, p: &Principal, id: Uuid, u: PostUpdate) -> Result<PostView, Error> {
+        let publishing = u.draft == Some(false);
+        let (team, _) = authorize(p, if publishing { Action::Publish } else { Action::WriteContent })?;
+        let row = self.post_row(team, id).await?;
+        let deliveries = self.delivery_rows(id).await?;
+        if deliveries.iter().any(|d| d.state() != DeliveryState::Pending && d.state() != DeliveryState::Scheduled)
+            || PostState::parse(&row.state) == Some(PostState::Cancelled)
+        {
+            return Err(conflict("the post has started publishing, or was cancelled; it can no longer be changed"));
+        }
+        let was_draft = row.state == PostState::Draft.as_str();
+        let mut content = row.content();
+        if let Some(t) = u.text {
+            content.text = t;
+        }
+        if let Some(l) = u.link {
+            content.link = Some(l).filter(|l| !l.trim().is_empty());
+        }
+        if let Some(o) = u.options {
+            content.options = o;
+        }
+        if let Some(t) = u.thread {
+            content.thread = t;
+        }
+        check_content(&content)?;
+        let tags = u.tags.as_deref().map(check_tags).transpose()?;
+        let schedule = match &u.schedule_at {
+            Some(s) if s.is_empty() => None,
+            Some(s) => self.schedule(team, Some(s), u.timezone.as_deref()).await?,
+            None => row.schedule_at.map(|t| t.0).filter(|t| *t > Utc::now()),
+        };
+        let targets: Vec<(Uuid, Override)> = deliveries.iter().map(|d| (d.connection_id, d.overrides())).collect();
+        let loaded = self.check_targets(team, &content, &targets).await?;
+        let draft = if was_draft { !publishing } else { false };
+        let state = match (draft, schedule) {
+            (true, _) => PostState::Draft,
+            (false, Some(t)) if t > Utc::now() => PostState::Scheduled,
+            _ => PostState::Publishing,
+        };
+        let mut buckets = Vec::new();
+        if was_draft && !draft {
+            for l in &loaded {
+                buckets.push(self.connections.pace(&self.queue, l).await?);
+            }
+        }
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        if was_draft && !draft {
+            self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
+        }
+        exec!(
+            tx,
+            "UPDATE posts SET content = $3, schedule_at = $4, state = $5, campaign = COALESCE($6, campaign), \
+             tags = COALESCE($7, tags), timezone = COALESCE($8, timezone), updated_at = $9 WHERE team_id = $1 AND id = $2",
+            team,
+            id,
+            serde_json::to_string(&content).unwrap_or_default(),
+            schedule.map(Ts),
+            state.as_str(),
+            &u.campaign,
+            tags.map(|t| serde_json::to_string(&t).unwrap_or_default()),
+            &u.timezone,
+            Ts::now()
+        )
+        .map_err(store)?;
+        let dstate = if state == PostState::Scheduled { DeliveryState::Scheduled } else { DeliveryState::Pending };
+        let mut moved = Vec::new();
+        for (i, d) in deliveries.iter().enumerate() {
+            let job = if was_draft && !draft {
+                Some(self.enqueue(&mut tx, d.id, 0, schedule, buckets[i].clone()).await?)
+            } else {
+                if let Some(j) = d.job_id {
+                    moved.push(j);
+                }
+                d.job_id
+            };
+            exec!(
+                tx,
+                "UPDATE deliveries SET state = $2, run_at = $3, job_id = $4, updated_at = $5 WHERE id = $1",
+                d.id,
+                dstate.as_str(),
+                schedule.map(Ts),
+                job,
+                Ts::now()
+            )
+            .map_err(store)?;
+        }
+        audit::record(
+            &mut tx,
+            &Actor::of(p),
+            Event::new(Some(team), "post.updated")
+                .target("post", id)
+                .details(json!({"state": state.as_str(), "schedule_at": schedule})),
+        )
+        .await?;
+        tx.commit().await.map_err(Error::from)?;
+        // Moving a pending job is safe after the commit: the worker reads the delivery's own state.
+        let at = schedule.unwrap_or_else(Utc::now);
+        for j in moved {
+            self.queue.reschedule(herald_queue::JobId(j), at).await.map_err(Error::from)?;
+        }
+        self.get(team, id).await
+    }
+
+    /// Cancels every delivery that has not started. One already publishing finishes.
+    pub async fn cancel(&self, p: &Principal, id: Uuid) -> Result<PostView, Error> {
+        let (team, _) = authorize(p, Action::Publish)?;
+        self.post_row(team, id).await?;
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        let jobs: Vec<Option<Uuid>> = on_tx!(tx, c => sqlx::query_scalar(
+            "SELECT job_id FROM deliveries WHERE post_id = $1 AND state IN ('pending', 'scheduled')")
+            .bind(id).fetch_all(&mut *c).await)
+        .map_err(store)?;
+        exec!(
+            tx,
+            "UPDATE deliveries SET state = 'cancelled', updated_at = $2 WHERE post_id = $1 AND state IN ('pending', 'scheduled')",
+            id,
+            Ts::now()
+        )
+        .map_err(store)?;
+        let any_left: i64 = on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE post_id = $1")
+            .bind(id).fetch_one(&mut *c).await)
+        .map_err(store)?;
+        if any_left == 0 {
+            // A draft without targets.
+            exec!(tx, "UPDATE posts SET state = 'cancelled', updated_at = $2 WHERE id = $1", id, Ts::now())
+                .map_err(store)?;
+        } else {
+            exec!(
+                tx,
+                "UPDATE posts SET state = CASE WHEN state = 'draft' THEN 'scheduled' ELSE state END WHERE id = $1",
+                id
+            )
+            .map_err(store)?;
+            refresh_post(&mut tx, id).await?;
+        }
+        audit::record(&mut tx, &Actor::of(p), Event::new(Some(team), "post.cancelled").target("post", id)).await?;
+        tx.commit().await.map_err(Error::from)?;
+        for j in jobs.into_iter().flatten() {
+            let _ = self.queue.cancel(herald_queue::JobId(j), "the post was cancelled").await;
+        }
+        self.get(team, id).await
+    }
+
+    /// Sends a failed or unconfirmed delivery again. An unconfirmed one needs the caller to confirm
+    /// it did not go out, since sending it again may post it twice.
+    pub async fn retry(&self, p: &Principal, delivery: Uuid, confirm_not_posted: bool) -> Result<PostView, Error> {
+        let (team, _) = authorize(p, Action::Publish)?;
+        let d = self.delivery_row(team, delivery).await?;
+        match d.state() {
+            DeliveryState::Failed => {}
+            DeliveryState::Unconfirmed if confirm_not_posted => {}
+            DeliveryState::Unconfirmed => {
+                return Err(invalid(
+                    "confirm_not_posted",
+                    "this delivery may already be on the platform; check, then retry with {\"confirm_not_posted\": true} or resolve it",
+                ));
+            }
+            other => {
+                return Err(conflict(format!(
+                    "only failed or unconfirmed deliveries can be retried; this one is {}",
+                    other.as_str()
+                )));
+            }
+        }
+        let loaded = self.connections.load(team, d.connection_id).await?;
+        let bucket = self.connections.pace(&self.queue, &loaded).await?;
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        let job = self.enqueue(&mut tx, d.id, d.attempts + 1, None, bucket).await?;
+        exec!(
+            tx,
+            "UPDATE deliveries SET state = 'pending', job_id = $2, call_started_at = NULL, first_attempt_at = NULL, \
+             run_at = NULL, updated_at = $3 WHERE id = $1",
+            d.id,
+            job,
+            Ts::now()
+        )
+        .map_err(store)?;
+        refresh_post(&mut tx, d.post_id).await?;
+        audit::record(
+            &mut tx,
+            &Actor::of(p),
+            Event::new(Some(team), "delivery.retried").target("delivery", d.id).details(json!({"was": d.state})),
+        )
+        .await?;
+        tx.commit().await.map_err(Error::from)?;
+        self.get(team, d.post_id).await
+    }
+
+    /// Settles an unconfirmed delivery: it did go out (with its URL, if known), or it did not.
+    pub async fn resolve(
+        &self,
+        p: &Principal,
+        delivery: Uuid,
+        published: bool,
+        url: Option<String>,
+    ) -> Result<PostView, Error> {
+        let (team, _) = authorize(p, Action::Publish)?;
+        let d = self.delivery_row(team, delivery).await?;
+        if d.state() != DeliveryState::Unconfirmed {
+            return Err(conflict(format!("only unconfirmed deliveries can be resolved; this one is {}", d.state)));
+        }
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        if published {
+            exec!(
+                tx,
+                "UPDATE deliveries SET state = 'published', platform_url = COALESCE($2, platform_url), published_at = $3, \
+                 updated_at = $3 WHERE id = $1",
+                d.id,
+                &url,
+                Ts::now()
+            )
+            .map_err(store)?;
+        } else {
+            exec!(
+                tx,
+                "UPDATE deliveries SET state = 'failed', last_error = $2, updated_at = $3 WHERE id = $1",
+                d.id,
+                format!("not published, as {} confirmed", p.label),
+                Ts::now()
+            )
+            .map_err(store)?;
+        }
+        refresh_post(&mut tx, d.post_id).await?;
+        audit::record(
+            &mut tx,
+            &Actor::of(p),
+            Event::new(Some(team), "delivery.resolved")
+                .target("delivery", d.id)
+                .details(json!({"published": published, "url": url})),
+        )
+        .await?;
+        tx.commit().await.map_err(Error::from)?;
+        self.get(team, d.post_id).await
+    }
+
+    /// Deletes a post, its deliveries and pending jobs; with `from_platforms`, first deletes what
+    /// was published where the platform allows it. Answers what happened on each platform.
+    pub async fn delete(&self, p: &Principal, id: Uuid, from_platforms: bool) -> Result<Value, Error> {
+        let (team, _) = authorize(p, Action::DeleteContent)?;
+        self.post_row(team, id).await?;
+        let deliveries = self.delivery_rows(id).await?;
+        let mut report = Vec::new();
+        if from_platforms {
+            for d in deliveries.iter().filter(|d| d.state() == DeliveryState::Published) {
+                let mut ids: Vec<String> =
+                    d.parts().iter().rev().filter_map(|p| p["id"].as_str().map(str::to_string)).collect();
+                if ids.is_empty() {
+                    ids.extend(d.platform_post_id.clone());
+                }
+                let result = match (
+                    herald_platforms::adapter(&d.platform),
+                    self.connections.load(team, d.connection_id).await,
+                ) {
+                    (Some(a), Ok(l)) => {
+                        let mut r = Ok(());
+                        for pid in &ids {
+                            if let Err(e) = a.delete(self.connections.net(), &l.connection, pid).await {
+                                r = Err(e.to_string());
+                                break;
+                            }
+                        }
+                        r
+                    }
+                    (_, Err(e)) => Err(e.message),
+                    (None, _) => Err(format!("unknown platform {}", d.platform)),
+                };
+                report.push(
+                    json!({"delivery": d.id, "platform": d.platform, "deleted": result.is_ok(), "error": result.err()}),
+                );
+            }
+        }
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        exec!(tx, "DELETE FROM posts WHERE team_id = $1 AND id = $2", team, id).map_err(store)?;
+        audit::record(
+            &mut tx,
+            &Actor::of(p),
+            Event::new(Some(team), "post.deleted").target("post", id).details(json!({"from_platforms": report})),
+        )
+        .await?;
+        tx.commit().await.map_err(Error::from)?;
+        for j in deliveries.iter().filter(|d| !d.state().is_final()).filter_map(|d| d.job_id) {
+            let _ = self.queue.cancel(herald_queue::JobId(j), "the post was deleted").await;
+        }
+        Ok(json!({ "id": id, "deleted": true, "platforms": report }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeliveryState as D;
+
+    #[test]
+    fn the_post_state_follows_its_deliveries() {
+        let later = Some(Utc::now() + chrono::Duration::hours(1));
+        assert_eq!(rollup(PostState::Scheduled, later, &[D::Scheduled, D::Scheduled]), PostState::Scheduled);
+        assert_eq!(rollup(PostState::Scheduled, None, &[D::Pending]), PostState::Publishing);
+        assert_eq!(rollup(PostState::Publishing, None, &[D::Published, D::Publishing]), PostState::Publishing);
+        assert_eq!(rollup(PostState::Publishing, None, &[D::Published, D::Published]), PostState::Published);
+        assert_eq!(rollup(PostState::Publishing, None, &[D::Published, D::Failed]), PostState::PartiallyPublished);
+        assert_eq!(rollup(PostState::Publishing, None, &[D::Unconfirmed, D::Failed]), PostState::Failed);
+        assert_eq!(rollup(PostState::Scheduled, later, &[D::Cancelled, D::Cancelled]), PostState::Cancelled);
+        assert_eq!(rollup(PostState::Draft, None, &[D::Pending]), PostState::Draft);
+    }
+}

@@ -1,0 +1,477 @@
+//! The delivery pipeline with the real queue runner, against the platform fakes (and the real
+//! Synapse and Bluesky PDS when CI has them): fan-out to five platforms at once, scheduling in
+//! local time across a DST change, cancelling, per-target validation, idempotent creates, threads
+//! that continue from the failed part, unknown outcomes, and auth failures that wait for a fix.
+
+use chrono::Utc;
+use herald_accounts::{Accounts, AccountsConfig, Actor, Client, Principal};
+use herald_connections::{Connections, NewConnection};
+use herald_core::TeamRole;
+use herald_http::guard::{Cidr, GuardConfig};
+use herald_http::{HttpClient, SafeClient};
+use herald_platforms::Net;
+use herald_posts::{
+    DeliveryHandler, DeliveryState, NewPost, PostState, PostUpdate, PostView, Posts, TargetInput, Thread,
+};
+use herald_queue::{Queue, Registry, Runner, RunnerConfig};
+use herald_store::Db;
+use herald_store::testing::each_backend;
+use herald_testkit::{Failure, bluesky, discord, mastodon, matrix, telegram};
+use herald_vault::{MasterKey, Vault};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct World {
+    posts: Posts,
+    connections: Connections,
+    team: Uuid,
+    owner: Principal,
+    stop: CancellationToken,
+    runner: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl World {
+    async fn new(db: Db, net: Net) -> World {
+        let accounts = Accounts::new(db.clone(), Vault::new(&[MasterKey::generate()]), AccountsConfig::default());
+        let mut tx = db.begin().await.unwrap();
+        let (user, team) = accounts.create_user(&mut tx, "o@example.com", "O", "pw-123456789", false).await.unwrap();
+        tx.commit().await.unwrap();
+        let connections = Connections::new(accounts.clone(), net);
+        let queue = Queue::new(db.clone());
+        let posts = Posts::new(accounts, connections.clone(), queue.clone());
+        let mut registry = Registry::default();
+        registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(posts.clone()));
+        let config = RunnerConfig { poll_interval: Duration::from_millis(50), ..RunnerConfig::default() };
+        let stop = CancellationToken::new();
+        let runner = Some(tokio::spawn(Runner::new(queue, registry, config).run(stop.clone())));
+        let owner = Principal {
+            user_id: Some(user.id),
+            key_id: None,
+            session_id: None,
+            label: "o@example.com".into(),
+            is_admin: false,
+            team: Some((team, TeamRole::Owner)),
+            needs_2fa_enrolment: false,
+            client: Client::default(),
+        };
+        World { posts, connections, team, owner, stop, runner }
+    }
+
+    async fn connect(&self, platform: &str, credentials: Value, settings: Value) -> Uuid {
+        let new = NewConnection { platform: platform.into(), name: None, credentials, settings };
+        self.connections
+            .create_in(self.team, &Actor::system(), new)
+            .await
+            .unwrap_or_else(|e| panic!("{platform}: {e}"))
+            .id
+    }
+
+    async fn wait(&self, post: Uuid, done: impl Fn(&PostView) -> bool) -> PostView {
+        for _ in 0..600 {
+            let v = self.posts.get(self.team, post).await.unwrap();
+            if done(&v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("post never got there: {:#?}", self.posts.get(self.team, post).await.unwrap());
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(r) = self.runner.take() {
+            r.await.unwrap();
+        }
+    }
+}
+
+fn net() -> Net {
+    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").unwrap()], allow_ports: vec![] };
+    let timeout = Duration::from_secs(2);
+    Net::new(
+        HttpClient::trusted_with_timeout(timeout).unwrap(),
+        SafeClient::with_options(guard, std::sync::Arc::new(herald_http::guard::SystemLookup), timeout).unwrap(),
+    )
+}
+
+fn post(text: &str, targets: &[Uuid]) -> NewPost {
+    NewPost {
+        text: text.into(),
+        link: None,
+        options: None,
+        thread: Thread::default(),
+        targets: targets.iter().map(|c| TargetInput { connection_id: *c, text: None, options: None }).collect(),
+        schedule_at: None,
+        timezone: None,
+        draft: false,
+        campaign: None,
+        tags: vec![],
+    }
+}
+
+fn finished(v: &PostView) -> bool {
+    v.deliveries.iter().all(|d| d.state.is_final())
+}
+
+#[tokio::test]
+async fn one_post_reaches_five_platforms_exactly_once() {
+    each_backend(|db| async move {
+        let (tg, dc, md, bs, mx) = (
+            telegram::start().await,
+            discord::start().await,
+            mastodon::start().await,
+            bluesky::start().await,
+            matrix::start().await,
+        );
+        let n = net().with_base("telegram", tg.url.clone()).with_base("discord", format!("{}/api/v10", dc.url));
+        let w = World::new(db, n).await;
+        let mut targets = vec![
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await,
+            w.connect("discord", json!({"bot_token": discord::BOT_TOKEN}), json!({"channel_id": discord::CHANNEL_ID}))
+                .await,
+            w.connect("mastodon", json!({"access_token": mastodon::TOKEN}), json!({"instance_url": md.url})).await,
+            w.connect(
+                "bluesky",
+                json!({"identifier": bluesky::HANDLE, "app_password": bluesky::PASSWORD}),
+                json!({"service": bs.url}),
+            )
+            .await,
+            w.connect(
+                "matrix",
+                json!({"access_token": matrix::TOKEN}),
+                json!({"homeserver": mx.url, "room_id": matrix::ROOM}),
+            )
+            .await,
+        ];
+        // The real servers too, where CI runs them.
+        let real_matrix = real_matrix_connection(&w).await;
+        targets.extend(real_matrix.as_ref().map(|(id, _, _)| *id));
+        let real_pds = real_bluesky_connection(&w).await;
+        targets.extend(real_pds.as_ref().map(|(id, _)| *id));
+
+        let text = format!("Fan-out {} to every platform", Uuid::now_v7().simple());
+        let mut new = post(&text, &targets);
+        new.link = Some("https://example.com/article".into());
+        let (created, replayed) = w.posts.create(&w.owner, new, None).await.unwrap();
+        assert!(!replayed);
+        assert_eq!(created.deliveries.len(), targets.len());
+        let done = w.wait(created.id, finished).await;
+        assert_eq!(done.state, PostState::Published, "{done:#?}");
+        for d in &done.deliveries {
+            assert_eq!(d.state, DeliveryState::Published, "{d:#?}");
+            assert!(d.platform_post_id.is_some(), "{d:#?}");
+            assert_eq!(d.attempt_log.len(), 1, "{d:#?}");
+            assert_eq!(d.attempt_log[0].outcome, "published");
+        }
+        let url = |p: &str| done.deliveries.iter().find(|d| d.platform == p).unwrap().platform_url.clone();
+        assert!(url("telegram").unwrap().starts_with("https://t.me/herald_news/"));
+        assert!(url("mastodon").is_some() && url("bluesky").unwrap().contains("bsky.app/profile/"));
+        assert!(url("matrix").unwrap().starts_with("https://matrix.to/#/"));
+
+        // Each fake got exactly one post, with the text (and the link where it is appended).
+        let with_link = format!("{text}\n\nhttps://example.com/article");
+        let tg_msgs: Vec<_> = tg.data().messages.iter().filter_map(|m| m.text.clone()).collect();
+        assert_eq!(tg_msgs, vec![with_link.clone()]);
+        let dc_msgs: Vec<_> = dc.data().messages.iter().map(|m| m.content.clone()).collect();
+        assert_eq!(dc_msgs, vec![with_link.clone()]);
+        let md_msgs: Vec<_> = md.data().statuses.iter().map(|s| s.text.clone()).collect();
+        assert_eq!(md_msgs, vec![with_link.clone()]);
+        let bs_posts = bs.data().posts();
+        assert_eq!(bs_posts.len(), 1);
+        assert_eq!(bs_posts[0].value["text"], text.as_str(), "Bluesky carries the link as a card");
+        assert_eq!(bs_posts[0].value["embed"]["external"]["uri"], "https://example.com/article");
+        let mx_msgs = mx.data().messages(matrix::ROOM);
+        assert_eq!(mx_msgs.len(), 1);
+        assert_eq!(mx_msgs[0].content["body"], with_link.as_str());
+        // The idempotency keys the platforms saw are the stored ones.
+        let md_key = md.data().statuses[0].idempotency_key.clone().unwrap();
+        assert!(md_key.starts_with("herald-"), "{md_key}");
+
+        if let Some((_, base, token)) = real_matrix {
+            let room = real_room(&base);
+            let http = HttpClient::trusted().unwrap();
+            let r: Value = http
+                .get(&format!("{base}/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", urlencode(&room)))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let hits =
+                r["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == with_link.as_str()).count();
+            assert_eq!(hits, 1, "the real Synapse holds the post once");
+        }
+        if let Some((_, pds)) = real_pds {
+            let d = done
+                .deliveries
+                .iter()
+                .find(|d| d.platform_url.as_deref().is_some_and(|u| u.contains(".test/post/")))
+                .unwrap();
+            let uri = d.platform_post_id.clone().unwrap();
+            let parts: Vec<&str> = uri.trim_start_matches("at://").split('/').collect();
+            let http = HttpClient::trusted().unwrap();
+            let r: Value = http
+                .get(&format!(
+                    "{pds}/xrpc/com.atproto.repo.getRecord?repo={}&collection={}&rkey={}",
+                    parts[0], parts[1], parts[2]
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["value"]["text"], text.as_str(), "{r}");
+        }
+        w.stop().await;
+    })
+    .await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+static ROOMS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn real_room(base: &str) -> String {
+    ROOMS.lock().unwrap().iter().find(|(b, _)| b == base).unwrap().1.clone()
+}
+
+/// A connection to the real Synapse (a fresh room), when `HERALD_TEST_MATRIX_URL` is set.
+async fn real_matrix_connection(w: &World) -> Option<(Uuid, String, String)> {
+    let base = peer("HERALD_TEST_MATRIX_URL")?;
+    let user = std::env::var("HERALD_TEST_MATRIX_USER").unwrap();
+    let password = std::env::var("HERALD_TEST_MATRIX_PASSWORD").unwrap();
+    let http = HttpClient::trusted().unwrap();
+    let login: Value = http
+        .post(&format!("{base}/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password, "device_id": "PIPELINE"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_string();
+    let room: Value = http
+        .post(&format!("{base}/_matrix/client/v3/createRoom"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "pipeline", "preset": "private_chat"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = room["room_id"].as_str().unwrap().to_string();
+    ROOMS.lock().unwrap().push((base.clone(), room.clone()));
+    let id = w
+        .connect("matrix", json!({"user": user, "password": password}), json!({"homeserver": base, "room_id": room}))
+        .await;
+    Some((id, base, token))
+}
+
+/// A connection to the real Bluesky PDS (a fresh account), when `HERALD_TEST_BLUESKY_PDS` is set.
+async fn real_bluesky_connection(w: &World) -> Option<(Uuid, String)> {
+    let pds = peer("HERALD_TEST_BLUESKY_PDS")?;
+    let handle = format!("p{}.test", &Uuid::now_v7().simple().to_string()[20..]);
+    let http = HttpClient::trusted().unwrap();
+    let r = http
+        .post(&format!("{pds}/xrpc/com.atproto.server.createAccount"))
+        .json(&json!({"handle": handle, "email": format!("{handle}@test.invalid"), "password": "pipeline-pass"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let id = w
+        .connect("bluesky", json!({"identifier": handle, "app_password": "pipeline-pass"}), json!({"service": pds}))
+        .await;
+    Some((id, pds))
+}
+
+fn peer(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{var} is not set, and CI must run the real-peer tests")
+        }
+        _ => {
+            eprintln!("real peer skipped: {var} is not set");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn local_times_cross_dst_and_a_cancelled_post_sends_nothing() {
+    each_backend(|db| async move {
+        let tg = telegram::start().await;
+        let w = World::new(db.clone(), net().with_base("telegram", tg.url.clone())).await;
+        let tg_conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET timezone = 'Europe/Berlin' WHERE id = $1", w.team).unwrap();
+        tx.commit().await.unwrap();
+
+        // 09:00 in Berlin the day before and the day of the spring change are 08:00 and 07:00 UTC.
+        let year = Utc::now().format("%Y").to_string().parse::<i32>().unwrap() + 1;
+        let change = last_sunday_of_march(year);
+        let mut before = post("before the change", &[tg_conn]);
+        before.schedule_at = Some(format!("{}T09:00", change - chrono::Duration::days(1)));
+        let mut after = post("after the change", &[tg_conn]);
+        after.schedule_at = Some(format!("{change}T09:00"));
+        let (b, _) = w.posts.create(&w.owner, before, None).await.unwrap();
+        let (a, _) = w.posts.create(&w.owner, after, None).await.unwrap();
+        assert_eq!(b.schedule_at.unwrap().format("%H:%M").to_string(), "08:00");
+        assert_eq!(a.schedule_at.unwrap().format("%H:%M").to_string(), "07:00");
+        assert_eq!(a.state, PostState::Scheduled);
+        assert_eq!(a.deliveries[0].state, DeliveryState::Scheduled);
+        // A wall-clock time that does not exist that night is refused, not shifted.
+        let mut gap = post("in the gap", &[tg_conn]);
+        gap.schedule_at = Some(format!("{change}T02:30"));
+        let e = w.posts.create(&w.owner, gap, None).await.unwrap_err();
+        assert!(e.message.contains("does not exist"), "{e}");
+        // An explicit zone wins over the team's.
+        let mut ny = post("new york", &[tg_conn]);
+        ny.schedule_at = Some(format!("{year}-07-01T09:00"));
+        ny.timezone = Some("America/New_York".into());
+        let (ny, _) = w.posts.create(&w.owner, ny, None).await.unwrap();
+        assert_eq!(ny.schedule_at.unwrap().format("%H:%M").to_string(), "13:00");
+        assert_eq!(ny.timezone.as_deref(), Some("America/New_York"));
+
+        // Cancel before the time: the job goes, nothing is ever sent.
+        let cancelled = w.posts.cancel(&w.owner, a.id).await.unwrap();
+        assert_eq!(cancelled.state, PostState::Cancelled);
+        assert_eq!(cancelled.deliveries[0].state, DeliveryState::Cancelled);
+        // Reschedule one to a moment from now: it goes out then, once.
+        let soon = (Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
+        let moved =
+            w.posts.update(&w.owner, b.id, PostUpdate { schedule_at: Some(soon), ..Default::default() }).await.unwrap();
+        assert_eq!(moved.state, PostState::Scheduled);
+        let done = w.wait(b.id, finished).await;
+        assert_eq!(done.state, PostState::Published);
+        let sent: Vec<_> = tg.data().messages.iter().filter_map(|m| m.text.clone()).collect();
+        assert_eq!(sent, vec!["before the change".to_string()], "the cancelled one was never sent");
+        // A published post can no longer be changed.
+        let e = w
+            .posts
+            .update(&w.owner, b.id, PostUpdate { text: Some("x".into()), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, herald_core::ErrorCode::Conflict);
+        w.stop().await;
+    })
+    .await;
+}
+
+fn last_sunday_of_march(year: i32) -> chrono::NaiveDate {
+    use chrono::Datelike;
+    let mut d = chrono::NaiveDate::from_ymd_opt(year, 3, 31).unwrap();
+    while d.weekday() != chrono::Weekday::Sun {
+        d = d.pred_opt().unwrap();
+    }
+    d
+}
+
+#[tokio::test]
+async fn validation_idempotent_creates_threads_and_failures() {
+    each_backend(|db| async move {
+        let (tg, md) = (telegram::start().await, mastodon::start().await);
+        let w = World::new(db, net().with_base("telegram", tg.url.clone())).await;
+        let tg_conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let md_conn =
+            w.connect("mastodon", json!({"access_token": mastodon::TOKEN}), json!({"instance_url": md.url})).await;
+
+        // Per-target violations, by each platform's own counting, before anything is stored.
+        let long = "word ".repeat(200); // 1000 characters: over Mastodon's 500, under Telegram's 4096
+        let e = w.posts.create(&w.owner, post(&long, &[tg_conn, md_conn]), None).await.unwrap_err();
+        assert_eq!(e.code, herald_core::ErrorCode::ValidationFailed);
+        let targets = e.details.as_ref().unwrap()["targets"].as_array().unwrap().clone();
+        assert_eq!(targets.len(), 1, "{targets:?}");
+        assert_eq!(targets[0]["platform"], "mastodon");
+        assert_eq!(targets[0]["violations"][0]["rule"], "text_length");
+        assert_eq!(targets[0]["violations"][0]["limit"], 500);
+        assert!(w.posts.list(w.team, &Default::default()).await.unwrap().0.is_empty());
+
+        // With thread splitting it is published as a numbered thread, continuing after a failure.
+        let mut thread = post(&long, &[md_conn]);
+        thread.thread = Thread { split: true, numbering: true };
+        // The first status goes through; the second fails once with a 500, and the retry continues
+        // from part 2 without sending part 1 again.
+        md.fail_next_on("/api/v1/statuses", Failure::Hang(Duration::ZERO));
+        md.fail_next_on("/api/v1/statuses", Failure::ServerError(500));
+        let key = "create-once";
+        let (t, _) = w.posts.create(&w.owner, thread.clone(), Some(key)).await.unwrap();
+        let (again, replayed) = w.posts.create(&w.owner, thread.clone(), Some(key)).await.unwrap();
+        assert!(replayed);
+        assert_eq!(again.id, t.id, "a retried create answers the same post");
+        let mut other = thread.clone();
+        other.text = "different".into();
+        assert_eq!(
+            w.posts.create(&w.owner, other, Some(key)).await.unwrap_err().code,
+            herald_core::ErrorCode::Conflict
+        );
+        let done = w.wait(t.id, finished).await;
+        assert_eq!(done.state, PostState::Published, "{done:#?}");
+        let statuses = md.data().statuses.clone();
+        assert!(statuses.len() >= 3, "{} parts", statuses.len());
+        for (i, s) in statuses.iter().enumerate() {
+            assert!(s.text.ends_with(&format!("({}/{})", i + 1, statuses.len())), "{}", s.text);
+            assert!(s.text.chars().count() <= 500);
+            if i > 0 {
+                assert_eq!(
+                    s.in_reply_to_id.as_deref(),
+                    Some(statuses[i - 1].id.as_str()),
+                    "part {i} answers the one before"
+                );
+            }
+        }
+        assert_eq!(done.deliveries[0].parts.as_array().unwrap().len(), statuses.len());
+
+        // Telegram loses an answer: the delivery is unconfirmed and not resent; resolving settles it.
+        tg.fail_next_on("sendMessage", Failure::AnswerLate(Duration::from_secs(3)));
+        let (lost, _) = w.posts.create(&w.owner, post("lost answer", &[tg_conn]), None).await.unwrap();
+        let done = w.wait(lost.id, finished).await;
+        let d = &done.deliveries[0];
+        assert_eq!(d.state, DeliveryState::Unconfirmed, "{d:#?}");
+        assert_eq!(d.attempt_log.last().unwrap().outcome, "unknown_outcome");
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert_eq!(tg.data().messages.iter().filter(|m| m.text.as_deref() == Some("lost answer")).count(), 1);
+        let e = w.posts.retry(&w.owner, d.id, false).await.unwrap_err();
+        assert!(e.message.contains("confirm_not_posted"), "{e}");
+        let resolved = w.posts.resolve(&w.owner, d.id, true, Some("https://t.me/herald_news/1".into())).await.unwrap();
+        assert_eq!(resolved.state, PostState::Published);
+
+        // The platform rejects the content: failed with its words; a retry after a fix works.
+        tg.fail_next_on("sendMessage", Failure::Named("chat_not_found"));
+        let (bad, _) = w.posts.create(&w.owner, post("to nowhere", &[tg_conn]), None).await.unwrap();
+        let done = w.wait(bad.id, finished).await;
+        assert_eq!(done.state, PostState::Failed);
+        assert_eq!(done.deliveries[0].last_error_class.as_deref(), Some("invalid"));
+        let retried = w.posts.retry(&w.owner, done.deliveries[0].id, false).await.unwrap();
+        assert_ne!(retried.deliveries[0].state, DeliveryState::Failed);
+        let done = w.wait(bad.id, finished).await;
+        assert_eq!(done.state, PostState::Published, "{done:#?}");
+
+        // The token is revoked: the delivery waits (not failed) and the connection needs re-auth.
+        let new_token = "123456:AAHerald-new-token_0123456789abcdefghij";
+        tg.data().token = new_token.into();
+        let (waits, _) = w.posts.create(&w.owner, post("after the fix", &[tg_conn]), None).await.unwrap();
+        let v = w.wait(waits.id, |v| v.deliveries[0].attempt_log.iter().any(|a| a.outcome == "auth")).await;
+        assert_eq!(v.deliveries[0].state, DeliveryState::Pending);
+        assert_eq!(w.connections.get(w.team, tg_conn).await.unwrap().status, herald_connections::Status::NeedsReauth);
+        w.stop().await;
+    })
+    .await;
+}
