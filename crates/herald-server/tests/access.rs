@@ -34,6 +34,21 @@ async fn receiver() -> String {
         .clone()
 }
 
+thread_local! {
+    /// The connection posts go to in the running test (each test runs on its own thread).
+    static POST_TARGET: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn set_post_target(id: &str) {
+    POST_TARGET.with(|t| *t.borrow_mut() = Some(id.to_string()));
+}
+
+/// A post to the test's connection, scheduled far ahead so nothing is sent.
+fn post_body() -> Value {
+    let target = POST_TARGET.with(|t| t.borrow().clone()).expect("set_post_target first");
+    json!({"text": "hello", "targets": [{"connection_id": target}], "schedule_at": "2099-01-01T09:00:00Z"})
+}
+
 fn connection_body() -> Value {
     json!({"platform": "webhook", "name": "hook", "credentials": {}, "settings": {"url": RECEIVER.get().expect("receiver() first")}})
 }
@@ -72,6 +87,13 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("GET", "/connections" | "/connections/{connection_id}") => Some(Action::Read),
         ("POST", "/connections") | ("PATCH" | "DELETE", "/connections/{connection_id}") => Some(Action::ManageConnections),
         ("POST", "/connections/{connection_id}/test") => Some(Action::Publish),
+        ("GET", "/posts" | "/posts/{post_id}") => Some(Action::Read),
+        // Publishing needs `publish`; a draft or an edit needs `write_content` (tested in posts.rs).
+        ("POST", "/posts" | "/posts/{post_id}/cancel" | "/deliveries/{delivery_id}/retry" | "/deliveries/{delivery_id}/resolve") => {
+            Some(Action::Publish)
+        }
+        ("PATCH", "/posts/{post_id}") => Some(Action::WriteContent),
+        ("DELETE", "/posts/{post_id}") => Some(Action::DeleteContent),
         ("PATCH", "/teams/{team_id}") => Some(Action::ManageTeam),
         _ => return None,
     };
@@ -89,6 +111,11 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/connections") => Some(connection_body()),
         ("PATCH", "/connections/{connection_id}") => Some(json!({"name": "renamed"})),
         ("POST", "/connections/{connection_id}/test") => None,
+        ("POST", "/posts") => Some(post_body()),
+        ("PATCH", "/posts/{post_id}") => Some(json!({"text": "edited"})),
+        ("POST", "/posts/{post_id}/cancel") => None,
+        ("POST", "/deliveries/{delivery_id}/retry") => Some(json!({"confirm_not_posted": true})),
+        ("POST", "/deliveries/{delivery_id}/resolve") => Some(json!({"published": false})),
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }
@@ -121,8 +148,15 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         let (s, conn) = app.post(&b, "/connections", connection_body()).await;
         assert_eq!(s, 201, "{conn}");
         let b_connection = conn["id"].as_str().unwrap().to_string();
+        set_post_target(&b_connection);
+        let (s, post) = app.post(&b, "/posts", post_body()).await;
+        assert_eq!(s, 201, "{post}");
+        let b_post = post["id"].as_str().unwrap().to_string();
+        let b_delivery = post["deliveries"][0]["id"].as_str().unwrap().to_string();
         let ids: BTreeMap<&str, String> = [
             ("team_id", team_b.to_string()),
+            ("post_id", b_post.clone()),
+            ("delivery_id", b_delivery.clone()),
             ("user_id", b_member.to_string()),
             ("invite_id", b_invite.clone()),
             ("key_id", b_key_id.clone()),
@@ -162,6 +196,8 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         assert_eq!(sessions.as_array().unwrap().len(), 1);
         let (_, conn) = app.get(&b, &format!("/connections/{b_connection}")).await;
         assert_eq!(conn["name"], "hook");
+        let (_, post) = app.get(&b, &format!("/posts/{b_post}")).await;
+        assert_eq!((post["state"].as_str(), post["content"]["text"].as_str()), (Some("scheduled"), Some("hello")));
     })
     .await;
 }
@@ -177,6 +213,9 @@ async fn role_matrix_every_role_against_every_guarded_route() {
             callers.push((role, app.member(&owner, &format!("m{i}@example.com"), role).await.0));
             callers.push((role, app.key(team, role).await));
         }
+        let (s, conn) = app.post(&owner, "/connections", connection_body()).await;
+        assert_eq!(s, 201, "{conn}");
+        set_post_target(conn["id"].as_str().unwrap());
         let mut n = 0;
         for (method, path) in operations() {
             let Some(Some(action)) = required(&method, &path) else { continue };
@@ -197,6 +236,20 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                     "/invites/{invite_id}" => app.post(&owner, "/invites", json!({"role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
                     "/api-keys/{key_id}" => app.post(&owner, "/api-keys", json!({"name": "t", "role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
                     "/teams/{team_id}" => team.to_string(),
+                    "/posts/{post_id}" | "/posts/{post_id}/cancel" => {
+                        let (s, p) = app.post(&owner, "/posts", post_body()).await;
+                        assert_eq!(s, 201, "{p}");
+                        p["id"].as_str().unwrap().to_string()
+                    }
+                    "/deliveries/{delivery_id}/retry" | "/deliveries/{delivery_id}/resolve" => {
+                        let (s, p) = app.post(&owner, "/posts", post_body()).await;
+                        assert_eq!(s, 201, "{p}");
+                        let d: Uuid = p["deliveries"][0]["id"].as_str().unwrap().parse().unwrap();
+                        let mut tx = app.db.begin().await.unwrap();
+                        herald_store::exec!(tx, "UPDATE deliveries SET state = 'unconfirmed' WHERE id = $1", d).unwrap();
+                        tx.commit().await.unwrap();
+                        d.to_string()
+                    }
                     "/connections/{connection_id}" | "/connections/{connection_id}/test" => {
                         let (s, c) = app.post(&owner, "/connections", connection_body()).await;
                         assert_eq!(s, 201, "{c}");
