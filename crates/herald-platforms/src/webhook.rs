@@ -27,6 +27,9 @@ struct Settings {
     url: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Requests per second the receiver takes (default 5, burst twice that): a user's own
+    /// receiver may take far more.
+    rate_per_second: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +244,7 @@ impl Adapter for Webhook {
     fn pacing(&self, conn: &Connection) -> Option<Pacing> {
         let s: Settings = crate::settings(&conn.settings, "webhook").ok()?;
         let host = host(&s.url).unwrap_or_else(|| conn.id.to_string());
-        Some(Pacing { bucket: format!("webhook:{host}"), capacity: 10.0, per_second: 5.0 })
+        let rate = s.rate_per_second.filter(|r| r.is_finite() && *r > 0.0).unwrap_or(5.0);
+        Some(Pacing { bucket: format!("webhook:{host}"), capacity: (rate * 2.0).max(1.0), per_second: rate })
     }
 }

@@ -18,6 +18,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> Result<(), Exit> {
     match command {
         BenchCommand::Queue(args) => bench_queue(args).await,
         BenchCommand::Serve => bench_serve(config).await,
+        BenchCommand::Deliveries(args) => crate::bench_deliveries::run(args).await,
     }
 }
 
@@ -168,7 +169,7 @@ async fn drain(db: &Db, jobs: usize, workers: usize) -> anyhow::Result<QueueResu
     })
 }
 
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     status_kb(std::process::id(), "VmHWM:") / 1024.0
 }
 
@@ -180,12 +181,7 @@ fn status_kb(pid: u32, field: &str) -> f64 {
 }
 
 async fn bench_queue(args: BenchQueueArgs) -> Result<(), Exit> {
-    let backends: Vec<&str> = match args.backend.as_str() {
-        "all" => vec!["sqlite", "postgres"],
-        "sqlite" => vec!["sqlite"],
-        "postgres" => vec!["postgres"],
-        other => return Err(Exit::Config(format!("--backend `{other}`: use sqlite, postgres or all"))),
-    };
+    let backends = backends(&args.backend)?;
     println!(
         "herald bench queue: {} no-op jobs, {} at once, enqueued 500 per transaction while workers drain",
         args.jobs, args.workers
@@ -195,29 +191,7 @@ async fn bench_queue(args: BenchQueueArgs) -> Result<(), Exit> {
         "backend", "jobs/s", "enqueue/s", "ceiling commits/s", "ratio", "wait p50", "wait p99", "peak RSS"
     );
     for backend in backends {
-        let (db, cleanup): (Db, Box<dyn FnOnce() -> futures_cleanup::Cleanup>) = match backend {
-            "sqlite" => {
-                let dir = scratch_dir("herald-bench");
-                let db = Db::connect(&DatabaseUrl::sqlite(dir.join("bench.db")), &StoreOptions::default()).await?;
-                (db, Box::new(move || futures_cleanup::Cleanup::Dir(dir)))
-            }
-            _ => {
-                <sqlx::PgConnection as sqlx::Connection>::connect(&args.postgres_url).await.map_err(|e| {
-                    Exit::Config(format!(
-                        "cannot reach PostgreSQL at {} for the bench: {e}",
-                        DatabaseUrl::parse(&args.postgres_url).map(|u| u.redacted()).unwrap_or_default()
-                    ))
-                })?;
-                let (url, name) = create_postgres_database(&args.postgres_url).await;
-                let db = Db::connect(
-                    &DatabaseUrl::parse(&url)?,
-                    &StoreOptions { max_connections: 20, ..Default::default() },
-                )
-                .await?;
-                let admin = args.postgres_url.clone();
-                (db, Box::new(move || futures_cleanup::Cleanup::Pg(admin, name)))
-            }
-        };
+        let (db, cleanup) = bench_db(backend, &args.postgres_url).await?;
         db.migrate().await?;
         let ceiling = commit_ceiling(&db, args.workers.min(64), args.ceiling_secs).await?;
         let r = drain(&db, args.jobs, args.workers).await?;
@@ -233,12 +207,7 @@ async fn bench_queue(args: BenchQueueArgs) -> Result<(), Exit> {
             peak_rss_mb()
         );
         db.close().await;
-        match cleanup() {
-            futures_cleanup::Cleanup::Dir(d) => {
-                let _ = std::fs::remove_dir_all(d);
-            }
-            futures_cleanup::Cleanup::Pg(admin, name) => drop_postgres_database(&admin, &name).await,
-        }
+        cleanup.run().await;
     }
     println!(
         "ceiling: one-row INSERT then DELETE, each its own commit, from min(workers, 64) clients, on the same database"
@@ -247,10 +216,55 @@ async fn bench_queue(args: BenchQueueArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-mod futures_cleanup {
-    pub enum Cleanup {
-        Dir(std::path::PathBuf),
-        Pg(String, String),
+/// What to remove after a bench: its SQLite directory or its PostgreSQL database.
+pub(crate) enum Cleanup {
+    Dir(std::path::PathBuf),
+    Pg(String, String),
+}
+
+impl Cleanup {
+    pub(crate) async fn run(self) {
+        match self {
+            Cleanup::Dir(d) => {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Cleanup::Pg(admin, name) => drop_postgres_database(&admin, &name).await,
+        }
+    }
+}
+
+/// A fresh, migrated database for one bench run on `backend` (`sqlite` or `postgres`).
+pub(crate) async fn bench_db(backend: &str, postgres_url: &str) -> Result<(Db, Cleanup), Exit> {
+    let (db, cleanup) = match backend {
+        "sqlite" => {
+            let dir = scratch_dir("herald-bench");
+            let db = Db::connect(&DatabaseUrl::sqlite(dir.join("bench.db")), &StoreOptions::default()).await?;
+            (db, Cleanup::Dir(dir))
+        }
+        _ => {
+            <sqlx::PgConnection as sqlx::Connection>::connect(postgres_url).await.map_err(|e| {
+                Exit::Config(format!(
+                    "cannot reach PostgreSQL at {} for the bench: {e}",
+                    DatabaseUrl::parse(postgres_url).map(|u| u.redacted()).unwrap_or_default()
+                ))
+            })?;
+            let (url, name) = create_postgres_database(postgres_url).await;
+            let db =
+                Db::connect(&DatabaseUrl::parse(&url)?, &StoreOptions { max_connections: 20, ..Default::default() })
+                    .await?;
+            (db, Cleanup::Pg(postgres_url.to_string(), name))
+        }
+    };
+    db.migrate().await?;
+    Ok((db, cleanup))
+}
+
+pub(crate) fn backends(which: &str) -> Result<Vec<&'static str>, Exit> {
+    match which {
+        "all" => Ok(vec!["sqlite", "postgres"]),
+        "sqlite" => Ok(vec!["sqlite"]),
+        "postgres" => Ok(vec!["postgres"]),
+        other => Err(Exit::Config(format!("--backend `{other}`: use sqlite, postgres or all"))),
     }
 }
 

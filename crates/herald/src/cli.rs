@@ -273,6 +273,28 @@ pub enum BenchCommand {
     Queue(BenchQueueArgs),
     /// Time `herald serve` from start to ready on a fresh data dir, and its idle memory.
     Serve,
+    /// Posts × targets through the whole delivery pipeline against a local webhook receiver,
+    /// beside a bare HTTP client sending the same requests.
+    Deliveries(BenchDeliveriesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchDeliveriesArgs {
+    /// Posts to create.
+    #[arg(long, default_value_t = 2_000)]
+    pub posts: usize,
+    /// Targets (connections) per post.
+    #[arg(long, default_value_t = 5)]
+    pub targets: usize,
+    /// Deliveries run at once.
+    #[arg(long, default_value_t = 256)]
+    pub workers: usize,
+    /// sqlite, postgres or all.
+    #[arg(long, default_value = "all")]
+    pub backend: String,
+    /// A PostgreSQL server to create the bench database on.
+    #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_url: String,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 
 mod admin;
 mod bench;
+mod bench_deliveries;
 mod cli;
 mod config;
 mod connections;

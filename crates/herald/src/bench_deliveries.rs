@@ -1,0 +1,274 @@
+//! `herald bench deliveries`: posts × targets through the whole pipeline (create with validation,
+//! the post/delivery/job commit, the queue, the delivery job with its in-flight marks, the webhook
+//! adapter's signing, the HTTP call, and the outcome commit) against a local receiver with
+//! keep-alive, beside the ceiling: a bare HTTP client loop sending the same number of requests to
+//! the same receiver with the same concurrency.
+
+use crate::Exit;
+use crate::bench::{backends, bench_db, peak_rss_mb};
+use crate::cli::BenchDeliveriesArgs;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use herald_accounts::{Accounts, AccountsConfig, Actor, Client, Principal};
+use herald_connections::{Connections, NewConnection};
+use herald_core::TeamRole;
+use herald_http::guard::{Cidr, GuardConfig};
+use herald_http::{HttpClient, SafeClient};
+use herald_platforms::Net;
+use herald_posts::{DeliveryHandler, NewPost, Posts, TargetInput, Thread};
+use herald_queue::{Queue, Registry, Runner, RunnerConfig};
+use herald_vault::{MasterKey, Vault};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The receiver: answers every POST at once and notes when each webhook-id arrived.
+#[derive(Default)]
+struct Seen {
+    count: AtomicUsize,
+    arrivals: Mutex<HashMap<String, Instant>>,
+}
+
+async fn receive(State(seen): State<Arc<Seen>>, headers: HeaderMap) -> axum::Json<serde_json::Value> {
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    seen.count.fetch_add(1, Ordering::Relaxed);
+    if !id.is_empty() {
+        seen.arrivals.lock().expect("arrivals").insert(id.clone(), Instant::now());
+    }
+    axum::Json(json!({ "id": id }))
+}
+
+async fn start_receiver() -> anyhow::Result<(String, Arc<Seen>)> {
+    let seen = Arc::new(Seen::default());
+    let app = axum::Router::new().route("/hook/{n}", axum::routing::post(receive)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, seen))
+}
+
+/// User and system CPU time of this process so far.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+struct Measured {
+    per_sec: f64,
+    cpu_per: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// The same number of requests, the same body size and concurrency, from a bare client loop.
+async fn ceiling(url: &str, n: usize, concurrency: usize) -> anyhow::Result<Measured> {
+    let http = HttpClient::trusted()?;
+    let body = json!({"type": "post.published", "timestamp": "2026-12-01T00:00:00Z",
+        "data": {"text": "Benchmark post with some text in it, much like a real one", "link": null, "media": [], "idempotency_key": "herald-0"}});
+    let left = Arc::new(AtomicUsize::new(n));
+    let (cpu0, start) = (cpu(), Instant::now());
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, left, body, url) = (http.clone(), left.clone(), body.clone(), format!("{url}/hook/0"));
+        tasks.push(tokio::spawn(async move {
+            while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1)).is_ok() {
+                let r = http.post(&url).header("webhook-id", "x").json(&body).send().await?;
+                r.bytes().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    Ok(Measured {
+        per_sec: n as f64 / elapsed.as_secs_f64(),
+        cpu_per: (cpu() - cpu0) / n as u32,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+    })
+}
+
+async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &Arc<Seen>) -> Result<Measured, Exit> {
+    let (db, cleanup) = bench_db(backend, &args.postgres_url).await?;
+    let accounts = Accounts::new(db.clone(), Vault::new(&[MasterKey::generate()]), AccountsConfig::default());
+    let mut tx = db.begin().await.map_err(|e| Exit::Failure(e.into()))?;
+    let (user, team) = accounts
+        .create_user(&mut tx, "bench@example.com", "Bench", "bench-password-1", false)
+        .await
+        .map_err(|e| Exit::Failure(anyhow::anyhow!("{e}")))?;
+    tx.commit().await.map_err(|e| Exit::Failure(e.into()))?;
+    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").expect("cidr")], allow_ports: vec![] };
+    let net = Net::new(
+        HttpClient::trusted().map_err(|e| Exit::Failure(e.into()))?,
+        SafeClient::new(guard).map_err(|e| Exit::Failure(e.into()))?,
+    );
+    let connections = Connections::new(accounts.clone(), net);
+    let mut targets = Vec::new();
+    for i in 0..args.targets {
+        let new = NewConnection {
+            platform: "webhook".into(),
+            name: Some(format!("receiver {i}")),
+            credentials: json!({}),
+            settings: json!({"url": format!("{url}/hook/{i}"), "rate_per_second": 1_000_000.0}),
+        };
+        let c = connections
+            .create_in(team, &Actor::system(), new)
+            .await
+            .map_err(|e| Exit::Failure(anyhow::anyhow!("{e}")))?;
+        targets.push(c.id);
+    }
+    let queue = Queue::new(db.clone());
+    let posts = Posts::new(accounts, connections, queue.clone());
+    let mut registry = Registry::default();
+    registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(posts.clone()));
+    let config = RunnerConfig {
+        worker_id: "bench".into(),
+        queues: vec![("default".into(), args.workers)],
+        batch_size: 500,
+        poll_interval: Duration::from_millis(20),
+        ..RunnerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(Runner::new(queue, registry, config).run(stop.clone()));
+    let owner = Principal {
+        user_id: Some(user.id),
+        key_id: None,
+        session_id: None,
+        label: "bench".into(),
+        is_admin: false,
+        team: Some((team, TeamRole::Owner)),
+        needs_2fa_enrolment: false,
+        client: Client::default(),
+    };
+    let before = seen.count.load(Ordering::Relaxed);
+    seen.arrivals.lock().expect("arrivals").clear();
+    let n = args.posts * args.targets;
+    let committed = Arc::new(Mutex::new(HashMap::with_capacity(n)));
+    let (cpu0, start) = (cpu(), Instant::now());
+    // Posts arrive from several clients at once, as from an API.
+    let creators = 8.min(args.posts.max(1));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..creators {
+        let (posts, owner, targets, next, committed, total) =
+            (posts.clone(), owner.clone(), targets.clone(), next.clone(), committed.clone(), args.posts);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let new = NewPost {
+                    text: "Benchmark post with some text in it, much like a real one".into(),
+                    link: None,
+                    options: None,
+                    thread: Thread::default(),
+                    targets: targets
+                        .iter()
+                        .map(|c| TargetInput { connection_id: *c, text: None, options: None })
+                        .collect(),
+                    schedule_at: None,
+                    timezone: None,
+                    draft: false,
+                    campaign: None,
+                    tags: vec![],
+                };
+                let (post, _) = posts.create(&owner, new, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let at = Instant::now();
+                let mut c = committed.lock().expect("committed");
+                for d in post.deliveries {
+                    c.insert(herald_platforms::idempotency_key(d.id), at);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| Exit::Failure(e.into()))?.map_err(Exit::Failure)?;
+    }
+    // Done means recorded: every delivery published in the database.
+    loop {
+        let published: i64 = herald_store::on_read!(db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'published'").fetch_one(c).await)
+        .map_err(|e| Exit::Failure(e.into()))?;
+        if published as usize >= n {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(Exit::Failure(anyhow::anyhow!(
+                "only {published} of {n} deliveries were published in 10 minutes"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed();
+    let cpu_used = cpu() - cpu0;
+    stop.cancel();
+    let _ = runner.await;
+    let received = seen.count.load(Ordering::Relaxed) - before;
+    if received != n {
+        return Err(Exit::Failure(anyhow::anyhow!("the receiver got {received} requests for {n} deliveries")));
+    }
+    let committed = committed.lock().expect("committed");
+    let arrivals = seen.arrivals.lock().expect("arrivals");
+    let mut lat: Vec<Duration> =
+        arrivals.iter().filter_map(|(k, at)| committed.get(k).map(|c| at.saturating_duration_since(*c))).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
+    db.close().await;
+    cleanup.run().await;
+    Ok(Measured {
+        per_sec: n as f64 / elapsed.as_secs_f64(),
+        cpu_per: cpu_used / n as u32,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    })
+}
+
+pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
+    let backends = backends(&args.backend)?;
+    let (url, seen) = start_receiver().await.map_err(Exit::Failure)?;
+    let n = args.posts * args.targets;
+    println!(
+        "herald bench deliveries: {} posts x {} webhook targets = {n} deliveries, {} at once, against a local receiver",
+        args.posts, args.targets, args.workers
+    );
+    let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
+    println!(
+        "{:<9} {:>12} {:>14} {:>7} {:>12} {:>12} {:>12} {:>9}",
+        "backend", "deliveries/s", "ceiling req/s", "ratio", "CPU/delivery", "commit→req", "p99", "peak RSS"
+    );
+    for backend in backends {
+        let r = pipeline(backend, &args, &url, &seen).await?;
+        println!(
+            "{:<9} {:>12.0} {:>14.0} {:>6.2}x {:>10.3}ms {:>10.1}ms {:>10.1}ms {:>7.0}MB",
+            backend,
+            r.per_sec,
+            c.per_sec,
+            r.per_sec / c.per_sec,
+            r.cpu_per.as_secs_f64() * 1000.0,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p99.as_secs_f64() * 1000.0,
+            peak_rss_mb()
+        );
+    }
+    println!(
+        "ceiling: the same number of POSTs from a bare keep-alive client loop with the same concurrency ({:.3} ms CPU each, \
+         receiver included)",
+        c.cpu_per.as_secs_f64() * 1000.0
+    );
+    println!(
+        "CPU/delivery: this whole process (creating posts, the queue, the worker, the receiver) over the run; \
+         commit→req: from a post's commit to its request reaching the receiver"
+    );
+    Ok(())
+}
