@@ -220,9 +220,16 @@ pub const REGISTRY: &[Platform] = &[
         id: "nostr",
         name: "Nostr",
         auth: AuthKind::PrivateKey,
-        capabilities: caps(false, false, false, true, false, true),
+        capabilities: caps(true, true, false, true, false, true),
         text: None,
-        media: NO_MEDIA,
+        // Linked by URL (NIP-92 `imeta`), not uploaded: the limits are what clients will load.
+        media: MediaLimit {
+            max_items: 10,
+            max_image_bytes: 50 * MIB,
+            max_video_bytes: 200 * MIB,
+            image_types: IMAGES,
+            video_types: VIDEOS,
+        },
         idempotency: "content-addressed event id",
     },
     Platform {
@@ -253,9 +260,16 @@ pub const REGISTRY: &[Platform] = &[
         id: "email",
         name: "Email",
         auth: AuthKind::Smtp,
-        capabilities: caps(false, false, false, false, false, false),
+        capabilities: caps(true, true, false, false, false, false),
         text: None,
-        media: NO_MEDIA,
+        // Attachments: mail servers commonly cap a whole message near 25 MB after base64.
+        media: MediaLimit {
+            max_items: 10,
+            max_image_bytes: 20 * MIB,
+            max_video_bytes: 20 * MIB,
+            image_types: IMAGES,
+            video_types: VIDEOS,
+        },
         idempotency: "Message-ID",
     },
 ];

@@ -259,6 +259,16 @@ pub struct Mail {
     pub message_id: Option<String>,
     /// The Message-ID this mail answers (without angle brackets): In-Reply-To and References.
     pub in_reply_to: Option<String>,
+    /// Files sent with the mail; the mail becomes multipart/mixed.
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file attached to a mail, sent base64-encoded.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub filename: String,
+    pub mime: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Mail {
@@ -271,6 +281,7 @@ impl Mail {
             text: text.into(),
             html: None,
             message_id: None,
+            attachments: Vec::new(),
             in_reply_to: None,
         }
     }
@@ -597,20 +608,54 @@ fn render_mail(mail: &Mail, eight_bit: bool) -> String {
         let (encoding, body) = encode_body(text, eight_bit);
         format!("Content-Type: text/{kind}; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n{body}")
     };
-    match &mail.html {
-        None => out.push_str(&part("plain", &mail.text)),
+    // Boundaries are unguessable (v7 is mostly random), so they cannot occur in any part.
+    let boundary = || format!("=_herald_{}", uuid::Uuid::now_v7().simple());
+    let body = match &mail.html {
+        None => part("plain", &mail.text),
         Some(html) => {
-            // Unguessable (v7 is mostly random), so it cannot occur in either part.
-            let boundary = format!("=_herald_{}", uuid::Uuid::now_v7().simple());
-            out.push_str(&format!("Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n"));
+            let b = boundary();
             // The CRLF before a delimiter belongs to it (RFC 2046 5.1.1), hence one more per part.
-            out.push_str(&format!("--{boundary}\r\n{}\r\n", part("plain", &mail.text)));
-            out.push_str(&format!("--{boundary}\r\n{}\r\n", part("html", html)));
-            out.push_str(&format!("--{boundary}--\r\n"));
+            format!(
+                "Content-Type: multipart/alternative; boundary=\"{b}\"\r\n\r\n--{b}\r\n{}\r\n--{b}\r\n{}\r\n--{b}--\r\n",
+                part("plain", &mail.text),
+                part("html", html)
+            )
         }
+    };
+    if mail.attachments.is_empty() {
+        out.push_str(&body);
+    } else {
+        let b = boundary();
+        out.push_str(&format!("Content-Type: multipart/mixed; boundary=\"{b}\"\r\n\r\n--{b}\r\n{body}\r\n"));
+        for a in &mail.attachments {
+            out.push_str(&format!("--{b}\r\n{}\r\n", attachment_part(a)));
+        }
+        out.push_str(&format!("--{b}--\r\n"));
     }
     // Dot-stuffing (RFC 5321 4.5.2); no line of the message starts it, headers included.
     out.replace("\r\n.", "\r\n..")
+}
+
+/// An attachment's MIME part: base64 in 76-character lines, and a file name reduced to printable
+/// ASCII so it cannot break the header.
+fn attachment_part(a: &Attachment) -> String {
+    use base64::Engine;
+    let name: String = a
+        .filename
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | ';') || c == ' ' { c } else { '_' })
+        .take(100)
+        .collect();
+    let name = if name.trim().is_empty() { "attachment".to_string() } else { name };
+    let mime: String =
+        a.mime.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '+' | '-')).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&a.bytes);
+    let lines: Vec<&str> = b64.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+    format!(
+        "Content-Type: {mime}; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}",
+        lines.join("\r\n")
+    )
 }
 
 /// A body with CRLF line ends and its transfer encoding: 7bit for short ASCII lines, 8bit for

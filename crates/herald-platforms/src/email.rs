@@ -22,6 +22,8 @@ use unicode_segmentation::UnicodeSegmentation;
 pub struct Email;
 
 pub const MAX_RECIPIENTS: usize = 50;
+/// Media go as attachments; past about 20 MB (before base64) many servers refuse the mail.
+pub const MAX_ATTACHMENT_BYTES: usize = 20 << 20;
 /// The longest subject taken from the text's first line (RFC 5322's recommended line length).
 pub const SUBJECT_CHARS: usize = 78;
 /// SMTP's own ports. The guard lets a user-chosen name reach only 80 and 443 unless the operator
@@ -211,11 +213,12 @@ impl Adapter for Email {
     }
 
     async fn publish(&self, net: &Net, conn: &Connection, post: &Outgoing) -> Result<Published, PlatformError> {
-        if !post.media.is_empty() {
-            return Err(PlatformError::invalid(
-                "email takes no attachments yet; publish this post without media to email connections",
-            )
-            .code("media_unsupported"));
+        let total: usize = post.media.iter().map(|m| m.bytes.len()).sum();
+        if total > MAX_ATTACHMENT_BYTES {
+            return Err(PlatformError::invalid(format!(
+                "the attachments come to {total} bytes; mail servers commonly refuse more than {MAX_ATTACHMENT_BYTES}"
+            ))
+            .code("media_size"));
         }
         let server = server(conn)?;
         let s = settings(&conn.settings)?;
@@ -231,6 +234,15 @@ impl Adapter for Email {
             mail.bcc = s.to;
         }
         mail.message_id = Some(id.clone());
+        mail.attachments = post
+            .media
+            .iter()
+            .map(|m| herald_mail::Attachment {
+                filename: m.filename.clone(),
+                mime: m.mime.clone(),
+                bytes: m.bytes.to_vec(),
+            })
+            .collect();
         mail.html = post.option_str("html").filter(|h| !h.trim().is_empty()).map(str::to_string);
         mail.in_reply_to = post.reply_to.as_deref().map(|r| r.trim().trim_matches(['<', '>']).to_string());
         let tcp = dial(net, &server).await?;

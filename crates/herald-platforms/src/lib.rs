@@ -87,6 +87,8 @@ pub struct Media {
     pub filename: String,
     pub bytes: bytes::Bytes,
     pub alt: Option<String>,
+    /// A public URL of the file, for platforms that link media instead of uploading it (Nostr).
+    pub url: Option<String>,
 }
 
 /// What to publish to one connection.

@@ -144,8 +144,33 @@ fn clean(s: &str) -> String {
 /// reply tag, and a `t` tag per hashtag.
 pub fn note(keys: &Keys, post: &Outgoing) -> Result<Event, PlatformError> {
     let link = post.link.as_deref().map(str::trim).filter(|l| !l.is_empty());
-    let content = post.text_with_link().trim_end().to_string();
+    let mut content = post.text_with_link().trim_end().to_string();
     let mut tags: Vec<Vec<String>> = Vec::new();
+    // Media travel by URL: each on its own line (clients show it inline) with a NIP-92 `imeta` tag.
+    for m in &post.media {
+        let url = m
+            .url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+            .ok_or_else(|| {
+                PlatformError::invalid(
+                "Nostr notes link media by URL, and this file has none; set HERALD_PUBLIC_URL so Herald can serve it",
+            )
+            .code("media_url")
+            })?;
+        if !content.contains(url) {
+            if !content.is_empty() {
+                content.push('\n');
+            }
+            content.push_str(url);
+        }
+        let mut imeta = vec![format!("url {url}"), format!("m {}", m.mime)];
+        if let Some(alt) = m.alt.as_deref().filter(|a| !a.trim().is_empty()) {
+            imeta.push(format!("alt {}", clean(alt)));
+        }
+        tags.push(std::iter::once("imeta".to_string()).chain(imeta).collect());
+    }
     if let Some(parent) = post.reply_to.as_deref().filter(|p| !p.is_empty()) {
         tags.push(vec!["e".into(), event_id_hex(parent)?, String::new(), "reply".into()]);
     }
@@ -416,9 +441,6 @@ impl Nostr {
         let relays = relays(&settings)?;
         let creds: Creds = conn.credentials.parse("Nostr")?;
         let keys = Keys::parse(&creds.secret_key)?;
-        if !post.media.is_empty() {
-            return Err(PlatformError::invalid("Nostr notes carry no media through Herald").code("media_count"));
-        }
         let event = note(&keys, post)?;
         if event.content.trim().is_empty() {
             return Err(PlatformError::invalid("the post has no text or link").code("empty_post"));

@@ -37,6 +37,7 @@ fn image(alt: &str) -> Media {
         filename: "dot.png".into(),
         bytes: bytes::Bytes::from_static(PNG),
         alt: Some(alt.into()),
+        url: None,
     }
 }
 

@@ -42,6 +42,7 @@ fn image(name: &str, bytes: &'static [u8], alt: Option<&str>) -> Media {
         filename: name.into(),
         bytes: bytes::Bytes::from_static(bytes),
         alt: alt.map(str::to_string),
+        url: None,
     }
 }
 

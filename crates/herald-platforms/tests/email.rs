@@ -363,20 +363,51 @@ async fn a_lost_answer_after_the_message_is_an_unknown_outcome() {
 }
 
 #[tokio::test]
-async fn media_are_refused_before_connecting() {
+async fn images_go_as_base64_attachments() {
     let smtp = smtpd(Data::Accept).await;
     let mut post = Outgoing::text("with a picture", key());
+    let png: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     post.media.push(Media {
         kind: MediaKind::Image,
         mime: "image/png".into(),
-        filename: "a.png".into(),
-        bytes: Bytes::from_static(b"\x89PNG"),
+        filename: "chart \"q3\".png".into(),
+        bytes: Bytes::from(png.clone()),
         alt: None,
+        url: None,
     });
-    let e = Email.publish(&common::net(), &smtp.conn(settings()), &post).await.unwrap_err();
-    assert_eq!(e.class, ErrorClass::Invalid);
-    assert!(e.message.contains("no attachments"), "{e}");
-    assert!(smtp.sessions().is_empty());
+    Email.publish(&common::net(), &smtp.conn(settings()), &post).await.unwrap();
+    let raw = smtp.sessions()[0].message();
+    assert!(raw.contains("Content-Type: multipart/mixed; boundary="), "{raw}");
+    assert!(raw.contains("Content-Type: image/png; name=\"chart _q3_.png\""), "quotes cannot break the header: {raw}");
+    assert!(raw.contains("Content-Transfer-Encoding: base64"));
+    // The attachment decodes back to the bytes, in lines of at most 76.
+    let b64: String = raw
+        .split("Content-Transfer-Encoding: base64\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .split("\r\n--")
+        .next()
+        .unwrap()
+        .lines()
+        .inspect(|l| assert!(l.len() <= 76))
+        .collect();
+    use base64::Engine;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap(), png);
+    assert!(raw.contains("with a picture"));
+
+    // Too much for a mail server is refused before connecting.
+    let mut big = Outgoing::text("huge", key());
+    big.media.push(Media {
+        kind: MediaKind::Image,
+        mime: "image/png".into(),
+        filename: "big.png".into(),
+        bytes: Bytes::from(vec![0u8; herald_platforms::email::MAX_ATTACHMENT_BYTES + 1]),
+        alt: None,
+        url: None,
+    });
+    let e = Email.publish(&common::net(), &smtp.conn(settings()), &big).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_deref()), (ErrorClass::Invalid, Some("media_size")));
+    assert_eq!(smtp.sessions().len(), 1);
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn image(alt: Option<&str>) -> Media {
         filename: "cat.png".into(),
         bytes: bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\nfake image"),
         alt: alt.map(str::to_string),
+        url: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn video() -> Media {
         filename: "clip.mp4".into(),
         bytes: bytes::Bytes::from_static(b"\0\0\0\x18ftypmp42 fake video"),
         alt: None,
+        url: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn image(name: &str) -> Media {
         filename: name.into(),
         bytes: bytes::Bytes::from_static(PNG),
         alt: Some("a red dot".into()),
+        url: None,
     }
 }
 

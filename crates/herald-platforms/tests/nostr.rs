@@ -145,6 +145,32 @@ async fn publish_sends_one_signed_note_to_every_relay() {
 }
 
 #[tokio::test]
+async fn media_are_linked_by_url_with_imeta_tags() {
+    let a = fake::start().await;
+    let mut post = Outgoing::text("Look", key());
+    let image = |url: Option<&str>| herald_platforms::Media {
+        kind: herald_platforms::MediaKind::Image,
+        mime: "image/png".into(),
+        filename: "a.png".into(),
+        bytes: bytes::Bytes::from_static(b"png"),
+        alt: Some("a chart".into()),
+        url: url.map(str::to_string),
+    };
+    post.media.push(image(Some("https://media.example.org/a.png")));
+    Nostr::publish_within(&common::net(), &conn(&[&a.url], SECRET), &post, FAST).await.unwrap();
+    let ev = &a.events()[0];
+    assert_signed(ev);
+    assert_eq!(ev["content"], "Look\nhttps://media.example.org/a.png");
+    assert_eq!(ev["tags"], json!([["imeta", "url https://media.example.org/a.png", "m image/png", "alt a chart"]]));
+
+    // A file Herald cannot point to is refused before any relay is asked.
+    post.media = vec![image(None)];
+    let e = Nostr::publish_within(&common::net(), &conn(&[&a.url], SECRET), &post, FAST).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_deref()), (ErrorClass::Invalid, Some("media_url")));
+    assert_eq!(a.events().len(), 1);
+}
+
+#[tokio::test]
 async fn a_retry_rebuilds_the_same_event_and_relays_call_it_a_duplicate() {
     let relay = fake::start().await;
     let net = common::net();

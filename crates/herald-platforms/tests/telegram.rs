@@ -31,6 +31,7 @@ fn image(name: &str, bytes: &[u8]) -> Media {
         filename: name.into(),
         bytes: bytes::Bytes::copy_from_slice(bytes),
         alt: None,
+        url: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn video(name: &str) -> Media {
         filename: name.into(),
         bytes: bytes::Bytes::from_static(b"\0\0\0\x18ftypmp42"),
         alt: None,
+        url: None,
     }
 }
 

@@ -144,6 +144,7 @@ async fn publish_uploads_photos_and_videos_and_attaches_them() {
             filename: "sunset.jpg".into(),
             bytes: bytes::Bytes::from_static(b"\xff\xd8\xff\xe0fake jpeg"),
             alt: Some("A sunset".into()),
+            url: None,
         },
         Media {
             kind: MediaKind::Video,
@@ -151,6 +152,7 @@ async fn publish_uploads_photos_and_videos_and_attaches_them() {
             filename: "clip.mp4".into(),
             bytes: bytes::Bytes::from_static(b"\0\0\0\x18ftypmp42 fake"),
             alt: None,
+            url: None,
         },
     ];
     Vk.publish(&net(&fake), &community(USER_TOKEN), &post).await.unwrap();
@@ -249,6 +251,7 @@ async fn the_upload_servers_own_error_shape_is_understood() {
         filename: "tiny.png".into(),
         bytes: bytes::Bytes::from_static(b"\x89PNG"),
         alt: None,
+        url: None,
     }];
     fake.fail_next_on("/upload/photo", Failure::Named("upload_error"));
     let e = Vk.publish(&net(&fake), &community(USER_TOKEN), &post).await.unwrap_err();
@@ -298,6 +301,7 @@ async fn a_lost_video_save_answer_is_an_unknown_outcome() {
         filename: "clip.mp4".into(),
         bytes: bytes::Bytes::from_static(b"video"),
         alt: None,
+        url: None,
     }];
     fake.fail_next_on("video.save", Failure::AnswerLate(common::TIMEOUT + Duration::from_secs(1)));
     let e = Vk.publish(&net(&fake), &community(USER_TOKEN), &post).await.unwrap_err();

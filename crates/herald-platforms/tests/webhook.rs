@@ -122,6 +122,7 @@ async fn publish_posts_the_event_signed_with_the_delivery_key() {
         filename: "a.png".into(),
         bytes: bytes::Bytes::from_static(b"png bytes"),
         alt: None,
+        url: None,
     }];
     let before = chrono::Utc::now().timestamp();
     let p = Webhook.publish(&common::net(), &c, &post).await.unwrap();

@@ -39,6 +39,7 @@ fn image(name: &str, bytes: &'static [u8]) -> Media {
         filename: name.into(),
         bytes: bytes::Bytes::from_static(bytes),
         alt: None,
+        url: None,
     }
 }
 

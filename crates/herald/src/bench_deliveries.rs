@@ -216,10 +216,11 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     if received != n {
         return Err(Exit::Failure(anyhow::anyhow!("the receiver got {received} requests for {n} deliveries")));
     }
-    let committed = committed.lock().expect("committed");
-    let arrivals = seen.arrivals.lock().expect("arrivals");
-    let mut lat: Vec<Duration> =
-        arrivals.iter().filter_map(|(k, at)| committed.get(k).map(|c| at.saturating_duration_since(*c))).collect();
+    let mut lat: Vec<Duration> = {
+        let committed = committed.lock().expect("committed");
+        let arrivals = seen.arrivals.lock().expect("arrivals");
+        arrivals.iter().filter_map(|(k, at)| committed.get(k).map(|c| at.saturating_duration_since(*c))).collect()
+    };
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default()
