@@ -5,10 +5,12 @@
 //! the commit is resent only where the platform deduplicates, and is `unconfirmed` elsewhere.
 #![forbid(unsafe_code)]
 
+mod media;
 pub mod model;
 mod store;
 pub mod worker;
 
+pub use media::MediaView;
 pub use model::*;
 pub use store::{MAX_ATTEMPTS, PostQuery, Posts};
 pub use worker::{DELIVERY_JOB, DeliveryHandler};

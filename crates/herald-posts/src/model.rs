@@ -104,6 +104,9 @@ pub struct Content {
     pub options: serde_json::Value,
     #[serde(default)]
     pub thread: Thread,
+    /// Media library ids, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<Uuid>,
 }
 
 pub(crate) fn empty() -> serde_json::Value {
@@ -132,6 +135,9 @@ pub struct NewPost {
     pub options: Option<serde_json::Value>,
     #[serde(default)]
     pub thread: Thread,
+    /// Media library ids (`POST /api/v1/media`), in order.
+    #[serde(default)]
+    pub media: Vec<Uuid>,
     pub targets: Vec<TargetInput>,
     /// When to publish: an instant (`2026-03-29T07:00:00Z`), or a wall-clock time in `timezone`
     /// (`2026-03-29T09:00`). Absent: now.
@@ -155,6 +161,7 @@ pub struct PostUpdate {
     #[schema(value_type = Option<Object>)]
     pub options: Option<serde_json::Value>,
     pub thread: Option<Thread>,
+    pub media: Option<Vec<Uuid>>,
     /// A new time; the jobs move with it.
     pub schedule_at: Option<String>,
     pub timezone: Option<String>,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Accounts, Principal, Quota, authorize};
 use herald_connections::{Connections, Loaded};
-use herald_core::platforms::{Content as Checked, Violation, validate};
+use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
 use herald_store::{Db, StoreError, Ts, Tx, exec, on_read, on_tx};
@@ -27,6 +27,7 @@ pub struct Posts {
     pub(crate) accounts: Accounts,
     pub(crate) connections: Connections,
     pub(crate) queue: Queue,
+    pub(crate) media: herald_media::MediaStore,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -227,21 +228,21 @@ pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, E
 }
 
 /// The text a platform will count: the link is appended where the platform has no link cards.
-fn checked(platform: &herald_core::platforms::Platform, c: &Content) -> Checked {
+fn checked(platform: &herald_core::platforms::Platform, c: &Content, media: &[MediaItem]) -> Checked {
     let link = c.link.as_deref().filter(|l| !l.is_empty() && !c.text.contains(*l));
     let text = match link {
         Some(l) if !platform.capabilities.link_card => format!("{}\n\n{l}", c.text.trim_end()),
         _ => c.text.clone(),
     };
-    Checked { text, media: Vec::new() }
+    Checked { text, media: media.to_vec() }
 }
 
 /// The rules `content` breaks on this connection (with its instance's own limits). With thread
 /// splitting on and a platform that takes replies, over-long text is not a violation.
-pub(crate) fn violations(loaded: &Loaded, content: &Content) -> Vec<Violation> {
+pub(crate) fn violations(loaded: &Loaded, content: &Content, media: &[MediaItem]) -> Vec<Violation> {
     let Some(adapter) = herald_platforms::adapter(&loaded.view.platform) else { return Vec::new() };
     let rules = adapter.rules(&loaded.connection);
-    let mut v = validate(&rules, &checked(&rules, content));
+    let mut v = validate(&rules, &checked(&rules, content, media));
     if content.thread.split && rules.capabilities.thread {
         v.retain(|x| !matches!(x.rule, "text_length" | "text_bytes"));
     }
@@ -281,8 +282,8 @@ fn check_content(c: &Content) -> Result<(), Error> {
 }
 
 impl Posts {
-    pub fn new(accounts: Accounts, connections: Connections, queue: Queue) -> Posts {
-        Posts { db: accounts.db().clone(), accounts, connections, queue }
+    pub fn new(accounts: Accounts, connections: Connections, queue: Queue, media: herald_media::MediaStore) -> Posts {
+        Posts { db: accounts.db().clone(), accounts, connections, queue, media }
     }
 
     async fn team_timezone(&self, team: Uuid, given: Option<&str>) -> Result<herald_core::time::Tz, Error> {
@@ -316,6 +317,10 @@ impl Posts {
         post: &Content,
         targets: &[(Uuid, Override)],
     ) -> Result<Vec<Loaded>, Error> {
+        if post.media.len() > 20 {
+            return Err(invalid("media", "at most 20 media per post"));
+        }
+        let media: Vec<MediaItem> = self.media_items(team, &post.media).await?.into_iter().map(|(_, m)| m).collect();
         let mut loaded = Vec::with_capacity(targets.len());
         let mut report = Vec::new();
         for (i, (id, o)) in targets.iter().enumerate() {
@@ -325,7 +330,7 @@ impl Posts {
                 }
                 _ => e,
             })?;
-            let v = violations(&l, &o.resolve(post));
+            let v = violations(&l, &o.resolve(post), &media);
             if !v.is_empty() {
                 report.push(TargetViolations {
                     index: i,
@@ -366,6 +371,7 @@ impl Posts {
             link: new.link.clone().filter(|l| !l.trim().is_empty()),
             options: new.options.clone().unwrap_or_else(empty),
             thread: new.thread,
+            media: new.media.clone(),
         };
         check_content(&content)?;
         let tags = check_tags(&new.tags)?;
@@ -638,6 +644,9 @@ impl Posts {
         }
         if let Some(t) = u.thread {
             content.thread = t;
+        }
+        if let Some(m) = u.media {
+            content.media = m;
         }
         check_content(&content)?;
         let tags = u.tags.as_deref().map(check_tags).transpose()?;

@@ -161,7 +161,10 @@ impl DeliveryHandler {
         let mut conn = loaded.connection.clone();
         while done.len() < parts.len() {
             let i = done.len();
-            let out = outgoing(&d, &content, &parts, i, &done, created_at);
+            let mut out = outgoing(&d, &content, &parts, i, &done, created_at);
+            if i == 0 && !content.media.is_empty() {
+                out.media = self.posts.load_media(d.team_id, &content.media).await.map_err(transient)?;
+            }
             let started = Utc::now();
             let clock = Instant::now();
             let result = adapter.publish(self.posts.connections.net(), &conn, &out).await;

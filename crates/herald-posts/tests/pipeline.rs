@@ -40,7 +40,12 @@ impl World {
         tx.commit().await.unwrap();
         let connections = Connections::new(accounts.clone(), net);
         let queue = Queue::new(db.clone());
-        let posts = Posts::new(accounts, connections.clone(), queue.clone());
+        let posts = Posts::new(
+            accounts,
+            connections.clone(),
+            queue.clone(),
+            herald_media::MediaStore::local(herald_store::testing::scratch_dir("herald-media")),
+        );
         let mut registry = Registry::default();
         registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(posts.clone()));
         let config = RunnerConfig { poll_interval: Duration::from_millis(50), ..RunnerConfig::default() };
@@ -102,6 +107,7 @@ fn post(text: &str, targets: &[Uuid]) -> NewPost {
         link: None,
         options: None,
         thread: Thread::default(),
+        media: vec![],
         targets: targets.iter().map(|c| TargetInput { connection_id: *c, text: None, options: None }).collect(),
         schedule_at: None,
         timezone: None,
@@ -471,6 +477,34 @@ async fn validation_idempotent_creates_threads_and_failures() {
         let v = w.wait(waits.id, |v| v.deliveries[0].attempt_log.iter().any(|a| a.outcome == "auth")).await;
         assert_eq!(v.deliveries[0].state, DeliveryState::Pending);
         assert_eq!(w.connections.get(w.team, tg_conn).await.unwrap().status, herald_connections::Status::NeedsReauth);
+        w.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn media_from_the_library_reach_the_platform() {
+    each_backend(|db| async move {
+        let tg = telegram::start().await;
+        let w = World::new(db, net().with_base("telegram", tg.url.clone())).await;
+        let tg_conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10\0\0\0\x10\x08\x06\0\0\0".to_vec();
+        png.resize(4000, 7);
+        let chunks = futures::stream::iter(
+            png.chunks(1000).map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+        );
+        let m = w.posts.upload(&w.owner, "dot.png", Some("a dot".into()), chunks, 1 << 20).await.unwrap();
+        assert_eq!((m.mime.as_str(), m.width, m.height), ("image/png", Some(16), Some(16)));
+        let mut p = post("a picture", &[tg_conn]);
+        p.media = vec![m.id];
+        let (created, _) = w.posts.create(&w.owner, p, None).await.unwrap();
+        let done = w.wait(created.id, finished).await;
+        assert_eq!(done.state, PostState::Published, "{done:#?}");
+        let sent = tg.data().messages.clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].method, "sendPhoto");
+        assert_eq!(sent[0].upload.as_ref().unwrap().bytes.as_ref(), png.as_slice(), "the stored bytes went out");
         w.stop().await;
     })
     .await;

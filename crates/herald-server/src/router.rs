@@ -52,6 +52,8 @@ pub struct AppState {
     pub accounts: herald_accounts::Accounts,
     pub connections: herald_connections::Connections,
     pub posts: herald_posts::Posts,
+    /// HERALD_MEDIA_MAX_BYTES: the largest upload.
+    pub media_max_bytes: u64,
     /// HERALD_PUBLIC_URL: the origin allowed to send cookie requests, and https makes cookies Secure.
     pub public_url: Option<String>,
     /// SMTP is configured: password-reset links are mailed by a `mail.password_reset` job.

@@ -94,6 +94,9 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         }
         ("PATCH", "/posts/{post_id}") => Some(Action::WriteContent),
         ("DELETE", "/posts/{post_id}") => Some(Action::DeleteContent),
+        ("GET", "/media" | "/media/{media_id}") => Some(Action::Read),
+        ("POST", "/media") => Some(Action::WriteContent),
+        ("DELETE", "/media/{media_id}") => Some(Action::DeleteContent),
         ("PATCH", "/teams/{team_id}") => Some(Action::ManageTeam),
         _ => return None,
     };
@@ -116,6 +119,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/posts/{post_id}/cancel") => None,
         ("POST", "/deliveries/{delivery_id}/retry") => Some(json!({"confirm_not_posted": true})),
         ("POST", "/deliveries/{delivery_id}/resolve") => Some(json!({"published": false})),
+        ("POST", "/media") => None, // multipart: sent by App::upload
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }
@@ -153,10 +157,14 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         assert_eq!(s, 201, "{post}");
         let b_post = post["id"].as_str().unwrap().to_string();
         let b_delivery = post["deliveries"][0]["id"].as_str().unwrap().to_string();
+        let (s, media) = app.upload(&b, "b.png", common::png(10, 10, 100)).await;
+        assert_eq!(s, 201, "{media}");
+        let b_media = media["id"].as_str().unwrap().to_string();
         let ids: BTreeMap<&str, String> = [
             ("team_id", team_b.to_string()),
             ("post_id", b_post.clone()),
             ("delivery_id", b_delivery.clone()),
+            ("media_id", b_media.clone()),
             ("user_id", b_member.to_string()),
             ("invite_id", b_invite.clone()),
             ("key_id", b_key_id.clone()),
@@ -250,6 +258,11 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                         tx.commit().await.unwrap();
                         d.to_string()
                     }
+                    "/media/{media_id}" => {
+                        let (s, m) = app.upload(&owner, "m.png", common::png(10, 10, 100)).await;
+                        assert_eq!(s, 201, "{m}");
+                        m["id"].as_str().unwrap().to_string()
+                    }
                     "/connections/{connection_id}" | "/connections/{connection_id}/test" => {
                         let (s, c) = app.post(&owner, "/connections", connection_body()).await;
                         assert_eq!(s, 201, "{c}");
@@ -262,7 +275,11 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                     _ => path.clone(),
                 };
                 let m = Method::from_bytes(method.as_bytes()).unwrap();
-                let (status, body) = app.call(who, m, &concrete, body_for(&method, &path)).await;
+                let (status, body) = if (method.as_str(), path.as_str()) == ("POST", "/media") {
+                    app.upload(who, "m.png", common::png(10, 10, 100)).await
+                } else {
+                    app.call(who, m, &concrete, body_for(&method, &path)).await
+                };
                 if role.allows(action) {
                     assert!((200..300).contains(&status), "{role} should be allowed {method} {path}: {status} {body}");
                 } else {

@@ -20,11 +20,13 @@ fn migrator(migrations: Vec<Migration>) -> Migrator {
 }
 
 pub(crate) fn sqlite() -> Migrator {
-    migrator(migrations!("sqlite": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections", 4 => "0004_posts"))
+    migrator(
+        migrations!("sqlite": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections", 4 => "0004_posts", 5 => "0005_media"),
+    )
 }
 
 pub(crate) fn postgres() -> Migrator {
     migrator(
-        migrations!("postgres": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections", 4 => "0004_posts"),
+        migrations!("postgres": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections", 4 => "0004_posts", 5 => "0005_media"),
     )
 }

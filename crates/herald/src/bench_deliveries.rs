@@ -129,7 +129,12 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
         targets.push(c.id);
     }
     let queue = Queue::new(db.clone());
-    let posts = Posts::new(accounts, connections, queue.clone());
+    let posts = Posts::new(
+        accounts,
+        connections,
+        queue.clone(),
+        herald_media::MediaStore::local(std::env::temp_dir().join("herald-bench-media")),
+    );
     let mut registry = Registry::default();
     registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(posts.clone()));
     let config = RunnerConfig {
@@ -170,6 +175,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
                     link: None,
                     options: None,
                     thread: Thread::default(),
+                    media: vec![],
                     targets: targets
                         .iter()
                         .map(|c| TargetInput { connection_id: *c, text: None, options: None })

@@ -72,6 +72,9 @@ pub struct Settings {
     /// Comma-separated CIDRs the outgoing-request guard lets through [default: none].
     #[arg(long, env = "HERALD_ALLOW_PRIVATE_NETWORKS", global = true)]
     pub allow_private_networks: Option<String>,
+    /// The largest media upload, e.g. 512MB or 2GB [default: 512MB].
+    #[arg(long, env = "HERALD_MEDIA_MAX_BYTES", global = true)]
+    pub media_max_bytes: Option<String>,
     /// Comma-separated ports, besides 80 and 443, that user-chosen hosts may use [default: none].
     #[arg(long, env = "HERALD_ALLOW_PORTS", global = true)]
     pub allow_ports: Option<String>,

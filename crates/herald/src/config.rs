@@ -42,6 +42,7 @@ struct FileConfig {
     db_max_connections: Option<u32>,
     allow_private_networks: Option<Vec<String>>,
     allow_ports: Option<Vec<u16>>,
+    media_max_bytes: Option<String>,
     /// `platform id -> API base`, like HERALD_<PLATFORM>_API_BASE.
     api_bases: Option<BTreeMap<String, String>>,
     log: Option<String>,
@@ -86,6 +87,8 @@ pub struct Config {
     pub db_max_connections: u32,
     pub allow_private_networks: Vec<String>,
     pub allow_ports: Vec<u16>,
+    /// The largest media upload.
+    pub media_max_bytes: u64,
     /// Operator overrides of platform API bases (trusted configuration, not SSRF-guarded).
     pub api_bases: BTreeMap<String, String>,
     pub log: String,
@@ -251,6 +254,12 @@ impl Config {
             None => None,
         };
         let allow_ports = m.pick("allow_ports", allow_ports, f.allow_ports).unwrap_or_default();
+        let media_max_bytes = match m.pick("media_max_bytes", flags.media_max_bytes.clone(), f.media_max_bytes) {
+            None => 512 << 20,
+            Some(raw) => parse_size(&raw).ok_or_else(|| {
+                bad(format!("media_max_bytes: `{raw}` is not a size; write it like 512MB, 2GB or 1048576"))
+            })?,
+        };
         let mut api_bases = f.api_bases.unwrap_or_default();
         for p in herald_core::platforms::REGISTRY {
             let var = format!("HERALD_{}_API_BASE", p.id.to_uppercase());
@@ -301,6 +310,7 @@ impl Config {
             db_max_connections,
             allow_private_networks,
             allow_ports,
+            media_max_bytes,
             api_bases,
             log,
             log_format,
@@ -345,6 +355,7 @@ impl Config {
         line("db_max_connections", self.db_max_connections.to_string());
         line("allow_private_networks", format!("{:?}", self.allow_private_networks));
         line("allow_ports", format!("{:?}", self.allow_ports));
+        line("media_max_bytes", self.media_max_bytes.to_string());
 
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));
@@ -370,6 +381,22 @@ fn read_file(explicit: Option<&Path>) -> Result<(Option<PathBuf>, FileConfig), C
     let file: FileConfig =
         toml::from_str(&text).map_err(|e| bad(format!("the configuration file {} is invalid: {e}", path.display())))?;
     Ok((Some(path), file))
+}
+
+/// `1048576`, `512KB`, `512MB`, `2GB` (binary multiples).
+fn parse_size(raw: &str) -> Option<u64> {
+    let s = raw.trim().to_ascii_uppercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let k = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "K" | "KIB" => 1 << 10,
+        "MB" | "M" | "MIB" => 1 << 20,
+        "GB" | "G" | "GIB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(k).filter(|v| *v > 0)
 }
 
 fn validate_cidr(cidr: &str) -> Result<(), ConfigError> {

@@ -118,12 +118,18 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     let metrics = herald_server::metrics::install();
     let accounts = accounts_for(&config, db.clone(), vault.clone());
     let connections = herald_connections::Connections::new(accounts.clone(), net_for(&config)?);
-    let posts = herald_posts::Posts::new(accounts.clone(), connections.clone(), queue.clone());
+    let posts = herald_posts::Posts::new(
+        accounts.clone(),
+        connections.clone(),
+        queue.clone(),
+        herald_media::MediaStore::local(config.data_dir.join("media")),
+    );
     let state = AppState {
         db: db.clone(),
         accounts: accounts.clone(),
         connections,
         posts: posts.clone(),
+        media_max_bytes: config.media_max_bytes,
         public_url: accounts.config().public_url.clone(),
         mail_enabled: config.smtp.is_some(),
         queue: queue.clone(),

@@ -1,6 +1,7 @@
 mod connections;
 pub mod health;
 mod keys;
+mod media;
 mod posts;
 mod session;
 
@@ -24,7 +25,7 @@ use utoipa_axum::routes;
     servers((url = "/api/v1")),
     modifiers(&Security),
     security(("api_key" = []), ("session" = [])),
-    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"))
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"))
 )]
 struct ApiDoc;
 
@@ -79,5 +80,13 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(posts::cancel))
         .routes(routes!(posts::retry))
         .routes(routes!(posts::resolve))
+        .routes(routes!(media::get, media::remove))
+        // The upload streams with its own cap (HERALD_MEDIA_MAX_BYTES), not the JSON body limit;
+        // the listing shares its path and takes no body.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(media::list, media::upload))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .split_for_parts()
 }

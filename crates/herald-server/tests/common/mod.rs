@@ -12,6 +12,16 @@ use uuid::Uuid;
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// A valid PNG header of the given size (enough for sniffing and dimensions).
+pub fn png(width: u32, height: u32, total: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    v.extend_from_slice(&width.to_be_bytes());
+    v.extend_from_slice(&height.to_be_bytes());
+    v.extend_from_slice(&[8, 6, 0, 0, 0]);
+    v.resize(total.max(v.len()), 0);
+    v
+}
+
 /// Clients that may reach the fakes on 127.0.0.1, with every platform's API base pointing at
 /// `HERALD_TEST_*` fakes where a test sets them through [`App::start_with_net`].
 pub fn test_net() -> herald_platforms::Net {
@@ -60,12 +70,18 @@ impl App {
         let accounts = Accounts::new(db.clone(), vault, config);
         let connections = herald_connections::Connections::new(accounts.clone(), net);
         let queue = herald_queue::Queue::new(db.clone());
-        let posts = herald_posts::Posts::new(accounts.clone(), connections.clone(), queue.clone());
+        let posts = herald_posts::Posts::new(
+            accounts.clone(),
+            connections.clone(),
+            queue.clone(),
+            herald_media::MediaStore::local(herald_store::testing::scratch_dir("herald-media")),
+        );
         let state = AppState {
             db: db.clone(),
             accounts: accounts.clone(),
             connections,
             posts,
+            media_max_bytes: 1 << 20,
             public_url: None,
             mail_enabled: false,
             queue: herald_queue::Queue::new(db.clone()),
@@ -91,6 +107,26 @@ impl App {
         }
         if let Some(b) = body {
             req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Uploads a file to the media library as multipart.
+    pub async fn upload(&self, who: &Caller, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
+        let url = format!("{}/api/v1/media", self.base);
+        let form = herald_http::multipart::Form::new()
+            .text("alt", "a test image")
+            .part("file", herald_http::multipart::Part::bytes(bytes).file_name(filename.to_string()));
+        let mut req = self.http.request(Method::POST, &url).multipart(form);
+        match who {
+            Caller::Anonymous => {}
+            Caller::Key(k) => req = req.bearer_auth(k),
+            Caller::Session { token, csrf } => {
+                req = req.header("cookie", format!("herald_session={token}")).header("x-csrf-token", csrf)
+            }
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
