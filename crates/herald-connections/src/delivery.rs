@@ -40,7 +40,11 @@ impl Connections {
     pub async fn pace(&self, queue: &Queue, loaded: &Loaded) -> Result<Option<String>, Error> {
         let Some(adapter) = herald_platforms::adapter(&loaded.view.platform) else { return Ok(None) };
         let Some(p) = adapter.pacing(&loaded.connection) else { return Ok(None) };
-        queue.set_bucket(&p.bucket, p.capacity, p.per_second).await.map_err(Error::from)?;
+        let sized = (p.capacity, p.per_second);
+        if self.paced.lock().expect("paced").get(&p.bucket) != Some(&sized) {
+            queue.set_bucket(&p.bucket, p.capacity, p.per_second).await.map_err(Error::from)?;
+            self.paced.lock().expect("paced").insert(p.bucket.clone(), sized);
+        }
         Ok(Some(p.bucket))
     }
 

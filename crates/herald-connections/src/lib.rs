@@ -176,6 +176,8 @@ pub struct Connections {
     vault: Vault,
     accounts: Accounts,
     net: Net,
+    /// Buckets this process already sized, so pacing a busy connection costs no write.
+    paced: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, f64)>>>,
 }
 
 /// A connection loaded for a delivery: the decrypted credentials live only in this value.
@@ -188,7 +190,7 @@ pub struct Loaded {
 
 impl Connections {
     pub fn new(accounts: Accounts, net: Net) -> Connections {
-        Connections { db: accounts.db().clone(), vault: accounts.vault().clone(), accounts, net }
+        Connections { db: accounts.db().clone(), vault: accounts.vault().clone(), accounts, net, paced: Default::default() }
     }
 
     pub fn net(&self) -> &Net {

@@ -149,7 +149,9 @@ impl DeliveryHandler {
         if claimed == 0 {
             return Ok(()); // cancelled meanwhile
         }
-        refresh_post(&mut tx, d.post_id).await.map_err(transient)?;
+        // The only change a claim makes to the post: a scheduled post starts publishing.
+        exec!(tx, "UPDATE posts SET state = 'publishing', updated_at = $2 WHERE id = $1 AND state = 'scheduled'", d.post_id, Ts(now))
+            .map_err(|e| transient(store(e)))?;
         tx.commit().await.map_err(|e| transient(e.into()))?;
 
         // Fixed at the first attempt, so a retry rebuilds the same content-addressed event (Nostr)
