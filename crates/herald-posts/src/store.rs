@@ -207,6 +207,9 @@ pub(crate) fn rollup(
 
 /// Recomputes and stores the post's state inside `tx`.
 pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, Error> {
+    // Take the post's row lock first: deliveries finishing at once then recompute one after the
+    // other, each seeing the others' committed states (PostgreSQL; SQLite has one writer anyway).
+    exec!(tx, "UPDATE posts SET updated_at = updated_at WHERE id = $1", post).map_err(store)?;
     #[derive(sqlx::FromRow)]
     struct P {
         state: String,

@@ -74,7 +74,7 @@ impl World {
     }
 
     async fn wait(&self, post: Uuid, done: impl Fn(&PostView) -> bool) -> PostView {
-        for _ in 0..600 {
+        for _ in 0..2400 {
             let v = self.posts.get(self.team, post).await.unwrap();
             if done(&v) {
                 return v;
