@@ -190,7 +190,13 @@ pub struct Loaded {
 
 impl Connections {
     pub fn new(accounts: Accounts, net: Net) -> Connections {
-        Connections { db: accounts.db().clone(), vault: accounts.vault().clone(), accounts, net, paced: Default::default() }
+        Connections {
+            db: accounts.db().clone(),
+            vault: accounts.vault().clone(),
+            accounts,
+            net,
+            paced: Default::default(),
+        }
     }
 
     pub fn net(&self) -> &Net {

@@ -31,6 +31,8 @@ pub const DELIVERY_JOB: &str = "delivery.publish";
 #[derive(Clone)]
 pub struct DeliveryHandler {
     posts: Posts,
+    /// The first retry's wait; each one after doubles it (up to an hour), ±20 %.
+    backoff_base: std::time::Duration,
     /// Test hook: abort the process right after the platform accepted a call, before the commit.
     crash_after_call: bool,
 }
@@ -39,7 +41,13 @@ impl DeliveryHandler {
     pub fn new(posts: Posts) -> DeliveryHandler {
         // Only the crash tests set this; it makes the worker die at the worst moment.
         let crash_after_call = std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v == "delivery.after_call");
-        DeliveryHandler { posts, crash_after_call }
+        DeliveryHandler { posts, crash_after_call, backoff_base: std::time::Duration::from_secs(5) }
+    }
+
+    /// Retries sooner or later than the default 5 s, 10 s, 20 s, … (tests make storms quick).
+    pub fn with_backoff(mut self, base: std::time::Duration) -> DeliveryHandler {
+        self.backoff_base = base;
+        self
     }
 }
 
@@ -52,6 +60,12 @@ impl herald_queue::Handler for DeliveryHandler {
             .ok_or_else(|| JobError::Permanent("the job has no delivery id".into()))?;
         let last_try = job.attempt >= job.max_attempts;
         self.deliver(id, last_try).await
+    }
+
+    fn backoff(&self, attempt: i32) -> std::time::Duration {
+        let secs = self.backoff_base.as_secs_f64() * 2f64.powi((attempt - 1).clamp(0, 20));
+        let jitter = 0.8 + 0.4 * (uuid::Uuid::now_v7().as_u128() % 1000) as f64 / 1000.0;
+        std::time::Duration::from_secs_f64(secs.min(3600.0) * jitter)
     }
 
     fn timeout(&self) -> std::time::Duration {
@@ -150,8 +164,13 @@ impl DeliveryHandler {
             return Ok(()); // cancelled meanwhile
         }
         // The only change a claim makes to the post: a scheduled post starts publishing.
-        exec!(tx, "UPDATE posts SET state = 'publishing', updated_at = $2 WHERE id = $1 AND state = 'scheduled'", d.post_id, Ts(now))
-            .map_err(|e| transient(store(e)))?;
+        exec!(
+            tx,
+            "UPDATE posts SET state = 'publishing', updated_at = $2 WHERE id = $1 AND state = 'scheduled'",
+            d.post_id,
+            Ts(now)
+        )
+        .map_err(|e| transient(store(e)))?;
         tx.commit().await.map_err(|e| transient(e.into()))?;
 
         // Fixed at the first attempt, so a retry rebuilds the same content-addressed event (Nostr)

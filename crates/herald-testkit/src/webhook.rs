@@ -46,7 +46,64 @@ pub struct Delivery {
     pub body: Value,
 }
 
+/// A token bucket standing for a receiver's documented rate limit.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub capacity: f64,
+    pub per_second: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Limit {
+    pub fn new(capacity: f64, per_second: f64) -> Limit {
+        Limit { capacity, per_second, tokens: capacity, at: std::time::Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Random failures on a share of requests: a 429 with `Retry-After: 1`, a 500, or an answer that
+/// comes after the request was applied, too late for the client (a lost answer).
+#[derive(Debug, Clone)]
+pub struct Faults {
+    pub rate: f64,
+    pub late_by: std::time::Duration,
+    seed: u64,
+    /// How many of each were injected: (429s, 500s, late answers).
+    pub injected: (usize, usize, usize),
+}
+
+impl Faults {
+    pub fn new(rate: f64, late_by: std::time::Duration, seed: u64) -> Faults {
+        Faults { rate, late_by, seed: seed.max(1), injected: (0, 0, 0) }
+    }
+
+    fn next(&mut self) -> f64 {
+        // xorshift64*: reproducible from the seed.
+        self.seed ^= self.seed >> 12;
+        self.seed ^= self.seed << 25;
+        self.seed ^= self.seed >> 27;
+        (self.seed.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 pub struct State {
+    /// The receiver's documented limit; requests past it are answered 429 and counted in
+    /// `over_limit`, so a test can assert a client never exceeded it.
+    pub limit: Option<Limit>,
+    pub over_limit: usize,
+    pub faults: Option<Faults>,
     /// The secret to check; `None` accepts anything (a receiver not configured yet).
     pub secret: Option<String>,
     /// How far `webhook-timestamp` may be from now, in seconds.
@@ -64,6 +121,9 @@ pub async fn start() -> FakeServer<State> {
 
 pub async fn start_with(secret: Option<&str>) -> FakeServer<State> {
     let state = State {
+        limit: None,
+        over_limit: 0,
+        faults: None,
         secret: secret.map(str::to_string),
         tolerance_secs: 300,
         answer: Answer::IdAndUrl,
@@ -122,17 +182,51 @@ async fn receive(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
+    // The lock is held only in `handle`; a late answer waits after it is released.
+    let (response, late) = handle(&sh, uri, headers, raw);
+    if let Some(wait) = late {
+        tokio::time::sleep(wait).await;
+    }
+    response
+}
+
+fn handle(sh: &Sh, uri: axum::http::Uri, headers: HeaderMap, raw: Bytes) -> (Response, Option<std::time::Duration>) {
     let mut d = sh.data();
     if let Some(secret) = d.secret.clone() {
         let now = chrono::Utc::now().timestamp();
         if let Err(why) = check(&secret, &headers, &raw, now, d.tolerance_secs) {
             d.rejected.push(why.clone());
-            return json(401, json!({ "error": why }));
+            return (json(401, json!({ "error": why })), None);
+        }
+    }
+    if let Some(limit) = d.limit.as_mut()
+        && !limit.take()
+    {
+        d.over_limit += 1;
+        return (json_with(429, &[("Retry-After", "1".into())], json!({ "error": "rate limit exceeded" })), None);
+    }
+    let mut late = None;
+    if let Some(f) = d.faults.as_mut()
+        && f.next() < f.rate
+    {
+        match (f.next() * 3.0) as u8 {
+            0 => {
+                f.injected.0 += 1;
+                return (json_with(429, &[("Retry-After", "1".into())], json!({ "error": "slow down" })), None);
+            }
+            1 => {
+                f.injected.1 += 1;
+                return ((axum::http::StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded").into_response(), None);
+            }
+            _ => {
+                f.injected.2 += 1;
+                late = Some(f.late_by);
+            }
         }
     }
     let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     if let Some((status, answer)) = d.seen.get(&id) {
-        return answer_with(*status, answer.clone());
+        return (answer_with(*status, answer.clone()), late);
     }
     let n = d.deliveries.len() + 1;
     d.deliveries.push(Delivery {
@@ -154,7 +248,7 @@ async fn receive(
     if !id.is_empty() {
         d.seen.insert(id, (status, answer.clone()));
     }
-    answer_with(status, answer)
+    (answer_with(status, answer), late)
 }
 
 fn answer_with(status: u16, body: Value) -> Response {
