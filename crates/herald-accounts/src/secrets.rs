@@ -20,6 +20,7 @@ pub struct SecretColumn {
 pub const SECRET_COLUMNS: &[SecretColumn] = &[
     SecretColumn { table: "users", column: "totp_secret", team_column: None },
     SecretColumn { table: "connections", column: "credentials", team_column: Some("team_id") },
+    SecretColumn { table: "event_endpoints", column: "secret", team_column: Some("team_id") },
 ];
 
 /// What a rotation did.

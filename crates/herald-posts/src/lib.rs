@@ -5,11 +5,13 @@
 //! the commit is resent only where the platform deduplicates, and is `unconfirmed` elsewhere.
 #![forbid(unsafe_code)]
 
+pub mod events;
 mod media;
 pub mod model;
 mod store;
 pub mod worker;
 
+pub use events::{EVENT_JOB, EVENT_TYPES, EndpointView, EventHandler, NewEndpoint, NotificationView};
 pub use media::MediaView;
 pub use model::*;
 pub use store::{MAX_ATTEMPTS, PostQuery, Posts};

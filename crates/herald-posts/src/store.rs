@@ -212,10 +212,11 @@ pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, E
     exec!(tx, "UPDATE posts SET updated_at = updated_at WHERE id = $1", post).map_err(store)?;
     #[derive(sqlx::FromRow)]
     struct P {
+        team_id: Uuid,
         state: String,
         schedule_at: Option<Ts>,
     }
-    let p: P = on_tx!(tx, c => sqlx::query_as("SELECT state, schedule_at FROM posts WHERE id = $1").bind(post).fetch_one(&mut *c).await)
+    let p: P = on_tx!(tx, c => sqlx::query_as("SELECT team_id, state, schedule_at FROM posts WHERE id = $1").bind(post).fetch_one(&mut *c).await)
         .map_err(store)?;
     let states: Vec<String> =
         on_tx!(tx, c => sqlx::query_scalar("SELECT state FROM deliveries WHERE post_id = $1").bind(post).fetch_all(&mut *c).await)
@@ -226,6 +227,15 @@ pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, E
     if next != current {
         exec!(tx, "UPDATE posts SET state = $2, updated_at = $3 WHERE id = $1", post, next.as_str(), Ts::now())
             .map_err(store)?;
+        if matches!(
+            next,
+            PostState::Published | PostState::PartiallyPublished | PostState::Failed | PostState::Cancelled
+        ) {
+            let kind = format!("post.{}", next.as_str());
+            let message = format!("post {post} is {}", next.as_str().replace('_', " "));
+            crate::events::emit(tx, p.team_id, &kind, ("post", post), &message, json!({"post": post, "state": next}))
+                .await?;
+        }
     }
     Ok(next)
 }
@@ -473,6 +483,11 @@ impl Posts {
                 now
             )
             .map_err(store)?;
+        }
+        let data = json!({"post": id, "state": state, "schedule_at": schedule, "targets": targets.len()});
+        crate::events::emit(&mut tx, team, "post.created", ("post", id), "post created", data.clone()).await?;
+        if state == PostState::Scheduled {
+            crate::events::emit(&mut tx, team, "post.scheduled", ("post", id), "post scheduled", data).await?;
         }
         audit::record(
             &mut tx,

@@ -224,6 +224,9 @@ impl DeliveryHandler {
                     self.finish(&d, next, None, Some(&e), i as i64, started, ms).await?;
                     if e.class == ErrorClass::Auth {
                         let _ = self.posts.connections.record_failure(d.team_id, d.connection_id, &e).await;
+                        if loaded.view.status != Status::NeedsReauth {
+                            let _ = self.needs_reauth(&d, &e).await;
+                        }
                         return Err(JobError::RateLimited {
                             reason: format!("{e}; the connection needs re-authorising, and this delivery waits for it"),
                             retry_after: REAUTH_RECHECK,
@@ -234,6 +237,23 @@ impl DeliveryHandler {
             }
         }
         Ok(())
+    }
+
+    /// Tells the team a connection needs re-authorising (once, when it flips).
+    async fn needs_reauth(&self, d: &DeliveryRow, e: &PlatformError) -> Result<(), Error> {
+        let mut tx = self.posts.db.begin().await?;
+        let message = format!("the {} connection needs re-authorising: {}", d.platform, e.message);
+        let data = json!({"connection": d.connection_id, "platform": d.platform, "error": e.message});
+        crate::events::emit(
+            &mut tx,
+            d.team_id,
+            "connection.needs_reauth",
+            ("connection", d.connection_id),
+            &message,
+            data,
+        )
+        .await?;
+        tx.commit().await.map_err(Error::from)
     }
 
     async fn save_parts(&self, d: &DeliveryRow, done: &[Value]) -> Result<(), JobError> {
@@ -312,6 +332,16 @@ impl DeliveryHandler {
                 .map_err(|e| transient(store(e)))?;
                 attempt(&mut tx, d.id, part, started, ms, e.class.as_str(), Some(e)).await?;
             }
+        }
+        if matches!(state, DeliveryState::Failed | DeliveryState::Unconfirmed) {
+            let kind = format!("delivery.{}", state.as_str());
+            let why = error.map(|e| e.message.as_str()).unwrap_or("");
+            let message = format!("the delivery to {} is {}: {why}", d.platform, state.as_str());
+            let data = json!({"post": d.post_id, "delivery": d.id, "connection": d.connection_id, "platform": d.platform,
+                "state": state, "error": why, "class": error.map(|e| e.class)});
+            crate::events::emit(&mut tx, d.team_id, &kind, ("delivery", d.id), &message, data)
+                .await
+                .map_err(transient)?;
         }
         refresh_post(&mut tx, d.post_id).await.map_err(transient)?;
         tx.commit().await.map_err(|e| transient(e.into()))?;

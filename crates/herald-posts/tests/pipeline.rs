@@ -48,6 +48,7 @@ impl World {
         );
         let mut registry = Registry::default();
         registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(posts.clone()));
+        registry.register(herald_posts::EVENT_JOB, herald_posts::EventHandler::new(posts.clone()));
         let config = RunnerConfig { poll_interval: Duration::from_millis(50), ..RunnerConfig::default() };
         let stop = CancellationToken::new();
         let runner = Some(tokio::spawn(Runner::new(queue, registry, config).run(stop.clone())));
@@ -505,6 +506,76 @@ async fn media_from_the_library_reach_the_platform() {
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].method, "sendPhoto");
         assert_eq!(sent[0].upload.as_ref().unwrap().bytes.as_ref(), png.as_slice(), "the stored bytes went out");
+        w.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failures_reach_the_team_as_signed_events_and_notifications() {
+    each_backend(|db| async move {
+        let (tg, hooks) = (telegram::start().await, herald_testkit::webhook::start_with(None).await);
+        let w = World::new(db, net().with_base("telegram", tg.url.clone())).await;
+        let tg_conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let endpoint = w
+            .posts
+            .create_endpoint(
+                &w.owner,
+                herald_posts::NewEndpoint { url: format!("{}/events", hooks.url), events: vec![] },
+            )
+            .await
+            .unwrap();
+        // The receiver checks the signatures with the secret it was given once.
+        hooks.data().secret = endpoint.secret.clone();
+        let filtered = w
+            .posts
+            .create_endpoint(
+                &w.owner,
+                herald_posts::NewEndpoint {
+                    url: format!("{}/only-failures", hooks.url),
+                    events: vec!["post.failed".into()],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(filtered.secret.is_some());
+        hooks.data().secret = None; // two secrets now: accept both, checked below by hand
+
+        tg.fail_next_on("sendMessage", Failure::Named("chat_not_found"));
+        let (p, _) = w.posts.create(&w.owner, post("doomed", &[tg_conn]), None).await.unwrap();
+        w.wait(p.id, finished).await;
+        let mut types = Vec::new();
+        for _ in 0..400 {
+            types = hooks
+                .data()
+                .deliveries
+                .iter()
+                .map(|d| (d.path.clone(), d.body["type"].as_str().unwrap_or("").to_string()))
+                .collect::<Vec<_>>();
+            if types.len() >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let all: Vec<&str> = types.iter().filter(|(p, _)| p == "/events").map(|(_, t)| t.as_str()).collect();
+        for t in ["post.created", "delivery.failed", "post.failed"] {
+            assert!(all.contains(&t), "{t} missing from {types:?}");
+        }
+        let only: Vec<&str> = types.iter().filter(|(p, _)| p == "/only-failures").map(|(_, t)| t.as_str()).collect();
+        assert_eq!(only, vec!["post.failed"], "a filtered endpoint gets only its events");
+        // Each event is signed with its endpoint's secret.
+        for d in hooks.data().deliveries.iter() {
+            let secret = if d.path == "/events" { endpoint.secret.clone() } else { filtered.secret.clone() };
+            herald_testkit::webhook::check(&secret.unwrap(), &d.headers, &d.raw, chrono::Utc::now().timestamp(), 300)
+                .unwrap();
+            assert!(d.id.starts_with("evt_"));
+        }
+        let notes = w.posts.notifications(w.team, true).await.unwrap();
+        let kinds: Vec<&str> = notes.iter().map(|n| n.kind.as_str()).collect();
+        assert!(kinds.contains(&"delivery.failed") && kinds.contains(&"post.failed"), "{kinds:?}");
+        w.posts.mark_read(&w.owner, notes[0].id).await.unwrap();
+        assert_eq!(w.posts.notifications(w.team, true).await.unwrap().len(), notes.len() - 1);
         w.stop().await;
     })
     .await;

@@ -97,6 +97,8 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("GET", "/media" | "/media/{media_id}") => Some(Action::Read),
         ("POST", "/media") => Some(Action::WriteContent),
         ("DELETE", "/media/{media_id}") => Some(Action::DeleteContent),
+        ("GET" | "POST", "/webhooks") | ("DELETE", "/webhooks/{webhook_id}") => Some(Action::ManageTeam),
+        ("GET", "/notifications") | ("POST", "/notifications/{notification_id}/read") => Some(Action::Read),
         ("PATCH", "/teams/{team_id}") => Some(Action::ManageTeam),
         _ => return None,
     };
@@ -120,6 +122,8 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/deliveries/{delivery_id}/retry") => Some(json!({"confirm_not_posted": true})),
         ("POST", "/deliveries/{delivery_id}/resolve") => Some(json!({"published": false})),
         ("POST", "/media") => None, // multipart: sent by App::upload
+        ("POST", "/webhooks") => Some(json!({"url": "https://hooks.example.com/herald", "events": ["post.failed"]})),
+        ("POST", "/notifications/{notification_id}/read") => None,
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }
@@ -160,11 +164,17 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         let (s, media) = app.upload(&b, "b.png", common::png(10, 10, 100)).await;
         assert_eq!(s, 201, "{media}");
         let b_media = media["id"].as_str().unwrap().to_string();
+        let (s, hook) = app.post(&b, "/webhooks", json!({"url": "https://hooks.example.com/b"})).await;
+        assert_eq!(s, 201, "{hook}");
+        let b_webhook = hook["id"].as_str().unwrap().to_string();
+        let b_notification = app.notify(team_b).await.to_string();
         let ids: BTreeMap<&str, String> = [
             ("team_id", team_b.to_string()),
             ("post_id", b_post.clone()),
             ("delivery_id", b_delivery.clone()),
             ("media_id", b_media.clone()),
+            ("webhook_id", b_webhook.clone()),
+            ("notification_id", b_notification.clone()),
             ("user_id", b_member.to_string()),
             ("invite_id", b_invite.clone()),
             ("key_id", b_key_id.clone()),
@@ -258,6 +268,12 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                         tx.commit().await.unwrap();
                         d.to_string()
                     }
+                    "/webhooks/{webhook_id}" => {
+                        let (s, h) = app.post(&owner, "/webhooks", json!({"url": "https://hooks.example.com/x"})).await;
+                        assert_eq!(s, 201, "{h}");
+                        h["id"].as_str().unwrap().to_string()
+                    }
+                    "/notifications/{notification_id}/read" => app.notify(team).await.to_string(),
                     "/media/{media_id}" => {
                         let (s, m) = app.upload(&owner, "m.png", common::png(10, 10, 100)).await;
                         assert_eq!(s, 201, "{m}");

@@ -14,7 +14,8 @@ pub const DIAG_PING: &str = "diag.ping";
 pub fn registry(http: HttpClient, accounts: Accounts, smtp: Option<Smtp>, posts: herald_posts::Posts) -> Registry {
     let mut r = Registry::default();
     r.register(DIAG_PING, Ping { http });
-    r.register(herald_posts::DELIVERY_JOB, herald_posts::DeliveryHandler::new(posts));
+    r.register(herald_posts::DELIVERY_JOB, herald_posts::DeliveryHandler::new(posts.clone()));
+    r.register(herald_posts::EVENT_JOB, herald_posts::EventHandler::new(posts));
     if let Some(smtp) = smtp {
         r.register(herald_server::MAIL_PASSWORD_RESET, ResetMail { accounts, smtp });
     }

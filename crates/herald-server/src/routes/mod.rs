@@ -1,4 +1,5 @@
 mod connections;
+mod events;
 pub mod health;
 mod keys;
 mod media;
@@ -25,7 +26,7 @@ use utoipa_axum::routes;
     servers((url = "/api/v1")),
     modifiers(&Security),
     security(("api_key" = []), ("session" = [])),
-    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"))
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"), (name = "webhooks"))
 )]
 struct ApiDoc;
 
@@ -81,6 +82,10 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(posts::retry))
         .routes(routes!(posts::resolve))
         .routes(routes!(media::get, media::remove))
+        .routes(routes!(events::list, events::create))
+        .routes(routes!(events::remove))
+        .routes(routes!(events::notifications))
+        .routes(routes!(events::read))
         // The upload streams with its own cap (HERALD_MEDIA_MAX_BYTES), not the JSON body limit;
         // the listing shares its path and takes no body.
         .merge(

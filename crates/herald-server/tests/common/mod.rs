@@ -114,6 +114,24 @@ impl App {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// A notification in `team`, as a failed delivery would leave.
+    pub async fn notify(&self, team: Uuid) -> Uuid {
+        let id = Uuid::now_v7();
+        let mut tx = self.db.begin().await.unwrap();
+        herald_store::exec!(
+            tx,
+            "INSERT INTO notifications (id, team_id, kind, subject_type, subject_id, message, created_at) \
+             VALUES ($1, $2, 'delivery.failed', 'delivery', $3, 'test', $4)",
+            id,
+            team,
+            Uuid::now_v7(),
+            herald_store::Ts::now()
+        )
+        .unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
     /// Uploads a file to the media library as multipart.
     pub async fn upload(&self, who: &Caller, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
         let url = format!("{}/api/v1/media", self.base);
