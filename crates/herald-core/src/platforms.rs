@@ -425,7 +425,8 @@ mod tests {
         let five = Content { text: "x".into(), media: vec![photo.clone(); 5] };
         assert_eq!(validate(mast, &five)[0].rule, "media_count");
         let nostr = platform("nostr").unwrap();
-        assert_eq!(validate(nostr, &Content { text: "x".into(), media: vec![photo] })[0].rule, "media_count");
+        assert!(validate(nostr, &Content { text: "x".into(), media: vec![photo.clone()] }).is_empty(), "linked by URL");
+        assert_eq!(validate(nostr, &Content { text: "x".into(), media: vec![photo; 11] })[0].rule, "media_count");
         assert_eq!(validate(nostr, &text("  "))[0].rule, "not_empty");
         let gif = MediaItem { kind: MediaKind::Video, mime: "video/avi".into(), bytes: 1 };
         assert_eq!(

@@ -212,12 +212,9 @@ async fn one_post_reaches_five_platforms_exactly_once() {
                 r["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["body"] == with_link.as_str()).count();
             assert_eq!(hits, 1, "the real Synapse holds the post once");
         }
-        if let Some((_, pds)) = real_pds {
-            let d = done
-                .deliveries
-                .iter()
-                .find(|d| d.platform_url.as_deref().is_some_and(|u| u.contains(".test/post/")))
-                .unwrap();
+        if let Some((real, pds)) = real_pds {
+            // The fake's account is a `.test` handle too: pick the real connection's delivery.
+            let d = done.deliveries.iter().find(|d| d.connection_id == real).unwrap();
             let uri = d.platform_post_id.clone().unwrap();
             let parts: Vec<&str> = uri.trim_start_matches("at://").split('/').collect();
             let http = HttpClient::trusted().unwrap();
@@ -250,8 +247,9 @@ fn urlencode(s: &str) -> String {
 
 static ROOMS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
+/// The room made for this run (each backend's run makes its own).
 fn real_room(base: &str) -> String {
-    ROOMS.lock().unwrap().iter().find(|(b, _)| b == base).unwrap().1.clone()
+    ROOMS.lock().unwrap().iter().rev().find(|(b, _)| b == base).unwrap().1.clone()
 }
 
 /// A connection to the real Synapse (a fresh room), when `HERALD_TEST_MATRIX_URL` is set.
