@@ -169,3 +169,20 @@ pub struct Principal {
     pub needs_2fa_enrolment: bool,
     pub client: Client,
 }
+
+impl Principal {
+    /// A caller acting as `user` with `role` in `team`, without a session or key: for the CLI,
+    /// benchmarks and tests that call the services directly.
+    pub fn acting(user: Option<Uuid>, team: Uuid, role: TeamRole, label: &str) -> Principal {
+        Principal {
+            user_id: user,
+            key_id: None,
+            session_id: None,
+            label: label.to_string(),
+            is_admin: false,
+            team: Some((team, role)),
+            needs_2fa_enrolment: false,
+            client: Client::default(),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! that continue from the failed part, unknown outcomes, and auth failures that wait for a fix.
 
 use chrono::Utc;
-use herald_accounts::{Accounts, AccountsConfig, Actor, Client, Principal};
+use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
 use herald_connections::{Connections, NewConnection};
 use herald_core::TeamRole;
 use herald_http::guard::{Cidr, GuardConfig};
@@ -52,16 +52,7 @@ impl World {
         let config = RunnerConfig { poll_interval: Duration::from_millis(50), ..RunnerConfig::default() };
         let stop = CancellationToken::new();
         let runner = Some(tokio::spawn(Runner::new(queue, registry, config).run(stop.clone())));
-        let owner = Principal {
-            user_id: Some(user.id),
-            key_id: None,
-            session_id: None,
-            label: "o@example.com".into(),
-            is_admin: false,
-            team: Some((team, TeamRole::Owner)),
-            needs_2fa_enrolment: false,
-            client: Client::default(),
-        };
+        let owner = Principal::acting(Some(user.id), team, TeamRole::Owner, "o@example.com");
         World { posts, connections, team, owner, stop, runner }
     }
 

@@ -3,7 +3,7 @@
 //! delivery ends published, no receiver ever sees its documented rate limit exceeded, nothing is
 //! recorded twice, and each delivery's attempt log accounts for every request it made.
 
-use herald_accounts::{Accounts, AccountsConfig, Actor, Client, Principal};
+use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
 use herald_connections::{Connections, NewConnection};
 use herald_core::TeamRole;
 use herald_http::guard::{Cidr, GuardConfig, SystemLookup};
@@ -89,16 +89,7 @@ async fn a_fault_storm_loses_nothing_duplicates_nothing_and_respects_limits() {
         };
         let stop = CancellationToken::new();
         let runner = tokio::spawn(Runner::new(queue, registry, config).run(stop.clone()));
-        let owner = Principal {
-            user_id: Some(user.id),
-            key_id: None,
-            session_id: None,
-            label: "o".into(),
-            is_admin: false,
-            team: Some((team, TeamRole::Owner)),
-            needs_2fa_enrolment: false,
-            client: Client::default(),
-        };
+        let owner = Principal::acting(Some(user.id), team, TeamRole::Owner, "o");
         let mut ids = Vec::new();
         for n in 0..POSTS {
             let new = NewPost {

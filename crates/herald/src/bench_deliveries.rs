@@ -9,7 +9,7 @@ use crate::bench::{backends, bench_db, peak_rss_mb};
 use crate::cli::BenchDeliveriesArgs;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use herald_accounts::{Accounts, AccountsConfig, Actor, Client, Principal};
+use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
 use herald_connections::{Connections, NewConnection};
 use herald_core::TeamRole;
 use herald_http::guard::{Cidr, GuardConfig};
@@ -146,16 +146,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     };
     let stop = CancellationToken::new();
     let runner = tokio::spawn(Runner::new(queue, registry, config).run(stop.clone()));
-    let owner = Principal {
-        user_id: Some(user.id),
-        key_id: None,
-        session_id: None,
-        label: "bench".into(),
-        is_admin: false,
-        team: Some((team, TeamRole::Owner)),
-        needs_2fa_enrolment: false,
-        client: Client::default(),
-    };
+    let owner = Principal::acting(Some(user.id), team, TeamRole::Owner, "bench");
     let before = seen.count.load(Ordering::Relaxed);
     seen.arrivals.lock().expect("arrivals").clear();
     let n = args.posts * args.targets;
