@@ -38,6 +38,9 @@ pub struct Team {
     pub require_2fa: bool,
     /// How the team writes local times (IANA name); schedules without an offset are in it.
     pub timezone: String,
+    /// Seconds past its time after which a delivery is marked failed instead of sent; `None`
+    /// publishes however late.
+    pub late_limit_secs: Option<i64>,
     pub quotas: Quotas,
     pub created_at: DateTime<Utc>,
     /// The caller's role here.

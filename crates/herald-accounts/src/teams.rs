@@ -62,6 +62,7 @@ struct TeamRow {
     name: String,
     require_2fa: bool,
     timezone: String,
+    late_limit_secs: Option<i64>,
     quota_connections: Option<i64>,
     quota_members: Option<i64>,
     quota_posts_month: Option<i64>,
@@ -78,6 +79,7 @@ impl TeamRow {
             name: self.name,
             require_2fa: self.require_2fa,
             timezone: self.timezone,
+            late_limit_secs: self.late_limit_secs,
             quotas: Quotas {
                 connections: self.quota_connections,
                 members: self.quota_members,
@@ -91,7 +93,7 @@ impl TeamRow {
     }
 }
 
-const TEAM_COLS: &str = "t.id, t.name, t.require_2fa, t.timezone, t.quota_connections, t.quota_members, t.quota_posts_month, \
+const TEAM_COLS: &str = "t.id, t.name, t.require_2fa, t.timezone, t.late_limit_secs, t.quota_connections, t.quota_members, t.quota_posts_month, \
                          t.quota_ai_calls_month, t.quota_media_bytes, t.created_at, m.role";
 
 #[derive(sqlx::FromRow)]
@@ -213,6 +215,7 @@ impl Accounts {
         name: Option<&str>,
         require_2fa: Option<bool>,
         timezone: Option<&str>,
+        late_limit: Option<&str>,
     ) -> Result<Team, Error> {
         self.team(p, team).await?;
         let (acting, _) = authorize(p, Action::ManageTeam)?;
@@ -224,15 +227,25 @@ impl Accounts {
             .map(|z| herald_core::time::parse_timezone(z).map(|tz| tz.name().to_string()))
             .transpose()
             .map_err(|e| invalid("timezone", e))?;
+        // "" or "none" publishes however late; a duration such as 2h is the limit.
+        let late: Option<Option<i64>> = match late_limit.map(str::trim) {
+            None => None,
+            Some("" | "none") => Some(None),
+            Some(d) => {
+                Some(Some(herald_core::time::parse_duration(d).map_err(|e| invalid("late_limit", e))?.as_secs() as i64))
+            }
+        };
         let mut tx = self.db.begin().await.map_err(store_err)?;
         exec!(
             tx,
             "UPDATE teams SET name = COALESCE($2, name), require_2fa = COALESCE($3, require_2fa), \
-             timezone = COALESCE($4, timezone) WHERE id = $1",
+             timezone = COALESCE($4, timezone), late_limit_secs = CASE WHEN $5 THEN $6 ELSE late_limit_secs END WHERE id = $1",
             team,
             &name,
             require_2fa,
-            &timezone
+            &timezone,
+            late.is_some(),
+            late.flatten()
         )
         .map_err(store)?;
         audit::record(

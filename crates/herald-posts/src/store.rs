@@ -576,9 +576,11 @@ impl Posts {
 
     /// The post with its deliveries and every attempt.
     pub async fn get(&self, team: Uuid, id: Uuid) -> Result<PostView, Error> {
+        // Deliveries first: the post's state is written in the same commit as theirs, so reading
+        // it second never shows it behind deliveries already read.
+        let deliveries = self.delivery_rows(id).await?;
         let row = self.post_row(team, id).await?;
         let content = row.content();
-        let deliveries = self.delivery_rows(id).await?;
         let attempts: Vec<AttemptRow> = on_read!(self.db, c => sqlx::query_as(
             "SELECT a.delivery_id, a.part, a.started_at, a.duration_ms, a.outcome, a.http_status, a.code, a.message \
              FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.post_id = $1 \

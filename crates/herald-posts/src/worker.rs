@@ -140,6 +140,27 @@ impl DeliveryHandler {
             return Err(JobError::Permanent(e.to_string()));
         }
 
+        // The team's policy for deliveries that come due long after their time (a node was down).
+        if d.attempts == 0 && d.call_started_at.is_none() {
+            let limit: Option<i64> = on_read!(self.posts.db, c => sqlx::query_scalar(
+                "SELECT late_limit_secs FROM teams WHERE id = $1").bind(d.team_id).fetch_one(c).await)
+            .map_err(|e| transient(store(e)))?;
+            let due = d.run_at.map(|t| t.0).unwrap_or(post.created_at.0);
+            if let Some(limit) = limit
+                && (now - due).num_seconds() > limit
+            {
+                let e = PlatformError::invalid(format!(
+                    "not sent: it came due at {} and is {} minutes late, past the team's limit of {} minutes",
+                    due.to_rfc3339(),
+                    (now - due).num_minutes(),
+                    limit / 60
+                ))
+                .code("too_late");
+                self.finish(&d, DeliveryState::Failed, None, Some(&e), 0, now, 0).await?;
+                return Err(JobError::Permanent(e.message));
+            }
+        }
+
         if loaded.view.status == Status::NeedsReauth {
             return Err(JobError::RateLimited {
                 reason: format!(
@@ -221,12 +242,16 @@ impl DeliveryHandler {
                     };
                     // Keep the parts that went out, so a retry continues after them.
                     self.save_parts(&d, &done).await?;
-                    self.finish(&d, next, None, Some(&e), i as i64, started, ms).await?;
+                    // The connection's status changes before the attempt shows, so whoever reads
+                    // the attempt sees why the delivery waits.
                     if e.class == ErrorClass::Auth {
                         let _ = self.posts.connections.record_failure(d.team_id, d.connection_id, &e).await;
                         if loaded.view.status != Status::NeedsReauth {
                             let _ = self.needs_reauth(&d, &e).await;
                         }
+                    }
+                    self.finish(&d, next, None, Some(&e), i as i64, started, ms).await?;
+                    if e.class == ErrorClass::Auth {
                         return Err(JobError::RateLimited {
                             reason: format!("{e}; the connection needs re-authorising, and this delivery waits for it"),
                             retry_after: REAUTH_RECHECK,
@@ -412,4 +437,68 @@ fn outgoing(
         out.reply_to = done.last().and_then(|p| p["id"].as_str()).map(str::to_string);
     }
     out
+}
+
+/// What one sweep found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Deliveries past their time by more than the threshold and not yet sent.
+    pub overdue: i64,
+    /// Deliveries whose job ended without an outcome (it kept timing out until it was dead, or it
+    /// was cancelled under them): now `unconfirmed` or `failed`.
+    pub settled: usize,
+}
+
+impl Posts {
+    /// Finds deliveries overdue by more than `after` (reported in the log and the
+    /// `herald_deliveries_overdue` gauge; they run as soon as a worker is free, or are skipped by
+    /// the team's late limit), and settles deliveries whose job ended without recording anything.
+    pub async fn sweep(&self, after: std::time::Duration) -> Result<Sweep, Error> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+        let overdue: i64 = on_read!(self.db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries d JOIN posts p ON p.id = d.post_id \
+             WHERE d.state IN ('pending', 'scheduled') AND p.state <> 'draft' AND COALESCE(d.run_at, p.created_at) < $1")
+            .bind(Ts(cutoff)).fetch_one(c).await)
+        .map_err(store)?;
+        metrics::gauge!("herald_deliveries_overdue").set(overdue as f64);
+        if overdue > 0 {
+            tracing::warn!(
+                overdue,
+                "deliveries are overdue by more than {}s; are the workers running?",
+                after.as_secs()
+            );
+        }
+        let sql = format!(
+            "SELECT {} FROM deliveries d JOIN posts p ON p.id = d.post_id LEFT JOIN jobs j ON j.id = d.job_id \
+             WHERE d.state IN ('pending', 'scheduled', 'publishing') AND p.state <> 'draft' \
+             AND (j.id IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 500",
+            DELIVERY_COLS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let stuck: Vec<DeliveryRow> =
+            on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(c).await)
+                .map_err(store)?;
+        let handler = DeliveryHandler::new(self.clone());
+        for d in &stuck {
+            let (state, e) = if d.call_started_at.is_some() {
+                (
+                    DeliveryState::Unconfirmed,
+                    PlatformError::unknown_outcome(
+                        "the delivery's job ended while a platform call may have been in flight; check the platform, then resolve or retry",
+                    ),
+                )
+            } else {
+                (
+                    DeliveryState::Failed,
+                    PlatformError::transient("the delivery's job ended without an outcome; retry it"),
+                )
+            };
+            handler.finish(d, state, None, Some(&e), d.parts().len() as i64, Utc::now(), 0).await.map_err(
+                |e| match e {
+                    JobError::Retry(m) | JobError::Permanent(m) => Error::internal(m),
+                    other => Error::internal(other.to_string()),
+                },
+            )?;
+        }
+        Ok(Sweep { overdue, settled: stuck.len() })
+    }
 }

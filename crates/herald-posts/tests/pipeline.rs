@@ -569,3 +569,74 @@ async fn failures_reach_the_team_as_signed_events_and_notifications() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn late_deliveries_follow_the_team_policy_and_the_sweep_settles_orphans() {
+    each_backend(|db| async move {
+        let tg = telegram::start().await;
+        let w = World::new(db.clone(), net().with_base("telegram", tg.url.clone())).await;
+        let tg_conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET late_limit_secs = 600 WHERE id = $1", w.team).unwrap();
+        tx.commit().await.unwrap();
+
+        // A delivery that comes due two hours after its time (the workers were down) is not sent.
+        let mut late = post("yesterday's news", &[tg_conn]);
+        late.schedule_at = Some("2099-01-01T00:00:00Z".into());
+        let (p, _) = w.posts.create(&w.owner, late, None).await.unwrap();
+        let d = p.deliveries[0].id;
+        let job: Uuid =
+            herald_store::on_read!(db, c => sqlx::query_scalar("SELECT job_id FROM deliveries WHERE id = $1")
+            .bind(d).fetch_one(c).await)
+            .unwrap();
+        let two_hours_ago = herald_store::Ts(Utc::now() - chrono::Duration::hours(2));
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE deliveries SET run_at = $2 WHERE id = $1", d, two_hours_ago).unwrap();
+        herald_store::exec!(tx, "UPDATE posts SET schedule_at = $2 WHERE id = $1", p.id, two_hours_ago).unwrap();
+        herald_store::exec!(tx, "UPDATE jobs SET run_at = $2 WHERE id = $1", job, herald_store::Ts::now()).unwrap();
+        tx.commit().await.unwrap();
+        let done = w.wait(p.id, finished).await;
+        assert_eq!(done.deliveries[0].state, DeliveryState::Failed, "{done:#?}");
+        assert_eq!(done.deliveries[0].attempt_log[0].code.as_deref(), Some("too_late"));
+        assert!(tg.requests_to("sendMessage").is_empty(), "nothing was sent");
+
+        // A delivery whose job was cancelled under it, and one whose job died mid-call, are settled.
+        let mut a = post("orphan", &[tg_conn]);
+        a.schedule_at = Some("2099-01-01T00:00:00Z".into());
+        let (a, _) = w.posts.create(&w.owner, a, None).await.unwrap();
+        let mut b = post("died mid-call", &[tg_conn]);
+        b.schedule_at = Some("2099-01-01T00:00:00Z".into());
+        let (b, _) = w.posts.create(&w.owner, b, None).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(
+            tx,
+            "UPDATE jobs SET state = 'cancelled' WHERE id = (SELECT job_id FROM deliveries WHERE id = $1)",
+            a.deliveries[0].id
+        )
+        .unwrap();
+        herald_store::exec!(
+            tx,
+            "UPDATE jobs SET state = 'dead' WHERE id = (SELECT job_id FROM deliveries WHERE id = $1)",
+            b.deliveries[0].id
+        )
+        .unwrap();
+        herald_store::exec!(
+            tx,
+            "UPDATE deliveries SET state = 'publishing', call_started_at = $2 WHERE id = $1",
+            b.deliveries[0].id,
+            herald_store::Ts::now()
+        )
+        .unwrap();
+        tx.commit().await.unwrap();
+        let sweep = w.posts.sweep(Duration::from_secs(300)).await.unwrap();
+        assert_eq!(sweep.settled, 2, "{sweep:?}");
+        let a = w.posts.get(w.team, a.id).await.unwrap();
+        let b = w.posts.get(w.team, b.id).await.unwrap();
+        assert_eq!(a.deliveries[0].state, DeliveryState::Failed);
+        assert_eq!(b.deliveries[0].state, DeliveryState::Unconfirmed);
+        assert_eq!(w.posts.sweep(Duration::from_secs(300)).await.unwrap().settled, 0, "settled once");
+        w.stop().await;
+    })
+    .await;
+}

@@ -171,6 +171,19 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             }
         }
     });
+    if config.role.runs_jobs() {
+        tokio::spawn({
+            let (stop, posts) = (shutdown.clone(), posts.clone());
+            async move {
+                // Overdue deliveries show in the log and metrics; orphans get an outcome.
+                while tokio::time::timeout(Duration::from_secs(60), stop.cancelled()).await.is_err() {
+                    if let Err(e) = posts.sweep(Duration::from_secs(300)).await {
+                        tracing::warn!("the delivery sweep failed: {e}");
+                    }
+                }
+            }
+        });
+    }
     let runner = config.role.runs_jobs().then(|| {
         let http = herald_http::HttpClient::trusted().expect("the HTTP client builds");
         let runner_config = RunnerConfig {

@@ -56,6 +56,8 @@ pub struct UpdateTeam {
     pub require_2fa: Option<bool>,
     /// The IANA timezone local schedule times are written in, e.g. `Europe/Berlin`.
     pub timezone: Option<String>,
+    /// How late a delivery may still go out, e.g. `2h`; `none` publishes however late.
+    pub late_limit: Option<String>,
 }
 
 /// Renames the team the caller acts in, or sets its 2FA rule (`manage_team`).
@@ -67,7 +69,12 @@ pub async fn update(
     Path(id): Path<Uuid>,
     Body(r): Body<UpdateTeam>,
 ) -> Result<Json<Team>, ApiError> {
-    Ok(Json(state.accounts.update_team(&p, id, r.name.as_deref(), r.require_2fa, r.timezone.as_deref()).await?))
+    Ok(Json(
+        state
+            .accounts
+            .update_team(&p, id, r.name.as_deref(), r.require_2fa, r.timezone.as_deref(), r.late_limit.as_deref())
+            .await?,
+    ))
 }
 
 /// Sets a team's quotas; `null` is unlimited. Instance admins only.
