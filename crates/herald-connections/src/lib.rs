@@ -227,7 +227,9 @@ impl Connections {
         }
         let name = new.name.as_deref().map(check_name).transpose()?;
         // Fail fast on the quota before calling the platform; the insert checks it again.
-        self.check_quota_now(team).await?;
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        self.check_quota(&mut tx, team).await?;
+        drop(tx);
         let id = Uuid::now_v7();
         let probe = Connection { id, settings: new.settings, credentials: Credentials(new.credentials) };
         let verified = adapter.verify(&self.net, &probe).await.map_err(Error::from)?;
@@ -236,10 +238,7 @@ impl Connections {
         let sealed = self.vault.seal(&verified.credentials.0.to_string(), &aad(team, id));
         let settings = verified.settings.to_string();
         let mut tx = self.db.begin().await.map_err(Error::from)?;
-        let used: i64 = on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM connections WHERE team_id = $1")
-            .bind(team).fetch_one(&mut *c).await)
-        .map_err(store)?;
-        self.accounts.check_quota(&mut tx, team, Quota::Connections, used, 1).await?;
+        self.check_quota(&mut tx, team).await?;
         exec!(
             tx,
             "INSERT INTO connections (id, team_id, platform, name, account, status, settings, credentials, \
@@ -267,12 +266,12 @@ impl Connections {
         self.get(team, id).await
     }
 
-    async fn check_quota_now(&self, team: Uuid) -> Result<(), Error> {
-        let mut tx = self.db.begin().await.map_err(Error::from)?;
+    /// Room for one more connection under the team's quota, counted in `tx`.
+    async fn check_quota(&self, tx: &mut herald_store::Tx, team: Uuid) -> Result<(), Error> {
         let used: i64 = on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM connections WHERE team_id = $1")
             .bind(team).fetch_one(&mut *c).await)
         .map_err(store)?;
-        self.accounts.check_quota(&mut tx, team, Quota::Connections, used, 1).await
+        self.accounts.check_quota(tx, team, Quota::Connections, used, 1).await
     }
 
     async fn row(&self, team: Uuid, id: Uuid) -> Result<Row, Error> {

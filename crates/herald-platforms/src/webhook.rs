@@ -117,18 +117,27 @@ fn host(url: &str) -> Option<String> {
     })
 }
 
-/// Signs and POSTs one message; answers only with a 2xx, else the failure in its class.
-async fn deliver(net: &Net, s: &Settings, secret: &str, id: &str, body: Vec<u8>) -> Result<Value, PlatformError> {
+/// Signs and POSTs one Standard Webhooks message to a user-chosen `url` (through the SSRF guard);
+/// answers only with a 2xx, else the failure in its class (410 is `auth` with the code `gone`).
+/// Herald's own event webhooks send through this too.
+pub async fn deliver(
+    net: &Net,
+    url: &str,
+    headers: &BTreeMap<String, String>,
+    secret: &str,
+    id: &str,
+    body: Vec<u8>,
+) -> Result<Value, PlatformError> {
     let timestamp = Utc::now().timestamp();
     let signature = sign(secret, id, timestamp, &body)?;
     let mut req = net
         .safe()
-        .request(Method::POST, s.url.trim())?
+        .request(Method::POST, url.trim())?
         .header("content-type", "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature);
-    for (name, value) in &s.headers {
+    for (name, value) in headers {
         req = req.header(name.as_str(), value.as_str());
     }
     // Receivers deduplicate on webhook-id (the spec asks them to), so a lost answer can be resent.
@@ -195,7 +204,7 @@ impl Adapter for Webhook {
             "timestamp": rfc3339(Utc::now()),
             "data": { "connection_id": conn.id },
         });
-        deliver(net, &s, &secret, &id, serde_json::to_vec(&body).expect("JSON serialises")).await?;
+        deliver(net, &s.url, &s.headers, &secret, &id, serde_json::to_vec(&body).expect("JSON serialises")).await?;
         let account = host(&s.url).unwrap_or_else(|| "webhook".to_string());
         let mut out = conn.settings.clone();
         out["url"] = json!(s.url.trim());
@@ -227,7 +236,8 @@ impl Adapter for Webhook {
                 "idempotency_key": post.idempotency_key,
             },
         });
-        let answer = deliver(net, &s, &secret, &id, serde_json::to_vec(&body).expect("JSON serialises")).await?;
+        let answer =
+            deliver(net, &s.url, &s.headers, &secret, &id, serde_json::to_vec(&body).expect("JSON serialises")).await?;
         let their_id = match &answer["id"] {
             Value::String(v) if !v.is_empty() => Some(v.clone()),
             Value::Number(n) => Some(n.to_string()),

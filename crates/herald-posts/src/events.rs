@@ -288,28 +288,21 @@ impl herald_queue::Handler for EventHandler {
             .vault()
             .open(&row.secret, &vault_binding(team, endpoint))
             .map_err(|e| JobError::Permanent(format!("the endpoint's secret cannot be opened: {e}")))?;
-        let body = json!({"type": p["type"], "timestamp": p["timestamp"], "data": p["data"]}).to_string();
+        let body = json!({"type": p["type"], "timestamp": p["timestamp"], "data": p["data"]});
         let id = format!("evt_{}", event.simple());
-        let now = Utc::now().timestamp();
-        let signature =
-            herald_platforms::webhook::sign(secret.expose(), &id, now, body.as_bytes()).map_err(JobError::permanent)?;
         let net = self.posts.connections.net();
-        let request = net
-            .safe()
-            .request(herald_http::Method::POST, &row.url)
-            .map_err(|e| JobError::Permanent(e.message))?
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", now.to_string())
-            .header("webhook-signature", signature)
-            .body(body);
-        let reply = net.safe().send(request, herald_platforms::Idempotent::Yes).await.map_err(|e| match e.class {
-            herald_platforms::ErrorClass::Invalid => JobError::Permanent(e.message),
-            _ => JobError::Retry(e.message),
-        })?;
-        match reply.status {
-            200..=299 => Ok(()),
-            410 => {
+        let sent = herald_platforms::webhook::deliver(
+            net,
+            &row.url,
+            &Default::default(),
+            secret.expose(),
+            &id,
+            serde_json::to_vec(&body).expect("JSON serialises"),
+        )
+        .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) if e.code.as_deref() == Some("gone") => {
                 let mut tx = self.posts.db.begin().await.map_err(|e| JobError::retry(Error::from(e)))?;
                 exec!(
                     tx,
@@ -323,12 +316,9 @@ impl herald_queue::Handler for EventHandler {
                 tx.commit().await.map_err(|e| JobError::retry(Error::from(e)))?;
                 Err(JobError::Permanent("the receiver answered 410 Gone; the endpoint is disabled".into()))
             }
-            429 => Err(JobError::RateLimited {
-                reason: "the receiver asked to slow down".into(),
-                retry_after: herald_platforms::net::retry_after_header(&reply.headers)
-                    .unwrap_or(std::time::Duration::from_secs(60)),
-            }),
-            s => Err(JobError::Retry(format!("the receiver answered HTTP {s}"))),
+            // A refusal (401/403) may be fixed on the receiver's side: keep trying within the attempts.
+            Err(e) if e.class == herald_platforms::ErrorClass::Auth => Err(JobError::Retry(e.to_string())),
+            Err(e) => Err(herald_connections::delivery::job_error(&e)),
         }
     }
 }

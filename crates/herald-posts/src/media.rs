@@ -44,11 +44,12 @@ fn kind_of(s: &str) -> MediaKind {
 }
 
 impl Posts {
-    async fn media_used(&self, team: Uuid) -> Result<i64, Error> {
-        let used: Option<i64> = on_read!(self.db, c => sqlx::query_scalar(
-            "SELECT CAST(SUM(bytes) AS BIGINT) FROM media WHERE team_id = $1").bind(team).fetch_one(c).await)
+    /// Room for `more` bytes under the team's `media_bytes` quota, counted in `tx`.
+    async fn check_media_quota(&self, tx: &mut herald_store::Tx, team: Uuid, more: i64) -> Result<(), Error> {
+        let used: Option<i64> = on_tx!(tx, c => sqlx::query_scalar(
+            "SELECT CAST(SUM(bytes) AS BIGINT) FROM media WHERE team_id = $1").bind(team).fetch_one(&mut *c).await)
         .map_err(store)?;
-        Ok(used.unwrap_or(0))
+        self.accounts.check_quota(tx, team, Quota::MediaBytes, used.unwrap_or(0), more).await
     }
 
     /// Streams an upload into the library. Refused past `cap` bytes or the team's `media_bytes`
@@ -68,19 +69,14 @@ impl Posts {
         let (team, _) = authorize(p, Action::WriteContent)?;
         let filename: String = filename.chars().filter(|c| !c.is_control()).take(200).collect();
         let filename = if filename.trim().is_empty() { "upload".to_string() } else { filename };
-        let used = self.media_used(team).await?;
         // Fail fast when the quota is already spent; the real check is after the size is known.
         let mut tx = self.db.begin().await.map_err(Error::from)?;
-        self.accounts.check_quota(&mut tx, team, Quota::MediaBytes, used, 1).await?;
+        self.check_media_quota(&mut tx, team, 1).await?;
         drop(tx);
         let id = Uuid::now_v7();
         let stored = self.media.put(team, id, body, cap).await.map_err(Error::from)?;
         let mut tx = self.db.begin().await.map_err(Error::from)?;
-        let used: Option<i64> = on_tx!(tx, c => sqlx::query_scalar(
-            "SELECT CAST(SUM(bytes) AS BIGINT) FROM media WHERE team_id = $1").bind(team).fetch_one(&mut *c).await)
-        .map_err(store)?;
-        let checked =
-            self.accounts.check_quota(&mut tx, team, Quota::MediaBytes, used.unwrap_or(0), stored.bytes as i64).await;
+        let checked = self.check_media_quota(&mut tx, team, stored.bytes as i64).await;
         if let Err(e) = checked {
             drop(tx);
             let _ = self.media.delete(team, id).await;

@@ -31,6 +31,15 @@ impl PostState {
         }
     }
 
+    /// A new (or newly published) post's state: a draft, due later, or due now.
+    pub fn initial(draft: bool, schedule: Option<chrono::DateTime<chrono::Utc>>) -> PostState {
+        match (draft, schedule) {
+            (true, _) => PostState::Draft,
+            (false, Some(t)) if t > chrono::Utc::now() => PostState::Scheduled,
+            _ => PostState::Publishing,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<PostState> {
         use PostState::*;
         [Draft, Scheduled, Publishing, Published, PartiallyPublished, Failed, Cancelled]

@@ -419,11 +419,7 @@ impl Posts {
 
         let id = Uuid::now_v7();
         let now = Ts::now();
-        let state = match (new.draft, schedule) {
-            (true, _) => PostState::Draft,
-            (false, Some(t)) if t > Utc::now() => PostState::Scheduled,
-            _ => PostState::Publishing,
-        };
+        let state = PostState::initial(new.draft, schedule);
         let mut tx = self.db.begin().await.map_err(Error::from)?;
         if !new.draft {
             self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
@@ -678,11 +674,7 @@ impl Posts {
         let targets: Vec<(Uuid, Override)> = deliveries.iter().map(|d| (d.connection_id, d.overrides())).collect();
         let loaded = self.check_targets(team, &content, &targets).await?;
         let draft = if was_draft { !publishing } else { false };
-        let state = match (draft, schedule) {
-            (true, _) => PostState::Draft,
-            (false, Some(t)) if t > Utc::now() => PostState::Scheduled,
-            _ => PostState::Publishing,
-        };
+        let state = PostState::initial(draft, schedule);
         let mut buckets = Vec::new();
         if was_draft && !draft {
             for l in &loaded {
