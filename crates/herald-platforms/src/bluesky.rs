@@ -6,8 +6,8 @@
 
 use crate::net::{retry_after_header, until_epoch};
 use crate::{
-    Adapter, Connection, Credentials, Idempotent, MediaKind, Net, Outgoing, Pacing, Platform, PlatformError, Published,
-    Reply, Verified, Via,
+    Adapter, Connection, Credentials, Idempotent, MediaKind, Metrics, Net, Outgoing, Pacing, Platform, PlatformError,
+    Published, Reply, Verified, Via,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -92,6 +92,27 @@ impl Adapter for Bluesky {
         let body = json!({ "repo": repo, "collection": collection, "rkey": rkey });
         session.call("com.atproto.repo.deleteRecord", Call::Json(&body), Idempotent::Yes).await?;
         Ok(())
+    }
+
+    /// `likes`, `reposts`, `replies` and `quotes` from `app.bsky.feed.getPosts`, which the PDS
+    /// answers through its AppView. `id` is the post's `at://` URI, as publish returns it.
+    async fn metrics(&self, net: &Net, conn: &Connection, id: &str) -> Result<Option<Metrics>, PlatformError> {
+        at_uri(id).ok_or_else(|| PlatformError::invalid(format!("`{id}` is not an at:// record URI")))?;
+        let mut session = Session::open(net, conn)?;
+        let out = session.call("app.bsky.feed.getPosts", Call::Query(&[("uris", id)]), Idempotent::Yes).await?;
+        let posts = out["posts"].as_array().map(Vec::as_slice).unwrap_or_default();
+        // The AppView leaves out posts it does not know (deleted, or not indexed yet).
+        let Some(post) = posts.iter().find(|p| p["uri"] == id) else {
+            return Err(PlatformError::invalid(format!("Bluesky does not show {id}; it may have been deleted"))
+                .code("post_not_found"));
+        };
+        let mut m = Metrics::default()
+            .with("likes", &post["likeCount"])
+            .with("reposts", &post["repostCount"])
+            .with("replies", &post["replyCount"])
+            .with("quotes", &post["quoteCount"]);
+        m.credentials = session.renewed.then(|| session.credentials(&conn.credentials));
+        Ok(Some(m))
     }
 
     /// Repo writes are 5000 points an hour per account. Counting a post at a create's 3 points (a

@@ -1,6 +1,7 @@
 //! Herald's platform adapters. Each platform is one module behind the [`Adapter`] trait: it checks
 //! credentials live ([`Adapter::verify`]), publishes ([`Adapter::publish`]) with the idempotency
-//! the platform offers, turns every failure into one of five [`ErrorClass`]es, and says how fast
+//! the platform offers, reads a published post's engagement where the platform tells it
+//! ([`Adapter::metrics`]), turns every failure into one of five [`ErrorClass`]es, and says how fast
 //! the queue may call it ([`Adapter::pacing`]). The registry of capabilities and limits lives in
 //! `herald_core::platforms`; this crate is the part that talks to the network, always through
 //! `herald-http`.
@@ -28,6 +29,7 @@ pub use net::{Idempotent, Net, Reply, Via};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::fmt;
 use uuid::Uuid;
 
@@ -157,6 +159,46 @@ pub struct Published {
     pub credentials: Option<Credentials>,
 }
 
+/// The engagement of one published post at one moment, as the platform counts it: `likes`,
+/// `reposts`, `replies`, `quotes` (Bluesky), `favourites`, `reblogs`, `replies` (Mastodon),
+/// `reactions` and one `reactions:<key>` per reaction key (Matrix, Nostr), `views`. It serialises
+/// as the bare map, so a stored snapshot is `{"likes": 3, "reposts": 1}`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Metrics {
+    pub counts: BTreeMap<String, i64>,
+    /// Credentials the platform rotated during the call (a refreshed Bluesky session, a Matrix
+    /// re-login); the caller stores them sealed. Never serialised.
+    #[serde(skip)]
+    pub credentials: Option<Credentials>,
+}
+
+impl Metrics {
+    /// Adds a count, taking a JSON number as the platform sends it; a missing or non-integer
+    /// value is left out rather than shown as 0.
+    pub fn with(mut self, key: &str, value: &serde_json::Value) -> Metrics {
+        if let Some(n) = value.as_i64().or_else(|| value.as_u64().map(|n| n.min(i64::MAX as u64) as i64)) {
+            self.counts.insert(key.to_string(), n);
+        }
+        self
+    }
+
+    /// Counts reactions by key: `reactions` is the total, `reactions:<key>` each key's share.
+    pub fn reactions<'k>(mut self, keys: impl IntoIterator<Item = &'k str>) -> Metrics {
+        let mut total = 0;
+        for key in keys {
+            total += 1;
+            *self.counts.entry(format!("reactions:{key}")).or_insert(0) += 1;
+        }
+        self.counts.insert("reactions".to_string(), total);
+        self
+    }
+
+    pub fn get(&self, key: &str) -> Option<i64> {
+        self.counts.get(key).copied()
+    }
+}
+
 /// Credentials that passed a live check.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -216,6 +258,13 @@ pub trait Adapter: Send + Sync + 'static {
     /// Deletes a published post, where the platform allows it.
     async fn delete(&self, _net: &Net, _conn: &Connection, _id: &str) -> Result<(), PlatformError> {
         Err(PlatformError::invalid(format!("{} posts cannot be deleted through Herald", self.platform().name)))
+    }
+
+    /// The engagement of a published post (`id` is the [`Published::id`] publish returned), where
+    /// the platform reports it. `Ok(None)`: this platform gives no counts for what Herald posts,
+    /// so asking again is pointless.
+    async fn metrics(&self, _net: &Net, _conn: &Connection, _id: &str) -> Result<Option<Metrics>, PlatformError> {
+        Ok(None)
     }
 
     /// The bucket deliveries to this connection share.

@@ -5,7 +5,8 @@
 
 use crate::net::{retry_after_header, until_iso};
 use crate::{
-    Adapter, Connection, Idempotent, Net, Outgoing, Pacing, Platform, PlatformError, Published, Reply, Verified,
+    Adapter, Connection, Idempotent, Metrics, Net, Outgoing, Pacing, Platform, PlatformError, Published, Reply,
+    Verified,
 };
 use async_trait::async_trait;
 use herald_core::platforms::{Counting, TextLimit};
@@ -327,6 +328,31 @@ impl Adapter for Mastodon {
         let reply = net.safe().send(req, Idempotent::Yes).await?;
         // Already gone is what we wanted.
         if reply.is_success() || reply.status == 404 { Ok(()) } else { Err(error(&reply)) }
+    }
+
+    /// `favourites`, `reblogs` and `replies` from the status itself.
+    async fn metrics(&self, net: &Net, conn: &Connection, id: &str) -> Result<Option<Metrics>, PlatformError> {
+        let creds: Credentials = conn.credentials.parse("Mastodon")?;
+        let settings: Settings = crate::settings(&conn.settings, "Mastodon")?;
+        let inst = instance(&settings.instance_url)?;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(PlatformError::invalid(format!("`{id}` is not a Mastodon status id")));
+        }
+        let url = format!("{}/api/v1/statuses/{id}", inst.base);
+        let mut reply = get(net, &url, &creds.access_token).await?;
+        // A token made only to post (no read scope) is refused here; a public or unlisted status
+        // reads without one.
+        if reply.status == 403 && message(&reply).to_lowercase().contains("scope") {
+            let req = net.safe().request(Method::GET, &url)?;
+            reply = net.safe().send(req, Idempotent::Yes).await?;
+        }
+        let status = checked(reply)?.json();
+        Ok(Some(
+            Metrics::default()
+                .with("favourites", &status["favourites_count"])
+                .with("reblogs", &status["reblogs_count"])
+                .with("replies", &status["replies_count"]),
+        ))
     }
 
     fn idempotency(&self, _conn: &Connection) -> crate::Idempotency {

@@ -7,8 +7,8 @@
 
 use crate::net::{Idempotent, Reply, retry_after_header};
 use crate::{
-    Adapter, Connection, Credentials, Media, MediaKind, Net, Outgoing, Pacing, Platform, PlatformError, Published,
-    Verified,
+    Adapter, Connection, Credentials, Media, MediaKind, Metrics, Net, Outgoing, Pacing, Platform, PlatformError,
+    Published, Verified,
 };
 use async_trait::async_trait;
 use herald_http::{Method, header};
@@ -21,6 +21,10 @@ pub struct Matrix;
 /// The device Herald logs in as, every time: transaction ids are scoped to a device, so a retry
 /// after a re-login is still recognised as a retry.
 pub const DEVICE_ID: &str = "HERALD";
+
+/// Reactions are read a page of 100 at a time, at most this many pages: counting stays cheap, and
+/// a post with more reactions than that shows the first thousand.
+const REACTION_PAGES: usize = 10;
 
 #[derive(Deserialize)]
 struct Settings {
@@ -68,6 +72,7 @@ enum Stage {
     Rooms,
     Upload,
     Send,
+    Relations,
 }
 
 /// What a call sends.
@@ -290,6 +295,48 @@ impl Adapter for Matrix {
         );
         s.call(Method::PUT, &path, Payload::Json(&json!({})), Stage::Send).await?;
         Ok(())
+    }
+
+    /// `reactions` (and `reactions:<key>` for each emoji) from the event's `m.annotation`
+    /// relations. A homeserver without the relations API (before Matrix 1.3) gives `None`.
+    async fn metrics(&self, net: &Net, conn: &Connection, id: &str) -> Result<Option<Metrics>, PlatformError> {
+        let settings: Settings = crate::settings(&conn.settings, "Matrix")?;
+        let base = homeserver(&settings.homeserver)?;
+        let room = room_setting(&settings.room_id)?;
+        let mut s = Session::open(net, base, conn.credentials.parse("Matrix")?).await?;
+        let room_id = s.room_id(room).await?;
+        let mut keys: Vec<String> = Vec::new();
+        let mut from: Option<String> = None;
+        for _ in 0..REACTION_PAGES {
+            let mut path = format!(
+                "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation?limit=100",
+                seg(&room_id),
+                seg(id)
+            );
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", seg(f)));
+            }
+            let page = match s.call(Method::GET, &path, Payload::None, Stage::Relations).await {
+                Ok(v) => v,
+                Err(e) if e.code.as_deref() == Some("M_UNRECOGNIZED") => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let chunk = page["chunk"].as_array().map(Vec::as_slice).unwrap_or_default();
+            keys.extend(
+                chunk
+                    .iter()
+                    .filter(|e| e["type"] == "m.reaction")
+                    .filter_map(|e| e["content"]["m.relates_to"]["key"].as_str())
+                    .map(str::to_string),
+            );
+            match page["next_batch"].as_str() {
+                Some(next) if !chunk.is_empty() => from = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        let mut m = Metrics::default().reactions(keys.iter().map(String::as_str));
+        m.credentials = s.rotated();
+        Ok(Some(m))
     }
 
     /// Homeservers rate-limit messages per user (Synapse: 0.2/s burst 10 by default, usually

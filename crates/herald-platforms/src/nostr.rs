@@ -6,7 +6,7 @@
 //! dialled through the SSRF guard (`SafeClient::connect_tcp`), wrapped in TLS for `wss://`, and
 //! every step has a time limit.
 
-use crate::{Adapter, Connection, Net, Outgoing, Pacing, Platform, PlatformError, Published, Verified};
+use crate::{Adapter, Connection, Metrics, Net, Outgoing, Pacing, Platform, PlatformError, Published, Verified};
 use async_trait::async_trait;
 use bech32::{Bech32, Hrp};
 use futures::{SinkExt, StreamExt};
@@ -31,6 +31,10 @@ const STEP: Duration = Duration::from_secs(10);
 pub const MAX_RELAYS: usize = 10;
 /// Relay messages are small; a REQ with `limit: 1` answers with one event at most.
 const MAX_MESSAGE: usize = 1 << 20;
+/// How long reading reactions may take per relay: stats are not worth a publish's patience.
+pub const REACTIONS_WAIT: Duration = Duration::from_secs(8);
+/// The most reactions asked of a relay (relays cap a subscription's stored events anyway).
+const MAX_REACTIONS: u64 = 5000;
 
 const NPUB: Hrp = Hrp::parse_unchecked("npub");
 const NSEC: Hrp = Hrp::parse_unchecked("nsec");
@@ -369,6 +373,35 @@ async fn probe(net: &Net, relay: &url::Url, pubkey: &str) -> Outcome {
     outcome
 }
 
+/// Asks one relay for the kind-7 reactions to `target` and collects them until EOSE.
+async fn reactions(net: &Net, relay: &url::Url, target: &str) -> Result<Vec<Value>, Outcome> {
+    let mut ws = open(net, relay).await?;
+    let sub = format!("herald-r-{}", &target[..8]);
+    let req = json!(["REQ", sub, {"kinds": [7], "#e": [target], "limit": MAX_REACTIONS}]);
+    if let Err(e) = ws.send(Message::text(req.to_string())).await {
+        return Err(Outcome::Down(format!("sending failed: {e}")));
+    }
+    let mut events = Vec::new();
+    let outcome = loop {
+        match next_array(&mut ws).await {
+            Ok(a) if a.get(1).and_then(Value::as_str) == Some(sub.as_str()) => match a[0].as_str() {
+                Some("EVENT") => events.extend(a.get(2).cloned().filter(|e| e["kind"] == 7)),
+                Some("EOSE") => break Ok(events),
+                // A relay that will not serve the filter (auth-required:, restricted:).
+                Some("CLOSED") => {
+                    break Err(Outcome::Refused(a.get(2).and_then(Value::as_str).unwrap_or("closed").to_string()));
+                }
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(o) => break Err(o),
+        }
+    };
+    let _ = ws.send(Message::text(json!(["CLOSE", sub]).to_string())).await;
+    goodbye(ws).await;
+    outcome
+}
+
 /// Runs `f` against every relay at once, each bounded by `wait`.
 async fn each_relay<'a, F, Fut>(relays: &'a [url::Url], wait: Duration, f: F) -> Vec<RelayResult>
 where
@@ -499,6 +532,55 @@ impl Nostr {
     }
 }
 
+impl Nostr {
+    /// [`Adapter::metrics`] with a chosen wait per relay: the kind-7 reactions to the note on
+    /// every relay, each counted once, by content (`+` is a like, `-` a dislike, else an emoji).
+    pub async fn metrics_within(
+        net: &Net,
+        conn: &Connection,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<Metrics>, PlatformError> {
+        let settings: Settings = crate::settings(&conn.settings, "Nostr")?;
+        let relays = relays(&settings)?;
+        let target = event_id_hex(id)?;
+        let calls = relays.iter().map(|r| async {
+            tokio::time::timeout(wait, reactions(net, r, &target))
+                .await
+                .unwrap_or_else(|_| Err(Outcome::Down(format!("no EOSE within {} s", wait.as_secs_f32()))))
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut seen: Vec<Value> = Vec::new();
+        let mut failed = Vec::new();
+        for (relay, answer) in relays.iter().zip(answers) {
+            match answer {
+                Ok(events) => {
+                    for e in events {
+                        if !seen.iter().any(|s| s["id"] == e["id"]) {
+                            seen.push(e);
+                        }
+                    }
+                }
+                Err(o) => failed.push(RelayResult { relay: relay.to_string(), outcome: o }),
+            }
+        }
+        if failed.len() == relays.len() {
+            let said = summary(&failed);
+            return Err(if failed.iter().all(|r| matches!(r.outcome, Outcome::Blocked(_))) {
+                PlatformError::invalid(format!("no relay may be reached from here: {said}"))
+                    .code("ssrf_blocked_destination")
+            } else {
+                PlatformError::transient(format!("no relay answered: {said}"))
+            });
+        }
+        let keys = seen.iter().map(|e| match e["content"].as_str().map(str::trim) {
+            None | Some("") => "+",
+            Some(c) => c,
+        });
+        Ok(Some(Metrics::default().reactions(keys)))
+    }
+}
+
 #[async_trait]
 impl Adapter for Nostr {
     fn platform(&self) -> &'static Platform {
@@ -515,6 +597,10 @@ impl Adapter for Nostr {
 
     async fn delete(&self, net: &Net, conn: &Connection, id: &str) -> Result<(), PlatformError> {
         Nostr::delete_within(net, conn, id, WAIT).await
+    }
+
+    async fn metrics(&self, net: &Net, conn: &Connection, id: &str) -> Result<Option<Metrics>, PlatformError> {
+        Nostr::metrics_within(net, conn, id, REACTIONS_WAIT).await
     }
 
     /// Public relays throttle per key and per connection (often a few events a second); one a

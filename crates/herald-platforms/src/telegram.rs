@@ -412,6 +412,18 @@ impl Adapter for Telegram {
         Ok(Published { id: id.to_string(), url: message_url(&first["chat"], id), credentials: None })
     }
 
+    /// Always `None`: the Bot API has no method that reads a sent message back, and channel view
+    /// counts reach a bot only on posts forwarded to it, never on its own. Only MTProto (a user
+    /// session, not a bot token) sees them.
+    async fn metrics(
+        &self,
+        _net: &Net,
+        _conn: &Connection,
+        _id: &str,
+    ) -> Result<Option<crate::Metrics>, PlatformError> {
+        Ok(None)
+    }
+
     /// One bucket per chat: about a message a second in private chats and channels, 20 a minute
     /// in groups (Bot FAQ). A `-100…` id may be a channel or a supergroup; without the chat type
     /// `verify` stored, the stricter group rate applies.

@@ -595,3 +595,46 @@ async fn real_pds() {
     assert_eq!((e.class, e.status), (ErrorClass::Auth, Some(401)), "{e}");
     assert_no_secret(&e, &bad);
 }
+
+#[tokio::test]
+async fn metrics_read_the_post_view_counts_by_its_at_uri() {
+    let pds = fake::start().await;
+    let net = common::net();
+    let c = verified(&pds.url, HANDLE, PASSWORD).await;
+    let p = Bluesky.publish(&net, &c, &Outgoing::text("counted", "herald-metrics")).await.unwrap();
+    assert!(p.id.starts_with(&format!("at://{DID}/app.bsky.feed.post/")), "{}", p.id);
+    pds.data().engage(&p.id, fake::Engagement { likes: 12, reposts: 3, replies: 2, quotes: 1 });
+
+    let m = Bluesky.metrics(&net, &c, &p.id).await.unwrap().expect("Bluesky has counts");
+    assert_eq!(serde_json::to_value(&m).unwrap(), json!({"likes": 12, "reposts": 3, "replies": 2, "quotes": 1}));
+    assert!(m.credentials.is_none(), "the stored session still worked");
+    let asked = pds.requests_to("app.bsky.feed.getPosts");
+    assert!(asked[0].header("authorization").is_some_and(|a| a.starts_with("Bearer ")));
+
+    // An expired session is refreshed, and the rotated tokens come back to be stored.
+    pds.data().expire_access_tokens();
+    let m = Bluesky.metrics(&net, &c, &p.id).await.unwrap().unwrap();
+    assert_eq!(m.get("likes"), Some(12));
+    let renewed = m.credentials.expect("the refreshed session");
+    assert_ne!(renewed.0["access_jwt"], c.credentials.0["access_jwt"]);
+    assert_eq!(renewed.0["app_password"], PASSWORD);
+}
+
+#[tokio::test]
+async fn metrics_failures_keep_their_class() {
+    let pds = fake::start().await;
+    let net = common::net();
+    let c = verified(&pds.url, HANDLE, PASSWORD).await;
+    let p = Bluesky.publish(&net, &c, &Outgoing::text("counted", "herald-metrics-fail")).await.unwrap();
+
+    pds.fail_next_on("app.bsky.feed.getPosts", Failure::RateLimited { retry_after_secs: 30 });
+    let e = Bluesky.metrics(&net, &c, &p.id).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::RateLimited);
+    assert!(e.retry_after.unwrap() > Duration::from_secs(20), "{e:?}");
+
+    // A post the AppView does not show (deleted) is named; a bad id is refused before any call.
+    Bluesky.delete(&net, &c, &p.id).await.unwrap();
+    let e = Bluesky.metrics(&net, &c, &p.id).await.unwrap_err();
+    assert_eq!((e.class, e.code.as_deref()), (ErrorClass::Invalid, Some("post_not_found")));
+    assert_eq!(Bluesky.metrics(&net, &c, "3kxyz").await.unwrap_err().class, ErrorClass::Invalid);
+}

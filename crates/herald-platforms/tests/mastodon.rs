@@ -317,3 +317,47 @@ async fn pacing_keeps_to_the_status_family_per_account() {
     assert_eq!(p.capacity, 30.0);
     assert!((p.per_second * 10_800.0 - 300.0).abs() < 1e-9);
 }
+
+#[tokio::test]
+async fn metrics_read_the_status_counts_and_fall_back_to_no_token_without_read_scope() {
+    let fake = start().await;
+    let net = common::net();
+    let c = conn(&fake);
+    let p = Mastodon.publish(&net, &c, &Outgoing::text("counted", key())).await.unwrap();
+    fake.data().engage(&p.id, 7, 2, 1);
+
+    let m = Mastodon.metrics(&net, &c, &p.id).await.unwrap().expect("Mastodon has counts");
+    assert_eq!((m.get("favourites"), m.get("reblogs"), m.get("replies")), (Some(7), Some(2), Some(1)));
+    assert_eq!(serde_json::to_value(&m).unwrap(), json!({"favourites": 7, "reblogs": 2, "replies": 1}));
+    let read = fake.requests_to(&format!("/api/v1/statuses/{}", p.id));
+    assert_eq!(read.last().unwrap().header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+
+    // A token made only to post: the public status is read without it.
+    fake.fail_next_on("/api/v1/statuses/", Failure::Named("scope"));
+    let m = Mastodon.metrics(&net, &c, &p.id).await.unwrap().unwrap();
+    assert_eq!(m.get("favourites"), Some(7));
+    assert_eq!(fake.requests_to(&format!("/api/v1/statuses/{}", p.id)).last().unwrap().header("authorization"), None);
+}
+
+#[tokio::test]
+async fn metrics_failures_keep_their_class() {
+    let fake = start().await;
+    let net = common::net();
+    let c = conn(&fake);
+    let p = Mastodon.publish(&net, &c, &Outgoing::text("counted", key())).await.unwrap();
+
+    fake.fail_next_on("/api/v1/statuses/", Failure::RateLimited { retry_after_secs: 90 });
+    let e = Mastodon.metrics(&net, &c, &p.id).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::RateLimited);
+    assert!(e.retry_after.unwrap() > Duration::from_secs(80), "{e:?}");
+
+    fake.fail_next_on("/api/v1/statuses/", Failure::ServerError(503));
+    assert_eq!(Mastodon.metrics(&net, &c, &p.id).await.unwrap_err().class, ErrorClass::Transient);
+
+    // A deleted status is gone for good; a malformed id never leaves Herald.
+    Mastodon.delete(&net, &c, &p.id).await.unwrap();
+    assert_eq!(Mastodon.metrics(&net, &c, &p.id).await.unwrap_err().class, ErrorClass::Invalid);
+    let before = fake.requests().len();
+    assert_eq!(Mastodon.metrics(&net, &c, "../accounts").await.unwrap_err().class, ErrorClass::Invalid);
+    assert_eq!(fake.requests().len(), before);
+}

@@ -472,3 +472,51 @@ async fn against_a_real_synapse() {
     let e = Matrix.publish(&net, &bad, &Outgoing::text("never", key())).await.unwrap_err();
     assert_eq!((e.class, e.code.as_deref()), (ErrorClass::Auth, Some("M_UNKNOWN_TOKEN")));
 }
+
+#[tokio::test]
+async fn metrics_count_reactions_by_key_across_pages() {
+    let hs = fake::start().await;
+    let net = common::net();
+    let c = with_token(&hs);
+    let p = Matrix.publish(&net, &c, &Outgoing::text("react to me", key())).await.unwrap();
+    {
+        let mut d = hs.data();
+        // 130 reactions: more than one page of 100.
+        for i in 0..130 {
+            let key = if i % 10 == 0 { "🎉" } else { "👍" };
+            d.react(fake::ROOM, &p.id, &format!("@u{i}:fake.local"), key);
+        }
+    }
+    let m = Matrix.metrics(&net, &c, &p.id).await.unwrap().expect("Matrix has reactions");
+    assert_eq!(m.get("reactions"), Some(130));
+    assert_eq!((m.get("reactions:👍"), m.get("reactions:🎉")), (Some(117), Some(13)));
+    assert!(m.credentials.is_none());
+    assert_eq!(hs.requests_to("/relations/").len(), 2, "two pages");
+
+    // Nothing yet is zero, not missing.
+    let q = Matrix.publish(&net, &c, &Outgoing::text("quiet", key())).await.unwrap();
+    let m = Matrix.metrics(&net, &c, &q.id).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_value(&m).unwrap(), json!({"reactions": 0}));
+}
+
+#[tokio::test]
+async fn metrics_failures_keep_their_class_and_a_lost_token_is_renewed() {
+    let hs = fake::start().await;
+    let net = common::net();
+    let c = with_token(&hs);
+    let p = Matrix.publish(&net, &c, &Outgoing::text("react to me", key())).await.unwrap();
+
+    hs.fail_next_on("/relations/", Failure::RateLimited { retry_after_secs: 4 });
+    let e = Matrix.metrics(&net, &c, &p.id).await.unwrap_err();
+    assert_eq!((e.class, e.retry_after), (ErrorClass::RateLimited, Some(Duration::from_secs(4))));
+    hs.fail_next_on("/relations/", Failure::Unauthorized);
+    assert_eq!(Matrix.metrics(&net, &c, &p.id).await.unwrap_err().class, ErrorClass::Auth);
+
+    // With a password, a refused token is replaced and the new one comes back to be stored.
+    let pw = with_password(&hs);
+    hs.data().react(fake::ROOM, &p.id, "@u:fake.local", "👍");
+    hs.fail_next_on("/relations/", Failure::Unauthorized);
+    let m = Matrix.metrics(&net, &pw, &p.id).await.unwrap().unwrap();
+    assert_eq!(m.get("reactions"), Some(1));
+    assert!(m.credentials.expect("a new login").0["access_token"].is_string());
+}

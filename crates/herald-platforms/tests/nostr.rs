@@ -378,3 +378,53 @@ async fn against_a_real_relay() {
     let found = req(&relay, json!({"#e": [p.id], "kinds": [1]})).await;
     assert!(found.iter().any(|e| e["id"] == r.id), "{found:?}");
 }
+
+/// A kind-7 reaction to `target` as another client would store it (the fake does not check
+/// signatures).
+fn reaction(n: u32, target: &str, content: &str) -> Value {
+    json!({
+        "id": format!("{n:064x}"), "pubkey": "ab".repeat(32), "created_at": 1_700_000_000 + n as i64, "kind": 7,
+        "tags": [["e", target], ["p", PUBKEY]], "content": content, "sig": "cd".repeat(64),
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_reactions_once_across_relays() {
+    let (a, b) = (fake::start().await, fake::start().await);
+    let c = conn(&[&a.url, &b.url], SECRET);
+    let (p, _) = Nostr::publish_within(&common::net(), &c, &Outgoing::text("react", key()), FAST).await.unwrap();
+    let other = "ef".repeat(32);
+    for (n, content) in [(1, "+"), (2, "+"), (3, "🔥"), (4, "-"), (5, "")] {
+        a.insert(reaction(n, &p.id, content));
+    }
+    // b has two of the same and one of its own; a reaction to another note does not count.
+    b.insert(reaction(1, &p.id, "+"));
+    b.insert(reaction(3, &p.id, "🔥"));
+    b.insert(reaction(6, &p.id, "🔥"));
+    b.insert(reaction(7, &other, "+"));
+
+    let m = Nostr::metrics_within(&common::net(), &c, &p.id, FAST).await.unwrap().expect("Nostr has reactions");
+    assert_eq!(m.get("reactions"), Some(6));
+    assert_eq!((m.get("reactions:+"), m.get("reactions:🔥"), m.get("reactions:-")), (Some(3), Some(2), Some(1)));
+    let req = a.received().into_iter().find(|m| m[0] == "REQ").unwrap();
+    assert_eq!(req[2]["kinds"], json!([7]));
+    assert_eq!(req[2]["#e"], json!([p.id]));
+
+    // One relay silent: the other's count stands.
+    b.answer(Answer::Never);
+    let m = Nostr::metrics_within(&common::net(), &c, &p.id, FAST).await.unwrap().unwrap();
+    assert_eq!(m.get("reactions"), Some(5));
+}
+
+#[tokio::test]
+async fn metrics_without_any_relay_answering_are_transient() {
+    let a = fake::start().await;
+    a.answer(Answer::Never);
+    let c = conn(&[&a.url, &dead_relay().await], SECRET);
+    let started = Instant::now();
+    let e = Nostr::metrics_within(&common::net(), &c, &"ab".repeat(32), FAST).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Transient, "{e}");
+    assert!(started.elapsed() < FAST * 3);
+    // Not an event id: refused before any relay is asked.
+    assert_eq!(Nostr.metrics(&common::net(), &c, "nope").await.unwrap_err().class, ErrorClass::Invalid);
+}

@@ -380,3 +380,12 @@ fn message_urls_follow_the_chat_kind() {
     assert_eq!(telegram::message_url(&group, 7), None);
     assert_eq!(telegram::message_url(&user, 7), None);
 }
+
+#[tokio::test]
+async fn metrics_are_none_since_the_bot_api_shows_no_views() {
+    let (fake, net) = setup().await;
+    let p = Telegram.publish(&net, &channel(), &Outgoing::text("seen?", "k")).await.unwrap();
+    let before = fake.requests().len();
+    assert_eq!(Telegram.metrics(&net, &channel(), &p.id).await.unwrap(), None);
+    assert_eq!(fake.requests().len(), before, "nothing is asked");
+}

@@ -3,7 +3,8 @@
 //! period), access tokens can be expired on demand, `putRecord` of an unchanged record is a no-op
 //! with the same cid, `createRecord` on a taken rkey is a 500 as in the real PDS, and records are
 //! checked against the `app.bsky.feed.post` lexicon limits (300 graphemes, 3000 bytes, known
-//! blobs, at most 4 images).
+//! blobs, at most 4 images). `app.bsky.feed.getPosts` answers post views with the engagement
+//! counts a test sets (`State::engage`), as the PDS does by proxying its AppView.
 //!
 //! ```ignore
 //! let fake = herald_testkit::bluesky::start().await;
@@ -15,7 +16,7 @@
 use crate::{Failure, FakeServer, Shared, bearer, json, json_with};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as Ctx};
+use axum::extract::{Path, Query, RawQuery, State as Ctx};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,6 +64,15 @@ impl Record {
     }
 }
 
+/// What the AppView counts for a post.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Engagement {
+    pub likes: u64,
+    pub reposts: u64,
+    pub replies: u64,
+    pub quotes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Blob {
     pub cid: String,
@@ -88,6 +98,8 @@ pub struct State {
     pub blob_upload_limit: usize,
     /// A counter for commit revs and token ids.
     pub seq: u64,
+    /// Post URI -> its counts in `getPosts` (zero when absent).
+    pub engagement: HashMap<String, Engagement>,
 }
 
 impl Default for State {
@@ -110,6 +122,7 @@ impl Default for State {
             max_image_bytes: 2_000_000,
             blob_upload_limit: 5 << 20,
             seq: 0,
+            engagement: HashMap::new(),
         }
     }
 }
@@ -134,6 +147,11 @@ impl State {
     /// The posts, in the order first written.
     pub fn posts(&self) -> Vec<Record> {
         self.records.iter().filter(|r| r.collection == POST).cloned().collect()
+    }
+
+    /// Sets what the AppView counts for the post at `uri`.
+    pub fn engage(&mut self, uri: &str, engagement: Engagement) {
+        self.engagement.insert(uri.to_string(), engagement);
     }
 
     pub fn record(&self, rkey: &str) -> Option<&Record> {
@@ -180,6 +198,7 @@ pub async fn start_with(state: State) -> FakeServer<State> {
         .route("/xrpc/com.atproto.repo.deleteRecord", post(delete_record))
         .route("/xrpc/com.atproto.repo.listRecords", get(list_records))
         .route("/xrpc/com.atproto.repo.uploadBlob", post(upload_blob))
+        .route("/xrpc/app.bsky.feed.getPosts", get(get_posts))
         .route("/pages/{name}", get(page))
         .fallback(|| async { xrpc(404, "XRPCNotSupported", "XRPCNotSupported") });
     FakeServer::start(router, state, render).await
@@ -475,6 +494,45 @@ async fn upload_blob(Ctx(sh): Ctx<Sh>, headers: HeaderMap, body: Bytes) -> Answe
     }
     let blob = json!({ "$type": "blob", "ref": { "$link": cid }, "mimeType": mime, "size": body.len() });
     Ok(json(200, json!({ "blob": blob })))
+}
+
+/// `app.bsky.feed.getPosts?uris=…&uris=…` (at most 25): a `postView` for each post the AppView
+/// knows, in the order asked; unknown ones are left out, not an error.
+async fn get_posts(Ctx(sh): Ctx<Sh>, headers: HeaderMap, RawQuery(query): RawQuery) -> Answer {
+    let data = sh.data();
+    authed(&data, &headers)?;
+    let uris: Vec<String> = crate::vk::form_pairs(query.unwrap_or_default().as_bytes())
+        .into_iter()
+        .filter(|(k, _)| k == "uris")
+        .map(|(_, v)| v)
+        .collect();
+    if uris.is_empty() {
+        return fail(400, "InvalidRequest", "Error: Params must have the property \"uris\"");
+    }
+    if uris.len() > 25 {
+        return fail(400, "InvalidRequest", "Error: uris must not have more than 25 elements");
+    }
+    let posts: Vec<Value> = uris
+        .iter()
+        .filter_map(|uri| data.records.iter().find(|r| r.collection == POST && &r.uri() == uri))
+        .map(|r| {
+            let e = data.engagement.get(&r.uri()).copied().unwrap_or_default();
+            let handle = data.account(&r.repo).map(|a| a.handle.clone()).unwrap_or_default();
+            json!({
+                "uri": r.uri(),
+                "cid": r.cid,
+                "author": { "did": r.repo, "handle": handle },
+                "record": r.value,
+                "replyCount": e.replies,
+                "repostCount": e.reposts,
+                "likeCount": e.likes,
+                "quoteCount": e.quotes,
+                "indexedAt": r.value["createdAt"],
+                "labels": [],
+            })
+        })
+        .collect();
+    Ok(json(200, json!({ "posts": posts })))
 }
 
 async fn page(Ctx(sh): Ctx<Sh>, Path(name): Path<String>) -> Response {

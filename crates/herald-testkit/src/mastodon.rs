@@ -1,7 +1,8 @@
 //! A fake Mastodon instance: `verify_credentials`, `/api/v2/instance` with configurable limits,
 //! media upload with asynchronous processing (202, then 206 on the first polls, then 200),
 //! statuses with `Idempotency-Key` (one status per key and account for an hour), over-length text
-//! counted the Mastodon way (every link counts `characters_reserved_per_url`), and Mastodon's own
+//! counted the Mastodon way (every link counts `characters_reserved_per_url`), a status read back
+//! with the engagement counts a test sets (`favourites`, `reblogs`, `replies`), and Mastodon's own
 //! error bodies and `X-RateLimit-*` headers.
 
 use crate::{Failure, FakeServer, Shared, bearer, json, json_with};
@@ -68,6 +69,10 @@ pub struct Status {
     pub media_ids: Vec<String>,
     pub idempotency_key: Option<String>,
     pub deleted: bool,
+    /// What `favourites_count`, `reblogs_count` and `replies_count` answer; tests set them.
+    pub favourites: u64,
+    pub reblogs: u64,
+    pub replies: u64,
 }
 
 /// An uploaded file.
@@ -104,6 +109,12 @@ impl State {
     pub fn live(&self) -> Vec<&Status> {
         self.statuses.iter().filter(|s| !s.deleted).collect()
     }
+
+    /// Sets a status's engagement counts, as if people had favourited, boosted and answered it.
+    pub fn engage(&mut self, id: &str, favourites: u64, reblogs: u64, replies: u64) {
+        let s = self.statuses.iter_mut().find(|s| s.id == id).expect("a status with this id");
+        (s.favourites, s.reblogs, s.replies) = (favourites, reblogs, replies);
+    }
 }
 
 pub async fn start() -> FakeServer<State> {
@@ -126,7 +137,7 @@ pub async fn start_with(config: Config) -> FakeServer<State> {
         .route("/api/v2/media", post(create_media))
         .route("/api/v1/media/{id}", get(get_media))
         .route("/api/v1/statuses", post(create_status))
-        .route("/api/v1/statuses/{id}", axum::routing::delete(delete_status));
+        .route("/api/v1/statuses/{id}", get(get_status).delete(delete_status));
     FakeServer::start(router, state, render).await
 }
 
@@ -342,6 +353,9 @@ fn status_json(sh: &Sh, s: &Status) -> Value {
         "uri": format!("{}/users/{USERNAME}/statuses/{}", sh.url, s.id),
         "url": format!("{}/@{USERNAME}/{}", sh.url, s.id),
         "content": format!("<p>{escaped}</p>"),
+        "replies_count": s.replies,
+        "reblogs_count": s.reblogs,
+        "favourites_count": s.favourites,
         "media_attachments": media,
         "account": account(sh),
         "application": { "name": "Herald", "website": null },
@@ -416,6 +430,9 @@ async fn create_status(extract::State(sh): extract::State<Sh>, headers: HeaderMa
         media_ids: media.iter().map(|m| m.id.clone()).collect(),
         idempotency_key: key.clone(),
         deleted: false,
+        favourites: 0,
+        reblogs: 0,
+        replies: 0,
     };
     d.statuses.push(status.clone());
     if let Some(k) = key {
@@ -423,6 +440,20 @@ async fn create_status(extract::State(sh): extract::State<Sh>, headers: HeaderMa
     }
     drop(d);
     json(200, status_json(&sh, &status))
+}
+
+/// A status by id. Public and unlisted ones read without a token, as on a stock instance; a token
+/// that is sent must be valid.
+async fn get_status(extract::State(sh): extract::State<Sh>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let anonymous = bearer(&headers).is_none();
+    if !anonymous && let Some(r) = unauthorized(&sh, &headers) {
+        return r;
+    }
+    let found = sh.data().statuses.iter().find(|s| s.id == id && !s.deleted).cloned();
+    match found {
+        Some(s) if !anonymous || matches!(s.visibility.as_str(), "public" | "unlisted") => json(200, status_json(&sh, &s)),
+        _ => error(404, "Record not found"),
+    }
 }
 
 async fn delete_status(extract::State(sh): extract::State<Sh>, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -1,7 +1,8 @@
 //! A fake Matrix homeserver: password login with client-chosen devices, whoami, joined rooms,
 //! aliases, media upload, `PUT …/send/{type}/{txnId}` with Synapse's per-device transaction
 //! dedupe (a repeat returns the first event id, whatever its body), redactions, and
-//! `/rooms/{room}/messages` for reading back. Errors are `{"errcode","error"}`; a rate limit is a
+//! `/rooms/{room}/messages` for reading back, and `/relations/{event}/{rel_type}` paged as Synapse
+//! pages it (reactions come from [`Homeserver::react`]). Errors are `{"errcode","error"}`; a rate limit is a
 //! 429 with both `Retry-After` and `retry_after_ms`, as Synapse sends it.
 
 use crate::{Failure, FakeServer, Shared, bearer, json, json_with};
@@ -80,6 +81,24 @@ impl Homeserver {
             .collect()
     }
 
+    /// `sender` reacts to `event_id` with `key` (an `m.reaction` annotation); returns its id.
+    pub fn react(&mut self, room: &str, event_id: &str, sender: &str, key: &str) -> String {
+        let n = self.next_id();
+        let id = format!("$reaction{n}");
+        self.events.push(Event {
+            event_id: id.clone(),
+            room_id: room.to_string(),
+            event_type: "m.reaction".into(),
+            sender: sender.to_string(),
+            device_id: "OTHER".into(),
+            txn_id: format!("r{n}"),
+            content: json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}),
+            origin_server_ts: chrono::Utc::now().timestamp_millis(),
+            redacted_by: None,
+        });
+        id
+    }
+
     /// Logs every session of the account out, as a password change does.
     pub fn revoke_all(&mut self) {
         self.tokens.clear();
@@ -115,6 +134,7 @@ pub async fn start() -> FakeServer<Homeserver> {
         .route("/_matrix/client/v3/rooms/{room}/send/{event_type}/{txn}", put(send))
         .route("/_matrix/client/v3/rooms/{room}/redact/{event_id}/{txn}", put(redact))
         .route("/_matrix/client/v3/rooms/{room}/messages", get(messages))
+        .route("/_matrix/client/v1/rooms/{room}/relations/{event_id}/{rel_type}", get(relations))
         .fallback(|| async { refuse(404, "M_UNRECOGNIZED", "Unrecognized request") });
     FakeServer::start(router, data, render).await
 }
@@ -355,4 +375,52 @@ async fn messages(
         })
         .collect();
     Ok(json(200, json!({"chunk": chunk, "start": "s0", "end": "s1"})))
+}
+
+/// The events relating to `event_id` with `rel_type`, newest first, `limit` (default 5, as in
+/// Synapse) a page; `next_batch` is the offset of the next page. Redacted relations are gone.
+async fn relations(
+    State(fake): Fake,
+    headers: HeaderMap,
+    Path((room, event_id, rel_type)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let (user, _) = session(&fake, &headers)?;
+    let data = fake.data();
+    member(&data, &user, &room)?;
+    if !data.events.iter().any(|e| e.event_id == event_id && e.room_id == room) {
+        return Err(refuse(404, "M_NOT_FOUND", "Event not found"));
+    }
+    let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(5usize).clamp(1, 1000);
+    let from = query.get("from").and_then(|f| f.parse().ok()).unwrap_or(0usize);
+    let related: Vec<&Event> = data
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.room_id == room && e.redacted_by.is_none())
+        .filter(|e| {
+            let r = &e.content["m.relates_to"];
+            r["event_id"] == event_id.as_str() && r["rel_type"] == rel_type.as_str()
+        })
+        .collect();
+    let chunk: Vec<Value> = related
+        .iter()
+        .skip(from)
+        .take(limit)
+        .map(|e| {
+            json!({
+                "type": e.event_type,
+                "room_id": e.room_id,
+                "sender": e.sender,
+                "event_id": e.event_id,
+                "origin_server_ts": e.origin_server_ts,
+                "content": e.content,
+            })
+        })
+        .collect();
+    let mut body = json!({"chunk": chunk});
+    if from + limit < related.len() {
+        body["next_batch"] = json!((from + limit).to_string());
+    }
+    Ok(json(200, body))
 }
