@@ -8,11 +8,13 @@
 pub mod events;
 mod media;
 pub mod model;
+mod stats;
 mod store;
 pub mod worker;
 
 pub use events::{EVENT_JOB, EVENT_TYPES, EndpointView, EventHandler, NewEndpoint, NotificationView};
 pub use media::MediaView;
 pub use model::*;
+pub use stats::{CollectReport, DeliveryStats, PostStats, Snapshot, next_fetch};
 pub use store::{MAX_ATTEMPTS, PostQuery, Posts};
 pub use worker::{DELIVERY_JOB, DeliveryHandler};
