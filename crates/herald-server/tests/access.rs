@@ -87,7 +87,7 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("GET", "/connections" | "/connections/{connection_id}") => Some(Action::Read),
         ("POST", "/connections") | ("PATCH" | "DELETE", "/connections/{connection_id}") => Some(Action::ManageConnections),
         ("POST", "/connections/{connection_id}/test") => Some(Action::Publish),
-        ("GET", "/posts" | "/posts/{post_id}") => Some(Action::Read),
+        ("GET", "/posts" | "/posts/{post_id}" | "/posts/{post_id}/stats") => Some(Action::Read),
         // Publishing needs `publish`; a draft or an edit needs `write_content` (tested in posts.rs).
         ("POST", "/posts" | "/posts/{post_id}/cancel" | "/deliveries/{delivery_id}/retry" | "/deliveries/{delivery_id}/resolve") => {
             Some(Action::Publish)
@@ -254,7 +254,7 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                     "/invites/{invite_id}" => app.post(&owner, "/invites", json!({"role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
                     "/api-keys/{key_id}" => app.post(&owner, "/api-keys", json!({"name": "t", "role": "viewer"})).await.1["id"].as_str().unwrap().to_string(),
                     "/teams/{team_id}" => team.to_string(),
-                    "/posts/{post_id}" | "/posts/{post_id}/cancel" => {
+                    "/posts/{post_id}" | "/posts/{post_id}/cancel" | "/posts/{post_id}/stats" => {
                         let (s, p) = app.post(&owner, "/posts", post_body()).await;
                         assert_eq!(s, 201, "{p}");
                         p["id"].as_str().unwrap().to_string()

@@ -78,6 +78,7 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(connections::test))
         .routes(routes!(posts::list, posts::create))
         .routes(routes!(posts::get, posts::update, posts::remove))
+        .routes(routes!(posts::stats))
         .routes(routes!(posts::cancel))
         .routes(routes!(posts::retry))
         .routes(routes!(posts::resolve))

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_accounts::authorize;
 use herald_core::Action;
-use herald_posts::{NewPost, PostQuery, PostUpdate, PostView};
+use herald_posts::{NewPost, PostQuery, PostStats, PostUpdate, PostView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -73,6 +73,19 @@ pub async fn get(
 ) -> Result<Json<PostView>, ApiError> {
     let (team, _) = authorize(&p, Action::Read)?;
     Ok(Json(state.posts.get(team, id).await?))
+}
+
+/// The engagement of each delivery over time: one snapshot per fetch (often in the first hours,
+/// then every 6 hours, then daily, up to `HERALD_STATS_MAX_AGE`), oldest first. Deliveries to
+/// platforms that give no counts have none.
+#[utoipa::path(get, path = "/posts/{post_id}/stats", tag = "posts", params(("post_id" = Uuid, Path)),
+    responses((status = 200, body = PostStats), (status = 404, body = ErrorBody)))]
+pub async fn stats(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<Uuid>,
+) -> Result<Json<PostStats>, ApiError> {
+    Ok(Json(state.posts.stats(&p, id).await?))
 }
 
 /// Changes a post while nothing of it has gone out. A new `schedule_at` moves its jobs;

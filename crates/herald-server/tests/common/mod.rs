@@ -38,6 +38,8 @@ pub struct App {
     pub http: HttpClient,
     pub accounts: Accounts,
     pub db: Db,
+    /// The posts service behind the API, for driving workers and the stats collector in tests.
+    pub posts: herald_posts::Posts,
 }
 
 /// How a test authenticates.
@@ -80,7 +82,7 @@ impl App {
             db: db.clone(),
             accounts: accounts.clone(),
             connections,
-            posts,
+            posts: posts.clone(),
             media_max_bytes: 1 << 20,
             public_url: None,
             mail_enabled: false,
@@ -92,7 +94,7 @@ impl App {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        App { base, http: HttpClient::trusted().unwrap(), accounts, db }
+        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts }
     }
 
     pub async fn call(&self, who: &Caller, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
