@@ -66,6 +66,9 @@ pub struct Settings {
     /// At most this many finished jobs are kept [default: 100000].
     #[arg(long, env = "HERALD_JOB_RETENTION_COUNT", global = true)]
     pub job_retention_count: Option<u64>,
+    /// Published posts' engagement is collected until they are this old [default: 30d].
+    #[arg(long, env = "HERALD_STATS_MAX_AGE", global = true)]
+    pub stats_max_age: Option<String>,
     /// Database connections per process [default: 10].
     #[arg(long, env = "HERALD_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,

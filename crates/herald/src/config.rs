@@ -39,6 +39,7 @@ struct FileConfig {
     job_lease: Option<String>,
     job_retention: Option<String>,
     job_retention_count: Option<u64>,
+    stats_max_age: Option<String>,
     db_max_connections: Option<u32>,
     allow_private_networks: Option<Vec<String>>,
     allow_ports: Option<Vec<u16>>,
@@ -84,6 +85,8 @@ pub struct Config {
     pub job_lease: Duration,
     pub job_retention: Duration,
     pub job_retention_count: u64,
+    /// How long after publishing a delivery's engagement is still collected.
+    pub stats_max_age: Duration,
     pub db_max_connections: u32,
     pub allow_private_networks: Vec<String>,
     pub allow_ports: Vec<u16>,
@@ -222,6 +225,11 @@ impl Config {
         )?;
         let job_retention_count =
             m.pick("job_retention_count", flags.job_retention_count, f.job_retention_count).unwrap_or(100_000);
+        let stats_max_age = duration(
+            "stats_max_age",
+            m.pick("stats_max_age", flags.stats_max_age.clone(), f.stats_max_age),
+            Duration::from_secs(30 * 86_400),
+        )?;
         let db_max_connections =
             m.pick("db_max_connections", flags.db_max_connections, f.db_max_connections).unwrap_or(10);
         let allow_private_networks = m
@@ -307,6 +315,7 @@ impl Config {
             job_lease,
             job_retention,
             job_retention_count,
+            stats_max_age,
             db_max_connections,
             allow_private_networks,
             allow_ports,
@@ -352,6 +361,7 @@ impl Config {
         line("job_lease", q(&format_duration(self.job_lease)));
         line("job_retention", q(&format_duration(self.job_retention)));
         line("job_retention_count", self.job_retention_count.to_string());
+        line("stats_max_age", q(&format_duration(self.stats_max_age)));
         line("db_max_connections", self.db_max_connections.to_string());
         line("allow_private_networks", format!("{:?}", self.allow_private_networks));
         line("allow_ports", format!("{:?}", self.allow_ports));
@@ -425,6 +435,7 @@ mod tests {
         assert_eq!(c.workers, 4);
         assert_eq!(c.job_lease, Duration::from_secs(60));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.stats_max_age, Duration::from_secs(30 * 86_400));
         let shown = c.render();
         assert!(shown.contains("listen = \"127.0.0.1:9100\""), "{shown}");
         assert!(shown.contains("# flag or env"));
@@ -472,6 +483,13 @@ mod tests {
         let file = write(&dir, "[api_bases]\ntelegram = \"ftp://x\"\n");
         let err = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("HERALD_TELEGRAM_API_BASE"), "{err}");
+        let file = write(&dir, "stats_max_age = \"a week\"\n");
+        let err = Config::load(&Settings { config: Some(file.clone()), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("stats_max_age"), "{err}");
+        std::fs::write(&file, "stats_max_age = \"7d\"\n").unwrap();
+        let config = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap();
+        assert_eq!(config.stats_max_age, Duration::from_secs(7 * 86_400));
+        assert!(config.render().contains("stats_max_age = \"7d\""), "{}", config.render());
         let file = write(&dir, "allow_ports = [8448]\n[api_bases]\nvk = \"http://127.0.0.1:9000\"\n");
         let config = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap();
         assert_eq!(config.allow_ports, vec![8448]);

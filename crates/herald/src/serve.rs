@@ -184,6 +184,30 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             }
         });
     }
+    if config.role.runs_jobs() {
+        tokio::spawn({
+            let (stop, posts, max_age) = (shutdown.clone(), posts.clone(), config.stats_max_age);
+            async move {
+                // Engagement snapshots of published deliveries, each on its own thinning schedule;
+                // nodes sharing a database claim different deliveries.
+                while tokio::time::timeout(Duration::from_secs(60), stop.cancelled()).await.is_err() {
+                    match posts.collect_stats(max_age).await {
+                        Ok(r) if r.due == 0 => tracing::debug!("stats: nothing due"),
+                        Ok(r) => tracing::info!(
+                            due = r.due,
+                            stored = r.stored,
+                            unsupported = r.unsupported,
+                            failed = r.failed,
+                            rate_limited = r.rate_limited,
+                            skipped = r.skipped,
+                            "stats collected"
+                        ),
+                        Err(e) => tracing::warn!("the stats collector failed: {e}"),
+                    }
+                }
+            }
+        });
+    }
     let runner = config.role.runs_jobs().then(|| {
         let http = herald_http::HttpClient::trusted().expect("the HTTP client builds");
         let runner_config = RunnerConfig {
