@@ -11,6 +11,7 @@
 pub mod delivery;
 
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Accounts, Principal, Quota, authorize};
 use herald_core::{Action, Error, ErrorCode};
@@ -300,6 +301,12 @@ impl Connections {
     /// Loads a connection with its credentials opened, for a delivery or a check.
     pub async fn load(&self, team: Uuid, id: Uuid) -> Result<Loaded, Error> {
         let row = self.row(team, id).await?;
+        self.open(team, row)
+    }
+
+    /// Opens a row's credentials in memory.
+    fn open(&self, team: Uuid, row: Row) -> Result<Loaded, Error> {
+        let id = row.id;
         let secret = self.vault.open(&row.credentials, &aad(team, id)).map_err(|e| {
             Error::internal(format!("the credentials of connection {id} cannot be opened ({e}); is the key missing?"))
         })?;
@@ -308,6 +315,26 @@ impl Connections {
         let view = row.view();
         let connection = Connection { id, settings: view.settings.clone(), credentials: Credentials(credentials) };
         Ok(Loaded { view, team, connection })
+    }
+
+    /// [`load`](Self::load) for many connections of one team in one query. Connections that are
+    /// gone, or whose credentials do not open, are left out: [`load`](Self::load) says why.
+    pub async fn load_many(&self, team: Uuid, ids: &[Uuid]) -> Result<HashMap<Uuid, Loaded>, Error> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = (2..ids.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT {COLS} FROM connections WHERE team_id = $1 AND id IN ({list})");
+        let rows: Vec<Row> = on_read!(self.db, c => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(team);
+            for id in &ids { q = q.bind(*id); }
+            q.fetch_all(c).await
+        })
+        .map_err(store)?;
+        Ok(rows.into_iter().filter_map(|row| Some((row.id, self.open(team, row).ok()?))).collect())
     }
 
     /// Renames, re-configures or re-authorises a connection. New settings or credentials are checked

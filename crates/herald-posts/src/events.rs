@@ -47,6 +47,28 @@ pub(crate) async fn emit(
     message: &str,
     data: Value,
 ) -> Result<(), Error> {
+    let endpoints = endpoints(tx, team).await?;
+    emit_to(tx, &endpoints, team, kind, subject, message, data).await
+}
+
+/// The team's active endpoints with the event types each wants (JSON), for [`emit_to`]; a batch
+/// that emits many events for one team reads them once.
+pub(crate) async fn endpoints(tx: &mut Tx, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
+    on_tx!(tx, c => sqlx::query_as("SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2")
+        .bind(team).bind(true).fetch_all(&mut *c).await)
+    .map_err(store)
+}
+
+/// [`emit`] to endpoints already read in this transaction.
+pub(crate) async fn emit_to(
+    tx: &mut Tx,
+    endpoints: &[(Uuid, String)],
+    team: Uuid,
+    kind: &str,
+    subject: (&str, Uuid),
+    message: &str,
+    data: Value,
+) -> Result<(), Error> {
     let now = Ts::now();
     if NEEDS_A_PERSON.contains(&kind) {
         exec!(
@@ -64,12 +86,8 @@ pub(crate) async fn emit(
         .map_err(store)?;
         tracing::warn!(%team, kind, subject = %subject.1, "{message}");
     }
-    let endpoints: Vec<(Uuid, String)> = on_tx!(tx, c => sqlx::query_as(
-        "SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2")
-        .bind(team).bind(true).fetch_all(&mut *c).await)
-    .map_err(store)?;
     for (endpoint, events) in endpoints {
-        let wanted: Vec<String> = serde_json::from_str(&events).unwrap_or_default();
+        let wanted: Vec<String> = serde_json::from_str(events).unwrap_or_default();
         if !wanted.is_empty() && !wanted.iter().any(|w| w == kind) {
             continue;
         }

@@ -5,6 +5,7 @@
 //! the commit is resent only where the platform deduplicates, and is `unconfirmed` elsewhere.
 #![forbid(unsafe_code)]
 
+mod batch;
 pub mod events;
 mod media;
 pub mod model;

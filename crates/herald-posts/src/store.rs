@@ -11,7 +11,7 @@ use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
-use herald_store::{Db, StoreError, Ts, Tx, exec, on_read, on_tx};
+use herald_store::{Db, StoreError, Ts, Tx, TxConn, exec, on_read, on_tx};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -42,7 +42,7 @@ fn conflict(msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::Conflict, msg)
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 pub(crate) struct PostRow {
     pub id: Uuid,
     pub author_user: Option<Uuid>,
@@ -207,37 +207,103 @@ pub(crate) fn rollup(
 
 /// Recomputes and stores the post's state inside `tx`.
 pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, Error> {
-    // Take the post's row lock first: deliveries finishing at once then recompute one after the
-    // other, each seeing the others' committed states (PostgreSQL; SQLite has one writer anyway).
-    exec!(tx, "UPDATE posts SET updated_at = updated_at WHERE id = $1", post).map_err(store)?;
+    let states = refresh_posts(tx, &[post]).await?;
+    states.get(&post).copied().ok_or_else(|| Error::not_found("post"))
+}
+
+/// `$first, $first+1, …` for an `IN (…)` list of `n` values, in both dialects.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Recomputes and stores the states of several posts inside `tx`, emitting an event for each post
+/// that reached an end state.
+pub(crate) async fn refresh_posts(
+    tx: &mut Tx,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, PostState>, Error> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let list = placeholders(1, ids.len());
+    // Take the posts' row locks first, in one order: deliveries finishing at once then recompute
+    // one after the other, each seeing the others' committed states. SQLite has one writer; the
+    // no-op update takes its write lock before the reads.
+    let lock = match tx.conn() {
+        TxConn::Sqlite(_) => format!("UPDATE posts SET updated_at = updated_at WHERE id IN ({list})"),
+        TxConn::Postgres(_) => format!("SELECT id FROM posts WHERE id IN ({list}) ORDER BY id FOR UPDATE"),
+    };
+    on_tx!(tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(lock.as_str()));
+        for id in &ids { q = q.bind(*id); }
+        q.execute(&mut *c).await.map(|r| r.rows_affected())
+    })
+    .map_err(store)?;
     #[derive(sqlx::FromRow)]
     struct P {
+        id: Uuid,
         team_id: Uuid,
         state: String,
         schedule_at: Option<Ts>,
     }
-    let p: P = on_tx!(tx, c => sqlx::query_as("SELECT team_id, state, schedule_at FROM posts WHERE id = $1").bind(post).fetch_one(&mut *c).await)
-        .map_err(store)?;
-    let states: Vec<String> =
-        on_tx!(tx, c => sqlx::query_scalar("SELECT state FROM deliveries WHERE post_id = $1").bind(post).fetch_all(&mut *c).await)
-            .map_err(store)?;
-    let states: Vec<DeliveryState> = states.iter().map(|s| DeliveryState::parse(s)).collect();
-    let current = PostState::parse(&p.state).unwrap_or(PostState::Publishing);
-    let next = rollup(current, p.schedule_at.map(|t| t.0), &states);
-    if next != current {
-        exec!(tx, "UPDATE posts SET state = $2, updated_at = $3 WHERE id = $1", post, next.as_str(), Ts::now())
+    let sql = format!("SELECT id, team_id, state, schedule_at FROM posts WHERE id IN ({list})");
+    let posts: Vec<P> = on_tx!(tx, c => {
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+        for id in &ids { q = q.bind(*id); }
+        q.fetch_all(&mut *c).await
+    })
+    .map_err(store)?;
+    let sql = format!("SELECT post_id, state FROM deliveries WHERE post_id IN ({list})");
+    let rows: Vec<(Uuid, String)> = on_tx!(tx, c => {
+        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+        for id in &ids { q = q.bind(*id); }
+        q.fetch_all(&mut *c).await
+    })
+    .map_err(store)?;
+    let mut states: std::collections::HashMap<Uuid, Vec<DeliveryState>> = Default::default();
+    for (post, s) in &rows {
+        states.entry(*post).or_default().push(DeliveryState::parse(s));
+    }
+    let mut endpoints: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = Default::default();
+    let mut out = std::collections::HashMap::with_capacity(posts.len());
+    for p in posts {
+        let current = PostState::parse(&p.state).unwrap_or(PostState::Publishing);
+        let next = rollup(current, p.schedule_at.map(|t| t.0), states.get(&p.id).map_or(&[][..], |v| v));
+        out.insert(p.id, next);
+        if next == current {
+            continue;
+        }
+        exec!(tx, "UPDATE posts SET state = $2, updated_at = $3 WHERE id = $1", p.id, next.as_str(), Ts::now())
             .map_err(store)?;
         if matches!(
             next,
             PostState::Published | PostState::PartiallyPublished | PostState::Failed | PostState::Cancelled
         ) {
+            let to = match endpoints.entry(p.team_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(crate::events::endpoints(tx, p.team_id).await?),
+            };
             let kind = format!("post.{}", next.as_str());
-            let message = format!("post {post} is {}", next.as_str().replace('_', " "));
-            crate::events::emit(tx, p.team_id, &kind, ("post", post), &message, json!({"post": post, "state": next}))
-                .await?;
+            let message = format!("post {} is {}", p.id, next.as_str().replace('_', " "));
+            let data = json!({"post": p.id, "state": next});
+            crate::events::emit_to(tx, to, p.team_id, &kind, ("post", p.id), &message, data).await?;
         }
     }
-    Ok(next)
+    Ok(out)
+}
+
+/// Round `round` of a delivery's job; the unique key stops a round being enqueued twice.
+fn delivery_job(delivery: Uuid, round: i64, at: Option<DateTime<Utc>>, bucket: Option<String>) -> NewJob {
+    let mut job = NewJob::new(DELIVERY_JOB, json!({ "delivery": delivery }))
+        .unique_key(format!("delivery:{delivery}:{round}"))
+        .max_attempts(MAX_ATTEMPTS);
+    if let Some(at) = at {
+        job = job.run_at(at);
+    }
+    if let Some(b) = bucket {
+        job = job.bucket(b);
+    }
+    job
 }
 
 /// The text a platform will count: the link is appended where the platform has no link cards.
@@ -336,13 +402,19 @@ impl Posts {
         let media: Vec<MediaItem> = self.media_items(team, &post.media).await?.into_iter().map(|(_, m)| m).collect();
         let mut loaded = Vec::with_capacity(targets.len());
         let mut report = Vec::new();
+        let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
+        let mut opened = self.connections.load_many(team, &ids).await?;
         for (i, (id, o)) in targets.iter().enumerate() {
-            let l = self.connections.load(team, *id).await.map_err(|e| match e.code {
-                ErrorCode::NotFound => {
-                    invalid(&format!("targets[{i}].connection_id"), format!("no connection {id} in this team"))
-                }
-                _ => e,
-            })?;
+            let l = match opened.remove(id) {
+                Some(l) => l,
+                // Gone, or its credentials do not open: the one-by-one load says which.
+                None => self.connections.load(team, *id).await.map_err(|e| match e.code {
+                    ErrorCode::NotFound => {
+                        invalid(&format!("targets[{i}].connection_id"), format!("no connection {id} in this team"))
+                    }
+                    _ => e,
+                })?,
+            };
             let v = violations(&l, &o.resolve(post), &media);
             if !v.is_empty() {
                 report.push(TargetViolations {
@@ -454,30 +526,85 @@ impl Posts {
             }
             return Err(store(e));
         }
-        for (i, ((conn, o), l)) in targets.iter().zip(&loaded).enumerate() {
-            let did = Uuid::now_v7();
-            let dstate = match state {
-                PostState::Scheduled => DeliveryState::Scheduled,
-                _ => DeliveryState::Pending,
-            };
-            let job_id =
-                if new.draft { None } else { Some(self.enqueue(&mut tx, did, 0, schedule, buckets[i].clone()).await?) };
-            exec!(
-                tx,
+        let dstate = match state {
+            PostState::Scheduled => DeliveryState::Scheduled,
+            _ => DeliveryState::Pending,
+        };
+        let mut rows: Vec<DeliveryRow> = targets
+            .iter()
+            .zip(&loaded)
+            .map(|((conn, o), l)| {
+                let did = Uuid::now_v7();
+                DeliveryRow {
+                    id: did,
+                    post_id: id,
+                    team_id: team,
+                    connection_id: *conn,
+                    platform: l.view.platform.clone(),
+                    state: dstate.as_str().to_string(),
+                    content: serde_json::to_string(o).unwrap_or_default(),
+                    idempotency_key: herald_platforms::idempotency_key(did),
+                    job_id: None,
+                    run_at: schedule.map(Ts),
+                    parts: "[]".into(),
+                    platform_post_id: None,
+                    platform_url: None,
+                    attempts: 0,
+                    first_attempt_at: None,
+                    call_started_at: None,
+                    last_error: None,
+                    last_error_class: None,
+                    published_at: None,
+                }
+            })
+            .collect();
+        if !new.draft {
+            // Deliveries made in this transaction: no job can hold their keys yet, so the jobs go
+            // without them, in one statement.
+            let jobs = rows
+                .iter()
+                .zip(&buckets)
+                .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, schedule, b.clone()) })
+                .collect();
+            let enqueued = herald_queue::enqueue_many(&mut tx, jobs).await.map_err(Error::from)?;
+            for (d, e) in rows.iter_mut().zip(enqueued) {
+                d.job_id = Some(e.id().0);
+            }
+        }
+        if !rows.is_empty() {
+            let values = (0..rows.len())
+                .map(|i| {
+                    let b = 10 * i;
+                    format!(
+                        "(${}, $1, $2, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9,
+                        b + 10,
+                        b + 11,
+                        b + 12,
+                        b + 13,
+                        3,
+                        3
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
                 "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
-                 job_id, run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
-                did,
-                id,
-                team,
-                *conn,
-                &l.view.platform,
-                dstate.as_str(),
-                serde_json::to_string(o).unwrap_or_default(),
-                herald_platforms::idempotency_key(did),
-                job_id,
-                schedule.map(Ts),
-                now
-            )
+                 job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
+            );
+            on_tx!(tx, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).bind(team).bind(now);
+                for d in &rows {
+                    q = q.bind(d.id).bind(d.connection_id).bind(&d.platform).bind(&d.state).bind(&d.content)
+                        .bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts);
+                }
+                q.execute(&mut *c).await.map(|r| r.rows_affected())
+            })
             .map_err(store)?;
         }
         let data = json!({"post": id, "state": state, "schedule_at": schedule, "targets": targets.len()});
@@ -494,7 +621,21 @@ impl Posts {
         )
         .await?;
         tx.commit().await.map_err(Error::from)?;
-        Ok((self.get(team, id).await?, false))
+        // The post as committed; no need to read it back.
+        let row = PostRow {
+            id,
+            author_user: p.user_id,
+            state: state.as_str().to_string(),
+            content: serde_json::to_string(&content).unwrap_or_default(),
+            schedule_at: schedule.map(Ts),
+            timezone: zone,
+            campaign: new.campaign,
+            tags: serde_json::to_string(&tags).unwrap_or_default(),
+            created_at: now,
+            updated_at: now,
+        };
+        let deliveries = rows.iter().map(|d| d.view(&content, Vec::new())).collect();
+        Ok((Self::view(&row, deliveries), false))
     }
 
     /// Enqueues a delivery's job in the caller's transaction.
@@ -506,15 +647,7 @@ impl Posts {
         at: Option<DateTime<Utc>>,
         bucket: Option<String>,
     ) -> Result<Uuid, Error> {
-        let mut job = NewJob::new(DELIVERY_JOB, json!({ "delivery": delivery }))
-            .unique_key(format!("delivery:{delivery}:{round}"))
-            .max_attempts(MAX_ATTEMPTS);
-        if let Some(at) = at {
-            job = job.run_at(at);
-        }
-        if let Some(b) = bucket {
-            job = job.bucket(b);
-        }
+        let job = delivery_job(delivery, round, at, bucket);
         Ok(herald_queue::enqueue(tx, job).await.map_err(Error::from)?.id().0)
     }
 

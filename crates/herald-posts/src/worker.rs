@@ -12,16 +12,18 @@
 //! Threads publish part by part; each published part is committed before the next, so a retry
 //! continues from the part that failed.
 
+use crate::batch::{Batcher, Ready, Start, Success};
 use crate::model::{Content, DeliveryState};
 use crate::store::{DELIVERY_COLS, DeliveryRow, Posts, refresh_post, store};
 use chrono::{DateTime, Utc};
 use herald_connections::Status;
 use herald_connections::delivery::{REAUTH_RECHECK, job_error};
 use herald_core::Error;
-use herald_platforms::{ErrorClass, Idempotency, Outgoing, PlatformError, Published};
+use herald_platforms::{ErrorClass, Idempotency, Outgoing, PlatformError};
 use herald_queue::{Job, JobError};
 use herald_store::{Ts, exec, on_read};
 use serde_json::{Value, json};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -35,13 +37,20 @@ pub struct DeliveryHandler {
     backoff_base: std::time::Duration,
     /// Test hook: abort the process right after the platform accepted a call, before the commit.
     crash_after_call: bool,
+    /// Group commit for the usual case, started with the first job.
+    batch: Arc<OnceLock<Batcher>>,
 }
 
 impl DeliveryHandler {
     pub fn new(posts: Posts) -> DeliveryHandler {
         // Only the crash tests set this; it makes the worker die at the worst moment.
         let crash_after_call = std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v == "delivery.after_call");
-        DeliveryHandler { posts, crash_after_call, backoff_base: std::time::Duration::from_secs(5) }
+        DeliveryHandler {
+            posts,
+            crash_after_call,
+            backoff_base: std::time::Duration::from_secs(5),
+            batch: Arc::default(),
+        }
     }
 
     /// Retries sooner or later than the default 5 s, 10 s, 20 s, … (tests make storms quick).
@@ -85,10 +94,28 @@ impl DeliveryHandler {
             .map_err(|e| transient(store(e)))
     }
 
+    fn batch(&self) -> &Batcher {
+        self.batch.get_or_init(|| Batcher::spawn(self.posts.clone()))
+    }
+
     async fn deliver(&self, id: Uuid, last_try: bool) -> Result<(), JobError> {
-        let Some(d) = self.row(id).await? else { return Ok(()) }; // the post was deleted
+        let ready = match self.batch().start(id).await {
+            Start::Go(ready) => *ready,
+            Start::Done => return Ok(()),
+            Start::Slow => match self.prepare(id).await? {
+                Some(ready) => ready,
+                None => return Ok(()),
+            },
+        };
+        self.call(ready, last_try).await
+    }
+
+    /// The one-by-one start: every check, each explained when it stops the delivery, then the
+    /// in-flight mark. `None` when there is nothing to do.
+    async fn prepare(&self, id: Uuid) -> Result<Option<Ready>, JobError> {
+        let Some(d) = self.row(id).await? else { return Ok(None) }; // the post was deleted
         if d.state().is_final() {
-            return Ok(());
+            return Ok(None);
         }
         let post = self.posts.post_row(d.team_id, d.post_id).await.map_err(transient)?;
         let loaded = match self.posts.connections.load(d.team_id, d.connection_id).await {
@@ -182,7 +209,7 @@ impl DeliveryHandler {
         )
         .map_err(|e| transient(store(e)))?;
         if claimed == 0 {
-            return Ok(()); // cancelled meanwhile
+            return Ok(None); // cancelled meanwhile
         }
         // The only change a claim makes to the post: a scheduled post starts publishing.
         exec!(
@@ -193,6 +220,14 @@ impl DeliveryHandler {
         )
         .map_err(|e| transient(store(e)))?;
         tx.commit().await.map_err(|e| transient(e.into()))?;
+        Ok(Some(Ready { d, post, loaded, marked_at: now }))
+    }
+
+    /// Makes the calls of a delivery marked in flight, part by part, and records what happened.
+    async fn call(&self, ready: Ready, last_try: bool) -> Result<(), JobError> {
+        let Ready { d, post, loaded, marked_at: now } = ready;
+        let adapter = herald_platforms::adapter(&d.platform)
+            .ok_or_else(|| JobError::Permanent(format!("no adapter for {}", d.platform)))?;
 
         // Fixed at the first attempt, so a retry rebuilds the same content-addressed event (Nostr)
         // or record key (Bluesky), and a scheduled post carries its publishing time.
@@ -229,8 +264,7 @@ impl DeliveryHandler {
                     if done.len() < parts.len() {
                         self.record_part(&d, &done, i as i64, started, ms).await?;
                     } else {
-                        self.finish(&d, DeliveryState::Published, Some((&done, &p)), None, i as i64, started, ms)
-                            .await?;
+                        self.published(&d, &done, i as i64, started, ms).await?;
                     }
                 }
                 Err(e) => {
@@ -262,6 +296,31 @@ impl DeliveryHandler {
             }
         }
         Ok(())
+    }
+
+    /// Records a success with others that finished at the same moment, or alone if that fails.
+    async fn published(
+        &self,
+        d: &DeliveryRow,
+        done: &[Value],
+        part: i64,
+        started: DateTime<Utc>,
+        ms: i64,
+    ) -> Result<(), JobError> {
+        let success = Success {
+            delivery: d.id,
+            post: d.post_id,
+            parts: Value::Array(done.to_vec()).to_string(),
+            platform_post_id: done[0]["id"].as_str().map(str::to_string),
+            platform_url: done[0]["url"].as_str().map(str::to_string),
+            part,
+            started,
+            ms,
+        };
+        match self.batch().published(success).await {
+            Ok(()) => Ok(()),
+            Err(_) => self.finish(d, DeliveryState::Published, Some(done), None, part, started, ms).await,
+        }
     }
 
     /// Tells the team a connection needs re-authorising (once, when it flips).
@@ -316,7 +375,7 @@ impl DeliveryHandler {
         &self,
         d: &DeliveryRow,
         state: DeliveryState,
-        published: Option<(&[Value], &Published)>,
+        published: Option<&[Value]>,
         error: Option<&PlatformError>,
         part: i64,
         started: DateTime<Utc>,
@@ -325,7 +384,7 @@ impl DeliveryHandler {
         let now = Ts::now();
         let mut tx = self.posts.db.begin().await.map_err(|e| transient(e.into()))?;
         match published {
-            Some((parts, _last)) => {
+            Some(parts) => {
                 let first = &parts[0];
                 exec!(
                     tx,

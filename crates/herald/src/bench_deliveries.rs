@@ -67,6 +67,8 @@ struct Measured {
     cpu_per: Duration,
     p50: Duration,
     p99: Duration,
+    /// How long creating every post took (through the API layer, beside the running workers).
+    created_in: Duration,
 }
 
 /// The same number of requests, the same body size and concurrency, from a bare client loop.
@@ -96,6 +98,7 @@ async fn ceiling(url: &str, n: usize, concurrency: usize) -> anyhow::Result<Meas
         cpu_per: (cpu() - cpu0) / n as u32,
         p50: Duration::ZERO,
         p99: Duration::ZERO,
+        created_in: elapsed,
     })
 }
 
@@ -190,6 +193,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     for t in tasks {
         t.await.map_err(|e| Exit::Failure(e.into()))?.map_err(Exit::Failure)?;
     }
+    let created_in = start.elapsed();
     // Done means recorded: every delivery published in the database.
     loop {
         let published: i64 = herald_store::on_read!(db, c => sqlx::query_scalar(
@@ -229,6 +233,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
         cpu_per: cpu_used / n as u32,
         p50: pct(0.5),
         p99: pct(0.99),
+        created_in,
     })
 }
 
@@ -242,13 +247,13 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     );
     let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
     println!(
-        "{:<9} {:>12} {:>14} {:>7} {:>12} {:>12} {:>12} {:>9}",
-        "backend", "deliveries/s", "ceiling req/s", "ratio", "CPU/delivery", "commit→req", "p99", "peak RSS"
+        "{:<9} {:>12} {:>14} {:>7} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "backend", "deliveries/s", "ceiling req/s", "ratio", "CPU/delivery", "commit→req", "p99", "peak RSS", "posts/s"
     );
     for backend in backends {
         let r = pipeline(backend, &args, &url, &seen).await?;
         println!(
-            "{:<9} {:>12.0} {:>14.0} {:>6.2}x {:>10.3}ms {:>10.1}ms {:>10.1}ms {:>7.0}MB",
+            "{:<9} {:>12.0} {:>14.0} {:>6.2}x {:>10.3}ms {:>10.1}ms {:>10.1}ms {:>7.0}MB {:>9.0}",
             backend,
             r.per_sec,
             c.per_sec,
@@ -256,7 +261,8 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
             r.cpu_per.as_secs_f64() * 1000.0,
             r.p50.as_secs_f64() * 1000.0,
             r.p99.as_secs_f64() * 1000.0,
-            peak_rss_mb()
+            peak_rss_mb(),
+            args.posts as f64 / r.created_in.as_secs_f64()
         );
     }
     println!(
@@ -266,7 +272,8 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     );
     println!(
         "CPU/delivery: this whole process (creating posts, the queue, the worker, the receiver) over the run; \
-         commit→req: from a post's commit to its request reaching the receiver"
+         commit→req: from a post's commit to its request reaching the receiver; \
+         posts/s: how fast the posts were created (each with its targets) while the workers ran"
     );
     Ok(())
 }
