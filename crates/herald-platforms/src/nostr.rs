@@ -434,6 +434,16 @@ fn summary(results: &[RelayResult]) -> String {
     results.iter().map(|r| format!("{}: {}", r.relay, r.outcome.message())).collect::<Vec<_>>().join("; ")
 }
 
+/// No relay answered: the guard refused them all (the user's setting), or they may come back.
+fn unreachable(results: &[RelayResult]) -> PlatformError {
+    let said = summary(results);
+    if results.iter().all(|r| matches!(r.outcome, Outcome::Blocked(_))) {
+        PlatformError::invalid(format!("no relay may be reached from here: {said}")).code("ssrf_blocked_destination")
+    } else {
+        PlatformError::transient(format!("no relay answered: {said}"))
+    }
+}
+
 /// One accepting relay is enough. Otherwise: any rate limit means wait; refusals from every relay
 /// mean the event is unwelcome as it is; anything else (a relay down, `error:`) may pass.
 fn judge(results: &[RelayResult]) -> Result<(), PlatformError> {
@@ -498,13 +508,7 @@ impl Nostr {
         let results = each_relay(&relays, wait, |r| probe(net, r, &keys.pubkey)).await;
         let failed: Vec<&RelayResult> = results.iter().filter(|r| !matches!(r.outcome, Outcome::Accepted(_))).collect();
         if failed.len() == results.len() {
-            let said = summary(&results);
-            return Err(if results.iter().all(|r| matches!(r.outcome, Outcome::Blocked(_))) {
-                PlatformError::invalid(format!("no relay may be reached from here: {said}"))
-                    .code("ssrf_blocked_destination")
-            } else {
-                PlatformError::transient(format!("no relay answered: {said}"))
-            });
+            return Err(unreachable(&results));
         }
         let mut out = json!({
             "relays": relays.iter().map(url::Url::as_str).collect::<Vec<_>>(),
@@ -565,13 +569,7 @@ impl Nostr {
             }
         }
         if failed.len() == relays.len() {
-            let said = summary(&failed);
-            return Err(if failed.iter().all(|r| matches!(r.outcome, Outcome::Blocked(_))) {
-                PlatformError::invalid(format!("no relay may be reached from here: {said}"))
-                    .code("ssrf_blocked_destination")
-            } else {
-                PlatformError::transient(format!("no relay answered: {said}"))
-            });
+            return Err(unreachable(&failed));
         }
         let keys = seen.iter().map(|e| match e["content"].as_str().map(str::trim) {
             None | Some("") => "+",

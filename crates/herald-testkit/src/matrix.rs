@@ -362,16 +362,12 @@ async fn messages(
             if let Some(r) = &e.redacted_by {
                 unsigned["redacted_because"] = json!({"event_id": r});
             }
-            let content = if e.redacted_by.is_some() { json!({}) } else { e.content.clone() };
-            json!({
-                "type": e.event_type,
-                "room_id": e.room_id,
-                "sender": e.sender,
-                "event_id": e.event_id,
-                "origin_server_ts": e.origin_server_ts,
-                "content": content,
-                "unsigned": unsigned,
-            })
+            let mut v = client_event(e);
+            if e.redacted_by.is_some() {
+                v["content"] = json!({});
+            }
+            v["unsigned"] = unsigned;
+            v
         })
         .collect();
     Ok(json(200, json!({"chunk": chunk, "start": "s0", "end": "s1"})))
@@ -407,20 +403,23 @@ async fn relations(
         .iter()
         .skip(from)
         .take(limit)
-        .map(|e| {
-            json!({
-                "type": e.event_type,
-                "room_id": e.room_id,
-                "sender": e.sender,
-                "event_id": e.event_id,
-                "origin_server_ts": e.origin_server_ts,
-                "content": e.content,
-            })
-        })
+        .map(|e| client_event(e))
         .collect();
     let mut body = json!({"chunk": chunk});
     if from + limit < related.len() {
         body["next_batch"] = json!((from + limit).to_string());
     }
     Ok(json(200, body))
+}
+
+/// An event in the client-server API's format.
+fn client_event(e: &Event) -> Value {
+    json!({
+        "type": e.event_type,
+        "room_id": e.room_id,
+        "sender": e.sender,
+        "event_id": e.event_id,
+        "origin_server_ts": e.origin_server_ts,
+        "content": e.content,
+    })
 }
