@@ -308,11 +308,8 @@ impl Adapter for Matrix {
         let mut keys: Vec<String> = Vec::new();
         let mut from: Option<String> = None;
         for _ in 0..REACTION_PAGES {
-            let mut path = format!(
-                "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation?limit=100",
-                seg(&room_id),
-                seg(id)
-            );
+            let mut path =
+                format!("/_matrix/client/v1/rooms/{}/relations/{}/m.annotation?limit=100", seg(&room_id), seg(id));
             if let Some(f) = &from {
                 path.push_str(&format!("&from={}", seg(f)));
             }

@@ -359,7 +359,7 @@ mod tests {
             now = next;
             n += 1;
         }
-        // 24 in the first 6 h, 7 more until 2 days, then one a day until 30 days.
+        // After the first fetch: 24 more in the first 6 h, 7 until 2 days, then one a day until 30 days.
         assert_eq!(n, 24 + 7 + 28);
         assert!(now - p <= chrono::Duration::days(30));
         assert!(never() > p + chrono::Duration::days(365 * 1000));

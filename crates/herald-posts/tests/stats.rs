@@ -103,8 +103,13 @@ impl World {
     async fn published_ago(&self, post: Uuid, platform: &str, ago: chrono::Duration) {
         let id = self.delivery(post, platform).await;
         let mut tx = self.db.begin().await.unwrap();
-        exec!(tx, "UPDATE deliveries SET published_at = $2, stats_next_at = NULL WHERE id = $1", id, Ts(Utc::now() - ago))
-            .unwrap();
+        exec!(
+            tx,
+            "UPDATE deliveries SET published_at = $2, stats_next_at = NULL WHERE id = $1",
+            id,
+            Ts(Utc::now() - ago)
+        )
+        .unwrap();
         tx.commit().await.unwrap();
     }
 
@@ -114,9 +119,10 @@ impl World {
 
     async fn next_at(&self, post: Uuid, platform: &str) -> Option<DateTime<Utc>> {
         let id = self.delivery(post, platform).await;
-        let t: Option<Ts> = on_read!(self.db, c => sqlx::query_scalar("SELECT stats_next_at FROM deliveries WHERE id = $1")
+        let t: Option<Ts> =
+            on_read!(self.db, c => sqlx::query_scalar("SELECT stats_next_at FROM deliveries WHERE id = $1")
             .bind(id).fetch_one(c).await)
-        .unwrap();
+            .unwrap();
         t.map(|t| t.0)
     }
 

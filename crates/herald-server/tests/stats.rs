@@ -31,7 +31,8 @@ async fn the_series_of_a_published_post_grows_with_each_round() {
             )
             .await;
         assert_eq!(s, 201, "{conn}");
-        let (s, post) = app.post(&owner, "/posts", json!({"text": "Count me", "targets": [{"connection_id": conn["id"]}]})).await;
+        let (s, post) =
+            app.post(&owner, "/posts", json!({"text": "Count me", "targets": [{"connection_id": conn["id"]}]})).await;
         assert_eq!(s, 201, "{post}");
         let id = post["id"].as_str().unwrap().to_string();
 

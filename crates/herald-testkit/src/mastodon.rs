@@ -451,7 +451,9 @@ async fn get_status(extract::State(sh): extract::State<Sh>, headers: HeaderMap, 
     }
     let found = sh.data().statuses.iter().find(|s| s.id == id && !s.deleted).cloned();
     match found {
-        Some(s) if !anonymous || matches!(s.visibility.as_str(), "public" | "unlisted") => json(200, status_json(&sh, &s)),
+        Some(s) if !anonymous || matches!(s.visibility.as_str(), "public" | "unlisted") => {
+            json(200, status_json(&sh, &s))
+        }
         _ => error(404, "Record not found"),
     }
 }

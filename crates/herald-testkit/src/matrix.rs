@@ -399,12 +399,7 @@ async fn relations(
             r["event_id"] == event_id.as_str() && r["rel_type"] == rel_type.as_str()
         })
         .collect();
-    let chunk: Vec<Value> = related
-        .iter()
-        .skip(from)
-        .take(limit)
-        .map(|e| client_event(e))
-        .collect();
+    let chunk: Vec<Value> = related.iter().skip(from).take(limit).map(|e| client_event(e)).collect();
     let mut body = json!({"chunk": chunk});
     if from + limit < related.len() {
         body["next_batch"] = json!((from + limit).to_string());
