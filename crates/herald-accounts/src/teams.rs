@@ -310,33 +310,7 @@ impl Accounts {
     /// Counts `n` uses of a monthly quota (posts, AI calls) in the caller's transaction, or fails
     /// with `quota_exceeded` and counts nothing.
     pub async fn consume_monthly(&self, tx: &mut Tx, team: Uuid, quota: Quota, n: i64) -> Result<i64, Error> {
-        let period = chrono::Utc::now().format("%Y-%m").to_string();
-        // Count first and read the limit in the same statement (one round trip on the hot path of
-        // every post); over the limit, the count is taken back.
-        let sql = format!(
-            "INSERT INTO team_usage (team_id, metric, period, used) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (team_id, metric, period) DO UPDATE SET used = team_usage.used + $4 \
-             RETURNING used, (SELECT {} FROM teams WHERE id = $1)",
-            quota.column()
-        );
-        let (used, limit): (i64, Option<i64>) = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(team).bind(quota.as_str()).bind(&period).bind(n).fetch_one(&mut *c).await)
-        .map_err(store)?;
-        match limit {
-            Some(limit) if used > limit => {
-                exec!(
-                    tx,
-                    "UPDATE team_usage SET used = used - $4 WHERE team_id = $1 AND metric = $2 AND period = $3",
-                    team,
-                    quota.as_str(),
-                    &period,
-                    n
-                )
-                .map_err(store)?;
-                Err(quota_exceeded(quota, limit, used - n, n))
-            }
-            _ => Ok(used),
-        }
+        consume_monthly(tx, team, quota, n).await
     }
 
     pub async fn members(&self, team: Uuid) -> Result<Vec<Member>, Error> {
@@ -619,4 +593,36 @@ async fn ensure_another_owner(tx: &mut Tx, team: Uuid) -> Result<(), Error> {
         return Err(conflict("a team always keeps at least one owner; make someone else owner first"));
     }
     Ok(())
+}
+
+/// [`Accounts::consume_monthly`] for callers without an `Accounts` (a repeating post scheduling
+/// its next occurrence inside the delivery worker's transaction).
+pub async fn consume_monthly(tx: &mut Tx, team: Uuid, quota: Quota, n: i64) -> Result<i64, Error> {
+    let period = chrono::Utc::now().format("%Y-%m").to_string();
+    // Count first and read the limit in the same statement (one round trip on the hot path of
+    // every post); over the limit, the count is taken back.
+    let sql = format!(
+        "INSERT INTO team_usage (team_id, metric, period, used) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (team_id, metric, period) DO UPDATE SET used = team_usage.used + $4 \
+         RETURNING used, (SELECT {} FROM teams WHERE id = $1)",
+        quota.column()
+    );
+    let (used, limit): (i64, Option<i64>) = on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(team).bind(quota.as_str()).bind(&period).bind(n).fetch_one(&mut *c).await)
+    .map_err(store)?;
+    match limit {
+        Some(limit) if used > limit => {
+            exec!(
+                tx,
+                "UPDATE team_usage SET used = used - $4 WHERE team_id = $1 AND metric = $2 AND period = $3",
+                team,
+                quota.as_str(),
+                &period,
+                n
+            )
+            .map_err(store)?;
+            Err(quota_exceeded(quota, limit, used - n, n))
+        }
+        _ => Ok(used),
+    }
 }

@@ -25,13 +25,14 @@ pub const EVENT_TYPES: &[&str] = &[
     "post.partially_published",
     "post.failed",
     "post.cancelled",
+    "post.repeat_stopped",
     "delivery.failed",
     "delivery.unconfirmed",
     "connection.needs_reauth",
 ];
 
 /// The events a person must act on.
-const NEEDS_A_PERSON: &[&str] = &["post.failed", "delivery.failed", "delivery.unconfirmed", "connection.needs_reauth"];
+const NEEDS_A_PERSON: &[&str] = &["post.failed", "post.repeat_stopped", "delivery.failed", "delivery.unconfirmed", "connection.needs_reauth"];
 
 fn vault_binding(team: Uuid, id: Uuid) -> String {
     herald_vault::binding("event_endpoints", "secret", Some(&team), &id)

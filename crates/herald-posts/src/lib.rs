@@ -8,6 +8,7 @@
 mod batch;
 pub mod events;
 mod media;
+mod slots;
 pub mod model;
 mod stats;
 mod store;
@@ -15,6 +16,7 @@ pub mod worker;
 
 pub use events::{EVENT_JOB, EVENT_TYPES, EndpointView, EventHandler, NewEndpoint, NotificationView};
 pub use media::MediaView;
+pub use slots::{Slot, SlotsInput};
 pub use model::*;
 pub use stats::{CollectReport, DeliveryStats, PostStats, Snapshot, next_fetch};
 pub use store::{MAX_ATTEMPTS, PostQuery, Posts};

@@ -159,6 +159,9 @@ pub struct NewPost {
     pub campaign: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Publish again every N days (1 to 365), at the same local time, until cancelled.
+    #[serde(default)]
+    pub repeat_every_days: Option<i64>,
 }
 
 /// `PATCH /api/v1/posts/{id}`: only while nothing has been published or is publishing.
@@ -178,6 +181,8 @@ pub struct PostUpdate {
     pub draft: Option<bool>,
     pub campaign: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// A new repeat interval in days; 0 stops the series after this post.
+    pub repeat_every_days: Option<i64>,
 }
 
 /// One try at a platform.
@@ -224,6 +229,10 @@ pub struct PostView {
     pub timezone: Option<String>,
     pub campaign: Option<String>,
     pub tags: Vec<String>,
+    /// Repeats every this many days.
+    pub repeat_every_days: Option<i64>,
+    /// The first post of the series this one repeats.
+    pub series_id: Option<Uuid>,
     pub author_user: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

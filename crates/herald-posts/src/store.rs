@@ -52,12 +52,14 @@ pub(crate) struct PostRow {
     pub timezone: Option<String>,
     pub campaign: Option<String>,
     pub tags: String,
+    pub repeat_days: Option<i64>,
+    pub series_id: Option<Uuid>,
     pub created_at: Ts,
     pub updated_at: Ts,
 }
 
 pub(crate) const POST_COLS: &str =
-    "id, author_user, state, content, schedule_at, timezone, campaign, tags, created_at, updated_at";
+    "id, author_user, state, content, schedule_at, timezone, campaign, tags, repeat_days, series_id, created_at, updated_at";
 
 impl PostRow {
     pub fn content(&self) -> Content {
@@ -245,8 +247,9 @@ pub(crate) async fn refresh_posts(
         team_id: Uuid,
         state: String,
         schedule_at: Option<Ts>,
+        repeat_days: Option<i64>,
     }
-    let sql = format!("SELECT id, team_id, state, schedule_at FROM posts WHERE id IN ({list})");
+    let sql = format!("SELECT id, team_id, state, schedule_at, repeat_days FROM posts WHERE id IN ({list})");
     let posts: Vec<P> = on_tx!(tx, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in &ids { q = q.bind(*id); }
@@ -287,13 +290,32 @@ pub(crate) async fn refresh_posts(
             let message = format!("post {} is {}", p.id, next.as_str().replace('_', " "));
             let data = json!({"post": p.id, "state": next});
             crate::events::emit_to(tx, to, p.team_id, &kind, ("post", p.id), &message, data).await?;
+            if next != PostState::Cancelled && p.repeat_days.is_some_and(|d| d > 0) {
+                crate::slots::schedule_repeat(tx, p.id).await?;
+            }
         }
     }
     Ok(out)
 }
 
+/// `schedule_at` asking for each target's next free posting slot.
+pub const NEXT_SLOT: &str = "next_slot";
+
+/// A repeat interval: 1 to 365 days; 0 (stop repeating) only where `stop` is allowed.
+fn check_repeat(days: Option<i64>, stop: bool) -> Result<Option<i64>, Error> {
+    match days {
+        None => Ok(None),
+        Some(0) if stop => Ok(Some(0)),
+        Some(d) if (1..=365).contains(&d) => Ok(Some(d)),
+        Some(_) => Err(invalid(
+            "repeat_every_days",
+            if stop { "repeat_every_days is 1 to 365, or 0 to stop repeating" } else { "repeat_every_days is 1 to 365" },
+        )),
+    }
+}
+
 /// Round `round` of a delivery's job; the unique key stops a round being enqueued twice.
-fn delivery_job(delivery: Uuid, round: i64, at: Option<DateTime<Utc>>, bucket: Option<String>) -> NewJob {
+pub(crate) fn delivery_job(delivery: Uuid, round: i64, at: Option<DateTime<Utc>>, bucket: Option<String>) -> NewJob {
     let mut job = NewJob::new(DELIVERY_JOB, json!({ "delivery": delivery }))
         .unique_key(format!("delivery:{delivery}:{round}"))
         .max_attempts(MAX_ATTEMPTS);
@@ -476,7 +498,19 @@ impl Posts {
             }
             targets.push((t.connection_id, Override { text: t.text.clone(), options: t.options.clone() }));
         }
-        let schedule = self.schedule(team, new.schedule_at.as_deref(), new.timezone.as_deref()).await?;
+        let next_slot = new.schedule_at.as_deref() == Some(NEXT_SLOT);
+        if next_slot && new.draft {
+            return Err(invalid("schedule_at", "next_slot schedules a post to publish; a draft has no time yet"));
+        }
+        let repeat = check_repeat(new.repeat_every_days, false)?;
+        let mut schedule = match next_slot {
+            true => None,
+            false => self.schedule(team, new.schedule_at.as_deref(), new.timezone.as_deref()).await?,
+        };
+        let slot_zone = match next_slot {
+            true => Some(self.team_timezone(team, new.timezone.as_deref()).await?),
+            false => None,
+        };
         let zone = match (&new.schedule_at, &new.timezone) {
             (Some(_), Some(z)) => Some(self.team_timezone(team, Some(z)).await?.name().to_string()),
             _ => None,
@@ -491,16 +525,35 @@ impl Posts {
 
         let id = Uuid::now_v7();
         let now = Ts::now();
-        let state = PostState::initial(new.draft, schedule);
         let mut tx = self.db.begin().await.map_err(Error::from)?;
         if !new.draft {
             self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
         }
+        // Each target's time: the post's, or its connection's next free slot (chosen after the
+        // first write, so no other post takes it meanwhile).
+        let mut run_ats = vec![schedule; targets.len()];
+        if let Some(tz) = slot_zone {
+            for (i, (conn, _)) in targets.iter().enumerate() {
+                let at = crate::slots::next_free(&mut tx, *conn, tz).await?.ok_or_else(|| {
+                    invalid(
+                        &format!("targets[{i}].connection_id"),
+                        format!(
+                            "connection {conn} has no free posting slot in the next 12 weeks; \
+                             add some with PUT /api/v1/connections/{conn}/slots"
+                        ),
+                    )
+                })?;
+                run_ats[i] = Some(at);
+            }
+            schedule = run_ats.iter().flatten().min().copied();
+        }
+        let state = PostState::initial(new.draft, schedule);
+        let series = repeat.map(|_| id);
         let inserted = exec!(
             tx,
             "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
-             idempotency_key, request_hash, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+             idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15, $13, $13)",
             id,
             team,
             p.user_id,
@@ -513,7 +566,9 @@ impl Posts {
             serde_json::to_string(&tags).unwrap_or_default(),
             key,
             &hash,
-            now
+            now,
+            repeat,
+            series
         );
         if let Err(e) = inserted {
             drop(tx);
@@ -533,7 +588,8 @@ impl Posts {
         let mut rows: Vec<DeliveryRow> = targets
             .iter()
             .zip(&loaded)
-            .map(|((conn, o), l)| {
+            .zip(&run_ats)
+            .map(|(((conn, o), l), run_at)| {
                 let did = Uuid::now_v7();
                 DeliveryRow {
                     id: did,
@@ -545,7 +601,7 @@ impl Posts {
                     content: serde_json::to_string(o).unwrap_or_default(),
                     idempotency_key: herald_platforms::idempotency_key(did),
                     job_id: None,
-                    run_at: schedule.map(Ts),
+                    run_at: run_at.map(Ts),
                     parts: "[]".into(),
                     platform_post_id: None,
                     platform_url: None,
@@ -564,7 +620,7 @@ impl Posts {
             let jobs = rows
                 .iter()
                 .zip(&buckets)
-                .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, schedule, b.clone()) })
+                .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) })
                 .collect();
             let enqueued = herald_queue::enqueue_many(&mut tx, jobs).await.map_err(Error::from)?;
             for (d, e) in rows.iter_mut().zip(enqueued) {
@@ -631,6 +687,8 @@ impl Posts {
             timezone: zone,
             campaign: new.campaign,
             tags: serde_json::to_string(&tags).unwrap_or_default(),
+            repeat_days: repeat,
+            series_id: series,
             created_at: now,
             updated_at: now,
         };
@@ -696,6 +754,8 @@ impl Posts {
             timezone: row.timezone.clone(),
             campaign: row.campaign.clone(),
             tags: serde_json::from_str(&row.tags).unwrap_or_default(),
+            repeat_every_days: row.repeat_days,
+            series_id: row.series_id,
             author_user: row.author_user,
             created_at: row.created_at.0,
             updated_at: row.updated_at.0,
@@ -799,8 +859,12 @@ impl Posts {
         }
         check_content(&content)?;
         let tags = u.tags.as_deref().map(check_tags).transpose()?;
+        let repeat = check_repeat(u.repeat_every_days, true)?;
         let schedule = match &u.schedule_at {
             Some(s) if s.is_empty() => None,
+            Some(s) if s == NEXT_SLOT => {
+                return Err(invalid("schedule_at", "next_slot is for new posts; give a time to move this one"));
+            }
             Some(s) => self.schedule(team, Some(s), u.timezone.as_deref()).await?,
             None => row.schedule_at.map(|t| t.0).filter(|t| *t > Utc::now()),
         };
@@ -821,7 +885,10 @@ impl Posts {
         exec!(
             tx,
             "UPDATE posts SET content = $3, schedule_at = $4, state = $5, campaign = COALESCE($6, campaign), \
-             tags = COALESCE($7, tags), timezone = COALESCE($8, timezone), updated_at = $9 WHERE team_id = $1 AND id = $2",
+             tags = COALESCE($7, tags), timezone = COALESCE($8, timezone), updated_at = $9, \
+             repeat_days = CASE WHEN $10 IS NULL THEN repeat_days WHEN $10 = 0 THEN NULL ELSE $10 END, \
+             series_id = CASE WHEN $10 > 0 THEN COALESCE(series_id, id) ELSE series_id END \
+             WHERE team_id = $1 AND id = $2",
             team,
             id,
             serde_json::to_string(&content).unwrap_or_default(),
@@ -830,7 +897,8 @@ impl Posts {
             &u.campaign,
             tags.map(|t| serde_json::to_string(&t).unwrap_or_default()),
             &u.timezone,
-            Ts::now()
+            Ts::now(),
+            repeat
         )
         .map_err(store)?;
         let dstate = if state == PostState::Scheduled { DeliveryState::Scheduled } else { DeliveryState::Pending };

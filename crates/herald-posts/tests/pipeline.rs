@@ -106,6 +106,7 @@ fn post(text: &str, targets: &[Uuid]) -> NewPost {
         draft: false,
         campaign: None,
         tags: vec![],
+        repeat_every_days: None,
     }
 }
 
@@ -636,6 +637,142 @@ async fn late_deliveries_follow_the_team_policy_and_the_sweep_settles_orphans() 
         assert_eq!(a.deliveries[0].state, DeliveryState::Failed);
         assert_eq!(b.deliveries[0].state, DeliveryState::Unconfirmed);
         assert_eq!(w.posts.sweep(Duration::from_secs(300)).await.unwrap().settled, 0, "settled once");
+        w.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn next_slot_takes_free_weekly_slots_and_repeating_posts_schedule_their_next_one() {
+    each_backend(|db| async move {
+        use chrono::{Datelike, Timelike};
+        use herald_posts::{Slot, SlotsInput};
+        let tg = telegram::start().await;
+        let w = World::new(db.clone(), net().with_base("telegram", tg.url.clone())).await;
+        let tg_conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET timezone = 'Europe/Berlin' WHERE id = $1", w.team).unwrap();
+        tx.commit().await.unwrap();
+        let slotted = |text: &str| NewPost { schedule_at: Some("next_slot".into()), ..post(text, &[tg_conn]) };
+
+        // No slots yet: a clear refusal that says how to add them.
+        let e = w.posts.create(&w.owner, slotted("nowhere"), None).await.unwrap_err();
+        assert_eq!(e.code, herald_core::ErrorCode::ValidationFailed, "{e}");
+        assert!(e.message.contains("/slots"), "{e}");
+        let bad = SlotsInput { slots: vec![Slot { day: "someday".into(), time: "09:30".into() }] };
+        let e = w.posts.set_slots(&w.owner, tg_conn, bad).await.unwrap_err();
+        assert_eq!(e.details.unwrap()["field"], "slots[0].day");
+        let bad = SlotsInput { slots: vec![Slot { day: "mon".into(), time: "25:00".into() }] };
+        assert!(w.posts.set_slots(&w.owner, tg_conn, bad).await.is_err());
+
+        let wanted = SlotsInput {
+            slots: vec![
+                Slot { day: "thu".into(), time: "09:30".into() },
+                Slot { day: "mon".into(), time: "09:30".into() },
+                Slot { day: "mon".into(), time: "09:30".into() },
+            ],
+        };
+        let set = w.posts.set_slots(&w.owner, tg_conn, wanted).await.unwrap();
+        assert_eq!(set, vec![Slot { day: "mon".into(), time: "09:30".into() }, Slot { day: "thu".into(), time: "09:30".into() }]);
+        assert_eq!(w.posts.slots(&w.owner, tg_conn).await.unwrap(), set);
+
+        // Three posts take three different slots, in order, each at 09:30 Berlin time.
+        let berlin: herald_core::time::Tz = "Europe/Berlin".parse().unwrap();
+        let mut times = Vec::new();
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let (p, _) = w.posts.create(&w.owner, slotted(&format!("slotted {n}")), None).await.unwrap();
+            assert_eq!(p.state, PostState::Scheduled);
+            let at = p.deliveries[0].run_at.unwrap();
+            assert_eq!(p.schedule_at, Some(at));
+            let local = at.with_timezone(&berlin);
+            assert_eq!((local.hour(), local.minute()), (9, 30), "{local}");
+            assert!(matches!(local.weekday(), chrono::Weekday::Mon | chrono::Weekday::Thu), "{local}");
+            times.push(at);
+            ids.push(p.id);
+        }
+        assert!(times.windows(2).all(|t| t[0] < t[1]), "{times:?}");
+        // A cancelled post frees its slot for the next one.
+        w.posts.cancel(&w.owner, ids[0]).await.unwrap();
+        let (p, _) = w.posts.create(&w.owner, slotted("takes the freed slot"), None).await.unwrap();
+        assert_eq!(p.deliveries[0].run_at, Some(times[0]));
+        // Drafts have no time, and an edit gives an explicit one.
+        let e = w.posts.create(&w.owner, NewPost { draft: true, ..slotted("draft") }, None).await.unwrap_err();
+        assert_eq!(e.details.unwrap()["field"], "schedule_at");
+        let e = w
+            .posts
+            .update(&w.owner, p.id, PostUpdate { schedule_at: Some("next_slot".into()), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.details.unwrap()["field"], "schedule_at");
+
+        // A post that repeats every 2 days: once published, the next is scheduled 2 days later at
+        // the same Berlin wall-clock time, with the same targets, in the same series.
+        let e = w.posts.create(&w.owner, NewPost { repeat_every_days: Some(0), ..post("x", &[tg_conn]) }, None).await;
+        assert_eq!(e.unwrap_err().details.unwrap()["field"], "repeat_every_days");
+        let (first, _) =
+            w.posts.create(&w.owner, NewPost { repeat_every_days: Some(2), ..post("every other day", &[tg_conn]) }, None).await.unwrap();
+        assert_eq!((first.repeat_every_days, first.series_id), (Some(2), Some(first.id)));
+        w.wait(first.id, finished).await;
+        let next_id = {
+            let mut found = None;
+            for _ in 0..200 {
+                let ids: Vec<Uuid> = herald_store::on_read!(db, c => sqlx::query_scalar(
+                    "SELECT id FROM posts WHERE series_id = $1 AND id <> $1").bind(first.id).fetch_all(c).await)
+                .unwrap();
+                if let Some(id) = ids.first() {
+                    assert_eq!(ids.len(), 1, "exactly one next occurrence");
+                    found = Some(*id);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            found.expect("the next occurrence was scheduled")
+        };
+        let next = w.posts.get(w.team, next_id).await.unwrap();
+        assert_eq!(next.state, PostState::Scheduled);
+        assert_eq!(next.content.text, "every other day");
+        assert_eq!((next.repeat_every_days, next.series_id), (Some(2), Some(first.id)));
+        let want = first.created_at.with_timezone(&berlin).naive_local() + chrono::Duration::days(2);
+        assert_eq!(next.schedule_at.unwrap().with_timezone(&berlin).naive_local(), want);
+        assert_eq!(next.deliveries.len(), 1);
+        assert_eq!(next.deliveries[0].connection_id, tg_conn);
+        assert_eq!(next.deliveries[0].state, DeliveryState::Scheduled);
+        // 0 stops the series after this one.
+        let stopped = w
+            .posts
+            .update(&w.owner, next_id, PostUpdate { repeat_every_days: Some(0), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(stopped.repeat_every_days, None);
+
+        // When the monthly quota refuses the next occurrence, the series stops and the team is told.
+        let mut tx = db.begin().await.unwrap();
+        let used: i64 = herald_store::on_tx!(tx, c => sqlx::query_scalar(
+            "SELECT used FROM team_usage WHERE team_id = $1").bind(w.team).fetch_one(&mut *c).await)
+        .unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET quota_posts_month = $2 WHERE id = $1", w.team, used + 1).unwrap();
+        tx.commit().await.unwrap();
+        let (last, _) =
+            w.posts.create(&w.owner, NewPost { repeat_every_days: Some(1), ..post("last one", &[tg_conn]) }, None).await.unwrap();
+        w.wait(last.id, finished).await;
+        let mut told = false;
+        for _ in 0..200 {
+            let n = w.posts.notifications(w.team, true).await.unwrap();
+            if let Some(n) = n.iter().find(|n| n.kind == "post.repeat_stopped") {
+                assert!(n.message.contains("quota"), "{}", n.message);
+                assert_eq!(n.subject_id, last.id);
+                told = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(told, "the team was told the series stopped");
+        let more: Vec<Uuid> = herald_store::on_read!(db, c => sqlx::query_scalar(
+            "SELECT id FROM posts WHERE series_id = $1 AND id <> $1").bind(last.id).fetch_all(c).await)
+        .unwrap();
+        assert!(more.is_empty(), "no occurrence past the quota");
         w.stop().await;
     })
     .await;

@@ -69,6 +69,7 @@ impl World {
             draft: false,
             campaign: None,
             tags: vec![],
+            repeat_every_days: None,
         };
         let (post, _) = self.posts.create(&self.owner, new, None).await.unwrap();
         let mut registry = Registry::default();

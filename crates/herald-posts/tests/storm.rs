@@ -104,6 +104,7 @@ async fn a_fault_storm_loses_nothing_duplicates_nothing_and_respects_limits() {
                 draft: false,
                 campaign: None,
                 tags: vec![],
+                repeat_every_days: None,
             };
             ids.push(posts.create(&owner, new, None).await.unwrap().0.id);
         }

@@ -84,7 +84,8 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("GET" | "POST", "/invites") | ("GET" | "DELETE", "/invites/{invite_id}") => Some(Action::ManageMembers),
         ("GET" | "POST", "/api-keys") | ("GET" | "DELETE", "/api-keys/{key_id}") => Some(Action::ManageApiKeys),
         ("GET", "/audit") => Some(Action::ReadAudit),
-        ("GET", "/connections" | "/connections/{connection_id}") => Some(Action::Read),
+        ("GET", "/connections" | "/connections/{connection_id}" | "/connections/{connection_id}/slots") => Some(Action::Read),
+        ("PUT", "/connections/{connection_id}/slots") => Some(Action::Publish),
         ("POST", "/connections") | ("PATCH" | "DELETE", "/connections/{connection_id}") => Some(Action::ManageConnections),
         ("POST", "/connections/{connection_id}/test") => Some(Action::Publish),
         ("GET", "/posts" | "/posts/{post_id}" | "/posts/{post_id}/stats") => Some(Action::Read),
@@ -116,6 +117,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/connections") => Some(connection_body()),
         ("PATCH", "/connections/{connection_id}") => Some(json!({"name": "renamed"})),
         ("POST", "/connections/{connection_id}/test") => None,
+        ("PUT", "/connections/{connection_id}/slots") => Some(json!({"slots": [{"day": "mon", "time": "09:30"}]})),
         ("POST", "/posts") => Some(post_body()),
         ("PATCH", "/posts/{post_id}") => Some(json!({"text": "edited"})),
         ("POST", "/posts/{post_id}/cancel") => None,
@@ -279,7 +281,9 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                         assert_eq!(s, 201, "{m}");
                         m["id"].as_str().unwrap().to_string()
                     }
-                    "/connections/{connection_id}" | "/connections/{connection_id}/test" => {
+                    "/connections/{connection_id}"
+                    | "/connections/{connection_id}/test"
+                    | "/connections/{connection_id}/slots" => {
                         let (s, c) = app.post(&owner, "/connections", connection_body()).await;
                         assert_eq!(s, 201, "{c}");
                         c["id"].as_str().unwrap().to_string()

@@ -16,8 +16,9 @@ use sqlx::{Decode, Encode, Postgres, Sqlite, Type};
 pub struct Ts(pub DateTime<Utc>);
 
 impl Ts {
+    /// Now, to the microsecond both backends keep, so a value read back equals the one written.
     pub fn now() -> Ts {
-        Ts(Utc::now())
+        Ts(crate::from_micros(crate::to_micros(Utc::now())))
     }
 }
 

@@ -179,6 +179,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
                     draft: false,
                     campaign: None,
                     tags: vec![],
+                    repeat_every_days: None,
                 };
                 let (post, _) = posts.create(&owner, new, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 let at = Instant::now();

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use herald_accounts::authorize;
 use herald_connections::{ConnectionUpdate, ConnectionView, NewConnection};
 use herald_core::Action;
+use herald_posts::{Slot, SlotsInput};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -91,4 +92,24 @@ pub async fn test(
     Path(id): Path<Uuid>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     Ok(Json(state.connections.test(&p, id).await?))
+}
+#[utoipa::path(get, path = "/connections/{connection_id}/slots", tag = "connections", params(("connection_id" = Uuid, Path)),
+    responses((status = 200, body = Vec<Slot>), (status = 404, body = ErrorBody)))]
+pub async fn slots(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Vec<Slot>>, ApiError> {
+    Ok(Json(state.posts.slots(&p, id).await?))
+}
+#[utoipa::path(put, path = "/connections/{connection_id}/slots", tag = "connections", params(("connection_id" = Uuid, Path)),
+    request_body = SlotsInput,
+    responses((status = 200, body = Vec<Slot>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_slots(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<Uuid>,
+    Body(r): Body<SlotsInput>,
+) -> Result<Json<Vec<Slot>>, ApiError> {
+    Ok(Json(state.posts.set_slots(&p, id, r).await?))
 }

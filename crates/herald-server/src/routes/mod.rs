@@ -76,6 +76,7 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(connections::list, connections::create))
         .routes(routes!(connections::get, connections::update, connections::remove))
         .routes(routes!(connections::test))
+        .routes(routes!(connections::slots, connections::set_slots))
         .routes(routes!(posts::list, posts::create))
         .routes(routes!(posts::get, posts::update, posts::remove))
         .routes(routes!(posts::stats))
