@@ -8,6 +8,7 @@ pub mod audit;
 pub mod crypto;
 mod keys;
 pub mod model;
+pub mod notify_mail;
 pub mod secrets;
 mod service;
 mod teams;

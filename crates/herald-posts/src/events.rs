@@ -1,7 +1,8 @@
 //! What happened to a team's posts, told to the team: every event can go to the team's webhook
 //! endpoints (Standard Webhooks, signed, retried by the queue, disabled on 410), and the events
 //! that need a person (a failed or unconfirmed delivery, a connection that needs re-authorising)
-//! also become notifications. Events are written in the same transaction as what they report.
+//! also become notifications (and, with SMTP, e-mail to the team's owners and admins: see
+//! [`crate::notify_mail`]). Events are written in the same transaction as what they report.
 
 use crate::store::{Posts, store};
 use chrono::{DateTime, Utc};
@@ -85,6 +86,7 @@ pub(crate) async fn emit_to(
             now
         )
         .map_err(store)?;
+        crate::notify_mail::notified(tx, team, kind).await?;
         tracing::warn!(%team, kind, subject = %subject.1, "{message}");
     }
     for (endpoint, events) in endpoints {

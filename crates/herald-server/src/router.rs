@@ -56,7 +56,8 @@ pub struct AppState {
     pub media_max_bytes: u64,
     /// HERALD_PUBLIC_URL: the origin allowed to send cookie requests, and https makes cookies Secure.
     pub public_url: Option<String>,
-    /// SMTP is configured: password-reset links are mailed by a `mail.password_reset` job.
+    /// SMTP is configured: password-reset links are mailed by a `mail.password_reset` job, and
+    /// notifications by `mail.notification` jobs (see `herald_posts::notify_mail`).
     pub mail_enabled: bool,
     pub queue: Queue,
     pub metrics: PrometheusHandle,

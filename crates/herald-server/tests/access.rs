@@ -77,6 +77,8 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         | ("PUT", "/session/team")
         | ("PATCH", "/me")
         | ("DELETE", "/me/sessions/{session_id}")
+        // The caller's own notification e-mail in their current team (any role; keys get 422).
+        | ("GET" | "PUT", "/notifications/settings")
         // Instance admins only; anyone else gets 404 (tested in the BOLA matrix).
         | ("PUT", "/teams/{team_id}/quotas") => None,
         ("GET", "/members" | "/members/{user_id}") => Some(Action::Read),
@@ -126,6 +128,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/media") => None, // multipart: sent by App::upload
         ("POST", "/webhooks") => Some(json!({"url": "https://hooks.example.com/herald", "events": ["post.failed"]})),
         ("POST", "/notifications/{notification_id}/read") => None,
+        ("PUT", "/notifications/settings") => Some(json!({"email": false})),
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }

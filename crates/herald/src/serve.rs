@@ -124,6 +124,9 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         queue.clone(),
         herald_media::MediaStore::local(config.data_dir.join("media")),
     );
+    // With SMTP, recording a notification also enqueues its e-mail (every role records them);
+    // without it nothing is enqueued.
+    herald_posts::notify_mail::enable(config.smtp.as_ref().map(|_| herald_posts::Pacing::default()));
     let state = AppState {
         db: db.clone(),
         accounts: accounts.clone(),
@@ -219,7 +222,16 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             shutdown_grace: config.shutdown_grace,
             ..RunnerConfig::default()
         };
-        let registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone(), posts);
+        let mut registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone(), posts.clone());
+        if let Some(smtp) = &config.smtp {
+            match herald_accounts::notify_mail::Mailer::new(smtp.url.clone(), &smtp.from) {
+                Ok(mailer) => {
+                    registry
+                        .register(herald_posts::NOTIFY_MAIL_JOB, herald_posts::NotifyMailHandler::new(posts, mailer));
+                }
+                Err(e) => tracing::warn!("notification mail is off: HERALD_SMTP_FROM does not parse: {e}"),
+            }
+        }
         tokio::spawn(Runner::new(queue, registry, runner_config).run(shutdown.clone()))
     });
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())

@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use herald_accounts::authorize;
 use herald_core::Action;
 use herald_posts::{EndpointView, NewEndpoint, NotificationView};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// The team's webhook endpoints (`manage_team`).
@@ -69,4 +69,36 @@ pub async fn notifications(
 pub async fn read(State(state): State<AppState>, Auth(p): Auth, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
     state.posts.mark_read(&p, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's notification e-mail in the team they act in.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// Mail me about this team's notifications. Only owners and admins are mailed, and only when
+    /// the server has SMTP (HERALD_SMTP_URL); on by default.
+    pub email: bool,
+}
+
+/// Whether the signed-in person gets notification e-mail in the current team. API keys have no
+/// mailbox: 422.
+#[utoipa::path(get, path = "/notifications/settings", tag = "webhooks",
+    responses((status = 200, body = NotificationSettings), (status = 422, body = ErrorBody)))]
+pub async fn mail_settings(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+) -> Result<Json<NotificationSettings>, ApiError> {
+    Ok(Json(NotificationSettings { email: state.accounts.notify_mail_setting(&p).await? }))
+}
+
+/// Turns the signed-in person's notification e-mail in the current team on or off (any role;
+/// it matters for owners and admins, the ones mailed).
+#[utoipa::path(put, path = "/notifications/settings", tag = "webhooks", request_body = NotificationSettings,
+    responses((status = 200, body = NotificationSettings), (status = 422, body = ErrorBody)))]
+pub async fn set_mail_settings(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Body(r): Body<NotificationSettings>,
+) -> Result<Json<NotificationSettings>, ApiError> {
+    Ok(Json(NotificationSettings { email: state.accounts.set_notify_mail(&p, r.email).await? }))
 }

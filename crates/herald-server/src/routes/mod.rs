@@ -87,6 +87,7 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(events::list, events::create))
         .routes(routes!(events::remove))
         .routes(routes!(events::notifications))
+        .routes(routes!(events::mail_settings, events::set_mail_settings))
         .routes(routes!(events::read))
         // The upload streams with its own cap (HERALD_MEDIA_MAX_BYTES), not the JSON body limit;
         // the listing shares its path and takes no body.
