@@ -169,6 +169,34 @@ impl EndpointRow {
 const ENDPOINT_COLS: &str = "id, url, secret, events, active, disabled_reason, created_at";
 
 impl Posts {
+    /// Tells the team a connection needs re-authorising (call it once, when the status flips).
+    pub(crate) async fn connection_needs_reauth(
+        &self,
+        team: Uuid,
+        connection: Uuid,
+        platform: &str,
+        why: &str,
+    ) -> Result<(), Error> {
+        let mut tx = self.db.begin().await?;
+        let message = format!("the {platform} connection needs re-authorising: {why}");
+        let data = json!({"connection": connection, "platform": platform, "error": why});
+        emit(&mut tx, team, "connection.needs_reauth", ("connection", connection), &message, data).await?;
+        tx.commit().await.map_err(Error::from)
+    }
+
+    /// Re-checks a connection live ([`herald_connections::Connections::test`]); when the check
+    /// finds the credentials refused, the team is told, as when a delivery finds it.
+    pub async fn test_connection(&self, p: &Principal, id: Uuid) -> Result<herald_connections::ConnectionView, Error> {
+        let (team, _) = authorize(p, Action::Publish)?;
+        let before = self.connections.get(team, id).await?;
+        let after = self.connections.test(p, id).await?;
+        let reauth = herald_connections::Status::NeedsReauth;
+        if after.status == reauth && before.status != reauth {
+            let why = after.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or("the platform refused its credentials");
+            self.connection_needs_reauth(team, id, &after.platform, why).await?;
+        }
+        Ok(after)
+    }
     /// Adds a webhook endpoint (`manage_team`). The URL goes through the SSRF guard on every send.
     pub async fn create_endpoint(&self, p: &Principal, new: NewEndpoint) -> Result<EndpointView, Error> {
         let (team, _) = authorize(p, Action::ManageTeam)?;

@@ -281,7 +281,7 @@ impl DeliveryHandler {
                     if e.class == ErrorClass::Auth {
                         let _ = self.posts.connections.record_failure(d.team_id, d.connection_id, &e).await;
                         if loaded.view.status != Status::NeedsReauth {
-                            let _ = self.needs_reauth(&d, &e).await;
+                            let _ = self.posts.connection_needs_reauth(d.team_id, d.connection_id, &d.platform, &e.message).await;
                         }
                     }
                     self.finish(&d, next, None, Some(&e), i as i64, started, ms).await?;
@@ -321,23 +321,6 @@ impl DeliveryHandler {
             Ok(()) => Ok(()),
             Err(_) => self.finish(d, DeliveryState::Published, Some(done), None, part, started, ms).await,
         }
-    }
-
-    /// Tells the team a connection needs re-authorising (once, when it flips).
-    async fn needs_reauth(&self, d: &DeliveryRow, e: &PlatformError) -> Result<(), Error> {
-        let mut tx = self.posts.db.begin().await?;
-        let message = format!("the {} connection needs re-authorising: {}", d.platform, e.message);
-        let data = json!({"connection": d.connection_id, "platform": d.platform, "error": e.message});
-        crate::events::emit(
-            &mut tx,
-            d.team_id,
-            "connection.needs_reauth",
-            ("connection", d.connection_id),
-            &message,
-            data,
-        )
-        .await?;
-        tx.commit().await.map_err(Error::from)
     }
 
     async fn save_parts(&self, d: &DeliveryRow, done: &[Value]) -> Result<(), JobError> {

@@ -103,6 +103,13 @@ async fn an_auth_failure_flips_to_needs_reauth_until_new_credentials_pass() {
         assert_eq!(tested["last_error"]["class"], "auth");
         assert!(tested["last_error"]["message"].as_str().unwrap().contains("Unauthorized"), "{tested}");
         assert!(audit_actions(&app, &owner).await.iter().any(|a| a == "connection.status_changed"));
+        // The team is told once, as when a delivery finds it; a second failing check says nothing new.
+        let (_, _) = app.post(&owner, &format!("/connections/{id}/test"), json!({})).await;
+        let (s, notes) = app.get(&owner, "/notifications").await;
+        assert_eq!(s, 200, "{notes}");
+        let told: Vec<_> = notes.as_array().unwrap().iter().filter(|n| n["kind"] == "connection.needs_reauth").collect();
+        assert_eq!(told.len(), 1, "{notes}");
+        assert_eq!(told[0]["subject_id"], id.as_str());
 
         // The platform being down is an error, not a re-auth.
         fake.data().token = telegram::TOKEN.to_string();

@@ -69,6 +69,9 @@ pub struct Settings {
     /// Published posts' engagement is collected until they are this old [default: 30d].
     #[arg(long, env = "HERALD_STATS_MAX_AGE", global = true)]
     pub stats_max_age: Option<String>,
+    /// The sweep reports deliveries this far past their time as overdue [default: 5m].
+    #[arg(long, env = "HERALD_OVERDUE_AFTER", global = true)]
+    pub overdue_after: Option<String>,
     /// Database connections per process [default: 10].
     #[arg(long, env = "HERALD_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,

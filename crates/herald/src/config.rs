@@ -40,6 +40,7 @@ struct FileConfig {
     job_retention: Option<String>,
     job_retention_count: Option<u64>,
     stats_max_age: Option<String>,
+    overdue_after: Option<String>,
     db_max_connections: Option<u32>,
     allow_private_networks: Option<Vec<String>>,
     allow_ports: Option<Vec<u16>>,
@@ -87,6 +88,8 @@ pub struct Config {
     pub job_retention_count: u64,
     /// How long after publishing a delivery's engagement is still collected.
     pub stats_max_age: Duration,
+    /// Deliveries this far past their time are reported as overdue by the sweep.
+    pub overdue_after: Duration,
     pub db_max_connections: u32,
     pub allow_private_networks: Vec<String>,
     pub allow_ports: Vec<u16>,
@@ -230,6 +233,11 @@ impl Config {
             m.pick("stats_max_age", flags.stats_max_age.clone(), f.stats_max_age),
             Duration::from_secs(30 * 86_400),
         )?;
+        let overdue_after = duration(
+            "overdue_after",
+            m.pick("overdue_after", flags.overdue_after.clone(), f.overdue_after),
+            Duration::from_secs(300),
+        )?;
         let db_max_connections =
             m.pick("db_max_connections", flags.db_max_connections, f.db_max_connections).unwrap_or(10);
         let allow_private_networks = m
@@ -316,6 +324,7 @@ impl Config {
             job_retention,
             job_retention_count,
             stats_max_age,
+            overdue_after,
             db_max_connections,
             allow_private_networks,
             allow_ports,
@@ -362,6 +371,7 @@ impl Config {
         line("job_retention", q(&format_duration(self.job_retention)));
         line("job_retention_count", self.job_retention_count.to_string());
         line("stats_max_age", q(&format_duration(self.stats_max_age)));
+        line("overdue_after", q(&format_duration(self.overdue_after)));
         line("db_max_connections", self.db_max_connections.to_string());
         line("allow_private_networks", format!("{:?}", self.allow_private_networks));
         line("allow_ports", format!("{:?}", self.allow_ports));
@@ -436,6 +446,7 @@ mod tests {
         assert_eq!(c.job_lease, Duration::from_secs(60));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.stats_max_age, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.overdue_after, Duration::from_secs(300));
         let shown = c.render();
         assert!(shown.contains("listen = \"127.0.0.1:9100\""), "{shown}");
         assert!(shown.contains("# flag or env"));

@@ -176,11 +176,11 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     });
     if config.role.runs_jobs() {
         tokio::spawn({
-            let (stop, posts) = (shutdown.clone(), posts.clone());
+            let (stop, posts, overdue_after) = (shutdown.clone(), posts.clone(), config.overdue_after);
             async move {
                 // Overdue deliveries show in the log and metrics; orphans get an outcome.
                 while tokio::time::timeout(Duration::from_secs(60), stop.cancelled()).await.is_err() {
-                    if let Err(e) = posts.sweep(Duration::from_secs(300)).await {
+                    if let Err(e) = posts.sweep(overdue_after).await {
                         tracing::warn!("the delivery sweep failed: {e}");
                     }
                 }

@@ -91,7 +91,7 @@ pub async fn test(
     Auth(p): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    Ok(Json(state.connections.test(&p, id).await?))
+    Ok(Json(state.posts.test_connection(&p, id).await?))
 }
 #[utoipa::path(get, path = "/connections/{connection_id}/slots", tag = "connections", params(("connection_id" = Uuid, Path)),
     responses((status = 200, body = Vec<Slot>), (status = 404, body = ErrorBody)))]
