@@ -44,6 +44,10 @@ pub enum ErrorCode {
     PlatformRejected,
     /// A remote server (a platform, a feed, a webhook target) failed or could not be reached.
     UpstreamFailed,
+    /// A signed media URL whose signature does not match (altered, or not made by this Herald).
+    MediaUrlInvalid,
+    /// A signed media URL past its expiry.
+    MediaUrlExpired,
     /// The database is unreachable or not migrated.
     Unavailable,
     /// A bug or an unexpected failure; the server log has the cause.
@@ -70,6 +74,8 @@ impl ErrorCode {
         ErrorCode::PlatformAuthFailed,
         ErrorCode::PlatformRejected,
         ErrorCode::UpstreamFailed,
+        ErrorCode::MediaUrlInvalid,
+        ErrorCode::MediaUrlExpired,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -93,6 +99,8 @@ impl ErrorCode {
             ErrorCode::PlatformAuthFailed => "platform_auth_failed",
             ErrorCode::PlatformRejected => "platform_rejected",
             ErrorCode::UpstreamFailed => "upstream_failed",
+            ErrorCode::MediaUrlInvalid => "media_url_invalid",
+            ErrorCode::MediaUrlExpired => "media_url_expired",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -118,6 +126,8 @@ impl ErrorCode {
             ErrorCode::PlatformAuthFailed => 422,
             ErrorCode::PlatformRejected => 422,
             ErrorCode::UpstreamFailed => 502,
+            ErrorCode::MediaUrlInvalid => 403,
+            ErrorCode::MediaUrlExpired => 403,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }

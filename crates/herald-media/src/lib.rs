@@ -2,7 +2,14 @@
 //! temporary file and is renamed into place only when complete, so a refused or interrupted upload
 //! (over the cap, a full disk, a dropped connection) leaves nothing behind and never sits whole in
 //! memory. The type is sniffed from the first bytes, never taken from the client.
+//!
+//! [`signing`] makes the signed, expiring URLs Herald serves files under to platforms that fetch
+//! media themselves.
 #![forbid(unsafe_code)]
+
+pub mod signing;
+
+pub use signing::{PublicMedia, UrlError, UrlSigner};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -189,6 +196,17 @@ impl MediaStore {
         }
     }
 
+    /// The file opened for streaming, with its length.
+    pub async fn open(&self, team: Uuid, id: Uuid) -> Result<(tokio::fs::File, u64), MediaError> {
+        let file = match tokio::fs::File::open(self.path(team, id)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MediaError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata().await?.len();
+        Ok((file, len))
+    }
+
     pub async fn delete(&self, team: Uuid, id: Uuid) -> Result<(), MediaError> {
         match tokio::fs::remove_file(self.path(team, id)).await {
             Ok(()) => Ok(()),
@@ -248,6 +266,7 @@ mod tests {
         assert_eq!((stored.width, stored.height), (Some(800), Some(600)));
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
         assert_eq!(store.read(team, id).await.unwrap().as_ref(), body.as_slice());
+        assert_eq!(store.open(team, id).await.unwrap().1, body.len() as u64);
 
         // Over the cap: refused mid-stream, no file, no partial file.
         let big = Uuid::now_v7();
@@ -263,6 +282,7 @@ mod tests {
         assert_eq!(left.len(), 1, "only the good upload is there");
         store.delete(team, id).await.unwrap();
         assert!(matches!(store.read(team, id).await, Err(MediaError::NotFound)));
+        assert!(matches!(store.open(team, id).await, Err(MediaError::NotFound)));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

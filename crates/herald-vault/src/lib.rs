@@ -10,6 +10,9 @@
 //! from `HERALD_SECRET_KEY` (comma-separated hex keys, the first active) or from a key file with one
 //! hex key per line; a ring backed by a file re-reads it when it meets a key id it does not know,
 //! so a node keeps working while `herald secrets rotate` re-encrypts rows under a new key.
+//!
+//! Other secrets Herald needs to be stable across restarts and nodes (the key that signs public
+//! media URLs) are derived from the master keys with [`Vault::derive`], one fixed label each.
 #![forbid(unsafe_code)]
 
 mod keyfile;
@@ -20,6 +23,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::PathBuf;
@@ -134,16 +138,26 @@ impl MasterKey {
         let digest = Sha256::new().chain_update(b"herald-vault key id\0").chain_update(self.0).finalize();
         digest[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// A 32-byte subkey for one purpose: HMAC-SHA256 under this key of a domain-separated `label`.
+    /// Different labels give unrelated keys, and none reveals the master key.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"herald-vault derive\0");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 struct Key {
     id: String,
+    master: MasterKey,
     cipher: Aes256Gcm,
 }
 
 impl Key {
     fn new(k: &MasterKey) -> Key {
-        Key { id: k.id(), cipher: Aes256Gcm::new(&k.0.into()) }
+        Key { id: k.id(), master: k.clone(), cipher: Aes256Gcm::new(&k.0.into()) }
     }
 }
 
@@ -178,6 +192,12 @@ impl Vault {
     /// The id of the key that seals.
     pub fn active_id(&self) -> String {
         self.keys.read().expect("vault lock").first().map(|k| k.id.clone()).unwrap_or_default()
+    }
+
+    /// The subkey for `label` under each key of the ring, the active key's first: sign with the
+    /// first, accept any, so values made before a rotation still check.
+    pub fn derive(&self, label: &str) -> Vec<[u8; 32]> {
+        self.keys.read().expect("vault lock").iter().map(|k| k.master.derive(label)).collect()
     }
 
     pub fn key_ids(&self) -> Vec<String> {
@@ -308,6 +328,17 @@ mod tests {
         assert_eq!(key_id_of(&sealed_new), Some(new.id().as_str()));
         assert!(after.is_current(&sealed_new));
         assert_eq!(before.open(&sealed_new, "aad"), Err(VaultError::UnknownKey(new.id())));
+    }
+
+    #[test]
+    fn derived_keys_are_stable_per_label_and_follow_the_ring() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        assert_eq!(a.derive("media-url"), MasterKey::from_bytes(a.0).derive("media-url"), "stable");
+        assert_ne!(a.derive("media-url"), a.derive("other"));
+        assert_ne!(a.derive("media-url"), b.derive("media-url"));
+        assert_ne!(a.derive("media-url"), a.0, "not the master key itself");
+        let ring = Vault::new(&[b.clone(), a.clone()]);
+        assert_eq!(ring.derive("media-url"), vec![b.derive("media-url"), a.derive("media-url")]);
     }
 
     #[test]
