@@ -11,7 +11,6 @@
 pub mod delivery;
 
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Accounts, Principal, Quota, authorize};
 use herald_core::{Action, Error, ErrorCode};
@@ -19,6 +18,7 @@ use herald_platforms::{Adapter, Connection, Credentials, ErrorClass, Net, Platfo
 use herald_store::{Db, StoreError, Ts, exec, on_read, on_tx};
 use herald_vault::{Vault, binding};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 

@@ -247,7 +247,8 @@ async fn success_batch(posts: &Posts, items: &[Success]) -> Result<(), Error> {
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
     // $1 is the time; then four per delivery: id, parts, platform id, URL.
     let case = |value: usize| {
-        let whens: String = (0..items.len()).map(|i| format!(" WHEN ${} THEN ${}", 2 + 4 * i, 2 + 4 * i + value)).collect();
+        let whens: String =
+            (0..items.len()).map(|i| format!(" WHEN ${} THEN ${}", 2 + 4 * i, 2 + 4 * i + value)).collect();
         format!("CASE id{whens} END")
     };
     let ids = (0..items.len()).map(|i| format!("${}", 2 + 4 * i)).collect::<Vec<_>>().join(", ");

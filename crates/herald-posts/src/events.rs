@@ -33,7 +33,8 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// The events a person must act on.
-const NEEDS_A_PERSON: &[&str] = &["post.failed", "post.repeat_stopped", "delivery.failed", "delivery.unconfirmed", "connection.needs_reauth"];
+const NEEDS_A_PERSON: &[&str] =
+    &["post.failed", "post.repeat_stopped", "delivery.failed", "delivery.unconfirmed", "connection.needs_reauth"];
 
 fn vault_binding(team: Uuid, id: Uuid) -> String {
     herald_vault::binding("event_endpoints", "secret", Some(&team), &id)
@@ -192,7 +193,8 @@ impl Posts {
         let after = self.connections.test(p, id).await?;
         let reauth = herald_connections::Status::NeedsReauth;
         if after.status == reauth && before.status != reauth {
-            let why = after.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or("the platform refused its credentials");
+            let why =
+                after.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or("the platform refused its credentials");
             self.connection_needs_reauth(team, id, &after.platform, why).await?;
         }
         Ok(after)

@@ -8,18 +8,18 @@
 mod batch;
 pub mod events;
 mod media;
-mod slots;
 pub mod model;
 pub mod notify_mail;
+mod slots;
 mod stats;
 mod store;
 pub mod worker;
 
 pub use events::{EVENT_JOB, EVENT_TYPES, EndpointView, EventHandler, NewEndpoint, NotificationView};
 pub use media::MediaView;
-pub use slots::{Slot, SlotsInput};
 pub use model::*;
 pub use notify_mail::{NOTIFY_MAIL_JOB, NotifyMailHandler, Pacing};
+pub use slots::{Slot, SlotsInput};
 pub use stats::{CollectReport, DeliveryStats, PostStats, Snapshot, next_fetch};
 pub use store::{MAX_ATTEMPTS, PostQuery, Posts};
 pub use worker::{DELIVERY_JOB, DeliveryHandler};

@@ -53,7 +53,10 @@ impl Slot {
     /// (weekday from Monday = 0, minute after midnight).
     fn parse(&self, i: usize) -> Result<(i64, i64), Error> {
         let day = DAYS.iter().position(|d| self.day.eq_ignore_ascii_case(d)).ok_or_else(|| {
-            invalid(&format!("slots[{i}].day"), format!("`{}` is not a day; use mon, tue, wed, thu, fri, sat or sun", self.day))
+            invalid(
+                &format!("slots[{i}].day"),
+                format!("`{}` is not a day; use mon, tue, wed, thu, fri, sat or sun", self.day),
+            )
         })?;
         let t = chrono::NaiveTime::parse_from_str(&self.time, "%H:%M").map_err(|_| {
             invalid(&format!("slots[{i}].time"), format!("`{}` is not a time; use HH:MM, like 09:30", self.time))
@@ -65,7 +68,6 @@ impl Slot {
         Slot { day: DAYS[weekday.clamp(0, 6) as usize].into(), time: format!("{:02}:{:02}", minute / 60, minute % 60) }
     }
 }
-
 
 /// The first slot instant after `after` that is not in `taken`, within the horizon.
 pub(crate) fn next_slot_time(
@@ -230,7 +232,15 @@ pub(crate) async fn schedule_repeat(tx: &mut Tx, post: Uuid) -> Result<Option<Uu
     let stop = |why: String| json!({"post": post, "series": series, "why": why});
     if targets.is_empty() {
         let data = stop("none of its connections exist any more".into());
-        crate::events::emit(tx, p.team_id, "post.repeat_stopped", ("post", post), "a repeating post stopped: none of its connections exist any more", data).await?;
+        crate::events::emit(
+            tx,
+            p.team_id,
+            "post.repeat_stopped",
+            ("post", post),
+            "a repeating post stopped: none of its connections exist any more",
+            data,
+        )
+        .await?;
         return Ok(None);
     }
     if let Err(e) = herald_accounts::consume_monthly(tx, p.team_id, Quota::PostsPerMonth, 1).await {
@@ -285,9 +295,17 @@ pub(crate) async fn schedule_repeat(tx: &mut Tx, post: Uuid) -> Result<Option<Uu
         )
         .map_err(store)?;
     }
-    let data = json!({"post": id, "state": PostState::Scheduled, "schedule_at": at, "series": series, "previous": post});
-    crate::events::emit(tx, p.team_id, "post.created", ("post", id), "the next post of a series was created", data.clone())
-        .await?;
+    let data =
+        json!({"post": id, "state": PostState::Scheduled, "schedule_at": at, "series": series, "previous": post});
+    crate::events::emit(
+        tx,
+        p.team_id,
+        "post.created",
+        ("post", id),
+        "the next post of a series was created",
+        data.clone(),
+    )
+    .await?;
     crate::events::emit(tx, p.team_id, "post.scheduled", ("post", id), "post scheduled", data).await?;
     Ok(Some(id))
 }

@@ -28,6 +28,8 @@ pub struct Posts {
     pub(crate) connections: Connections,
     pub(crate) queue: Queue,
     pub(crate) media: herald_media::MediaStore,
+    /// Signed URLs for the media of deliveries, when HERALD_PUBLIC_URL is set.
+    pub(crate) public_media: Option<herald_media::PublicMedia>,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -58,8 +60,7 @@ pub(crate) struct PostRow {
     pub updated_at: Ts,
 }
 
-pub(crate) const POST_COLS: &str =
-    "id, author_user, state, content, schedule_at, timezone, campaign, tags, repeat_days, series_id, created_at, updated_at";
+pub(crate) const POST_COLS: &str = "id, author_user, state, content, schedule_at, timezone, campaign, tags, repeat_days, series_id, created_at, updated_at";
 
 impl PostRow {
     pub fn content(&self) -> Content {
@@ -284,7 +285,9 @@ pub(crate) async fn refresh_posts(
         ) {
             let to = match endpoints.entry(p.team_id) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(crate::events::endpoints(tx, p.team_id).await?),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(crate::events::endpoints(tx, p.team_id).await?)
+                }
             };
             let kind = format!("post.{}", next.as_str());
             let message = format!("post {} is {}", p.id, next.as_str().replace('_', " "));
@@ -309,7 +312,11 @@ fn check_repeat(days: Option<i64>, stop: bool) -> Result<Option<i64>, Error> {
         Some(d) if (1..=365).contains(&d) => Ok(Some(d)),
         Some(_) => Err(invalid(
             "repeat_every_days",
-            if stop { "repeat_every_days is 1 to 365, or 0 to stop repeating" } else { "repeat_every_days is 1 to 365" },
+            if stop {
+                "repeat_every_days is 1 to 365, or 0 to stop repeating"
+            } else {
+                "repeat_every_days is 1 to 365"
+            },
         )),
     }
 }
@@ -384,7 +391,14 @@ fn check_content(c: &Content) -> Result<(), Error> {
 
 impl Posts {
     pub fn new(accounts: Accounts, connections: Connections, queue: Queue, media: herald_media::MediaStore) -> Posts {
-        Posts { db: accounts.db().clone(), accounts, connections, queue, media }
+        Posts { db: accounts.db().clone(), accounts, connections, queue, media, public_media: None }
+    }
+
+    /// Deliveries carry a signed, expiring URL for each file (platforms that fetch by URL, like
+    /// Nostr, need one), served by the public route `GET /api/v1/media/{id}/file`.
+    pub fn with_public_media(mut self, public: herald_media::PublicMedia) -> Posts {
+        self.public_media = Some(public);
+        self
     }
 
     async fn team_timezone(&self, team: Uuid, given: Option<&str>) -> Result<herald_core::time::Tz, Error> {

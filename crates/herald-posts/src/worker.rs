@@ -281,7 +281,10 @@ impl DeliveryHandler {
                     if e.class == ErrorClass::Auth {
                         let _ = self.posts.connections.record_failure(d.team_id, d.connection_id, &e).await;
                         if loaded.view.status != Status::NeedsReauth {
-                            let _ = self.posts.connection_needs_reauth(d.team_id, d.connection_id, &d.platform, &e.message).await;
+                            let _ = self
+                                .posts
+                                .connection_needs_reauth(d.team_id, d.connection_id, &d.platform, &e.message)
+                                .await;
                         }
                     }
                     self.finish(&d, next, None, Some(&e), i as i64, started, ms).await?;

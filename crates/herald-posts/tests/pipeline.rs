@@ -674,7 +674,10 @@ async fn next_slot_takes_free_weekly_slots_and_repeating_posts_schedule_their_ne
             ],
         };
         let set = w.posts.set_slots(&w.owner, tg_conn, wanted).await.unwrap();
-        assert_eq!(set, vec![Slot { day: "mon".into(), time: "09:30".into() }, Slot { day: "thu".into(), time: "09:30".into() }]);
+        assert_eq!(
+            set,
+            vec![Slot { day: "mon".into(), time: "09:30".into() }, Slot { day: "thu".into(), time: "09:30".into() }]
+        );
         assert_eq!(w.posts.slots(&w.owner, tg_conn).await.unwrap(), set);
 
         // Three posts take three different slots, in order, each at 09:30 Berlin time.
@@ -711,8 +714,11 @@ async fn next_slot_takes_free_weekly_slots_and_repeating_posts_schedule_their_ne
         // the same Berlin wall-clock time, with the same targets, in the same series.
         let e = w.posts.create(&w.owner, NewPost { repeat_every_days: Some(0), ..post("x", &[tg_conn]) }, None).await;
         assert_eq!(e.unwrap_err().details.unwrap()["field"], "repeat_every_days");
-        let (first, _) =
-            w.posts.create(&w.owner, NewPost { repeat_every_days: Some(2), ..post("every other day", &[tg_conn]) }, None).await.unwrap();
+        let (first, _) = w
+            .posts
+            .create(&w.owner, NewPost { repeat_every_days: Some(2), ..post("every other day", &[tg_conn]) }, None)
+            .await
+            .unwrap();
         assert_eq!((first.repeat_every_days, first.series_id), (Some(2), Some(first.id)));
         w.wait(first.id, finished).await;
         let next_id = {
@@ -754,8 +760,11 @@ async fn next_slot_takes_free_weekly_slots_and_repeating_posts_schedule_their_ne
         .unwrap();
         herald_store::exec!(tx, "UPDATE teams SET quota_posts_month = $2 WHERE id = $1", w.team, used + 1).unwrap();
         tx.commit().await.unwrap();
-        let (last, _) =
-            w.posts.create(&w.owner, NewPost { repeat_every_days: Some(1), ..post("last one", &[tg_conn]) }, None).await.unwrap();
+        let (last, _) = w
+            .posts
+            .create(&w.owner, NewPost { repeat_every_days: Some(1), ..post("last one", &[tg_conn]) }, None)
+            .await
+            .unwrap();
         w.wait(last.id, finished).await;
         let mut told = false;
         for _ in 0..200 {

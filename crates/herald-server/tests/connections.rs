@@ -107,7 +107,8 @@ async fn an_auth_failure_flips_to_needs_reauth_until_new_credentials_pass() {
         let (_, _) = app.post(&owner, &format!("/connections/{id}/test"), json!({})).await;
         let (s, notes) = app.get(&owner, "/notifications").await;
         assert_eq!(s, 200, "{notes}");
-        let told: Vec<_> = notes.as_array().unwrap().iter().filter(|n| n["kind"] == "connection.needs_reauth").collect();
+        let told: Vec<_> =
+            notes.as_array().unwrap().iter().filter(|n| n["kind"] == "connection.needs_reauth").collect();
         assert_eq!(told.len(), 1, "{notes}");
         assert_eq!(told[0]["subject_id"], id.as_str());
 
