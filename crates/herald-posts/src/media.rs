@@ -174,7 +174,16 @@ impl Posts {
         Ok(out)
     }
 
-    /// The files of a delivery, read from storage for the adapter.
+    /// A library file opened for streaming (the signed public route), with what it is. A file
+    /// whose row or bytes are gone is `not_found`.
+    pub async fn media_file(&self, team: Uuid, id: Uuid) -> Result<(MediaView, tokio::fs::File, u64), Error> {
+        let view = self.media_item(team, id).await?;
+        let (file, len) = self.media.open(team, id).await.map_err(Error::from)?;
+        Ok((view, file, len))
+    }
+
+    /// The files of a delivery, read from storage for the adapter, each with a signed URL when
+    /// public media are set up ([`Posts::with_public_media`]).
     pub(crate) async fn load_media(&self, team: Uuid, ids: &[Uuid]) -> Result<Vec<herald_platforms::Media>, Error> {
         let mut out = Vec::with_capacity(ids.len());
         for (v, item) in self.media_items(team, ids).await? {
@@ -185,7 +194,7 @@ impl Posts {
                 filename: v.filename,
                 bytes,
                 alt: v.alt,
-                url: None,
+                url: self.public_media.as_ref().map(|p| p.url(team, v.id)),
             });
         }
         Ok(out)

@@ -54,6 +54,9 @@ pub struct AppState {
     pub posts: herald_posts::Posts,
     /// HERALD_MEDIA_MAX_BYTES: the largest upload.
     pub media_max_bytes: u64,
+    /// Checks the signed media URLs of `GET /api/v1/media/{id}/file`; the same key (derived from
+    /// the master key) as the workers that make them, so every node accepts every node's URLs.
+    pub media_signer: herald_media::UrlSigner,
     /// HERALD_PUBLIC_URL: the origin allowed to send cookie requests, and https makes cookies Secure.
     pub public_url: Option<String>,
     /// SMTP is configured: password-reset links are mailed by a `mail.password_reset` job, and

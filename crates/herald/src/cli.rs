@@ -81,6 +81,9 @@ pub struct Settings {
     /// The largest media upload, e.g. 512MB or 2GB [default: 512MB].
     #[arg(long, env = "HERALD_MEDIA_MAX_BYTES", global = true)]
     pub media_max_bytes: Option<String>,
+    /// How long the signed media URLs handed to platforms (Nostr) work [default: 24h].
+    #[arg(long, env = "HERALD_MEDIA_URL_TTL", global = true)]
+    pub media_url_ttl: Option<String>,
     /// Comma-separated ports, besides 80 and 443, that user-chosen hosts may use [default: none].
     #[arg(long, env = "HERALD_ALLOW_PORTS", global = true)]
     pub allow_ports: Option<String>,

@@ -45,6 +45,7 @@ struct FileConfig {
     allow_private_networks: Option<Vec<String>>,
     allow_ports: Option<Vec<u16>>,
     media_max_bytes: Option<String>,
+    media_url_ttl: Option<String>,
     /// `platform id -> API base`, like HERALD_<PLATFORM>_API_BASE.
     api_bases: Option<BTreeMap<String, String>>,
     log: Option<String>,
@@ -95,6 +96,8 @@ pub struct Config {
     pub allow_ports: Vec<u16>,
     /// The largest media upload.
     pub media_max_bytes: u64,
+    /// How long a signed media URL (made when public_url is set) works.
+    pub media_url_ttl: Duration,
     /// Operator overrides of platform API bases (trusted configuration, not SSRF-guarded).
     pub api_bases: BTreeMap<String, String>,
     pub log: String,
@@ -276,6 +279,14 @@ impl Config {
                 bad(format!("media_max_bytes: `{raw}` is not a size; write it like 512MB, 2GB or 1048576"))
             })?,
         };
+        let media_url_ttl = duration(
+            "media_url_ttl",
+            m.pick("media_url_ttl", flags.media_url_ttl.clone(), f.media_url_ttl),
+            Duration::from_secs(86_400),
+        )?;
+        if media_url_ttl < Duration::from_secs(60) {
+            return Err(bad("media_url_ttl: must be at least 1m, or platforms cannot fetch the file in time"));
+        }
         let mut api_bases = f.api_bases.unwrap_or_default();
         for p in herald_core::platforms::REGISTRY {
             let var = format!("HERALD_{}_API_BASE", p.id.to_uppercase());
@@ -329,6 +340,7 @@ impl Config {
             allow_private_networks,
             allow_ports,
             media_max_bytes,
+            media_url_ttl,
             api_bases,
             log,
             log_format,
@@ -376,6 +388,7 @@ impl Config {
         line("allow_private_networks", format!("{:?}", self.allow_private_networks));
         line("allow_ports", format!("{:?}", self.allow_ports));
         line("media_max_bytes", self.media_max_bytes.to_string());
+        line("media_url_ttl", q(&format_duration(self.media_url_ttl)));
 
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));
@@ -501,6 +514,12 @@ mod tests {
         let config = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap();
         assert_eq!(config.stats_max_age, Duration::from_secs(7 * 86_400));
         assert!(config.render().contains("stats_max_age = \"7d\""), "{}", config.render());
+        let file = write(&dir, "media_url_ttl = \"7d\"\n");
+        let config = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap();
+        assert_eq!(config.media_url_ttl, Duration::from_secs(7 * 86_400));
+        assert!(config.render().contains("media_url_ttl = \"7d\""), "{}", config.render());
+        let err = Config::load(&Settings { media_url_ttl: Some("5s".into()), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("media_url_ttl"), "{err}");
         let file = write(&dir, "allow_ports = [8448]\n[api_bases]\nvk = \"http://127.0.0.1:9000\"\n");
         let config = Config::load(&Settings { config: Some(file), ..Default::default() }).unwrap();
         assert_eq!(config.allow_ports, vec![8448]);

@@ -118,12 +118,21 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     let metrics = herald_server::metrics::install();
     let accounts = accounts_for(&config, db.clone(), vault.clone());
     let connections = herald_connections::Connections::new(accounts.clone(), net_for(&config)?);
-    let posts = herald_posts::Posts::new(
+    // Media URLs are signed with a key derived from the master keys, so every node agrees.
+    let media_signer = herald_media::UrlSigner::new(vault.derive(herald_media::signing::LABEL));
+    let mut posts = herald_posts::Posts::new(
         accounts.clone(),
         connections.clone(),
         queue.clone(),
         herald_media::MediaStore::local(config.data_dir.join("media")),
     );
+    if let Some(public) = &accounts.config().public_url {
+        posts = posts.with_public_media(herald_media::PublicMedia::new(
+            public,
+            media_signer.clone(),
+            config.media_url_ttl,
+        ));
+    }
     // With SMTP, recording a notification also enqueues its e-mail (every role records them);
     // without it nothing is enqueued.
     herald_posts::notify_mail::enable(config.smtp.as_ref().map(|_| herald_posts::Pacing::default()));
@@ -133,6 +142,7 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
         connections,
         posts: posts.clone(),
         media_max_bytes: config.media_max_bytes,
+        media_signer,
         public_url: accounts.config().public_url.clone(),
         mail_enabled: config.smtp.is_some(),
         queue: queue.clone(),

@@ -84,6 +84,8 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(posts::retry))
         .routes(routes!(posts::resolve))
         .routes(routes!(media::get, media::remove))
+        // Public: a signed, expiring URL is the credential (see herald_media::signing).
+        .routes(routes!(media::file))
         .routes(routes!(events::list, events::create))
         .routes(routes!(events::remove))
         .routes(routes!(events::notifications))

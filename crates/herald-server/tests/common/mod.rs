@@ -40,6 +40,8 @@ pub struct App {
     pub db: Db,
     /// The posts service behind the API, for driving workers and the stats collector in tests.
     pub posts: herald_posts::Posts,
+    /// The signed media URLs this app's deliveries carry (as the worker makes them).
+    pub media_urls: herald_media::PublicMedia,
 }
 
 /// How a test authenticates.
@@ -69,6 +71,11 @@ impl App {
     }
 
     pub async fn start_full_net(db: Db, config: AccountsConfig, vault: Vault, net: herald_platforms::Net) -> App {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        // As `herald serve` does with HERALD_PUBLIC_URL: deliveries carry signed media URLs.
+        let signer = herald_media::UrlSigner::new(vault.derive(herald_media::signing::LABEL));
+        let media_urls = herald_media::PublicMedia::new(&base, signer.clone(), std::time::Duration::from_secs(86_400));
         let accounts = Accounts::new(db.clone(), vault, config);
         let connections = herald_connections::Connections::new(accounts.clone(), net);
         let queue = herald_queue::Queue::new(db.clone());
@@ -77,24 +84,24 @@ impl App {
             connections.clone(),
             queue.clone(),
             herald_media::MediaStore::local(herald_store::testing::scratch_dir("herald-media")),
-        );
+        )
+        .with_public_media(media_urls.clone());
         let state = AppState {
             db: db.clone(),
             accounts: accounts.clone(),
             connections,
             posts: posts.clone(),
             media_max_bytes: 1 << 20,
+            media_signer: signer,
             public_url: None,
             mail_enabled: false,
             queue: herald_queue::Queue::new(db.clone()),
             metrics: herald_server::metrics::install(),
             role: Role::All,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts }
+        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts, media_urls }
     }
 
     pub async fn call(&self, who: &Caller, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
