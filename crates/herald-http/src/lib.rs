@@ -28,7 +28,9 @@ pub struct HttpClient {
     inner: reqwest::Client,
 }
 
-fn install_crypto_provider() {
+/// Installs rustls on ring as the process's TLS provider (once); clients built by other crates
+/// (the media object store's) need it too.
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // One TLS stack for the whole binary: rustls on ring, shared with sqlx.

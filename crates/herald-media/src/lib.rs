@@ -1,5 +1,6 @@
-//! Where uploaded media live: a directory per team under the data dir. An upload streams to a
-//! temporary file and is renamed into place only when complete, so a refused or interrupted upload
+//! Where uploaded media live: a directory per team under the data dir, or S3-compatible object
+//! storage (`HERALD_MEDIA_URL=s3://bucket/prefix`). An upload streams to a temporary file (in the
+//! data dir either way) and is renamed into place, or uploaded, only when complete, so a refused or interrupted upload
 //! (over the cap, a full disk, a dropped connection) leaves nothing behind and never sits whole in
 //! memory. The type is sniffed from the first bytes, never taken from the client.
 //!
@@ -12,10 +13,14 @@ pub mod signing;
 pub use signing::{PublicMedia, UrlError, UrlSigner};
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use herald_core::platforms::MediaKind;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -31,6 +36,19 @@ pub enum MediaError {
     Io(#[from] std::io::Error),
     #[error("no such media file")]
     NotFound,
+    #[error("the media object storage failed ({0}); check HERALD_MEDIA_URL, the credentials and the bucket")]
+    Object(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<object_store::Error> for MediaError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => MediaError::NotFound,
+            other => MediaError::Object(other.to_string()),
+        }
+    }
 }
 
 impl From<MediaError> for herald_core::Error {
@@ -41,7 +59,8 @@ impl From<MediaError> for herald_core::Error {
             MediaError::Unsupported(_) => ErrorCode::UnsupportedMediaType,
             MediaError::Interrupted(_) => ErrorCode::BadRequest,
             MediaError::NotFound => ErrorCode::NotFound,
-            MediaError::Io(_) => ErrorCode::Unavailable,
+            MediaError::Io(_) | MediaError::Object(_) => ErrorCode::Unavailable,
+            MediaError::Config(_) => ErrorCode::Internal,
         };
         herald_core::Error::new(code, e.to_string())
     }
@@ -114,15 +133,85 @@ pub fn dimensions(mime: &str, head: &[u8]) -> Option<(u32, u32)> {
 /// How much of the start of a file is kept for sniffing and dimensions.
 const HEAD: usize = 64 * 1024;
 
-/// Media files in a local directory.
+/// Media files in a local directory, or in an object store with the directory for staging.
 #[derive(Debug, Clone)]
 pub struct MediaStore {
     root: PathBuf,
+    object: Option<Object>,
+}
+
+#[derive(Debug, Clone)]
+struct Object {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket, without slashes at either end.
+    prefix: String,
 }
 
 impl MediaStore {
     pub fn local(root: impl Into<PathBuf>) -> MediaStore {
-        MediaStore { root: root.into() }
+        MediaStore { root: root.into(), object: None }
+    }
+
+    /// S3-compatible storage at `url` (`s3://bucket[/prefix]`), configured from the usual AWS
+    /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for other S3
+    /// services `AWS_ENDPOINT_URL`, with `AWS_ALLOW_HTTP=true` for a plain-HTTP one). Uploads are
+    /// staged in `staging` while they are checked.
+    pub fn object(url: &str, staging: impl Into<PathBuf>) -> Result<MediaStore, MediaError> {
+        Self::object_with(url, staging, &[])
+    }
+
+    /// [`Self::object`] with settings over the environment's, by their object_store names
+    /// (`aws_endpoint`, `aws_access_key_id`, `aws_allow_http`, …).
+    pub fn object_with(
+        url: &str,
+        staging: impl Into<PathBuf>,
+        options: &[(&str, &str)],
+    ) -> Result<MediaStore, MediaError> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            MediaError::Config(format!(
+                "HERALD_MEDIA_URL must be s3://bucket[/prefix] (S3 or an S3-compatible service), not {url}"
+            ))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(MediaError::Config("HERALD_MEDIA_URL names no bucket: use s3://bucket[/prefix]".into()));
+        }
+        herald_http::install_crypto_provider();
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (k, v) in options {
+            let key: object_store::aws::AmazonS3ConfigKey =
+                k.parse().map_err(|e| MediaError::Config(format!("object store setting {k}: {e}")))?;
+            builder = builder.with_config(key, *v);
+        }
+        let store = builder.build().map_err(|e| MediaError::Config(format!("HERALD_MEDIA_URL {url}: {e}")))?;
+        let object = Object { store: Arc::new(store), prefix: prefix.trim_matches('/').to_string() };
+        Ok(MediaStore { root: staging.into(), object: Some(object) })
+    }
+
+    /// `local` or `s3://bucket/prefix`, for logs and `herald config`.
+    pub fn describe(&self) -> String {
+        match &self.object {
+            Some(o) => format!("{} (prefix `{}`)", o.store, o.prefix),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    fn key(&self, o: &Object, team: Uuid, id: Uuid) -> Key {
+        let name = format!("{}/{}", team.simple(), id.simple());
+        match o.prefix.as_str() {
+            "" => Key::from(name),
+            p => Key::from(format!("{p}/{name}")),
+        }
+    }
+
+    /// Checks the object store answers (a listing of the prefix), so a wrong bucket or key fails
+    /// at start rather than at the first upload.
+    pub async fn check(&self) -> Result<(), MediaError> {
+        if let Some(o) = &self.object {
+            let prefix = (!o.prefix.is_empty()).then(|| Key::from(o.prefix.as_str()));
+            o.store.list_with_delimiter(prefix.as_ref()).await?;
+        }
+        Ok(())
     }
 
     fn path(&self, team: Uuid, id: Uuid) -> PathBuf {
@@ -177,10 +266,17 @@ impl MediaStore {
         }
         .await;
         match result {
-            Ok(stored) => {
-                tokio::fs::rename(&tmp, &path).await?;
-                Ok(stored)
-            }
+            Ok(stored) => match &self.object {
+                None => {
+                    tokio::fs::rename(&tmp, &path).await?;
+                    Ok(stored)
+                }
+                Some(o) => {
+                    let uploaded = self.upload(o, &tmp, self.key(o, team, id)).await;
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    uploaded.map(|()| stored)
+                }
+            },
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 Err(e)
@@ -188,7 +284,44 @@ impl MediaStore {
         }
     }
 
+    /// Copies a checked upload to the object store, in parts when it is large.
+    async fn upload(&self, o: &Object, file: &std::path::Path, key: Key) -> Result<(), MediaError> {
+        let mut reader = tokio::fs::File::open(file).await?;
+        let mut writer = object_store::buffered::BufWriter::new(o.store.clone(), key);
+        let copied = tokio::io::copy(&mut reader, &mut writer).await;
+        match copied {
+            Ok(_) => writer.shutdown().await.map_err(|e| MediaError::Object(e.to_string())),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(MediaError::Object(e.to_string()))
+            }
+        }
+    }
+
+    /// The file as a stream of chunks, with its length: never whole in memory.
+    pub async fn stream(
+        &self,
+        team: Uuid,
+        id: Uuid,
+    ) -> Result<(BoxStream<'static, std::io::Result<Bytes>>, u64), MediaError> {
+        match &self.object {
+            Some(o) => {
+                let got = o.store.get(&self.key(o, team, id)).await?;
+                let len = got.meta.size;
+                let body = got.into_stream().map(|c| c.map_err(std::io::Error::other));
+                Ok((body.boxed(), len))
+            }
+            None => {
+                let (file, len) = self.open_local(team, id).await?;
+                Ok((tokio_util::io::ReaderStream::new(file).boxed(), len))
+            }
+        }
+    }
+
     pub async fn read(&self, team: Uuid, id: Uuid) -> Result<Bytes, MediaError> {
+        if let Some(o) = &self.object {
+            return Ok(o.store.get(&self.key(o, team, id)).await?.bytes().await?);
+        }
         match tokio::fs::read(self.path(team, id)).await {
             Ok(b) => Ok(Bytes::from(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MediaError::NotFound),
@@ -196,8 +329,15 @@ impl MediaStore {
         }
     }
 
-    /// The file opened for streaming, with its length.
+    /// The local file opened for streaming, with its length (local storage only; see [`Self::stream`]).
     pub async fn open(&self, team: Uuid, id: Uuid) -> Result<(tokio::fs::File, u64), MediaError> {
+        if self.object.is_some() {
+            return Err(MediaError::Config("media in object storage are read with MediaStore::stream".into()));
+        }
+        self.open_local(team, id).await
+    }
+
+    async fn open_local(&self, team: Uuid, id: Uuid) -> Result<(tokio::fs::File, u64), MediaError> {
         let file = match tokio::fs::File::open(self.path(team, id)).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(MediaError::NotFound),
@@ -208,6 +348,12 @@ impl MediaStore {
     }
 
     pub async fn delete(&self, team: Uuid, id: Uuid) -> Result<(), MediaError> {
+        if let Some(o) = &self.object {
+            return match o.store.delete(&self.key(o, team, id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
         match tokio::fs::remove_file(self.path(team, id)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
