@@ -329,14 +329,6 @@ impl MediaStore {
         }
     }
 
-    /// The local file opened for streaming, with its length (local storage only; see [`Self::stream`]).
-    pub async fn open(&self, team: Uuid, id: Uuid) -> Result<(tokio::fs::File, u64), MediaError> {
-        if self.object.is_some() {
-            return Err(MediaError::Config("media in object storage are read with MediaStore::stream".into()));
-        }
-        self.open_local(team, id).await
-    }
-
     async fn open_local(&self, team: Uuid, id: Uuid) -> Result<(tokio::fs::File, u64), MediaError> {
         let file = match tokio::fs::File::open(self.path(team, id)).await {
             Ok(f) => f,
@@ -412,7 +404,7 @@ mod tests {
         assert_eq!((stored.width, stored.height), (Some(800), Some(600)));
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
         assert_eq!(store.read(team, id).await.unwrap().as_ref(), body.as_slice());
-        assert_eq!(store.open(team, id).await.unwrap().1, body.len() as u64);
+        assert_eq!(store.stream(team, id).await.unwrap().1, body.len() as u64);
 
         // Over the cap: refused mid-stream, no file, no partial file.
         let big = Uuid::now_v7();
@@ -428,7 +420,7 @@ mod tests {
         assert_eq!(left.len(), 1, "only the good upload is there");
         store.delete(team, id).await.unwrap();
         assert!(matches!(store.read(team, id).await, Err(MediaError::NotFound)));
-        assert!(matches!(store.open(team, id).await, Err(MediaError::NotFound)));
+        assert!(matches!(store.stream(team, id).await, Err(MediaError::NotFound)));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,52 +1,10 @@
-//! The media store on S3-compatible storage, against moto's S3 server (`moto_server`, from
-//! `pip install "moto[server]"`), which `.ci/run` installs. Without it the test says so and
-//! skips locally; under `CI=true` it fails.
+//! The media store on S3-compatible storage, against moto's S3 server (see
+//! `herald_testkit::moto`; `.ci/run` installs it).
 
 use bytes::Bytes;
 use herald_http::HttpClient;
 use herald_media::{MediaError, MediaStore};
-use std::process::Stdio;
-use std::time::Duration;
 use uuid::Uuid;
-
-struct Moto {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-async fn moto() -> Option<Moto> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = tokio::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("moto_server is needed for the S3 test in CI ({e}); .ci/run installs it with pip")
-        }
-        Err(e) => {
-            eprintln!("skipping the S3 media test: moto_server is not installed ({e}); pip install \"moto[server]\"");
-            return None;
-        }
-    };
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Some(Moto { child, url });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("moto_server did not start on port {port}");
-}
 
 fn png(w: u32, h: u32, len: usize) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
@@ -64,7 +22,7 @@ fn chunks(data: &[u8], size: usize) -> impl futures::Stream<Item = Result<Bytes,
 
 #[tokio::test]
 async fn uploads_stream_to_the_bucket_and_refusals_leave_nothing() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = herald_testkit::moto::start("herald-media").await else { return };
     // What an operator sets as AWS_* variables, given directly (tests share one environment).
     let settings = [
         ("aws_access_key_id", "herald-test"),
@@ -74,9 +32,6 @@ async fn uploads_stream_to_the_bucket_and_refusals_leave_nothing() {
         ("aws_allow_http", "true"),
     ];
     let http = HttpClient::trusted().unwrap();
-    let made = http.request(herald_http::Method::PUT, &format!("{}/herald-media", moto.url)).send().await.unwrap();
-    assert!(made.status().is_success(), "bucket: {}", made.status());
-
     let staging = herald_store::testing::scratch_dir("herald-s3-staging");
     let store = MediaStore::object_with("s3://herald-media/team-files/", &staging, &settings).unwrap();
     store.check().await.unwrap();

@@ -176,10 +176,14 @@ impl Posts {
 
     /// A library file opened for streaming (the signed public route), with what it is. A file
     /// whose row or bytes are gone is `not_found`.
-    pub async fn media_file(&self, team: Uuid, id: Uuid) -> Result<(MediaView, tokio::fs::File, u64), Error> {
+    pub async fn media_file(
+        &self,
+        team: Uuid,
+        id: Uuid,
+    ) -> Result<(MediaView, futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, u64), Error> {
         let view = self.media_item(team, id).await?;
-        let (file, len) = self.media.open(team, id).await.map_err(Error::from)?;
-        Ok((view, file, len))
+        let (body, len) = self.media.stream(team, id).await.map_err(Error::from)?;
+        Ok((view, body, len))
     }
 
     /// The files of a delivery, read from storage for the adapter, each with a signed URL when

@@ -15,6 +15,7 @@ pub mod bluesky;
 pub mod discord;
 pub mod mastodon;
 pub mod matrix;
+pub mod moto;
 pub mod nostr;
 pub mod telegram;
 pub mod vk;

@@ -84,6 +84,10 @@ pub struct Settings {
     /// How long the signed media URLs handed to platforms (Nostr) work [default: 24h].
     #[arg(long, env = "HERALD_MEDIA_URL_TTL", global = true)]
     pub media_url_ttl: Option<String>,
+    /// Keep media in S3 or an S3-compatible service, `s3://bucket[/prefix]`, with the usual AWS_*
+    /// variables (AWS_ENDPOINT_URL for other services) [default: $HERALD_DATA_DIR/media].
+    #[arg(long, env = "HERALD_MEDIA_URL", global = true)]
+    pub media_url: Option<String>,
     /// Comma-separated ports, besides 80 and 443, that user-chosen hosts may use [default: none].
     #[arg(long, env = "HERALD_ALLOW_PORTS", global = true)]
     pub allow_ports: Option<String>,

@@ -46,6 +46,7 @@ struct FileConfig {
     allow_ports: Option<Vec<u16>>,
     media_max_bytes: Option<String>,
     media_url_ttl: Option<String>,
+    media_url: Option<String>,
     /// `platform id -> API base`, like HERALD_<PLATFORM>_API_BASE.
     api_bases: Option<BTreeMap<String, String>>,
     log: Option<String>,
@@ -98,6 +99,8 @@ pub struct Config {
     pub media_max_bytes: u64,
     /// How long a signed media URL (made when public_url is set) works.
     pub media_url_ttl: Duration,
+    /// Where media live: None for `$data_dir/media`, or `s3://bucket[/prefix]`.
+    pub media_url: Option<String>,
     /// Operator overrides of platform API bases (trusted configuration, not SSRF-guarded).
     pub api_bases: BTreeMap<String, String>,
     pub log: String,
@@ -287,6 +290,14 @@ impl Config {
         if media_url_ttl < Duration::from_secs(60) {
             return Err(bad("media_url_ttl: must be at least 1m, or platforms cannot fetch the file in time"));
         }
+        let media_url = m.pick("media_url", flags.media_url.clone(), f.media_url).filter(|u| !u.trim().is_empty());
+        if let Some(u) = &media_url
+            && !u.starts_with("s3://")
+        {
+            return Err(bad(format!(
+                "media_url: `{u}` is not s3://bucket[/prefix]; leave it out to keep media in the data directory"
+            )));
+        }
         let mut api_bases = f.api_bases.unwrap_or_default();
         for p in herald_core::platforms::REGISTRY {
             let var = format!("HERALD_{}_API_BASE", p.id.to_uppercase());
@@ -341,6 +352,7 @@ impl Config {
             allow_ports,
             media_max_bytes,
             media_url_ttl,
+            media_url,
             api_bases,
             log,
             log_format,
@@ -389,6 +401,7 @@ impl Config {
         line("allow_ports", format!("{:?}", self.allow_ports));
         line("media_max_bytes", self.media_max_bytes.to_string());
         line("media_url_ttl", q(&format_duration(self.media_url_ttl)));
+        line("media_url", q(self.media_url.as_deref().unwrap_or("")));
 
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));

@@ -92,7 +92,23 @@ pub async fn check(config: &Config) -> Result<(), Exit> {
     if let DatabaseUrl::Postgres { .. } = config.database_url {
         open_database(config).await?.close().await;
     }
+    if config.media_url.is_some() {
+        media_store(config).await?;
+    }
     Ok(())
+}
+
+/// The media library's storage: the data dir, or the object store `media_url` names, checked
+/// now (a wrong bucket or key fails the start, not the first upload). Uploads to an object store
+/// are staged in the data dir while they are checked.
+pub async fn media_store(config: &Config) -> Result<herald_media::MediaStore, Exit> {
+    let local = config.data_dir.join("media");
+    let Some(url) = &config.media_url else { return Ok(herald_media::MediaStore::local(local)) };
+    let store = herald_media::MediaStore::object(url, config.data_dir.join("media-staging"))
+        .map_err(|e| Exit::Config(e.to_string()))?;
+    store.check().await.map_err(|e| Exit::Config(e.to_string()))?;
+    tracing::info!(media = %store.describe(), "media live in object storage");
+    Ok(store)
 }
 
 fn worker_id() -> String {
@@ -120,18 +136,11 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     let connections = herald_connections::Connections::new(accounts.clone(), net_for(&config)?);
     // Media URLs are signed with a key derived from the master keys, so every node agrees.
     let media_signer = herald_media::UrlSigner::new(vault.derive(herald_media::signing::LABEL));
-    let mut posts = herald_posts::Posts::new(
-        accounts.clone(),
-        connections.clone(),
-        queue.clone(),
-        herald_media::MediaStore::local(config.data_dir.join("media")),
-    );
+    let mut posts =
+        herald_posts::Posts::new(accounts.clone(), connections.clone(), queue.clone(), media_store(&config).await?);
     if let Some(public) = &accounts.config().public_url {
-        posts = posts.with_public_media(herald_media::PublicMedia::new(
-            public,
-            media_signer.clone(),
-            config.media_url_ttl,
-        ));
+        posts =
+            posts.with_public_media(herald_media::PublicMedia::new(public, media_signer.clone(), config.media_url_ttl));
     }
     // With SMTP, recording a notification also enqueues its e-mail (every role records them);
     // without it nothing is enqueued.

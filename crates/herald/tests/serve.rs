@@ -183,3 +183,36 @@ fn jobs_run_by_serve_show_in_the_queue_metrics() {
     assert!(p.log().contains("SIGINT received"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_can_live_in_s3_and_a_wrong_bucket_stops_the_start() {
+    let Some(moto) = herald_testkit::moto::start("herald-serve").await else { return };
+    let dir = herald_store::testing::scratch_dir("herald-serve-s3");
+    let with_media = |url: &str| {
+        let mut cmd = herald();
+        cmd.envs(moto.env()).env("HERALD_MEDIA_URL", url);
+        cmd
+    };
+    let addr = free_port();
+    let mut cmd = with_media("s3://herald-serve/media");
+    cmd.args(["serve", "--listen", &addr.to_string()]);
+    let mut p = Proc::spawn(cmd, &dir);
+    p.wait_ready(addr, Duration::from_secs(20));
+    assert!(p.log().contains("media live in object storage"), "{}", p.log());
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+
+    // A bucket that is not there fails the start, saying which setting to fix.
+    let mut cmd = with_media("s3://no-such-bucket");
+    cmd.args(["serve", "--listen", &free_port().to_string()]);
+    let mut p = Proc::spawn(cmd, &dir);
+    assert_ne!(p.wait_exit(Duration::from_secs(20)), 0);
+    assert!(p.log().contains("HERALD_MEDIA_URL"), "{}", p.log());
+    // Only s3:// is taken.
+    let mut cmd = with_media("gs://bucket");
+    cmd.args(["serve", "--listen", &free_port().to_string()]);
+    let mut p = Proc::spawn(cmd, &dir);
+    assert_ne!(p.wait_exit(Duration::from_secs(20)), 0);
+    assert!(p.log().contains("media_url"), "{}", p.log());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -98,14 +98,18 @@ pub struct Signed {
             content_type = "application/octet-stream", body = Vec<u8>),
         (status = 403, description = "media_url_invalid or media_url_expired", body = ErrorBody),
         (status = 404, body = ErrorBody)))]
-pub async fn file(State(state): State<AppState>, Path(id): Path<Uuid>, Query(q): Query<Signed>) -> Result<Response, ApiError> {
+pub async fn file(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(q): Query<Signed>,
+) -> Result<Response, ApiError> {
     let invalid = || ApiError::from(herald_media::UrlError::Invalid);
     let team: Uuid = q.team.as_deref().and_then(|t| t.parse().ok()).ok_or_else(invalid)?;
     let expires: i64 = q.expires.as_deref().and_then(|e| e.parse().ok()).ok_or_else(invalid)?;
     let now = herald_media::signing::unix_now();
     state.media_signer.verify(team, id, expires, q.sig.as_deref().unwrap_or(""), now)?;
-    let (view, file, len) = state.posts.media_file(team, id).await?;
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let (view, stream, len) = state.posts.media_file(team, id).await?;
+    let body = axum::body::Body::from_stream(stream);
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     let mime = HeaderValue::from_str(&view.mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
@@ -121,8 +125,10 @@ pub async fn file(State(state): State<AppState>, Path(id): Path<Uuid>, Query(q):
 /// `inline; filename="…"; filename*=UTF-8''…`: an ASCII fallback with quotes, backslashes and
 /// anything unprintable replaced, and the exact name percent-encoded (RFC 6266).
 fn content_disposition(name: &str) -> HeaderValue {
-    let fallback: String =
-        name.chars().map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '_' }).collect();
+    let fallback: String = name
+        .chars()
+        .map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '_' })
+        .collect();
     let mut exact = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
@@ -141,10 +147,7 @@ mod tests {
     fn filenames_are_quoted_safely() {
         let h = |n: &str| super::content_disposition(n).to_str().unwrap().to_string();
         assert_eq!(h("cat.png"), "inline; filename=\"cat.png\"; filename*=UTF-8''cat.png");
-        assert_eq!(
-            h("a \"b\"\\c;.png"),
-            "inline; filename=\"a _b__c;.png\"; filename*=UTF-8''a%20%22b%22%5Cc%3B.png"
-        );
+        assert_eq!(h("a \"b\"\\c;.png"), "inline; filename=\"a _b__c;.png\"; filename*=UTF-8''a%20%22b%22%5Cc%3B.png");
         assert_eq!(h("chat é.png"), "inline; filename=\"chat _.png\"; filename*=UTF-8''chat%20%C3%A9.png");
     }
 }
