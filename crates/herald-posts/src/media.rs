@@ -187,8 +187,15 @@ impl Posts {
     }
 
     /// The files of a delivery, read from storage for the adapter, each with a signed URL when
-    /// public media are set up ([`Posts::with_public_media`]).
-    pub(crate) async fn load_media(&self, team: Uuid, ids: &[Uuid]) -> Result<Vec<herald_platforms::Media>, Error> {
+    /// public media are set up ([`Posts::with_public_media`]). The URL's expiry counts from
+    /// `since`, the delivery's first attempt, so every retry sends the same URL (and Nostr, whose
+    /// event id hashes the content, the same note rather than a second one).
+    pub(crate) async fn load_media(
+        &self,
+        team: Uuid,
+        ids: &[Uuid],
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<herald_platforms::Media>, Error> {
         let mut out = Vec::with_capacity(ids.len());
         for (v, item) in self.media_items(team, ids).await? {
             let bytes = self.media.read(team, v.id).await.map_err(Error::from)?;
@@ -198,7 +205,7 @@ impl Posts {
                 filename: v.filename,
                 bytes,
                 alt: v.alt,
-                url: self.public_media.as_ref().map(|p| p.url(team, v.id)),
+                url: self.public_media.as_ref().map(|p| p.url_at(team, v.id, since.timestamp())),
             });
         }
         Ok(out)

@@ -240,7 +240,7 @@ impl DeliveryHandler {
             let i = done.len();
             let mut out = outgoing(&d, &content, &parts, i, &done, created_at);
             if i == 0 && !content.media.is_empty() {
-                out.media = self.posts.load_media(d.team_id, &content.media).await.map_err(transient)?;
+                out.media = self.posts.load_media(d.team_id, &content.media, created_at).await.map_err(transient)?;
             }
             let started = Utc::now();
             let clock = Instant::now();
