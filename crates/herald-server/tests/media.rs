@@ -94,7 +94,10 @@ async fn signed_media_urls_serve_the_file_without_credentials_until_they_expire(
         assert_eq!(header("content-type"), "image/png");
         assert_eq!(header("content-length"), "3000");
         assert_eq!(header("x-content-type-options"), "nosniff");
-        assert_eq!(header("content-disposition"), "inline; filename=\"a _chart_.png\"; filename*=UTF-8''a%20%22chart%22.png");
+        assert_eq!(
+            header("content-disposition"),
+            "inline; filename=\"a _chart_.png\"; filename*=UTF-8''a%20%22chart%22.png"
+        );
         let max_age: i64 = header("cache-control").strip_prefix("private, max-age=").unwrap().parse().unwrap();
         assert!((86_400 - 5..=86_400 + 3600).contains(&max_age), "{max_age}");
         assert_eq!(resp.bytes().await.unwrap().as_ref(), bytes.as_slice(), "the exact bytes");
@@ -116,8 +119,11 @@ async fn signed_media_urls_serve_the_file_without_credentials_until_they_expire(
         refused(flipped, "media_url_invalid").await;
         refused(url[..url.len() - 2].to_string(), "media_url_invalid").await;
         let expires: i64 = url.split("expires=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
-        refused(url.replace(&format!("expires={expires}"), &format!("expires={}", expires + 86_400)), "media_url_invalid")
-            .await;
+        refused(
+            url.replace(&format!("expires={expires}"), &format!("expires={}", expires + 86_400)),
+            "media_url_invalid",
+        )
+        .await;
         refused(url.replace(&team.to_string(), &other_team.to_string()), "media_url_invalid").await;
         refused(url.split("&sig=").next().unwrap().to_string(), "media_url_invalid").await;
         refused(format!("{}/api/v1/media/{id}/file", app.base), "media_url_invalid").await;
