@@ -9,10 +9,11 @@
 //! Anything out of the ordinary (a retry, a call left in flight, a late delivery, a connection to
 //! re-authorise, a failure) takes the one-by-one path in `worker.rs`, which explains itself.
 
-use crate::store::{DELIVERY_COLS, DeliveryRow, POST_COLS, PostRow, Posts, placeholders, refresh_posts, store};
+use crate::store::{DELIVERY_COLS, DeliveryRow, POST_COLS, PostRow, Posts, refresh_posts, store};
 use chrono::{DateTime, Utc};
 use herald_connections::{Loaded, Status};
 use herald_core::Error;
+use herald_store::placeholders;
 use herald_store::{Ts, on_read, on_tx};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};

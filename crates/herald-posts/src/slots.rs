@@ -11,7 +11,7 @@
 //! monthly posts quota; when the quota refuses, the series stops and the team is told.
 
 use crate::model::{DeliveryState, PostState};
-use crate::store::{Posts, store};
+use crate::store::{DeliveryRow, Posts, insert_deliveries, store};
 use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Timelike, Utc};
 use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, Quota, authorize};
@@ -273,28 +273,15 @@ pub(crate) async fn schedule_repeat(tx: &mut Tx, post: Uuid) -> Result<Option<Uu
         stamp
     )
     .map_err(store)?;
-    for (connection, platform, overrides, bucket) in targets {
-        let did = Uuid::now_v7();
-        let job = crate::store::delivery_job(did, 0, Some(at), bucket);
-        let job_id = herald_queue::enqueue(tx, job).await.map_err(Error::from)?.id().0;
-        exec!(
-            tx,
-            "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
-             job_id, run_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
-            did,
-            id,
-            p.team_id,
-            connection,
-            platform,
-            DeliveryState::Scheduled.as_str(),
-            overrides,
-            herald_platforms::idempotency_key(did),
-            job_id,
-            Ts(at),
-            stamp
-        )
-        .map_err(store)?;
-    }
+    let (mut rows, buckets): (Vec<DeliveryRow>, Vec<Option<String>>) = targets
+        .into_iter()
+        .map(|(connection, platform, overrides, bucket)| {
+            let d =
+                DeliveryRow::fresh(id, p.team_id, connection, &platform, DeliveryState::Scheduled, overrides, Some(at));
+            (d, bucket)
+        })
+        .unzip();
+    insert_deliveries(tx, id, p.team_id, stamp, &mut rows, Some(&buckets)).await?;
     let data =
         json!({"post": id, "state": PostState::Scheduled, "schedule_at": at, "series": series, "previous": post});
     crate::events::emit(

@@ -11,7 +11,7 @@ use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
-use herald_store::{Db, StoreError, Ts, Tx, TxConn, exec, on_read, on_tx};
+use herald_store::{Db, StoreError, Ts, Tx, TxConn, exec, on_read, on_tx, placeholders};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -120,6 +120,40 @@ pub(crate) const DELIVERY_COLS: &str = "id, post_id, team_id, connection_id, pla
     last_error_class, published_at";
 
 impl DeliveryRow {
+    /// A new delivery of `post` to `connection`, not yet sent and without a job.
+    pub(crate) fn fresh(
+        post: Uuid,
+        team: Uuid,
+        connection: Uuid,
+        platform: &str,
+        state: DeliveryState,
+        overrides: String,
+        run_at: Option<DateTime<Utc>>,
+    ) -> DeliveryRow {
+        let id = Uuid::now_v7();
+        DeliveryRow {
+            id,
+            post_id: post,
+            team_id: team,
+            connection_id: connection,
+            platform: platform.to_string(),
+            state: state.as_str().to_string(),
+            content: overrides,
+            idempotency_key: herald_platforms::idempotency_key(id),
+            job_id: None,
+            run_at: run_at.map(Ts),
+            parts: "[]".into(),
+            platform_post_id: None,
+            platform_url: None,
+            attempts: 0,
+            first_attempt_at: None,
+            call_started_at: None,
+            last_error: None,
+            last_error_class: None,
+            published_at: None,
+        }
+    }
+
     pub fn state(&self) -> DeliveryState {
         DeliveryState::parse(&self.state)
     }
@@ -214,11 +248,6 @@ pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, E
     states.get(&post).copied().ok_or_else(|| Error::not_found("post"))
 }
 
-/// `$first, $first+1, …` for an `IN (…)` list of `n` values, in both dialects.
-pub(crate) fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
 /// Recomputes and stores the states of several posts inside `tx`, emitting an event for each post
 /// that reached an end state.
 pub(crate) async fn refresh_posts(
@@ -299,6 +328,53 @@ pub(crate) async fn refresh_posts(
         }
     }
     Ok(out)
+}
+
+/// Inserts a post's new deliveries in one statement, with their jobs (one per bucket given; none
+/// for a draft) in one more, inside `tx`.
+pub(crate) async fn insert_deliveries(
+    tx: &mut Tx,
+    post: Uuid,
+    team: Uuid,
+    now: Ts,
+    rows: &mut [DeliveryRow],
+    buckets: Option<&[Option<String>]>,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if let Some(buckets) = buckets {
+        // Deliveries made in this transaction: no job can hold their keys yet, so the jobs go
+        // without them, in one statement.
+        let jobs = rows
+            .iter()
+            .zip(buckets)
+            .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) })
+            .collect();
+        let enqueued = herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
+        for (d, e) in rows.iter_mut().zip(enqueued) {
+            d.job_id = Some(e.id().0);
+        }
+    }
+    // $1 post, $2 team, $3 now; then ten per delivery.
+    let values = (0..rows.len())
+        .map(|i| format!("(${}, $1, $2, {}, $3, $3)", 4 + 10 * i, placeholders(5 + 10 * i, 9)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
+         job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
+    );
+    on_tx!(tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(post).bind(team).bind(now);
+        for d in rows.iter() {
+            q = q.bind(d.id).bind(d.connection_id).bind(&d.platform).bind(&d.state).bind(&d.content)
+                .bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts);
+        }
+        q.execute(&mut *c).await.map(|r| r.rows_affected())
+    })
+    .map_err(store)?;
+    Ok(())
 }
 
 /// `schedule_at` asking for each target's next free posting slot.
@@ -604,79 +680,12 @@ impl Posts {
             .zip(&loaded)
             .zip(&run_ats)
             .map(|(((conn, o), l), run_at)| {
-                let did = Uuid::now_v7();
-                DeliveryRow {
-                    id: did,
-                    post_id: id,
-                    team_id: team,
-                    connection_id: *conn,
-                    platform: l.view.platform.clone(),
-                    state: dstate.as_str().to_string(),
-                    content: serde_json::to_string(o).unwrap_or_default(),
-                    idempotency_key: herald_platforms::idempotency_key(did),
-                    job_id: None,
-                    run_at: run_at.map(Ts),
-                    parts: "[]".into(),
-                    platform_post_id: None,
-                    platform_url: None,
-                    attempts: 0,
-                    first_attempt_at: None,
-                    call_started_at: None,
-                    last_error: None,
-                    last_error_class: None,
-                    published_at: None,
-                }
+                let content = serde_json::to_string(o).unwrap_or_default();
+                DeliveryRow::fresh(id, team, *conn, &l.view.platform, dstate, content, *run_at)
             })
             .collect();
-        if !new.draft {
-            // Deliveries made in this transaction: no job can hold their keys yet, so the jobs go
-            // without them, in one statement.
-            let jobs = rows
-                .iter()
-                .zip(&buckets)
-                .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) })
-                .collect();
-            let enqueued = herald_queue::enqueue_many(&mut tx, jobs).await.map_err(Error::from)?;
-            for (d, e) in rows.iter_mut().zip(enqueued) {
-                d.job_id = Some(e.id().0);
-            }
-        }
-        if !rows.is_empty() {
-            let values = (0..rows.len())
-                .map(|i| {
-                    let b = 10 * i;
-                    format!(
-                        "(${}, $1, $2, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9,
-                        b + 10,
-                        b + 11,
-                        b + 12,
-                        b + 13,
-                        3,
-                        3
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
-                 job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
-            );
-            on_tx!(tx, c => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).bind(team).bind(now);
-                for d in &rows {
-                    q = q.bind(d.id).bind(d.connection_id).bind(&d.platform).bind(&d.state).bind(&d.content)
-                        .bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts);
-                }
-                q.execute(&mut *c).await.map(|r| r.rows_affected())
-            })
-            .map_err(store)?;
-        }
+        let buckets = if new.draft { None } else { Some(buckets.as_slice()) };
+        insert_deliveries(&mut tx, id, team, now, &mut rows, buckets).await?;
         let data = json!({"post": id, "state": state, "schedule_at": schedule, "targets": targets.len()});
         crate::events::emit(&mut tx, team, "post.created", ("post", id), "post created", data.clone()).await?;
         if state == PostState::Scheduled {

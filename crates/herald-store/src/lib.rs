@@ -22,6 +22,11 @@ pub use tx::{Tx, TxConn};
 pub use url::DatabaseUrl;
 pub use wakeups::Wakeups;
 
+/// `$first, $first+1, …` for an `IN (…)` list of `n` values; both backends take `$N` parameters.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Microseconds since the Unix epoch, UTC: how SQLite stores every time.
 pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_micros()
