@@ -164,6 +164,26 @@ pub struct NewPost {
     pub repeat_every_days: Option<i64>,
 }
 
+impl NewPost {
+    /// Plain text to these connections, now: the rest at its defaults, to set with `..`.
+    pub fn now(text: impl Into<String>, targets: &[Uuid]) -> NewPost {
+        NewPost {
+            text: text.into(),
+            link: None,
+            options: None,
+            thread: Thread::default(),
+            media: vec![],
+            targets: targets.iter().map(|c| TargetInput { connection_id: *c, text: None, options: None }).collect(),
+            schedule_at: None,
+            timezone: None,
+            draft: false,
+            campaign: None,
+            tags: vec![],
+            repeat_every_days: None,
+        }
+    }
+}
+
 /// `PATCH /api/v1/posts/{id}`: only while nothing has been published or is publishing.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -3,14 +3,14 @@
 //! expiring Herald URL and describes it in a NIP-92 `imeta` tag. The real queue runner delivers it
 //! to a fake relay.
 
+mod common;
+
+use common::net;
 use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
 use herald_connections::{Connections, NewConnection};
 use herald_core::TeamRole;
-use herald_http::guard::{Cidr, GuardConfig};
-use herald_http::{HttpClient, SafeClient};
 use herald_media::{PublicMedia, UrlSigner};
-use herald_platforms::Net;
-use herald_posts::{DeliveryHandler, DeliveryState, NewPost, PostState, Posts, TargetInput, Thread};
+use herald_posts::{DeliveryHandler, DeliveryState, NewPost, PostState, Posts};
 use herald_queue::{Queue, Registry, Runner, RunnerConfig};
 use herald_store::testing::each_backend;
 use herald_testkit::nostr as relay;
@@ -23,15 +23,6 @@ use uuid::Uuid;
 // NIP-19's example key.
 const SECRET: &str = "67dea2ed018072d675f5415ecfaed7d2597555e202d85b3d65ea4e58d2d92ffa";
 const BASE: &str = "https://herald.example";
-
-fn net() -> Net {
-    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").unwrap()], allow_ports: vec![] };
-    let timeout = Duration::from_secs(2);
-    Net::new(
-        HttpClient::trusted_with_timeout(timeout).unwrap(),
-        SafeClient::with_options(guard, std::sync::Arc::new(herald_http::guard::SystemLookup), timeout).unwrap(),
-    )
-}
 
 #[tokio::test]
 async fn a_picture_to_nostr_goes_out_as_a_signed_herald_url_with_its_imeta() {
@@ -72,20 +63,7 @@ async fn a_picture_to_nostr_goes_out_as_a_signed_herald_url_with_its_imeta() {
         png.resize(2000, 7);
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(png))]);
         let m = posts.upload(&owner, "dot.png", Some("a red dot".into()), body, 1 << 20).await.unwrap();
-        let post = NewPost {
-            text: "a picture".into(),
-            link: None,
-            options: None,
-            thread: Thread::default(),
-            media: vec![m.id],
-            targets: vec![TargetInput { connection_id: conn, text: None, options: None }],
-            schedule_at: None,
-            timezone: None,
-            draft: false,
-            campaign: None,
-            tags: vec![],
-            repeat_every_days: None,
-        };
+        let post = NewPost { media: vec![m.id], ..NewPost::now("a picture", &[conn]) };
         let (created, _) = posts.create(&owner, post, None).await.unwrap();
         let mut done = posts.get(team, created.id).await.unwrap();
         for _ in 0..400 {

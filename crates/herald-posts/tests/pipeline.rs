@@ -3,16 +3,16 @@
 //! local time across a DST change, cancelling, per-target validation, idempotent creates, threads
 //! that continue from the failed part, unknown outcomes, and auth failures that wait for a fix.
 
+mod common;
+
 use chrono::Utc;
+use common::net;
 use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
 use herald_connections::{Connections, NewConnection};
 use herald_core::TeamRole;
-use herald_http::guard::{Cidr, GuardConfig};
-use herald_http::{HttpClient, SafeClient};
+use herald_http::HttpClient;
 use herald_platforms::Net;
-use herald_posts::{
-    DeliveryHandler, DeliveryState, NewPost, PostState, PostUpdate, PostView, Posts, TargetInput, Thread,
-};
+use herald_posts::{DeliveryHandler, DeliveryState, NewPost, PostState, PostUpdate, PostView, Posts, Thread};
 use herald_queue::{Queue, Registry, Runner, RunnerConfig};
 use herald_store::Db;
 use herald_store::testing::each_backend;
@@ -84,30 +84,8 @@ impl World {
     }
 }
 
-fn net() -> Net {
-    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").unwrap()], allow_ports: vec![] };
-    let timeout = Duration::from_secs(2);
-    Net::new(
-        HttpClient::trusted_with_timeout(timeout).unwrap(),
-        SafeClient::with_options(guard, std::sync::Arc::new(herald_http::guard::SystemLookup), timeout).unwrap(),
-    )
-}
-
 fn post(text: &str, targets: &[Uuid]) -> NewPost {
-    NewPost {
-        text: text.into(),
-        link: None,
-        options: None,
-        thread: Thread::default(),
-        media: vec![],
-        targets: targets.iter().map(|c| TargetInput { connection_id: *c, text: None, options: None }).collect(),
-        schedule_at: None,
-        timezone: None,
-        draft: false,
-        campaign: None,
-        tags: vec![],
-        repeat_every_days: None,
-    }
+    NewPost::now(text, targets)
 }
 
 fn finished(v: &PostView) -> bool {

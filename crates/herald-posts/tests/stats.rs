@@ -4,14 +4,15 @@
 //! asked, a refreshed Bluesky session is stored, a connection that needs re-authorising is left
 //! alone, and the series is readable only inside the team.
 
+mod common;
+
 use chrono::{DateTime, Utc};
+use common::net;
 use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
 use herald_connections::{Connections, NewConnection};
 use herald_core::{ErrorCode, TeamRole};
-use herald_http::guard::{Cidr, GuardConfig};
-use herald_http::{HttpClient, SafeClient};
 use herald_platforms::Net;
-use herald_posts::{CollectReport, DeliveryHandler, NewPost, PostStats, Posts, TargetInput, Thread};
+use herald_posts::{CollectReport, DeliveryHandler, NewPost, PostStats, Posts};
 use herald_queue::{Queue, Registry, Runner, RunnerConfig};
 use herald_store::testing::each_backend;
 use herald_store::{Db, Ts, exec, on_read};
@@ -57,20 +58,7 @@ impl World {
 
     /// Publishes a post to `targets` with the real queue runner, and waits until it is out.
     async fn publish(&self, targets: &[Uuid]) -> Uuid {
-        let new = NewPost {
-            text: "How many will like this?".into(),
-            link: None,
-            options: None,
-            thread: Thread::default(),
-            media: vec![],
-            targets: targets.iter().map(|c| TargetInput { connection_id: *c, text: None, options: None }).collect(),
-            schedule_at: None,
-            timezone: None,
-            draft: false,
-            campaign: None,
-            tags: vec![],
-            repeat_every_days: None,
-        };
+        let new = NewPost::now("How many will like this?", targets);
         let (post, _) = self.posts.create(&self.owner, new, None).await.unwrap();
         let mut registry = Registry::default();
         registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(self.posts.clone()));
@@ -145,15 +133,6 @@ impl World {
 /// Later than any schedule reaches, and well before the collector's "never again".
 fn beyond_any_schedule() -> DateTime<Utc> {
     Utc::now() + chrono::Duration::days(365 * 100)
-}
-
-fn net() -> Net {
-    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.1/32").unwrap()], allow_ports: vec![] };
-    let timeout = Duration::from_secs(2);
-    Net::new(
-        HttpClient::trusted_with_timeout(timeout).unwrap(),
-        SafeClient::with_options(guard, std::sync::Arc::new(herald_http::guard::SystemLookup), timeout).unwrap(),
-    )
 }
 
 fn series(stats: &PostStats, platform: &str) -> Vec<Value> {

@@ -9,7 +9,7 @@ use herald_core::TeamRole;
 use herald_http::guard::{Cidr, GuardConfig, SystemLookup};
 use herald_http::{HttpClient, SafeClient};
 use herald_platforms::Net;
-use herald_posts::{DeliveryHandler, DeliveryState, NewPost, Posts, TargetInput, Thread};
+use herald_posts::{DeliveryHandler, DeliveryState, NewPost, Posts};
 use herald_queue::{Queue, Registry, Runner, RunnerConfig};
 use herald_store::testing::each_backend;
 use herald_testkit::webhook::{self, Faults, Limit};
@@ -92,20 +92,7 @@ async fn a_fault_storm_loses_nothing_duplicates_nothing_and_respects_limits() {
         let owner = Principal::acting(Some(user.id), team, TeamRole::Owner, "o");
         let mut ids = Vec::new();
         for n in 0..POSTS {
-            let new = NewPost {
-                text: format!("storm post {n}"),
-                link: None,
-                options: None,
-                thread: Thread::default(),
-                media: vec![],
-                targets: targets.iter().map(|c| TargetInput { connection_id: *c, text: None, options: None }).collect(),
-                schedule_at: None,
-                timezone: None,
-                draft: false,
-                campaign: None,
-                tags: vec![],
-                repeat_every_days: None,
-            };
+            let new = NewPost::now(format!("storm post {n}"), &targets);
             ids.push(posts.create(&owner, new, None).await.unwrap().0.id);
         }
         let start = Instant::now();

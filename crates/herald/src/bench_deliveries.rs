@@ -15,7 +15,7 @@ use herald_core::TeamRole;
 use herald_http::guard::{Cidr, GuardConfig};
 use herald_http::{HttpClient, SafeClient};
 use herald_platforms::Net;
-use herald_posts::{DeliveryHandler, NewPost, Posts, TargetInput, Thread};
+use herald_posts::{DeliveryHandler, NewPost, Posts};
 use herald_queue::{Queue, Registry, Runner, RunnerConfig};
 use herald_vault::{MasterKey, Vault};
 use serde_json::json;
@@ -164,23 +164,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
             (posts.clone(), owner.clone(), targets.clone(), next.clone(), committed.clone(), args.posts);
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let new = NewPost {
-                    text: "Benchmark post with some text in it, much like a real one".into(),
-                    link: None,
-                    options: None,
-                    thread: Thread::default(),
-                    media: vec![],
-                    targets: targets
-                        .iter()
-                        .map(|c| TargetInput { connection_id: *c, text: None, options: None })
-                        .collect(),
-                    schedule_at: None,
-                    timezone: None,
-                    draft: false,
-                    campaign: None,
-                    tags: vec![],
-                    repeat_every_days: None,
-                };
+                let new = NewPost::now("Benchmark post with some text in it, much like a real one", &targets);
                 let (post, _) = posts.create(&owner, new, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 let at = Instant::now();
                 let mut c = committed.lock().expect("committed");
