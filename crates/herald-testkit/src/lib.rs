@@ -21,6 +21,7 @@ pub mod telegram;
 pub mod vk;
 pub mod webhook;
 pub mod whop;
+pub mod youtube;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
