@@ -48,6 +48,9 @@ pub enum ErrorCode {
     MediaUrlInvalid,
     /// A signed media URL past its expiry.
     MediaUrlExpired,
+    /// An inbound webhook's signature is missing or wrong, or its timestamp is more than five
+    /// minutes off: sign with the source's secret (Standard Webhooks or the configured HMAC header).
+    WebhookSignatureInvalid,
     /// The database is unreachable or not migrated.
     Unavailable,
     /// A bug or an unexpected failure; the server log has the cause.
@@ -76,6 +79,7 @@ impl ErrorCode {
         ErrorCode::UpstreamFailed,
         ErrorCode::MediaUrlInvalid,
         ErrorCode::MediaUrlExpired,
+        ErrorCode::WebhookSignatureInvalid,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -101,6 +105,7 @@ impl ErrorCode {
             ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::MediaUrlInvalid => "media_url_invalid",
             ErrorCode::MediaUrlExpired => "media_url_expired",
+            ErrorCode::WebhookSignatureInvalid => "webhook_signature_invalid",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -128,6 +133,7 @@ impl ErrorCode {
             ErrorCode::UpstreamFailed => 502,
             ErrorCode::MediaUrlInvalid => 403,
             ErrorCode::MediaUrlExpired => 403,
+            ErrorCode::WebhookSignatureInvalid => 401,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }

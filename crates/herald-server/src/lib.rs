@@ -6,6 +6,7 @@
 mod auth;
 mod body;
 mod error;
+mod hooks;
 pub mod metrics;
 mod router;
 mod routes;

@@ -52,6 +52,8 @@ pub struct AppState {
     pub accounts: herald_accounts::Accounts,
     pub connections: herald_connections::Connections,
     pub posts: herald_posts::Posts,
+    /// Sources and their events; also serves the public `/hooks/…` routes.
+    pub sources: herald_triggers::Sources,
     /// HERALD_MEDIA_MAX_BYTES: the largest upload.
     pub media_max_bytes: u64,
     /// Checks the signed media URLs of `GET /api/v1/media/{id}/file`; the same key (derived from
@@ -81,7 +83,9 @@ pub fn router(state: AppState) -> Router {
             .route("/api/openapi.json", get(move || std::future::ready(axum::Json(doc.as_ref().clone()))))
             .route("/setup", get(setup_page))
             .route("/reset-password", get(reset_page))
-            .route("/invite", get(invite_page));
+            .route("/invite", get(invite_page))
+            .route("/hooks/websub/{id}", get(crate::hooks::websub_verify).post(crate::hooks::websub_notify))
+            .route("/hooks/in/{id}", axum::routing::post(crate::hooks::inbound));
     }
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }

@@ -88,6 +88,18 @@ pub struct Settings {
     /// variables (AWS_ENDPOINT_URL for other services) [default: $HERALD_DATA_DIR/media].
     #[arg(long, env = "HERALD_MEDIA_URL", global = true)]
     pub media_url: Option<String>,
+    /// The WebSub hub YouTube sources subscribe at [default: https://pubsubhubbub.appspot.com/subscribe].
+    #[arg(long, env = "HERALD_WEBSUB_HUB", global = true)]
+    pub websub_hub: Option<String>,
+    /// Where YouTube channel feeds and @handle pages are fetched [default: https://www.youtube.com].
+    #[arg(long, env = "HERALD_YOUTUBE_BASE", global = true)]
+    pub youtube_base: Option<String>,
+    /// The largest feed read, e.g. 5MB [default: 5MB].
+    #[arg(long, env = "HERALD_FEED_MAX_BYTES", global = true)]
+    pub feed_max_bytes: Option<String>,
+    /// Feed polls running at once per worker node [default: 64].
+    #[arg(long, env = "HERALD_POLL_CONCURRENCY", global = true)]
+    pub poll_concurrency: Option<usize>,
     /// Comma-separated ports, besides 80 and 443, that user-chosen hosts may use [default: none].
     #[arg(long, env = "HERALD_ALLOW_PORTS", global = true)]
     pub allow_ports: Option<String>,
@@ -130,7 +142,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ConnectionsCommand,
         #[command(flatten)]
-        target: ConnectionsTarget,
+        target: ApiTarget,
+    },
+    /// Manage sources (feeds, YouTube channels, schedules, webhooks), on a running server
+    /// (--server and HERALD_API_KEY) or on the local data dir (--team).
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+        #[command(flatten)]
+        target: ApiTarget,
     },
     /// Manage the master keys that encrypt stored secrets.
     Secrets {
@@ -212,7 +232,7 @@ pub enum TokenCommand {
 
 /// Where `herald connections` acts: a running server's API, or the local database.
 #[derive(Args, Debug)]
-pub struct ConnectionsTarget {
+pub struct ApiTarget {
     /// A running Herald's base URL, e.g. https://herald.example.com; the key comes from
     /// HERALD_API_KEY. Without it, the command opens the local database.
     #[arg(long, env = "HERALD_SERVER", global = true)]
@@ -247,6 +267,29 @@ pub enum ConnectionsCommand {
     /// Check a connection's stored credentials live again and print its status.
     Test { id: uuid::Uuid },
     /// Delete a connection.
+    Remove { id: uuid::Uuid },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SourcesCommand {
+    /// Add a source, e.g. `--kind feed --config '{"url":"https://example.com/feed.xml"}'`,
+    /// `--kind youtube_channel --config '{"channel":"@handle"}'` or
+    /// `--kind schedule --config '{"cron":"0 9 * * 1-5","timezone":"Europe/Berlin"}'`.
+    Add {
+        /// youtube_channel, feed, schedule, webhook or manual.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+        /// The kind's settings as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    /// List the team's sources and their status.
+    List,
+    /// Poll a feed or YouTube channel now and print what it found.
+    Poll { id: uuid::Uuid },
+    /// Delete a source and its events (a YouTube channel is unsubscribed at the hub).
     Remove { id: uuid::Uuid },
 }
 

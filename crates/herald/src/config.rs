@@ -47,6 +47,10 @@ struct FileConfig {
     media_max_bytes: Option<String>,
     media_url_ttl: Option<String>,
     media_url: Option<String>,
+    websub_hub: Option<String>,
+    youtube_base: Option<String>,
+    feed_max_bytes: Option<String>,
+    poll_concurrency: Option<usize>,
     /// `platform id -> API base`, like HERALD_<PLATFORM>_API_BASE.
     api_bases: Option<BTreeMap<String, String>>,
     log: Option<String>,
@@ -101,6 +105,14 @@ pub struct Config {
     pub media_url_ttl: Duration,
     /// Where media live: None for `$data_dir/media`, or `s3://bucket[/prefix]`.
     pub media_url: Option<String>,
+    /// The WebSub hub YouTube channels subscribe at.
+    pub websub_hub: String,
+    /// Where YouTube channel feeds and handle pages are fetched (tests point it at a fake).
+    pub youtube_base: String,
+    /// The largest feed body read.
+    pub feed_max_bytes: usize,
+    /// Feed polls running at once on a worker node.
+    pub poll_concurrency: usize,
     /// Operator overrides of platform API bases (trusted configuration, not SSRF-guarded).
     pub api_bases: BTreeMap<String, String>,
     pub log: String,
@@ -291,6 +303,34 @@ impl Config {
             return Err(bad("media_url_ttl: must be at least 1m, or platforms cannot fetch the file in time"));
         }
         let media_url = m.pick("media_url", flags.media_url.clone(), f.media_url).filter(|u| !u.trim().is_empty());
+        let operator_url = |key: &'static str, raw: String| -> Result<String, ConfigError> {
+            let u = url::Url::parse(raw.trim()).map_err(|e| bad(format!("{key}: `{raw}` is not a URL ({e})")))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(bad(format!("{key}: `{raw}` must be an http(s) URL")));
+            }
+            Ok(raw.trim().trim_end_matches('/').to_string())
+        };
+        let websub_hub = operator_url(
+            "websub_hub",
+            m.pick("websub_hub", flags.websub_hub.clone(), f.websub_hub)
+                .unwrap_or_else(|| "https://pubsubhubbub.appspot.com/subscribe".into()),
+        )?;
+        let youtube_base = operator_url(
+            "youtube_base",
+            m.pick("youtube_base", flags.youtube_base.clone(), f.youtube_base)
+                .unwrap_or_else(|| "https://www.youtube.com".into()),
+        )?;
+        let feed_max_bytes = match m.pick("feed_max_bytes", flags.feed_max_bytes.clone(), f.feed_max_bytes) {
+            None => 5 << 20,
+            Some(raw) => parse_size(&raw)
+                .filter(|n| (1024..=64 << 20).contains(n))
+                .ok_or_else(|| bad(format!("feed_max_bytes: `{raw}` is not a size between 1KB and 64MB, e.g. 5MB")))?
+                as usize,
+        };
+        let poll_concurrency = m.pick("poll_concurrency", flags.poll_concurrency, f.poll_concurrency).unwrap_or(64);
+        if poll_concurrency == 0 {
+            return Err(bad("poll_concurrency: must be at least 1"));
+        }
         if let Some(u) = &media_url
             && !u.starts_with("s3://")
         {
@@ -353,6 +393,10 @@ impl Config {
             media_max_bytes,
             media_url_ttl,
             media_url,
+            websub_hub,
+            youtube_base,
+            feed_max_bytes,
+            poll_concurrency,
             api_bases,
             log,
             log_format,
@@ -402,6 +446,10 @@ impl Config {
         line("media_max_bytes", self.media_max_bytes.to_string());
         line("media_url_ttl", q(&format_duration(self.media_url_ttl)));
         line("media_url", q(self.media_url.as_deref().unwrap_or("")));
+        line("websub_hub", q(&self.websub_hub));
+        line("youtube_base", q(&self.youtube_base));
+        line("feed_max_bytes", self.feed_max_bytes.to_string());
+        line("poll_concurrency", self.poll_concurrency.to_string());
 
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));

@@ -2,7 +2,7 @@
 //! or straight on the local database (as the operator, recorded as `cli` in the audit log).
 
 use crate::Exit;
-use crate::cli::{ConnectionsCommand, ConnectionsTarget};
+use crate::cli::{ApiTarget, ConnectionsCommand};
 use crate::config::Config;
 use crate::serve::{accounts_for, load_vault, net_for, open_database};
 use anyhow::{Context, anyhow};
@@ -12,7 +12,7 @@ use herald_http::{HttpClient, Method};
 use serde_json::Value;
 use std::io::{IsTerminal, Read};
 
-pub async fn run(command: ConnectionsCommand, target: ConnectionsTarget, config: &Config) -> Result<(), Exit> {
+pub async fn run(command: ConnectionsCommand, target: ApiTarget, config: &Config) -> Result<(), Exit> {
     let views = match &target.server {
         Some(server) => remote(command, server, &target).await?,
         None => local(command, &target, config).await?,
@@ -59,7 +59,7 @@ fn settings(raw: &str) -> Result<Value, Exit> {
     serde_json::from_str(raw).map_err(|e| Exit::Failure(anyhow!("--settings is not JSON ({e})")))
 }
 
-fn failed(e: herald_core::Error) -> Exit {
+pub(crate) fn failed(e: herald_core::Error) -> Exit {
     Exit::Failure(anyhow!("{} ({})", e.message, e.code))
 }
 
@@ -67,7 +67,7 @@ fn to_value(v: ConnectionView) -> Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
-async fn local(command: ConnectionsCommand, target: &ConnectionsTarget, config: &Config) -> Result<Vec<Value>, Exit> {
+async fn local(command: ConnectionsCommand, target: &ApiTarget, config: &Config) -> Result<Vec<Value>, Exit> {
     let team = target.team.ok_or_else(|| {
         Exit::Config(
             "name the team with --team <id> (or use --server with HERALD_API_KEY to go through the API)".into(),
@@ -91,12 +91,7 @@ async fn local(command: ConnectionsCommand, target: &ConnectionsTarget, config: 
     result.map_err(failed)
 }
 
-async fn remote(command: ConnectionsCommand, server: &str, target: &ConnectionsTarget) -> Result<Vec<Value>, Exit> {
-    let key = target.api_key.as_deref().ok_or_else(|| {
-        Exit::Config("--server needs an API key in HERALD_API_KEY (create one with `herald token create`)".into())
-    })?;
-    let base = format!("{}/api/v1", server.trim_end_matches('/'));
-    let http = HttpClient::trusted().map_err(|e| Exit::Failure(e.into()))?;
+async fn remote(command: ConnectionsCommand, server: &str, target: &ApiTarget) -> Result<Vec<Value>, Exit> {
     let (method, path, body) = match command {
         ConnectionsCommand::Add { platform, name, settings: raw } => {
             let body = serde_json::json!({"platform": platform, "name": name, "credentials": read_credentials()?, "settings": settings(&raw)?});
@@ -106,6 +101,22 @@ async fn remote(command: ConnectionsCommand, server: &str, target: &ConnectionsT
         ConnectionsCommand::Test { id } => (Method::POST, format!("/connections/{id}/test"), None),
         ConnectionsCommand::Remove { id } => (Method::DELETE, format!("/connections/{id}"), None),
     };
+    call(server, target, method, &path, body).await
+}
+
+/// One API call to a running server with the target's key; an array answer becomes its items.
+pub(crate) async fn call(
+    server: &str,
+    target: &ApiTarget,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Vec<Value>, Exit> {
+    let key = target.api_key.as_deref().ok_or_else(|| {
+        Exit::Config("--server needs an API key in HERALD_API_KEY (create one with `herald token create`)".into())
+    })?;
+    let base = format!("{}/api/v1", server.trim_end_matches('/'));
+    let http = HttpClient::trusted().map_err(|e| Exit::Failure(e.into()))?;
     let mut request = http.request(method, &format!("{base}{path}")).bearer_auth(key);
     if let Some(b) = &body {
         request = request.json(b);

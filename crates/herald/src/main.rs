@@ -10,6 +10,7 @@ mod config;
 mod connections;
 mod jobs;
 mod serve;
+mod sources;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, DiagCommand, JobsCommand};
@@ -115,6 +116,7 @@ async fn run(command: Command, config: Config) -> Result<(), Exit> {
         Command::Token { command } => admin::token(command, &config).await,
         Command::Secrets { command } => admin::secrets(command, &config).await,
         Command::Connections { command, target } => connections::run(command, target, &config).await,
+        Command::Sources { command, target } => sources::run(command, target, &config).await,
         Command::Jobs { command: JobsCommand::Stats } => {
             let db = serve::open_database(&config).await?;
             let depth = herald_queue::Queue::new(db.clone()).depth().await?;

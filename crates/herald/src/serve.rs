@@ -86,6 +86,20 @@ pub fn net_for(config: &Config) -> Result<herald_platforms::Net, ConfigError> {
     Ok(net)
 }
 
+/// Sources and triggers: feeds through the SSRF-guarded client, the hub and YouTube through the
+/// trusted one (the operator chose them).
+pub fn sources_for(config: &Config, db: Db, vault: Vault) -> Result<herald_triggers::Sources, ConfigError> {
+    let net = net_for(config)?;
+    let trigger_config = herald_triggers::TriggerConfig {
+        public_url: config.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
+        websub_hub: config.websub_hub.clone(),
+        youtube_base: config.youtube_base.clone(),
+        feed_max_bytes: config.feed_max_bytes,
+        ..Default::default()
+    };
+    Ok(herald_triggers::Sources::new(db, vault, net.safe, net.trusted, trigger_config))
+}
+
 /// `herald config check`: what can be checked without starting.
 pub async fn check(config: &Config) -> Result<(), Exit> {
     ensure_writable_dir(&config.data_dir, "the data dir")?;
@@ -145,11 +159,13 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     // With SMTP, recording a notification also enqueues its e-mail (every role records them);
     // without it nothing is enqueued.
     herald_posts::notify_mail::enable(config.smtp.as_ref().map(|_| herald_posts::Pacing::default()));
+    let sources = sources_for(&config, db.clone(), vault.clone())?;
     let state = AppState {
         db: db.clone(),
         accounts: accounts.clone(),
         connections,
         posts: posts.clone(),
+        sources: sources.clone(),
         media_max_bytes: config.media_max_bytes,
         media_signer,
         public_url: accounts.config().public_url.clone(),
@@ -230,6 +246,13 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             }
         });
     }
+    if config.role.runs_jobs() {
+        if let Some(why) = sources.push_unavailable() {
+            tracing::info!("YouTube sources are polled only: {why}");
+        }
+        // Feed polls and schedule firings; a lease per source keeps nodes from doubling up.
+        tokio::spawn(herald_triggers::Poller::new(sources.clone(), config.poll_concurrency).run(shutdown.clone()));
+    }
     let runner = config.role.runs_jobs().then(|| {
         let http = herald_http::HttpClient::trusted().expect("the HTTP client builds");
         let runner_config = RunnerConfig {
@@ -242,6 +265,10 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             ..RunnerConfig::default()
         };
         let mut registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone(), posts.clone());
+        registry.register(herald_triggers::WEBSUB_JOB, herald_triggers::WebSubHandler::new(sources.clone())).register(
+            herald_triggers::EVENT_JOB,
+            herald_triggers::EventDispatcher::new(sources.clone(), std::sync::Arc::new(herald_triggers::LogSink)),
+        );
         if let Some(smtp) = &config.smtp {
             match herald_accounts::notify_mail::Mailer::new(smtp.url.clone(), &smtp.from) {
                 Ok(mailer) => {

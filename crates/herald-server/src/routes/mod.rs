@@ -5,6 +5,7 @@ mod keys;
 mod media;
 mod posts;
 mod session;
+mod sources;
 
 /// What the binary's mail job needs from the reset route.
 pub mod mail {
@@ -26,7 +27,7 @@ use utoipa_axum::routes;
     servers((url = "/api/v1")),
     modifiers(&Security),
     security(("api_key" = []), ("session" = [])),
-    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"), (name = "webhooks"))
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"), (name = "webhooks"), (name = "sources"))
 )]
 struct ApiDoc;
 
@@ -91,6 +92,12 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(events::notifications))
         .routes(routes!(events::mail_settings, events::set_mail_settings))
         .routes(routes!(events::read))
+        .routes(routes!(sources::list, sources::create))
+        .routes(routes!(sources::get, sources::update, sources::remove))
+        .routes(routes!(sources::poll))
+        .routes(routes!(sources::add_event))
+        .routes(routes!(sources::events))
+        .routes(routes!(sources::event))
         // The upload streams with its own cap (HERALD_MEDIA_MAX_BYTES), not the JSON body limit;
         // the listing shares its path and takes no body.
         .merge(

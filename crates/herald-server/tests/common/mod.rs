@@ -40,6 +40,7 @@ pub struct App {
     pub db: Db,
     /// The posts service behind the API, for driving workers and the stats collector in tests.
     pub posts: herald_posts::Posts,
+    pub sources: herald_triggers::Sources,
     /// The signed media URLs this app's deliveries carry (as the worker makes them).
     pub media_urls: herald_media::PublicMedia,
 }
@@ -76,7 +77,10 @@ impl App {
         // As `herald serve` does with HERALD_PUBLIC_URL: deliveries carry signed media URLs.
         let signer = herald_media::UrlSigner::new(vault.derive(herald_media::signing::LABEL));
         let media_urls = herald_media::PublicMedia::new(&base, signer.clone(), std::time::Duration::from_secs(86_400));
-        let accounts = Accounts::new(db.clone(), vault, config);
+        let accounts = Accounts::new(db.clone(), vault.clone(), config);
+        let trigger_config = herald_triggers::TriggerConfig { public_url: Some(base.clone()), ..Default::default() };
+        let sources =
+            herald_triggers::Sources::new(db.clone(), vault, net.safe.clone(), net.trusted.clone(), trigger_config);
         let connections = herald_connections::Connections::new(accounts.clone(), net);
         let queue = herald_queue::Queue::new(db.clone());
         let posts = herald_posts::Posts::new(
@@ -91,6 +95,7 @@ impl App {
             accounts: accounts.clone(),
             connections,
             posts: posts.clone(),
+            sources: sources.clone(),
             media_max_bytes: 1 << 20,
             media_signer: signer,
             public_url: None,
@@ -101,7 +106,7 @@ impl App {
         };
         let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts, media_urls }
+        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts, sources, media_urls }
     }
 
     pub async fn call(&self, who: &Caller, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {

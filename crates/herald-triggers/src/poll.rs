@@ -1,0 +1,445 @@
+//! Polling feeds and YouTube channels, and firing schedules. A node claims due sources by
+//! setting a lease on their rows (one statement; `SKIP LOCKED` on PostgreSQL), so no source is
+//! polled twice at once, and each poll ends by writing the source's next time and clearing the
+//! lease. Polls run concurrently up to a limit, so a slow feed never holds up the others.
+
+use crate::apply::{Mode, apply};
+use crate::model::{Kind, PollReport, SourceError};
+use crate::store::{SOURCE_COLS, SourceRow, Sources, insert_event, store};
+use crate::{feed, schedule, youtube};
+use chrono::{DateTime, TimeDelta, Utc};
+use herald_accounts::{Principal, authorize};
+use herald_core::{Action, Error, ErrorCode};
+use herald_http::{FetchError, Method, StatusCode, header};
+use herald_store::{Backend, Ts, exec, on_tx};
+use rand::Rng;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rung when a source is created or changed, so the poller looks again at once.
+pub(crate) const WAKE: &str = "herald_sources";
+const DEFAULT_INTERVAL: u64 = 900;
+/// A YouTube channel with working push is polled only as a safety net.
+const PUSHED_INTERVAL: u64 = 3600;
+const MAX_BACKOFF: u64 = 86_400;
+const ACCEPT: &str = "application/rss+xml, application/atom+xml, application/feed+json, application/json;q=0.9, \
+    application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5";
+
+/// One failure of a run, as the status shows it.
+struct Failure {
+    code: String,
+    message: String,
+    /// The far side asked for this wait (Retry-After).
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn new(code: &str, message: impl Into<String>) -> Failure {
+        Failure { code: code.into(), message: message.into(), retry_after: None }
+    }
+}
+
+/// What a fetch brought back.
+enum Fetched {
+    NotModified {
+        max_age: Option<Duration>,
+    },
+    Body {
+        body: Vec<u8>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+        max_age: Option<Duration>,
+        url: url::Url,
+    },
+}
+
+fn header_str(h: &header::HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string).filter(|v| v.len() <= 1000)
+}
+
+/// `Cache-Control: max-age=N` (a shared cache's s-maxage is not ours).
+fn max_age(h: &header::HeaderMap) -> Option<Duration> {
+    let cc = header_str(h, header::CACHE_CONTROL)?;
+    cc.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.trim().parse().ok()).map(Duration::from_secs)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(h: &header::HeaderMap) -> Option<Duration> {
+    let v = header_str(h, header::RETRY_AFTER)?;
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(v.trim()).ok()?.with_timezone(&Utc);
+    (at - Utc::now()).to_std().ok()
+}
+
+impl Sources {
+    /// The URL a feed or channel source polls.
+    fn poll_url(&self, row: &SourceRow) -> Option<String> {
+        let s = row.settings();
+        match row.kind() {
+            Kind::Feed => s.url,
+            Kind::YoutubeChannel => s.channel_id.map(|c| youtube::feed_url(&self.config.youtube_base, &c)),
+            _ => None,
+        }
+    }
+
+    async fn fetch(&self, row: &SourceRow, url: &str) -> Result<Fetched, Failure> {
+        let user_chosen = row.kind() == Kind::Feed;
+        let mut request = if user_chosen {
+            self.safe.request(Method::GET, url).map_err(|e| Failure::new("ssrf_blocked_destination", e.to_string()))?
+        } else {
+            self.trusted.get(url)
+        };
+        request = request.header(header::ACCEPT, ACCEPT);
+        if let Some(etag) = &row.etag {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = &row.last_modified {
+            request = request.header(header::IF_MODIFIED_SINCE, lm);
+        }
+        let sent = if user_chosen {
+            self.safe.send(request).await
+        } else {
+            request.send().await.map_err(|e| FetchError::Http(e.without_url()))
+        };
+        let response = sent.map_err(|e| match e {
+            FetchError::Blocked(b) => Failure::new("ssrf_blocked_destination", b.to_string()),
+            e => Failure::new("feed_unreachable", format!("cannot fetch the feed: {e}")),
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok(Fetched::NotModified { max_age: max_age(&headers) });
+        }
+        if !status.is_success() {
+            let mut f = Failure::new(
+                &format!("http_{}", status.as_u16()),
+                match status.as_u16() {
+                    404 | 410 => format!("the feed answered {status}; check the URL"),
+                    401 | 403 => format!("the feed answered {status}; it is not public"),
+                    429 => format!("the feed answered {status}; polls slow down"),
+                    _ => format!("the feed answered {status}"),
+                },
+            );
+            if matches!(status.as_u16(), 429 | 503) {
+                f.retry_after = retry_after(&headers);
+            }
+            return Err(f);
+        }
+        let final_url = response.url().clone();
+        let body = herald_http::read_limited(response, self.config.feed_max_bytes).await.map_err(|e| match e {
+            FetchError::TooLarge { limit } => {
+                Failure::new("feed_too_large", format!("the feed is larger than {limit} bytes (HERALD_FEED_MAX_BYTES)"))
+            }
+            e => Failure::new("feed_unreachable", format!("reading the feed failed: {e}")),
+        })?;
+        Ok(Fetched::Body {
+            body,
+            etag: header_str(&headers, header::ETAG),
+            last_modified: header_str(&headers, header::LAST_MODIFIED),
+            max_age: max_age(&headers),
+            url: final_url,
+        })
+    }
+
+    fn interval(&self, row: &SourceRow) -> u64 {
+        let s = row.settings();
+        let default = if row.kind() == Kind::YoutubeChannel && row.websub_state == "subscribed" {
+            PUSHED_INTERVAL
+        } else {
+            DEFAULT_INTERVAL
+        };
+        s.interval_secs.unwrap_or(default)
+    }
+
+    /// The next poll: the interval ±10 % (so feeds added together drift apart), at least the
+    /// server's max-age; after failures, doubling up to a day, and at least its Retry-After.
+    fn next_poll(
+        &self,
+        row: &SourceRow,
+        failures: i64,
+        max_age: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> DateTime<Utc> {
+        let interval = self.interval(row) as f64;
+        let mut secs = if failures > 0 {
+            (interval * 2f64.powi(failures.min(12) as i32)).min(MAX_BACKOFF as f64)
+        } else {
+            interval
+        };
+        secs *= rand::rng().random_range(0.9..1.1);
+        if let Some(age) = max_age {
+            secs = secs.max((age.as_secs() as f64).min(MAX_BACKOFF as f64));
+        }
+        if let Some(w) = wait {
+            secs = secs.max((w.as_secs() as f64).min(MAX_BACKOFF as f64));
+        }
+        Utc::now() + TimeDelta::milliseconds((secs * 1000.0) as i64)
+    }
+
+    /// Polls a feed or channel once and records the outcome; the caller holds its lease.
+    pub(crate) async fn poll_row(&self, row: &SourceRow) -> Result<PollReport, Error> {
+        let Some(url) = self.poll_url(row) else {
+            return Err(Error::new(ErrorCode::ValidationFailed, "only feed and youtube_channel sources are polled"));
+        };
+        let fetched = self.fetch(row, &url).await;
+        let now = Ts::now();
+        let mut report = PollReport::default();
+        let (failure, max_age) = match fetched {
+            Err(f) => (Some(f), None),
+            Ok(Fetched::NotModified { max_age }) => {
+                report.outcome = "not_modified".into();
+                (None, max_age)
+            }
+            Ok(Fetched::Body { body, etag, last_modified, max_age, url }) => {
+                let hash = hex::encode(Sha256::digest(&body));
+                if row.body_hash.as_deref() == Some(hash.as_str()) && row.baselined {
+                    report.outcome = "unchanged".into();
+                    let next = self.next_poll(row, 0, max_age, None);
+                    let mut tx = self.db.begin().await?;
+                    exec!(tx, "UPDATE sources SET etag = $2, last_modified = $3, lease_until = NULL, next_run_at = $4, \
+                               last_run_at = $5, last_ok_at = $5, failures = 0, last_error = NULL, last_error_code = NULL WHERE id = $1",
+                          row.id, &etag, &last_modified, Ts(next), now).map_err(store)?;
+                    tx.commit().await?;
+                    report.next_run_at = Some(next);
+                    return Ok(report);
+                }
+                match feed::parse(&body, Some(&url)) {
+                    Err(e) => (Some(Failure::new(e.code(), e.to_string())), None),
+                    Ok(parsed) => {
+                        report.outcome = "ok".into();
+                        report.items = parsed.items.len();
+                        let next = self.next_poll(row, 0, max_age, None);
+                        let mut tx = self.db.begin().await?;
+                        // Re-read under the write lock: a push may have stored items meanwhile.
+                        let applied =
+                            apply(&mut tx, row, parsed.items, Mode::Poll { baseline: !row.baselined }).await?;
+                        exec!(tx, "UPDATE sources SET etag = $2, last_modified = $3, body_hash = $4, baselined = $5, lease_until = NULL, \
+                                   next_run_at = $6, last_run_at = $7, last_ok_at = $7, failures = 0, last_error = NULL, \
+                                   last_error_code = NULL WHERE id = $1",
+                              row.id, &etag, &last_modified, &hash, true, Ts(next), now).map_err(store)?;
+                        tx.commit().await?;
+                        report.new_events = applied.new_events;
+                        report.updated = applied.updated;
+                        report.remembered = applied.remembered;
+                        report.next_run_at = Some(next);
+                        metrics::counter!("herald_source_polls_total", "outcome" => "ok").increment(1);
+                        return Ok(report);
+                    }
+                }
+            }
+        };
+        match failure {
+            None => {
+                let next = self.next_poll(row, 0, max_age, None);
+                let mut tx = self.db.begin().await?;
+                exec!(tx, "UPDATE sources SET lease_until = NULL, next_run_at = $2, last_run_at = $3, last_ok_at = $3, failures = 0, \
+                           last_error = NULL, last_error_code = NULL WHERE id = $1", row.id, Ts(next), now).map_err(store)?;
+                tx.commit().await?;
+                report.next_run_at = Some(next);
+                metrics::counter!("herald_source_polls_total", "outcome" => "not_modified").increment(1);
+            }
+            Some(f) => {
+                let failures = row.failures + 1;
+                let next = self.next_poll(row, failures, None, f.retry_after);
+                let mut tx = self.db.begin().await?;
+                exec!(
+                    tx,
+                    "UPDATE sources SET lease_until = NULL, next_run_at = $2, last_run_at = $3, failures = $4, \
+                           last_error = $5, last_error_code = $6 WHERE id = $1",
+                    row.id,
+                    Ts(next),
+                    now,
+                    failures,
+                    &f.message,
+                    &f.code
+                )
+                .map_err(store)?;
+                tx.commit().await?;
+                tracing::info!(source = %row.id, code = %f.code, failures, "poll failed: {}", f.message);
+                metrics::counter!("herald_source_polls_total", "outcome" => "failed").increment(1);
+                report.outcome = "failed".into();
+                report.error = Some(SourceError { code: f.code, message: f.message });
+                report.next_run_at = Some(next);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Fires a due schedule (or skips what was missed), and sets its next time.
+    pub(crate) async fn fire_row(&self, row: &SourceRow) -> Result<PollReport, Error> {
+        let s = row.settings();
+        let now = Utc::now();
+        let due = row.next_run_at.map(|t| t.0).unwrap_or(now);
+        let decision = schedule::decide(&s, due, now);
+        let mut tx = self.db.begin().await?;
+        let mut report = PollReport { outcome: "ok".into(), ..PollReport::default() };
+        if let Some(at) = decision.fire {
+            let tz = s.timezone.clone().unwrap_or_else(|| "UTC".into());
+            let local = at.with_timezone(&tz.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC));
+            let data = json!({
+                "scheduled_for": at,
+                "local_time": local.to_rfc3339(),
+                "timezone": tz,
+                "late_by_secs": (now - at).num_seconds().max(0),
+                "missed": decision.skipped,
+                "payload": s.payload.clone().unwrap_or(serde_json::Value::Null),
+            });
+            let external = format!("fire:{}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            if insert_event(&mut tx, row, "schedule.fired", &external, &data, true).await?.is_some() {
+                crate::store::bump_count(&mut tx, row.id, 1).await?;
+                report.new_events = 1;
+            }
+        }
+        if decision.skipped > 0 {
+            tracing::info!(source = %row.id, skipped = decision.skipped, "a schedule missed firings while Herald was down");
+        }
+        report.remembered = decision.skipped as usize;
+        exec!(tx, "UPDATE sources SET lease_until = NULL, next_run_at = $2, last_run_at = $3, last_ok_at = $3, last_fired_at = $4 WHERE id = $1",
+              row.id, decision.next.map(Ts), Ts(now), decision.fire.map(Ts)).map_err(store)?;
+        tx.commit().await?;
+        report.next_run_at = decision.next;
+        Ok(report)
+    }
+
+    /// Runs one claimed source.
+    async fn run_claimed(&self, row: &SourceRow) -> Result<PollReport, Error> {
+        match row.kind() {
+            Kind::Schedule => self.fire_row(row).await,
+            _ => self.poll_row(row).await,
+        }
+    }
+
+    /// `POST /sources/{id}/poll`: polls a feed or channel now, whatever its schedule. A source
+    /// being polled by a node at this moment is a 409.
+    pub async fn poll_now(&self, p: &Principal, id: Uuid) -> Result<PollReport, Error> {
+        let (team, _) = authorize(p, Action::WriteContent)?;
+        let row = self.team_row(team, id).await?;
+        if !matches!(row.kind(), Kind::Feed | Kind::YoutubeChannel) {
+            return Err(Error::new(
+                ErrorCode::ValidationFailed,
+                "only feed and youtube_channel sources poll; a schedule fires on its own time",
+            ));
+        }
+        let claimed = self.claim(Some(id), 1).await?;
+        let Some(row) = claimed.into_iter().next() else {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "this source is being polled right now; try again in a moment",
+            ));
+        };
+        self.run_claimed(&row).await
+    }
+
+    /// Claims up to `limit` due sources (or the one `only`, due or not) under a lease.
+    pub(crate) async fn claim(&self, only: Option<Uuid>, limit: usize) -> Result<Vec<SourceRow>, Error> {
+        let now = Ts::now();
+        let lease = Ts(now.0 + TimeDelta::from_std(self.config.poll_lease).unwrap_or(TimeDelta::seconds(120)));
+        let kinds = "kind IN ('feed', 'youtube_channel', 'schedule')";
+        let which = if only.is_some() { "id = $4" } else { "next_run_at <= $1" };
+        let skip = if self.db.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE sources SET lease_until = $2 WHERE id IN (SELECT id FROM sources WHERE {which} AND active = $5 AND deleted = $6 \
+             AND {kinds} AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_run_at LIMIT $3{skip}) RETURNING {SOURCE_COLS}"
+        );
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<SourceRow> =
+            on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(now).bind(lease).bind(limit as i64)
+            .bind(only.unwrap_or_default()).bind(true).bind(false).fetch_all(&mut *c).await)
+            .map_err(store)?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// When the earliest active timed source is due.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        // Sources under a lease are being run; a lapsed lease is seen within the loop's second.
+        let sql = "SELECT MIN(next_run_at) FROM sources WHERE active = $1 AND deleted = $2 \
+                   AND kind IN ('feed', 'youtube_channel', 'schedule') AND (lease_until IS NULL OR lease_until < $3)";
+        let row: (Option<Ts>,) =
+            herald_store::on_read!(self.db, c => sqlx::query_as(sql).bind(true).bind(false).bind(Ts::now())
+            .fetch_one(c).await)
+            .map_err(store)?;
+        Ok(row.0.map(|t| t.0))
+    }
+}
+
+/// The loop that runs due sources on a worker node.
+pub struct Poller {
+    sources: Sources,
+    /// Polls running at once.
+    concurrency: usize,
+}
+
+impl Poller {
+    pub fn new(sources: Sources, concurrency: usize) -> Poller {
+        Poller { sources, concurrency: concurrency.max(1) }
+    }
+
+    /// Runs until `shutdown`; polls in flight finish (or their lease lapses and another node
+    /// takes them).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let wake = self.sources.db.wakeups().channel(WAKE);
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = permits.available_permits();
+            if free == 0 {
+                // Every slot is busy (slow feeds): wait for one to free up.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    p = permits.clone().acquire_owned() => drop(p),
+                }
+                continue;
+            }
+            let claimed = self.sources.claim(None, free).await;
+            let n = match claimed {
+                Ok(rows) => {
+                    let n = rows.len();
+                    for row in rows {
+                        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                        let sources = self.sources.clone();
+                        tokio::spawn(async move {
+                            let late =
+                                (Utc::now() - row.next_run_at.map_or(Utc::now(), |t| t.0)).num_milliseconds().max(0);
+                            metrics::histogram!("herald_source_poll_lateness_seconds").record(late as f64 / 1000.0);
+                            if let Err(e) = sources.run_claimed(&row).await {
+                                // The lease lapses and the source is retried; say why.
+                                tracing::warn!(source = %row.id, "a source run failed: {e}");
+                            }
+                            drop(permit);
+                        });
+                    }
+                    n
+                }
+                Err(e) => {
+                    tracing::warn!("claiming due sources failed: {e}");
+                    0
+                }
+            };
+            if n > 0 && n == free {
+                continue;
+            }
+            // Sleep until the next due source, a change, or a second (whichever is first), so a
+            // source due "now" is picked up within the second without busy polling.
+            let until_due = match self.sources.next_due().await {
+                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                _ => Duration::from_secs(1),
+            };
+            let nap = until_due.clamp(Duration::from_millis(20), Duration::from_secs(1));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(nap) => {}
+                _ = wake.notified() => {}
+            }
+        }
+    }
+}
