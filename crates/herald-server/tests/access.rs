@@ -105,9 +105,19 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
         ("GET" | "POST", "/webhooks") | ("DELETE", "/webhooks/{webhook_id}") => Some(Action::ManageTeam),
         ("GET", "/notifications") | ("POST", "/notifications/{notification_id}/read") => Some(Action::Read),
         ("PATCH", "/teams/{team_id}") => Some(Action::ManageTeam),
+        ("GET", "/sources" | "/sources/{source_id}" | "/events" | "/events/{event_id}") => Some(Action::Read),
+        ("POST", "/sources" | "/sources/{source_id}/poll" | "/sources/{source_id}/events") | ("PATCH", "/sources/{source_id}") => {
+            Some(Action::WriteContent)
+        }
+        ("DELETE", "/sources/{source_id}") => Some(Action::DeleteContent),
         _ => return None,
     };
     Some(a)
+}
+
+/// A feed source whose polls fail quickly (nothing listens there), so `poll` answers a report.
+fn feed_source() -> Value {
+    json!({"kind": "feed", "name": "f", "config": {"url": "http://127.0.0.1:9/feed.xml"}})
 }
 
 /// A valid body for each operation that takes one, so a 404 or 403 is about access, not input.
@@ -131,6 +141,10 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/webhooks") => Some(json!({"url": "https://hooks.example.com/herald", "events": ["post.failed"]})),
         ("POST", "/notifications/{notification_id}/read") => None,
         ("PUT", "/notifications/settings") => Some(json!({"email": false})),
+        ("POST", "/sources") => Some(json!({"kind": "manual", "name": "m"})),
+        ("PATCH", "/sources/{source_id}") => Some(json!({"name": "renamed"})),
+        ("POST", "/sources/{source_id}/events") => Some(json!({"data": {"n": 1}})),
+        ("POST", "/sources/{source_id}/poll") => None,
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }
@@ -175,6 +189,12 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         assert_eq!(s, 201, "{hook}");
         let b_webhook = hook["id"].as_str().unwrap().to_string();
         let b_notification = app.notify(team_b).await.to_string();
+        let (s, source) = app.post(&b, "/sources", feed_source()).await;
+        assert_eq!(s, 201, "{source}");
+        let b_source = source["id"].as_str().unwrap().to_string();
+        let (s, event) = app.post(&b, &format!("/sources/{b_source}/events"), json!({"data": {}})).await;
+        assert_eq!(s, 201, "{event}");
+        let b_event = event["id"].as_str().unwrap().to_string();
         let ids: BTreeMap<&str, String> = [
             ("team_id", team_b.to_string()),
             ("post_id", b_post.clone()),
@@ -187,6 +207,8 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
             ("key_id", b_key_id.clone()),
             ("session_id", b_session.clone()),
             ("connection_id", b_connection.clone()),
+            ("source_id", b_source.clone()),
+            ("event_id", b_event.clone()),
         ]
         .into();
         let mut checked = 0;
@@ -294,6 +316,17 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                         let (s, c) = app.post(&owner, "/connections", connection_body()).await;
                         assert_eq!(s, 201, "{c}");
                         c["id"].as_str().unwrap().to_string()
+                    }
+                    "/sources/{source_id}" | "/sources/{source_id}/poll" | "/sources/{source_id}/events" => {
+                        let (s, src) = app.post(&owner, "/sources", feed_source()).await;
+                        assert_eq!(s, 201, "{src}");
+                        src["id"].as_str().unwrap().to_string()
+                    }
+                    "/events/{event_id}" => {
+                        let (_, src) = app.post(&owner, "/sources", json!({"kind": "manual", "name": "m"})).await;
+                        let (s, e) = app.post(&owner, &format!("/sources/{}/events", src["id"].as_str().unwrap()), json!({})).await;
+                        assert_eq!(s, 201, "{e}");
+                        e["id"].as_str().unwrap().to_string()
                     }
                     _ => String::new(),
                 };

@@ -72,13 +72,31 @@ impl App {
     }
 
     pub async fn start_full_net(db: Db, config: AccountsConfig, vault: Vault, net: herald_platforms::Net) -> App {
+        Self::start_custom(db, config, vault, net, |_| {}).await
+    }
+
+    /// With the sources' settings adjusted (a fake hub and YouTube, another public URL).
+    pub async fn start_with_triggers(db: Db, triggers: impl FnOnce(&mut herald_triggers::TriggerConfig)) -> App {
+        Self::start_custom(db, AccountsConfig::default(), Vault::new(&[MasterKey::generate()]), test_net(), triggers)
+            .await
+    }
+
+    pub async fn start_custom(
+        db: Db,
+        config: AccountsConfig,
+        vault: Vault,
+        net: herald_platforms::Net,
+        triggers: impl FnOnce(&mut herald_triggers::TriggerConfig),
+    ) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         // As `herald serve` does with HERALD_PUBLIC_URL: deliveries carry signed media URLs.
         let signer = herald_media::UrlSigner::new(vault.derive(herald_media::signing::LABEL));
         let media_urls = herald_media::PublicMedia::new(&base, signer.clone(), std::time::Duration::from_secs(86_400));
         let accounts = Accounts::new(db.clone(), vault.clone(), config);
-        let trigger_config = herald_triggers::TriggerConfig { public_url: Some(base.clone()), ..Default::default() };
+        let mut trigger_config =
+            herald_triggers::TriggerConfig { public_url: Some(base.clone()), ..Default::default() };
+        triggers(&mut trigger_config);
         let sources =
             herald_triggers::Sources::new(db.clone(), vault, net.safe.clone(), net.trusted.clone(), trigger_config);
         let connections = herald_connections::Connections::new(accounts.clone(), net);
