@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use herald_triggers::feed::{self, FeedError, Item, Media, MediaRole, ParsedFeed, YouTube};
 use url::Url;
 
+#[path = "../fuzz/promises.rs"]
+mod promises;
+
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
 
 fn corpus(name: &str) -> Vec<u8> {
@@ -472,6 +475,7 @@ fn hostile_html_is_sanitised() {
         item.content_html.as_deref(),
         Some("<div><a href=\"https://ok.example/\" rel=\"noopener noreferrer\">fine link</a></div>")
     );
+    keeps_promises(&feed.items);
     for html in html_fields(&feed) {
         let lower = html.to_ascii_lowercase();
         for banned in [
@@ -750,6 +754,10 @@ fn mutate(rng: &mut Rng, body: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+fn keeps_promises(items: &[Item]) {
+    items.iter().for_each(promises::check);
+}
+
 #[test]
 fn mutated_corpus_never_panics() {
     const PER_FILE: usize = 400;
@@ -763,11 +771,16 @@ fn mutated_corpus_never_panics() {
         for _ in 0..PER_FILE {
             let mutated = mutate(&mut rng, body, &bodies);
             let code = match feed::parse(&mutated, None) {
-                Ok(_) => "ok",
+                Ok(parsed) => {
+                    keeps_promises(&parsed.items);
+                    "ok"
+                }
                 Err(e) => e.code(),
             };
             *outcomes.entry(code).or_default() += 1;
-            let _ = feed::parse_push(&mutated);
+            if let Ok(push) = feed::parse_push(&mutated) {
+                keeps_promises(&push.entries);
+            }
         }
     }
     println!("{} mutations in {:?}: {outcomes:?}", bodies.len() * PER_FILE, started.elapsed());

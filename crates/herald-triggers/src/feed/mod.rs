@@ -21,6 +21,7 @@
 
 mod decode;
 mod html;
+mod html_guard;
 mod json;
 mod scan;
 mod xml;

@@ -106,7 +106,7 @@ impl Scan {
                 })
             };
             ops.retain(|&(at, remove, _)| !inside(at, remove));
-            ops.extend(self.risky.iter().map(|&(start, end)| (start, end - start, "")));
+            ops.extend(self.risky.iter().map(|&(start, end)| (start, end.saturating_sub(start), "")));
             ops.sort_by_key(|&(at, _, _)| at);
         }
         let mut out = String::with_capacity(text.len() + ops.len() * 4);
