@@ -69,7 +69,7 @@ pub(crate) fn event_data(item: &Item) -> Value {
 pub(crate) async fn apply(tx: &mut Tx, source: &SourceRow, mut items: Vec<Item>, mode: Mode) -> Result<Applied, Error> {
     let settings: Settings = source.settings();
     // Newest first, so caps and backfills keep the newest; undated items keep feed order.
-    items.sort_by(|a, b| b.published.or(b.updated).cmp(&a.published.or(a.updated)));
+    items.sort_by_key(|i| std::cmp::Reverse(i.published.or(i.updated)));
     let mut seen_keys = std::collections::HashSet::new();
     items.retain(|i| seen_keys.insert(i.dedupe_key()));
     let keys: Vec<String> = items.iter().map(Item::dedupe_key).collect();
@@ -84,7 +84,7 @@ pub(crate) async fn apply(tx: &mut Tx, source: &SourceRow, mut items: Vec<Item>,
     // an upload (platforms.md 1.8): remember it without an event.
     let old_cutoff = source.created_at.0 - chrono::TimeDelta::days(1);
     let mut fresh: Vec<(String, String, Option<Uuid>)> = Vec::new();
-    for (item, key) in items.iter().zip(keys.into_iter()) {
+    for (item, key) in items.iter().zip(keys) {
         let print = fingerprint(item);
         if let Some((old_print, event)) = known.get(&key) {
             if *old_print != print {

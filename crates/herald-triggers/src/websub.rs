@@ -283,10 +283,9 @@ impl Sources {
         }
         let text = response.text().await.unwrap_or_default().chars().take(300).collect::<String>();
         let message = format!("the hub answered {status} to the {mode} request: {}", text.trim());
-        let mut tx = self.db.begin().await.map_err(|e| JobError::retry(e))?;
-        exec!(tx, "UPDATE sources SET websub_error = $2 WHERE id = $1", row.id, &message)
-            .map_err(|e| JobError::retry(e))?;
-        tx.commit().await.map_err(|e| JobError::retry(e))?;
+        let mut tx = self.db.begin().await.map_err(JobError::retry)?;
+        exec!(tx, "UPDATE sources SET websub_error = $2 WHERE id = $1", row.id, &message).map_err(JobError::retry)?;
+        tx.commit().await.map_err(JobError::retry)?;
         if status.is_client_error() && status != 429 {
             return Err(JobError::permanent(message));
         }
