@@ -272,18 +272,18 @@ pub enum ConnectionsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum SourcesCommand {
-    /// Add a source, e.g. `--kind feed --config '{"url":"https://example.com/feed.xml"}'`,
-    /// `--kind youtube_channel --config '{"channel":"@handle"}'` or
-    /// `--kind schedule --config '{"cron":"0 9 * * 1-5","timezone":"Europe/Berlin"}'`.
+    /// Add a source, e.g. `--kind feed --settings '{"url":"https://example.com/feed.xml"}'`,
+    /// `--kind youtube_channel --settings '{"channel":"@handle"}'` or
+    /// `--kind schedule --settings '{"cron":"0 9 * * 1-5","timezone":"Europe/Berlin"}'`.
     Add {
         /// youtube_channel, feed, schedule, webhook or manual.
         #[arg(long)]
         kind: String,
         #[arg(long)]
         name: String,
-        /// The kind's settings as JSON.
+        /// The kind's settings (the API's `config`) as JSON.
         #[arg(long, default_value = "{}")]
-        config: String,
+        settings: String,
     },
     /// List the team's sources and their status.
     List,

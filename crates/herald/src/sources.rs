@@ -76,7 +76,7 @@ fn parse_new(kind: &str, name: String, config: &str) -> Result<NewSource, Exit> 
         Exit::Failure(anyhow!("--kind `{kind}` is not one of youtube_channel, feed, schedule, webhook, manual"))
     })?;
     let config: Settings = serde_json::from_str(config)
-        .map_err(|e| Exit::Failure(anyhow!("--config is not valid settings JSON ({e})")))?;
+        .map_err(|e| Exit::Failure(anyhow!("--settings is not valid JSON for this kind ({e})")))?;
     Ok(NewSource { kind, name, config, active: true })
 }
 
@@ -91,8 +91,8 @@ async fn local(command: SourcesCommand, target: &ApiTarget, config: &Config) -> 
     let sources = sources_for(config, db.clone(), load_vault(config)?)?;
     let p = Principal::acting(None, team, herald_core::TeamRole::Owner, "cli");
     let result = match command {
-        SourcesCommand::Add { kind, name, config } => {
-            let new = parse_new(&kind, name, &config)?;
+        SourcesCommand::Add { kind, name, settings } => {
+            let new = parse_new(&kind, name, &settings)?;
             sources.create(&p, new).await.map(|v| vec![to_json(v)])
         }
         SourcesCommand::List => sources.list(&p).await.map(|l| l.into_iter().map(to_json).collect()),
@@ -105,8 +105,8 @@ async fn local(command: SourcesCommand, target: &ApiTarget, config: &Config) -> 
 
 async fn remote(command: SourcesCommand, server: &str, target: &ApiTarget) -> Result<Vec<Value>, Exit> {
     let (method, path, body) = match command {
-        SourcesCommand::Add { kind, name, config } => {
-            let new = parse_new(&kind, name, &config)?;
+        SourcesCommand::Add { kind, name, settings } => {
+            let new = parse_new(&kind, name, &settings)?;
             let body = json!({"kind": new.kind, "name": new.name, "config": new.config});
             (Method::POST, "/sources".to_string(), Some(body))
         }
