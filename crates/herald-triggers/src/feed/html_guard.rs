@@ -1,11 +1,13 @@
-//! The guard in front of html5ever: a linear estimate of how deep its tree would get, and a
-//! plain-text fallback for markup that is too deep to hand it (see [`super::html`]).
+//! The guard in front of html5ever: a linear check that it will not take quadratic time on a
+//! field, and a plain-text fallback for fields it would (see [`super::html`]).
 
 /// The estimate of html5ever's open elements (plus its list of formatting elements to reopen)
-/// that [`is_shallow`] allows; real posts stay under 30.
+/// that [`is_tame`] allows; real posts stay under 30.
 const MAX_HTML_DEPTH: usize = 100;
 /// Start tags allowed in one field before it is read as plain text.
 const MAX_HTML_TAGS: usize = 50_000;
+/// `&`s allowed in one field before it is read as plain text; a long real post has hundreds.
+const MAX_HTML_REFERENCES: usize = 10_000;
 
 const VOID: &[&str] = &[
     "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input", "keygen", "link",
@@ -198,11 +200,17 @@ const BREAKOUT: &[&str] = &[
 const RAW_TEXT: &[&str] =
     &["script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes", "plaintext"];
 
-/// Whether html5ever can parse this quickly: a linear model of its tree builder (implied end
-/// tags for `p`, `li`, `dd`, `dt`, `td`, `tr`; end tags that are ignored; SVG self-closing;
-/// formatting elements it would reopen) stays under [`MAX_HTML_DEPTH`]. Where the model is
-/// unsure it errs deep, so the fallback may take odd-but-real markup, never the reverse.
-pub(super) fn is_shallow(html: &str) -> bool {
+/// Whether html5ever can parse this in close to linear time. Its cost grows faster than the
+/// input with two things: `&` (each reference or bare ampersand; 200,000 take seconds) and the
+/// depth of its tree. The first is counted; the second is estimated by a linear model of its
+/// tree builder (implied end tags for `p`, `li`, `dd`, `dt`, `td`, `tr`; end tags that are
+/// ignored; SVG self-closing; formatting elements it would reopen), which must stay under
+/// [`MAX_HTML_DEPTH`]. Where the model is unsure it errs deep, so the fallback may take
+/// odd-but-real markup, never the reverse.
+pub(super) fn is_tame(html: &str) -> bool {
+    if html.bytes().filter(|b| *b == b'&').count() > MAX_HTML_REFERENCES {
+        return false;
+    }
     if !html.contains('<') {
         return true;
     }
@@ -216,25 +224,21 @@ pub(super) fn is_shallow(html: &str) -> bool {
         let open = at + found;
         let rest = &lower[open + 1..];
         if rest.starts_with("!--") {
-            // A comment ends at the first "-->" or "--!>", counting "<!-->" itself.
-            let body = &lower[open + 2..];
-            at = [body.find("-->").map(|i| i + 3), body.find("--!>").map(|i| i + 4)]
-                .into_iter()
-                .flatten()
-                .min()
-                .map_or(lower.len(), |end| open + 2 + end);
+            at = comment_end(&lower, open + 2);
             continue;
         }
         let (closing, name_from) = if rest.starts_with('/') { (true, open + 2) } else { (false, open + 1) };
         let name_len =
             lower[name_from..].bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b':').count();
         let starts_with_letter = lower.as_bytes().get(name_from).is_some_and(u8::is_ascii_alphabetic);
-        let tag_end = lower[name_from..].find('>').map_or(lower.len(), |i| name_from + i + 1);
+        // Without a '>' the rest is one unfinished tag, which html5ever drops: nothing more to see.
+        let tag_end = |from: usize| lower[from..].find('>').map_or(lower.len(), |i| from + i + 1);
         if !starts_with_letter {
             // `<!x>`, `<?x>` and `</ x>` are bogus comments up to '>'; any other '<' is text.
-            at = if rest.starts_with(['!', '?', '/']) { tag_end } else { open + 1 };
+            at = if rest.starts_with(['!', '?', '/']) { tag_end(open + 1) } else { open + 1 };
             continue;
         }
+        let tag_end = tag_end(name_from);
         let name = &lower[name_from..name_from + name_len];
         let self_closing = lower[..tag_end].ends_with("/>");
         at = tag_end;
@@ -311,6 +315,23 @@ pub(super) fn is_shallow(html: &str) -> bool {
     true
 }
 
+/// Where a comment whose dashes start at `dashes` ends: after the first "-->" or "--!>",
+/// counting "<!-->" itself; the end of the text when it has none.
+fn comment_end(text: &str, dashes: usize) -> usize {
+    let mut from = dashes;
+    while let Some(found) = text.get(from..).and_then(|rest| rest.find("--")) {
+        let after = from + found + 2;
+        if text[after..].starts_with('>') {
+            return after + 1;
+        }
+        if text[after..].starts_with("!>") {
+            return after + 2;
+        }
+        from = from + found + 1;
+    }
+    text.len()
+}
+
 /// Pops to (and including) the topmost element that `is_target`, unless an element that
 /// `stops` the search comes first.
 fn close_to(stack: &mut Vec<&str>, is_target: impl Fn(&str) -> bool, stops: impl Fn(&str) -> bool) {
@@ -325,28 +346,31 @@ fn close_to(stack: &mut Vec<&str>, is_target: impl Fn(&str) -> bool, stops: impl
     }
 }
 
-/// Text without markup, for documents [`is_shallow`] refuses: tags, comments, scripts and
-/// styles removed, the XML entities and numeric references decoded.
+/// Text without markup, for documents [`is_tame`] refuses: tags, comments, scripts and
+/// styles removed, the XML entities and numeric references decoded. Linear, whatever the input.
 pub(super) fn strip_tags(html: &str) -> String {
+    // ASCII lowercasing keeps byte offsets, so one copy serves every case-insensitive search.
+    let lower = html.to_ascii_lowercase();
     let mut out = String::with_capacity(html.len() / 2);
-    let mut rest = html;
-    while let Some(i) = rest.find(['<', '&']) {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        if rest.starts_with('<') {
-            let lower = rest.get(..8).unwrap_or(rest).to_ascii_lowercase();
-            let end = if lower.starts_with("<!--") {
-                rest.find("-->").map(|e| e + 3)
-            } else if lower.starts_with("<script") || lower.starts_with("<style") {
-                let close = if lower.starts_with("<script") { "</script" } else { "</style" };
-                rest.to_ascii_lowercase().find(close).and_then(|e| rest[e..].find('>').map(|g| e + g + 1))
+    let mut at = 0;
+    while let Some(found) = html.get(at..).and_then(|rest| rest.find(['<', '&'])) {
+        let i = at + found;
+        out.push_str(&html[at..i]);
+        let low = &lower[i..];
+        if low.starts_with('<') {
+            let end = if low.starts_with("<!--") {
+                Some(comment_end(&lower, i + 2) - i)
+            } else if let Some(name) = ["script", "style"].into_iter().find(|n| low[1..].starts_with(n)) {
+                low.find(&format!("</{name}")).and_then(|e| low[e..].find('>').map(|g| e + g + 1))
             } else {
-                rest.find('>').map(|e| e + 1)
+                low.find('>').map(|e| e + 1)
             };
             out.push(' ');
-            rest = end.and_then(|e| rest.get(e..)).unwrap_or_default();
+            at = end.map_or(html.len(), |e| i + e);
         } else {
-            let reference = rest.get(1..).and_then(|r| r.find(';').filter(|&e| e <= 10).map(|e| &r[..e]));
+            // A reference is short: look for its ';' in the next few bytes only.
+            let semicolon = html.as_bytes().get(i + 1..).and_then(|b| b.iter().take(12).position(|b| *b == b';'));
+            let reference = semicolon.and_then(|e| html.get(i + 1..i + 1 + e));
             let decoded = reference.and_then(|r| match r {
                 "amp" => Some('&'),
                 "lt" => Some('<'),
@@ -366,16 +390,16 @@ pub(super) fn strip_tags(html: &str) -> String {
             match (decoded, reference) {
                 (Some(c), Some(r)) => {
                     out.push(c);
-                    rest = &rest[r.len() + 2..];
+                    at = i + r.len() + 2;
                 }
                 _ => {
                     out.push('&');
-                    rest = &rest[1..];
+                    at = i + 1;
                 }
             }
         }
     }
-    out.push_str(rest);
+    out.push_str(html.get(at..).unwrap_or_default());
     out
 }
 
@@ -384,14 +408,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn real_markup_is_shallow() {
+    fn real_markup_is_tame() {
         let post = "<p>Intro <b>bold</p><p>unclosed<ul><li>one<li>two</ul><table><tr><td>a<td>b<tr><td>c</table>\
                     <svg><path d='M0'/><path/><path/></svg><!-- <div><div> --><script>'<div>'</script>";
-        assert!(is_shallow(&post.repeat(500)));
-        assert!(is_shallow(&"<p>para".repeat(10_000)));
-        assert!(!is_shallow(&"<div>".repeat(MAX_HTML_DEPTH + 1)));
-        assert!(!is_shallow(&"<svg><div/>".repeat(MAX_HTML_DEPTH + 1)));
-        assert!(!is_shallow(&"<!-- --!><div>".repeat(MAX_HTML_DEPTH + 1)));
+        assert!(is_tame(&post.repeat(500)));
+        assert!(is_tame(&"<p>para".repeat(10_000)));
+        assert!(is_tame(&"caf&eacute; ".repeat(MAX_HTML_REFERENCES)));
+        assert!(!is_tame(&"caf&eacute; ".repeat(MAX_HTML_REFERENCES + 1)));
+        assert!(!is_tame(&"<div>".repeat(MAX_HTML_DEPTH + 1)));
+        assert!(!is_tame(&"<svg><div/>".repeat(MAX_HTML_DEPTH + 1)));
+        assert!(!is_tame(&"<!-- --!><div>".repeat(MAX_HTML_DEPTH + 1)));
+    }
+
+    #[test]
+    fn both_are_linear_on_hostile_input() {
+        for hostile in [
+            "<".repeat(400_000),
+            "<!---->".repeat(100_000),
+            "&".repeat(400_000),
+            "<scripT>".repeat(100_000),
+            "<\u{e9}".repeat(200_000),
+        ] {
+            let started = std::time::Instant::now();
+            is_tame(&hostile);
+            strip_tags(&hostile);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{:?}: {:?}",
+                hostile.chars().take(4).collect::<String>(),
+                started.elapsed()
+            );
+        }
+        assert_eq!(comment_end("<!-->x", 2), 5);
+        assert_eq!(comment_end("<!--->x", 2), 6);
+        assert_eq!(comment_end("<!-- a --!>x", 2), 11);
+        assert_eq!(comment_end("<!-- a", 2), 6);
     }
 
     #[test]

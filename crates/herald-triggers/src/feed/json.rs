@@ -4,6 +4,8 @@
 //! not a string) costs that field rather than the feed. serde_json's recursion limit guards
 //! against deep nesting.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -57,14 +59,15 @@ fn entry(item: &Map<String, Value>, bases: &[Option<&Url>]) -> Item {
         .or_else(|| string(item, "content_text").and_then(html::escape));
     let summary = string(item, "summary");
 
-    let mut categories: Vec<String> = Vec::new();
-    for tag in item.get("tags").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-        if let Some(tag) = html::collapse(tag)
-            && !categories.contains(&tag)
-        {
-            categories.push(tag);
-        }
-    }
+    let mut seen = HashSet::new();
+    let categories: Vec<String> = item
+        .get("tags")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|tag| tag.as_str().and_then(html::collapse))
+        .filter(|tag| seen.insert(tag.clone()))
+        .collect();
 
     let mut media = Vec::new();
     for key in ["image", "banner_image"] {

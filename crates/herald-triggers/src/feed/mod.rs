@@ -119,7 +119,7 @@ pub struct Media {
 }
 
 /// What a [`Media`] is to its item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaRole {
     /// RSS `enclosure`, Atom `link rel="enclosure"`, JSON Feed `attachments`.

@@ -11,6 +11,8 @@
 //! `media:description` (YouTube sends `<media:description></media:description>` for every video
 //! without one).
 
+use std::borrow::Cow;
+
 use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
@@ -51,7 +53,7 @@ pub(super) struct Scan {
 struct Edit {
     at: usize,
     remove: usize,
-    insert: String,
+    insert: Cow<'static, str>,
 }
 
 #[derive(Debug, Default)]
@@ -98,12 +100,16 @@ impl Scan {
     /// second attempt after a first one panicked.
     pub fn rewrite(&self, text: &str, without_risky: bool) -> String {
         let mut ops: Vec<(usize, usize, &str)> =
-            self.edits.iter().map(|e| (e.at, e.remove, e.insert.as_str())).collect();
+            self.edits.iter().map(|e| (e.at, e.remove, e.insert.as_ref())).collect();
         if without_risky {
+            // The ranges are ascending and disjoint: the only one that can hold `at` is the last
+            // that starts at or before it (or, for a removal, the first that starts inside it).
             let inside = |at: usize, remove: usize| {
-                self.risky.iter().any(|&(start, end)| {
-                    if remove == 0 { start < at && at < end } else { at < end && at + remove > start }
-                })
+                let i = self.risky.partition_point(|&(start, _)| start <= at);
+                let before = i.checked_sub(1).and_then(|i| self.risky.get(i));
+                let holds =
+                    before.is_some_and(|&(start, end)| if remove == 0 { start < at && at < end } else { at < end });
+                holds || self.risky.get(i).is_some_and(|&(start, _)| at + remove > start)
             };
             ops.retain(|&(at, remove, _)| !inside(at, remove));
             ops.extend(self.risky.iter().map(|&(start, end)| (start, end.saturating_sub(start), "")));
@@ -261,7 +267,7 @@ pub(super) fn scan(text: &str) -> Result<Scan, FeedError> {
                 }
                 if is_media_text(ns, &e) && walker.text.get(end.saturating_sub(2)..end) == Some("/>") {
                     let insert = format!("> </{}>", e.name().into_inner());
-                    walker.edits.push(Edit { at: end - 2, remove: 2, insert });
+                    walker.edits.push(Edit { at: end - 2, remove: 2, insert: Cow::Owned(insert) });
                 }
             }
             Event::End(_) => {
@@ -387,7 +393,7 @@ impl Walker<'_> {
                 // every 0.9x feed too).
                 None => {
                     if self.text.get(start..start + 4) == Some("<rss") {
-                        self.edits.push(Edit { at: start + 4, remove: 0, insert: " version=\"2.0\"".into() });
+                        self.edits.push(Edit { at: start + 4, remove: 0, insert: Cow::Borrowed(" version=\"2.0\"") });
                     }
                 }
                 Some(other) => {
@@ -560,7 +566,7 @@ impl Walker<'_> {
             return;
         }
         for (i, _) in raw.match_indices('&') {
-            self.edits.push(Edit { at: start + i + 1, remove: 0, insert: "amp;".into() });
+            self.edits.push(Edit { at: start + i + 1, remove: 0, insert: Cow::Borrowed("amp;") });
         }
     }
 
@@ -573,7 +579,7 @@ impl Walker<'_> {
             Event::CData(t) if !t.is_empty() => {}
             Event::GeneralRef(_) => {}
             Event::Comment(_) | Event::PI(_) => self.needs_text = Some(at),
-            _ => self.edits.push(Edit { at, remove: 0, insert: " ".into() }),
+            _ => self.edits.push(Edit { at, remove: 0, insert: Cow::Borrowed(" ") }),
         }
     }
 
@@ -677,7 +683,8 @@ mod tests {
 
     #[test]
     fn risky_elements_can_be_dropped() {
-        let text = "<rss><channel><item><author>a<b/>b</author><title>A&B</title><dc:creator/></item></channel></rss>";
+        let text =
+            "<rss><channel><item><author>a & <b/>b</author><title>A&B</title><dc:creator/></item></channel></rss>";
         let scan = scan(text).expect("scans");
         assert_eq!(
             scan.rewrite(text, true),

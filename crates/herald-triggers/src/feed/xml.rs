@@ -1,5 +1,6 @@
 //! RSS and Atom: the pre-scan, then feed-rs, then normalisation into [`Item`]s.
 
+use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use chrono::{DateTime, Utc};
@@ -97,15 +98,13 @@ fn item(entry: &Entry, extras: EntryScan, ctx: &Context<'_>) -> Item {
         html_and_text(body, content.content_type.as_str(), ctx.rss, html_base).0
     });
 
-    let mut categories: Vec<String> = Vec::new();
-    for category in &entry.categories {
-        let name = category.label.as_deref().unwrap_or(&category.term);
-        if let Some(name) = html::collapse(name)
-            && !categories.contains(&name)
-        {
-            categories.push(name);
-        }
-    }
+    let mut seen = HashSet::new();
+    let categories: Vec<String> = entry
+        .categories
+        .iter()
+        .filter_map(|c| html::collapse(c.label.as_deref().unwrap_or(&c.term)))
+        .filter(|name| seen.insert(name.clone()))
+        .collect();
 
     let mut media = Vec::new();
     if extras.media.is_empty() {
@@ -123,13 +122,8 @@ fn item(entry: &Entry, extras: EntryScan, ctx: &Context<'_>) -> Item {
             duration_secs: None,
         })
     }));
-    let mut seen = Vec::new();
-    media.retain(|m: &Media| {
-        let key = (m.url.clone(), m.role);
-        let fresh = !seen.contains(&key);
-        seen.push(key);
-        fresh
-    });
+    let mut seen = HashSet::new();
+    media.retain(|m| seen.insert((m.url.clone(), m.role)));
 
     let author = author_of(&entry.authors).or_else(|| author_of(ctx.feed_authors));
     let mut item = Item {
