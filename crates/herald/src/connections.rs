@@ -17,7 +17,12 @@ pub async fn run(command: ConnectionsCommand, target: ApiTarget, config: &Config
         Some(server) => remote(command, server, &target).await?,
         None => local(command, &target, config).await?,
     };
-    if target.json {
+    print(views, target.json, line)
+}
+
+/// Prints what a command returned: JSON (one object, or an array), or one table row each.
+pub(crate) fn print(views: Vec<Value>, json: bool, line: fn(&Value) -> String) -> Result<(), Exit> {
+    if json {
         let out = if views.len() == 1 { views[0].clone() } else { Value::Array(views) };
         println!("{}", serde_json::to_string_pretty(&out).context("printing JSON")?);
     } else {

@@ -4,9 +4,9 @@
 use crate::Exit;
 use crate::cli::{ApiTarget, SourcesCommand};
 use crate::config::Config;
-use crate::connections::{call, failed};
+use crate::connections::{call, failed, print};
 use crate::serve::{load_vault, open_database, sources_for};
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use herald_accounts::Principal;
 use herald_http::Method;
 use herald_triggers::{NewSource, Settings};
@@ -17,15 +17,7 @@ pub async fn run(command: SourcesCommand, target: ApiTarget, config: &Config) ->
         Some(server) => remote(command, server, &target).await?,
         None => local(command, &target, config).await?,
     };
-    if target.json {
-        let out = if views.len() == 1 { views[0].clone() } else { Value::Array(views) };
-        println!("{}", serde_json::to_string_pretty(&out).context("printing JSON")?);
-    } else {
-        for v in &views {
-            println!("{}", line(v));
-        }
-    }
-    Ok(())
+    print(views, target.json, line)
 }
 
 /// A source as a table row (id, kind, name, next run, events) with its last error; a poll
