@@ -19,6 +19,7 @@ pub(super) fn parse(text: &str, base: Option<&Url>) -> Result<ParsedFeed, FeedEr
     };
     let version = string(feed, "version").unwrap_or_default();
     if !version.starts_with("https://jsonfeed.org/version/1") && !version.starts_with("http://jsonfeed.org/version/1") {
+        let version: String = version.chars().take(60).collect();
         return Err(FeedError::NotAFeed(format!(
             "it is JSON, but its \"version\" is {version:?}, not \"https://jsonfeed.org/version/1.1\" (or 1)"
         )));

@@ -10,14 +10,19 @@
 //! 3. an iterative quick-xml pre-scan that refuses `<!ENTITY` declarations (billion laughs, XXE)
 //!    and nesting deeper than [`MAX_DEPTH`], without recursion.
 //!
-//! feed-rs then does the RSS/Atom work, inside `catch_unwind` because it has panics reachable
-//! from input. The pre-scan doubles as a side pass for what feed-rs drops: YouTube's `yt:`
-//! elements, `media:thumbnail` without `media:content`, relative enclosure URLs, `xml:base`
-//! scopes and Atom tombstones. JSON Feed is read here with serde_json, because feed-rs rejects
-//! numeric ids and folds attachments into links.
+//! feed-rs then does the RSS/Atom work. It rejects whole feeds over things a reader shrugs at,
+//! and panics on some inputs, so the pre-scan also repairs (a bare `&`, an `<rss>` without
+//! `version`, YouTube's empty `<media:description>`), and feed-rs runs inside `catch_unwind`,
+//! once more without people and durations if it panicked (the elements seen to make it panic).
+//! The pre-scan doubles as a side pass for what feed-rs drops: YouTube's `yt:` elements,
+//! `media:thumbnail` without `media:content`, relative enclosure URLs, `xml:base` scopes and
+//! Atom tombstones. JSON Feed is read here with serde_json, because feed-rs rejects numeric ids
+//! and folds attachments into links.
 //!
 //! Everything an [`Item`] carries is safe to show: HTML is sanitised with ammonia (no scripts,
-//! styles, event handlers or `javascript:` URLs) and every URL is absolute `http(s)`.
+//! styles, event handlers or `javascript:` URLs) and every URL is absolute `http(s)`. A field
+//! that would make html5ever slower than linear (very deep markup, very many `&`) is read as
+//! plain text instead, so even a hostile 8 MiB body takes seconds, not hours.
 
 mod decode;
 mod html;

@@ -243,7 +243,7 @@ pub(super) fn scan(text: &str) -> Result<Scan, FeedError> {
         let (resolved, event) = match reader.read_resolved_event() {
             Ok(pair) => pair,
             Err(e) => {
-                return Err(FeedError::Malformed(format!("{e} (near character {})", reader.error_position())));
+                return Err(FeedError::Malformed(format!("{e} (near byte {})", reader.error_position())));
             }
         };
         let ns = Ns::of(&resolved);
