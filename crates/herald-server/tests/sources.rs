@@ -60,7 +60,8 @@ async fn websub_lifecycle_subscribe_verify_notify_edit_delete_renew_unsubscribe(
         let fake = youtube::start().await;
         fake.add_channel(CHANNEL, "@chan", "The Channel");
         let video = |id: &str, title: &str| Video { description: format!("About {title}"), ..Video::new(id, title) };
-        let mut old = video("OLDvideo001", "An old upload");
+        // No description: YouTube then sends an empty <media:description/>, which must not break the feed.
+        let mut old = Video::new("OLDvideo001", "An old upload");
         old.published = chrono::Utc::now() - chrono::TimeDelta::days(300);
         fake.add_video(CHANNEL, old);
         // A short lease, so the renewal (at 80 %) happens during the test.

@@ -17,7 +17,11 @@ fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 const OPEN: (&str, &str) = ("HERALD_ALLOW_PRIVATE_NETWORKS", "127.0.0.0/8");
@@ -32,7 +36,9 @@ async fn feed_server(items: Arc<AtomicUsize>, hits: Arc<AtomicUsize>) -> String 
                 hits.fetch_add(1, Ordering::SeqCst);
                 let mut body = String::from(r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Blog</title>"#);
                 for i in 1..=items.load(Ordering::SeqCst) {
-                    body.push_str(&format!("<item><guid>p{i}</guid><title>Post {i}</title><link>https://blog.example/{i}</link></item>"));
+                    body.push_str(&format!(
+                        "<item><guid>p{i}</guid><title>Post {i}</title><link>https://blog.example/{i}</link></item>"
+                    ));
                 }
                 body.push_str("</channel></rss>");
                 ([("content-type", "application/rss+xml")], body)
@@ -65,12 +71,20 @@ async fn sources_from_the_cli_and_the_poller_in_serve() {
     let d = dir.clone();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
         let mut cmd = herald();
-        cmd.args(["user", "create", "--email", "o@example.com"]).current_dir(&d).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["user", "create", "--email", "o@example.com"])
+            .current_dir(&d)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         use std::io::Write;
         child.stdin.take().unwrap().write_all(b"pw-123456789\n").unwrap();
         let o = child.wait_with_output().unwrap();
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     })
     .await
     .unwrap();
@@ -125,7 +139,10 @@ async fn sources_from_the_cli_and_the_poller_in_serve() {
     // Remove it through a running server's API.
     let (code, key, err) = cli(args(&["token", "create", "--team", &team, "--role", "admin"]), vec![]).await.unwrap();
     assert_eq!(code, 0, "{err}");
-    let remote = vec![("HERALD_SERVER", format!("http://{addr}")), ("HERALD_API_KEY", key.lines().next().unwrap().trim().to_string())];
+    let remote = vec![
+        ("HERALD_SERVER", format!("http://{addr}")),
+        ("HERALD_API_KEY", key.lines().next().unwrap().trim().to_string()),
+    ];
     let (code, out, err) = cli(args(&["sources", "remove", &id]), remote.clone()).await.unwrap();
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, _) = cli(args(&["sources", "list", "--json"]), remote).await.unwrap();
