@@ -210,7 +210,7 @@ impl Sources {
                     report.next_run_at = Some(next);
                     return Ok(report);
                 }
-                match feed::parse(&body, Some(&url)) {
+                match parse_off_the_runtime(body, url).await {
                     Err(e) => (Some(Failure::new(e.code(), e.to_string())), None),
                     Ok(parsed) => {
                         report.outcome = "ok".into();
@@ -370,16 +370,36 @@ impl Sources {
     }
 }
 
+/// Parses a feed; a large one on the blocking pool, since sanitising a few megabytes of HTML can
+/// take a while and would hold up every other task on this runtime thread.
+async fn parse_off_the_runtime(body: Vec<u8>, url: url::Url) -> Result<feed::ParsedFeed, feed::FeedError> {
+    if body.len() < 256 << 10 {
+        return feed::parse(&body, Some(&url));
+    }
+    match tokio::task::spawn_blocking(move || feed::parse(&body, Some(&url))).await {
+        Ok(parsed) => parsed,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// The loop that runs due sources on a worker node.
 pub struct Poller {
     sources: Sources,
     /// Polls running at once.
     concurrency: usize,
+    /// Told each run's lateness (`herald bench feeds` watches the schedule with it).
+    observe: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
 }
 
 impl Poller {
     pub fn new(sources: Sources, concurrency: usize) -> Poller {
-        Poller { sources, concurrency: concurrency.max(1) }
+        Poller { sources, concurrency: concurrency.max(1), observe: None }
+    }
+
+    /// Calls `f` as each run starts with its lateness: the time from its `next_run_at` to now.
+    pub fn observe(mut self, f: Arc<dyn Fn(Duration) + Send + Sync>) -> Poller {
+        self.observe = Some(f);
+        self
     }
 
     /// Runs until `shutdown`; polls in flight finish (or their lease lapses and another node
@@ -407,10 +427,14 @@ impl Poller {
                     for row in rows {
                         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
                         let sources = self.sources.clone();
+                        let observe = self.observe.clone();
                         tokio::spawn(async move {
                             let late =
                                 (Utc::now() - row.next_run_at.map_or(Utc::now(), |t| t.0)).num_milliseconds().max(0);
                             metrics::histogram!("herald_source_poll_lateness_seconds").record(late as f64 / 1000.0);
+                            if let Some(f) = observe {
+                                f(Duration::from_millis(late as u64));
+                            }
                             if let Err(e) = sources.run_claimed(&row).await {
                                 // The lease lapses and the source is retried; say why.
                                 tracing::warn!(source = %row.id, "a source run failed: {e}");

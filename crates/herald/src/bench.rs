@@ -19,6 +19,8 @@ pub async fn run(command: BenchCommand, config: &Config) -> Result<(), Exit> {
         BenchCommand::Queue(args) => bench_queue(args).await,
         BenchCommand::Serve => bench_serve(config).await,
         BenchCommand::Deliveries(args) => crate::bench_deliveries::run(args).await,
+        BenchCommand::Feeds(args) => crate::bench_feeds::run(args).await,
+        BenchCommand::FeedServer(args) => crate::bench_feeds::serve_feeds(args).await,
     }
 }
 

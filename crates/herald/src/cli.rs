@@ -335,6 +335,45 @@ pub enum BenchCommand {
     /// Posts × targets through the whole delivery pipeline against a local webhook receiver,
     /// beside a bare HTTP client sending the same requests.
     Deliveries(BenchDeliveriesArgs),
+    /// Feeds polled on a cycle from a local fake feed server (a child process), for the polls/s,
+    /// lateness, CPU and memory of one node, beside a bare HTTP client fetching the same feeds.
+    Feeds(BenchFeedsArgs),
+    /// The fake feed server `bench feeds` starts in a child process: prints its port, serves
+    /// `GET /feed/{i}.xml` and `GET /stats` until stdin closes.
+    #[command(hide = true)]
+    FeedServer(BenchFeedServerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchFeedsArgs {
+    /// Feed sources to poll, each its own URL on the fake server.
+    #[arg(long, default_value_t = 10_000)]
+    pub feeds: usize,
+    /// Each feed's poll interval (its `interval_secs`); the first polls are spread over one cycle.
+    #[arg(long, default_value = "300s", value_parser = herald_core::time::parse_duration)]
+    pub cycle: std::time::Duration,
+    /// How long the poller runs [default: one cycle plus a minute].
+    #[arg(long, value_parser = herald_core::time::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Polls run at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Distinct feeds the bare client fetches for the ceiling (once to learn ETags, once measured).
+    #[arg(long, default_value_t = 2_000)]
+    pub ceiling_feeds: usize,
+    /// sqlite, postgres or all.
+    #[arg(long, default_value = "sqlite")]
+    pub backend: String,
+    /// A PostgreSQL server to create the bench database on.
+    #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_url: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchFeedServerArgs {
+    /// Feeds served, `/feed/0.xml` to `/feed/{N-1}.xml`.
+    #[arg(long, default_value_t = 10_000)]
+    pub feeds: usize,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod bench_deliveries;
+mod bench_feeds;
 mod cli;
 mod config;
 mod connections;
