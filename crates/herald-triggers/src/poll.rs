@@ -183,41 +183,44 @@ impl Sources {
         Utc::now() + TimeDelta::milliseconds((secs * 1000.0) as i64)
     }
 
-    /// Polls a feed or channel once and records the outcome; the caller holds its lease.
-    pub(crate) async fn poll_row(&self, row: &SourceRow) -> Result<PollReport, Error> {
+    /// Polls a feed or channel once; the caller holds its lease. An outcome with items is written
+    /// here (events and the source together); the usual outcomes (304, an unchanged body, a
+    /// failure) touch only the source row and come back as a [`Done`] for the caller to write,
+    /// so the poller can write many in one statement.
+    pub(crate) async fn poll_row(&self, row: &SourceRow) -> Result<(PollReport, Option<Done>), Error> {
         let Some(url) = self.poll_url(row) else {
             return Err(Error::new(ErrorCode::ValidationFailed, "only feed and youtube_channel sources are polled"));
         };
         let fetched = self.fetch(row, &url).await;
         let now = Ts::now();
         let mut report = PollReport::default();
-        let (failure, max_age) = match fetched {
-            Err(f) => (Some(f), None),
+        let fresh = |report: &mut PollReport, outcome: &str, next: DateTime<Utc>, validators| {
+            report.outcome = outcome.into();
+            report.next_run_at = Some(next);
+            metrics::counter!("herald_source_polls_total", "outcome" => outcome.to_string()).increment(1);
+            Done { id: row.id, next, at: now, kind: DoneKind::Fresh { validators } }
+        };
+        let failure = match fetched {
+            Err(f) => f,
             Ok(Fetched::NotModified { max_age }) => {
-                report.outcome = "not_modified".into();
-                (None, max_age)
+                let next = self.next_poll(row, 0, max_age, None);
+                let done = fresh(&mut report, "not_modified", next, None);
+                return Ok((report, Some(done)));
             }
             Ok(Fetched::Body { body, etag, last_modified, max_age, url }) => {
                 let hash = hex::encode(Sha256::digest(&body));
                 if row.body_hash.as_deref() == Some(hash.as_str()) && row.baselined {
-                    report.outcome = "unchanged".into();
                     let next = self.next_poll(row, 0, max_age, None);
-                    let mut tx = self.db.begin().await?;
-                    exec!(tx, "UPDATE sources SET etag = $2, last_modified = $3, lease_until = NULL, next_run_at = $4, \
-                               last_run_at = $5, last_ok_at = $5, failures = 0, last_error = NULL, last_error_code = NULL WHERE id = $1",
-                          row.id, &etag, &last_modified, Ts(next), now).map_err(store)?;
-                    tx.commit().await?;
-                    report.next_run_at = Some(next);
-                    return Ok(report);
+                    let done = fresh(&mut report, "unchanged", next, Some((etag, last_modified)));
+                    return Ok((report, Some(done)));
                 }
                 match parse_off_the_runtime(body, url).await {
-                    Err(e) => (Some(Failure::new(e.code(), e.to_string())), None),
+                    Err(e) => Failure::new(e.code(), e.to_string()),
                     Ok(parsed) => {
                         report.outcome = "ok".into();
                         report.items = parsed.items.len();
                         let next = self.next_poll(row, 0, max_age, None);
                         let mut tx = self.db.begin().await?;
-                        // Re-read under the write lock: a push may have stored items meanwhile.
                         let applied =
                             apply(&mut tx, row, parsed.items, Mode::Poll { baseline: !row.baselined }).await?;
                         exec!(tx, "UPDATE sources SET etag = $2, last_modified = $3, body_hash = $4, baselined = $5, lease_until = NULL, \
@@ -230,46 +233,100 @@ impl Sources {
                         report.remembered = applied.remembered;
                         report.next_run_at = Some(next);
                         metrics::counter!("herald_source_polls_total", "outcome" => "ok").increment(1);
-                        return Ok(report);
+                        return Ok((report, None));
                     }
                 }
             }
         };
-        match failure {
-            None => {
-                let next = self.next_poll(row, 0, max_age, None);
-                let mut tx = self.db.begin().await?;
-                exec!(tx, "UPDATE sources SET lease_until = NULL, next_run_at = $2, last_run_at = $3, last_ok_at = $3, failures = 0, \
-                           last_error = NULL, last_error_code = NULL WHERE id = $1", row.id, Ts(next), now).map_err(store)?;
-                tx.commit().await?;
-                report.next_run_at = Some(next);
-                metrics::counter!("herald_source_polls_total", "outcome" => "not_modified").increment(1);
-            }
-            Some(f) => {
-                let failures = row.failures + 1;
-                let next = self.next_poll(row, failures, None, f.retry_after);
-                let mut tx = self.db.begin().await?;
-                exec!(
-                    tx,
-                    "UPDATE sources SET lease_until = NULL, next_run_at = $2, last_run_at = $3, failures = $4, \
-                           last_error = $5, last_error_code = $6 WHERE id = $1",
-                    row.id,
-                    Ts(next),
-                    now,
-                    failures,
-                    &f.message,
-                    &f.code
-                )
+        let failures = row.failures + 1;
+        let next = self.next_poll(row, failures, None, failure.retry_after);
+        tracing::info!(source = %row.id, code = %failure.code, failures, "poll failed: {}", failure.message);
+        metrics::counter!("herald_source_polls_total", "outcome" => "failed").increment(1);
+        report.outcome = "failed".into();
+        report.error = Some(SourceError { code: failure.code.clone(), message: failure.message.clone() });
+        report.next_run_at = Some(next);
+        let kind = DoneKind::Failed { failures, code: failure.code, message: failure.message };
+        Ok((report, Some(Done { id: row.id, next, at: now, kind })))
+    }
+
+    /// Writes the outcomes of finished polls: one statement for the fresh ones and one for the
+    /// failed ones (per 100), each clearing its source's lease.
+    pub(crate) async fn write_done(&self, done: &[Done]) -> Result<(), Error> {
+        let mut tx = self.db.begin().await?;
+        for chunk in done.chunks(100) {
+            let (fresh, failed): (Vec<&Done>, Vec<&Done>) =
+                chunk.iter().partition(|d| matches!(d.kind, DoneKind::Fresh { .. }));
+            if !fresh.is_empty() {
+                // Per row: $a id, $a+1 next, $a+2 replace the validators?, $a+3 etag, $a+4 last-modified.
+                let arm = |col: &str, k: usize| -> String {
+                    let whens: String =
+                        (0..fresh.len()).map(|i| format!(" WHEN ${} THEN ${}", 2 + i * 5, 2 + i * 5 + k)).collect();
+                    match col {
+                        "next_run_at" => format!("next_run_at = CASE id{whens} END"),
+                        c => {
+                            let whens: String = (0..fresh.len())
+                                .map(|i| {
+                                    format!(
+                                        " WHEN ${} THEN CASE WHEN ${} THEN ${} ELSE {c} END",
+                                        2 + i * 5,
+                                        4 + i * 5,
+                                        2 + i * 5 + k
+                                    )
+                                })
+                                .collect();
+                            format!("{c} = CASE id{whens} END")
+                        }
+                    }
+                };
+                let ids: Vec<String> = (0..fresh.len()).map(|i| format!("${}", 2 + i * 5)).collect();
+                let sql = format!(
+                    "UPDATE sources SET lease_until = NULL, last_run_at = $1, last_ok_at = $1, failures = 0, last_error = NULL, \
+                     last_error_code = NULL, {}, {}, {} WHERE id IN ({})",
+                    arm("next_run_at", 1),
+                    arm("etag", 3),
+                    arm("last_modified", 4),
+                    ids.join(", ")
+                );
+                on_tx!(tx, c => {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(fresh[0].at);
+                    for d in &fresh {
+                        let DoneKind::Fresh { validators } = &d.kind else { unreachable!("partitioned") };
+                        let (etag, lm) = validators.clone().unwrap_or((None, None));
+                        q = q.bind(d.id).bind(Ts(d.next)).bind(validators.is_some()).bind(etag).bind(lm);
+                    }
+                    q.execute(&mut *c).await.map(|_| ())
+                })
                 .map_err(store)?;
-                tx.commit().await?;
-                tracing::info!(source = %row.id, code = %f.code, failures, "poll failed: {}", f.message);
-                metrics::counter!("herald_source_polls_total", "outcome" => "failed").increment(1);
-                report.outcome = "failed".into();
-                report.error = Some(SourceError { code: f.code, message: f.message });
-                report.next_run_at = Some(next);
+            }
+            if !failed.is_empty() {
+                // Per row: $a id, then next, failures, message, code.
+                let arm = |col: &str, k: usize| -> String {
+                    let whens: String =
+                        (0..failed.len()).map(|i| format!(" WHEN ${} THEN ${}", 2 + i * 5, 2 + i * 5 + k)).collect();
+                    format!("{col} = CASE id{whens} END")
+                };
+                let ids: Vec<String> = (0..failed.len()).map(|i| format!("${}", 2 + i * 5)).collect();
+                let sql = format!(
+                    "UPDATE sources SET lease_until = NULL, last_run_at = $1, {}, {}, {}, {} WHERE id IN ({})",
+                    arm("next_run_at", 1),
+                    arm("failures", 2),
+                    arm("last_error", 3),
+                    arm("last_error_code", 4),
+                    ids.join(", ")
+                );
+                on_tx!(tx, c => {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(failed[0].at);
+                    for d in &failed {
+                        let DoneKind::Failed { failures, code, message } = &d.kind else { unreachable!("partitioned") };
+                        q = q.bind(d.id).bind(Ts(d.next)).bind(*failures).bind(message.clone()).bind(code.clone());
+                    }
+                    q.execute(&mut *c).await.map(|_| ())
+                })
+                .map_err(store)?;
             }
         }
-        Ok(report)
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Fires a due schedule (or skips what was missed), and sets its next time.
@@ -308,10 +365,10 @@ impl Sources {
         Ok(report)
     }
 
-    /// Runs one claimed source.
-    async fn run_claimed(&self, row: &SourceRow) -> Result<PollReport, Error> {
+    /// Runs one claimed source; what is left to write about it comes back.
+    async fn run_claimed(&self, row: &SourceRow) -> Result<(PollReport, Option<Done>), Error> {
         match row.kind() {
-            Kind::Schedule => self.fire_row(row).await,
+            Kind::Schedule => self.fire_row(row).await.map(|r| (r, None)),
             _ => self.poll_row(row).await,
         }
     }
@@ -327,22 +384,33 @@ impl Sources {
                 "only feed and youtube_channel sources poll; a schedule fires on its own time",
             ));
         }
-        let claimed = self.claim(Some(id), 1).await?;
+        let claimed = self.claim(Some(id), 1, Duration::ZERO).await?;
         let Some(row) = claimed.into_iter().next() else {
             return Err(Error::new(
                 ErrorCode::Conflict,
                 "this source is being polled right now; try again in a moment",
             ));
         };
-        self.run_claimed(&row).await
+        let (report, done) = self.run_claimed(&row).await?;
+        if let Some(done) = done {
+            self.write_done(&[done]).await?;
+        }
+        Ok(report)
     }
 
-    /// Claims up to `limit` due sources (or the one `only`, due or not) under a lease.
-    pub(crate) async fn claim(&self, only: Option<Uuid>, limit: usize) -> Result<Vec<SourceRow>, Error> {
+    /// Claims up to `limit` sources due within `ahead` (or the one `only`, due or not) under a
+    /// lease.
+    pub(crate) async fn claim(
+        &self,
+        only: Option<Uuid>,
+        limit: usize,
+        ahead: Duration,
+    ) -> Result<Vec<SourceRow>, Error> {
         let now = Ts::now();
+        let horizon = Ts(now.0 + TimeDelta::from_std(ahead).unwrap_or_default());
         let lease = Ts(now.0 + TimeDelta::from_std(self.config.poll_lease).unwrap_or(TimeDelta::seconds(120)));
         let kinds = "kind IN ('feed', 'youtube_channel', 'schedule')";
-        let which = if only.is_some() { "id = $4" } else { "next_run_at <= $1" };
+        let which = if only.is_some() { "id = $4" } else { "next_run_at <= $7" };
         let skip = if self.db.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE sources SET lease_until = $2 WHERE id IN (SELECT id FROM sources WHERE {which} AND active = $5 AND deleted = $6 \
@@ -351,7 +419,7 @@ impl Sources {
         let mut tx = self.db.begin().await?;
         let rows: Vec<SourceRow> =
             on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(now).bind(lease).bind(limit as i64)
-            .bind(only.unwrap_or_default()).bind(true).bind(false).fetch_all(&mut *c).await)
+            .bind(only.unwrap_or_default()).bind(true).bind(false).bind(horizon).fetch_all(&mut *c).await)
             .map_err(store)?;
         tx.commit().await?;
         Ok(rows)
@@ -369,6 +437,33 @@ impl Sources {
         Ok(row.0.map(|t| t.0))
     }
 }
+
+/// What a finished poll leaves to write about its source.
+pub(crate) struct Done {
+    id: Uuid,
+    next: DateTime<Utc>,
+    at: Ts,
+    kind: DoneKind,
+}
+
+pub(crate) enum DoneKind {
+    /// A 304 or an unchanged body; `validators` (ETag, Last-Modified) replace the stored ones
+    /// when the answer was a 200.
+    Fresh {
+        validators: Option<(Option<String>, Option<String>)>,
+    },
+    Failed {
+        failures: i64,
+        code: String,
+        message: String,
+    },
+}
+
+/// Claims reach this far ahead, so one claim serves the sources of the next half second (each
+/// poll still starts at its own time) instead of one claim per poll.
+const CLAIM_AHEAD: Duration = Duration::from_millis(500);
+/// Finished polls are written together once this much has gathered (or at most this late).
+const WRITE_EVERY: Duration = Duration::from_millis(200);
 
 /// Parses a feed; a large one on the blocking pool, since sanitising a few megabytes of HTML can
 /// take a while and would hold up every other task on this runtime thread.
@@ -407,6 +502,8 @@ impl Poller {
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let wake = self.sources.db.wakeups().channel(WAKE);
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+        let writer = tokio::spawn(write_batches(self.sources.clone(), done_rx));
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -420,24 +517,31 @@ impl Poller {
                 }
                 continue;
             }
-            let claimed = self.sources.claim(None, free).await;
+            let claimed = self.sources.claim(None, free, CLAIM_AHEAD).await;
             let n = match claimed {
                 Ok(rows) => {
                     let n = rows.len();
                     for row in rows {
                         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                        let sources = self.sources.clone();
-                        let observe = self.observe.clone();
+                        let (sources, observe, done_tx) = (self.sources.clone(), self.observe.clone(), done_tx.clone());
                         tokio::spawn(async move {
-                            let late =
-                                (Utc::now() - row.next_run_at.map_or(Utc::now(), |t| t.0)).num_milliseconds().max(0);
+                            // Claimed a little early: start at the source's own time.
+                            let due = row.next_run_at.map_or(Utc::now(), |t| t.0);
+                            if let Ok(wait) = (due - Utc::now()).to_std() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            let late = (Utc::now() - due).num_milliseconds().max(0);
                             metrics::histogram!("herald_source_poll_lateness_seconds").record(late as f64 / 1000.0);
                             if let Some(f) = observe {
                                 f(Duration::from_millis(late as u64));
                             }
-                            if let Err(e) = sources.run_claimed(&row).await {
+                            match sources.run_claimed(&row).await {
+                                Ok((_, Some(done))) => {
+                                    let _ = done_tx.send(done);
+                                }
+                                Ok((_, None)) => {}
                                 // The lease lapses and the source is retried; say why.
-                                tracing::warn!(source = %row.id, "a source run failed: {e}");
+                                Err(e) => tracing::warn!(source = %row.id, "a source run failed: {e}"),
                             }
                             drop(permit);
                         });
@@ -452,10 +556,10 @@ impl Poller {
             if n > 0 && n == free {
                 continue;
             }
-            // Sleep until the next due source, a change, or a second (whichever is first), so a
-            // source due "now" is picked up within the second without busy polling.
+            // Sleep until the next source comes within the claim horizon, a change, or a second
+            // (whichever is first), so nothing waits long and nothing busy-polls.
             let until_due = match self.sources.next_due().await {
-                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).saturating_sub(CLAIM_AHEAD),
                 _ => Duration::from_secs(1),
             };
             let nap = until_due.clamp(Duration::from_millis(20), Duration::from_secs(1));
@@ -464,6 +568,28 @@ impl Poller {
                 _ = tokio::time::sleep(nap) => {}
                 _ = wake.notified() => {}
             }
+        }
+        // Polls still running hold the sender; wait a little for their outcomes, or let their
+        // leases lapse (they are polled again, which is harmless).
+        drop(done_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+}
+
+/// Writes finished polls in batches: whatever arrived within [`WRITE_EVERY`] of the first.
+async fn write_batches(sources: Sources, mut rx: tokio::sync::mpsc::UnboundedReceiver<Done>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + WRITE_EVERY;
+        while batch.len() < 500 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(d)) => batch.push(d),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(e) = sources.write_done(&batch).await {
+            // Their leases lapse and they are polled again.
+            tracing::warn!(n = batch.len(), "writing poll outcomes failed: {e}");
         }
     }
 }
