@@ -459,9 +459,10 @@ pub(crate) enum DoneKind {
     },
 }
 
-/// Claims reach this far ahead, so one claim serves the sources of the next half second (each
-/// poll still starts at its own time) instead of one claim per poll.
-const CLAIM_AHEAD: Duration = Duration::from_millis(500);
+/// Claims reach this far ahead, and the claimed polls start together: one claim and one burst
+/// of work a second instead of a claim and a wake-up per poll. A poll is never late for it, at
+/// most this early.
+const CLAIM_AHEAD: Duration = Duration::from_secs(1);
 /// Finished polls are written together once this much has gathered (or at most this late).
 const WRITE_EVERY: Duration = Duration::from_millis(200);
 
@@ -525,11 +526,9 @@ impl Poller {
                         let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
                         let (sources, observe, done_tx) = (self.sources.clone(), self.observe.clone(), done_tx.clone());
                         tokio::spawn(async move {
-                            // Claimed a little early: start at the source's own time.
+                            // Claimed up to CLAIM_AHEAD early, and started at once: a burst of
+                            // polls a second costs far fewer wake-ups than one timer per poll.
                             let due = row.next_run_at.map_or(Utc::now(), |t| t.0);
-                            if let Ok(wait) = (due - Utc::now()).to_std() {
-                                tokio::time::sleep(wait).await;
-                            }
                             let late = (Utc::now() - due).num_milliseconds().max(0);
                             metrics::histogram!("herald_source_poll_lateness_seconds").record(late as f64 / 1000.0);
                             if let Some(f) = observe {
