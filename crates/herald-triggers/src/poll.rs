@@ -555,13 +555,14 @@ impl Poller {
             if n > 0 && n == free {
                 continue;
             }
-            // Sleep until the next source comes within the claim horizon, a change, or a second
-            // (whichever is first), so nothing waits long and nothing busy-polls.
+            // Everything due within the horizon is claimed (or every slot is busy), so sleeping
+            // half the horizon still claims each source before its time: at most two claims a
+            // second, however many sources. Longer when nothing is near; a change wakes it.
             let until_due = match self.sources.next_due().await {
                 Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).saturating_sub(CLAIM_AHEAD),
                 _ => Duration::from_secs(1),
             };
-            let nap = until_due.clamp(Duration::from_millis(20), Duration::from_secs(1));
+            let nap = until_due.clamp(CLAIM_AHEAD / 2, Duration::from_secs(1));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(nap) => {}

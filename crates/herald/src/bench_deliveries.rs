@@ -53,7 +53,7 @@ async fn start_receiver() -> anyhow::Result<(String, Arc<Seen>)> {
 }
 
 /// User and system CPU time of this process so far.
-fn cpu() -> Duration {
+pub(crate) fn cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces), from field 3 on.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

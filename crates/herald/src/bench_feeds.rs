@@ -281,11 +281,7 @@ struct Cpu {
 
 impl Cpu {
     fn now() -> Cpu {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the command name (which may hold spaces), from field 3 on.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        let ticks = crate::bench_deliveries::cpu();
         let exact: u64 = std::fs::read_dir("/proc/self/task")
             .into_iter()
             .flatten()
@@ -293,7 +289,7 @@ impl Cpu {
             .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
             .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
             .sum();
-        Cpu { ticks: Duration::from_millis(ticks * 10), exact: Duration::from_nanos(exact) } // USER_HZ is 100
+        Cpu { ticks, exact: Duration::from_nanos(exact) }
     }
 
     /// The CPU used since `earlier`: by ticks once they are precise to 1 %, by nanoseconds before.
