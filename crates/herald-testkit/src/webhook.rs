@@ -257,17 +257,22 @@ fn answer_with(status: u16, body: Value) -> Response {
 
 /// HMAC-SHA256 (RFC 2104).
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    hmac(sha256, key, message)
+}
+
+/// HMAC (RFC 2104) over a hash with a 64-byte block, such as SHA-1 and SHA-256.
+pub(crate) fn hmac<const N: usize>(hash: fn(&[u8]) -> [u8; N], key: &[u8], message: &[u8]) -> [u8; N] {
     let mut k = [0u8; 64];
     if key.len() > 64 {
-        k[..32].copy_from_slice(&sha256(key));
+        k[..N].copy_from_slice(&hash(key));
     } else {
         k[..key.len()].copy_from_slice(key);
     }
     let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     inner.extend_from_slice(message);
     let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    outer.extend_from_slice(&sha256(&inner));
-    sha256(&outer)
+    outer.extend_from_slice(&hash(&inner));
+    hash(&outer)
 }
 
 const K: [u32; 64] = [

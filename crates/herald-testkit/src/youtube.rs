@@ -924,17 +924,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// HMAC-SHA1 (RFC 2104).
 pub fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..20].copy_from_slice(&sha1(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    inner.extend_from_slice(message);
-    let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    outer.extend_from_slice(&sha1(&inner));
-    sha1(&outer)
+    crate::webhook::hmac(sha1, key, message)
 }
 
 /// SHA-1 (FIPS 180-4).
