@@ -529,6 +529,12 @@ impl Poller {
                             // Claimed up to CLAIM_AHEAD early, and started at once: a burst of
                             // polls a second costs far fewer wake-ups than one timer per poll.
                             let due = row.next_run_at.map_or(Utc::now(), |t| t.0);
+                            // A schedule fires on its time, never early.
+                            if row.kind() == Kind::Schedule
+                                && let Ok(wait) = (due - Utc::now()).to_std()
+                            {
+                                tokio::time::sleep(wait).await;
+                            }
                             let late = (Utc::now() - due).num_milliseconds().max(0);
                             metrics::histogram!("herald_source_poll_lateness_seconds").record(late as f64 / 1000.0);
                             if let Some(f) = observe {

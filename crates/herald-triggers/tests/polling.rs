@@ -364,3 +364,36 @@ async fn schedules_fire_through_the_poller_and_missed_times_follow_the_policy() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_schedule_fires_each_time_once_and_never_early() {
+    each_backend(|db| async move {
+        let w = world(db, 64 << 10).await;
+        let config: Settings =
+            serde_json::from_value(serde_json::json!({"cron": "* * * * * *", "timezone": "UTC"})).unwrap();
+        let id = w
+            .sources
+            .create(&w.owner, NewSource { kind: Kind::Schedule, name: "every second".into(), config, active: true })
+            .await
+            .unwrap()
+            .id;
+        let stop = CancellationToken::new();
+        let pollers: Vec<_> =
+            (0..2).map(|_| tokio::spawn(Poller::new(w.sources.clone(), 4).run(stop.clone()))).collect();
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        stop.cancel();
+        for p in pollers {
+            p.await.unwrap();
+        }
+        let page = w.sources.events(&w.owner, Default::default()).await.unwrap();
+        assert!(page.events.len() >= 2, "{:?}", page.events);
+        let mut times = HashSet::new();
+        for e in &page.events {
+            assert_eq!(e.source_id, id);
+            let at: chrono::DateTime<Utc> = serde_json::from_value(e.data["scheduled_for"].clone()).unwrap();
+            assert!(e.received_at >= at, "fired early: {at} at {}", e.received_at);
+            assert!(times.insert(at), "{at} fired twice");
+        }
+    })
+    .await;
+}
