@@ -27,10 +27,6 @@ async fn read_capped(headers: &HeaderMap, body: Body, limit: usize) -> Result<By
     axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
 }
 
-fn id_or_404(raw: &str) -> Result<Uuid, Response> {
-    raw.parse().map_err(|_| StatusCode::NOT_FOUND.into_response())
-}
-
 /// The hub's verification of intent: the challenge, as plain text, only for a subscription we
 /// asked for; 404 otherwise.
 pub async fn websub_verify(
@@ -38,10 +34,7 @@ pub async fn websub_verify(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let id = match id_or_404(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let Ok(id) = id.parse::<Uuid>() else { return StatusCode::NOT_FOUND.into_response() };
     let get = |k: &str| q.get(k).map(String::as_str);
     match state
         .sources
@@ -70,10 +63,7 @@ pub async fn websub_notify(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let id = match id_or_404(&id) {
-        Ok(id) => id,
-        Err(_) => return StatusCode::GONE.into_response(),
-    };
+    let Ok(id) = id.parse::<Uuid>() else { return StatusCode::GONE.into_response() };
     let body = match read_capped(&headers, body, herald_triggers::MAX_HOOK_BYTES).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
