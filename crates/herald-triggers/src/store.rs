@@ -9,7 +9,7 @@ use herald_accounts::{Principal, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
 use herald_queue::NewJob;
-use herald_store::{Db, StoreError, Ts, Tx, exec, on_read, on_tx};
+use herald_store::{Db, StoreError, Ts, Tx, exec, on_read};
 use herald_vault::Vault;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -608,12 +608,6 @@ impl Sources {
         let next_cursor = if more { rows.last().map(|r| r.id) } else { None };
         Ok(EventPage { events: rows.into_iter().map(EventRow::view).collect(), next_cursor })
     }
-
-    /// The CLI's view of a team's sources, without a principal (the operator runs it locally).
-    pub async fn team_sources(&self, team: Uuid) -> Result<Vec<SourceView>, Error> {
-        let p = Principal::acting(None, team, herald_core::TeamRole::Owner, "cli");
-        self.list(&p).await
-    }
 }
 
 fn check_name(name: &str) -> Result<String, Error> {
@@ -674,11 +668,4 @@ pub(crate) async fn bump_count(tx: &mut Tx, source: Uuid, n: i64) -> Result<(), 
         exec!(tx, "UPDATE sources SET event_count = event_count + $2 WHERE id = $1", source, n).map_err(store)?;
     }
     Ok(())
-}
-
-/// Reads one column list on a transaction (small helper for the modules that write per backend).
-pub(crate) async fn source_in_tx(tx: &mut Tx, id: Uuid) -> Result<Option<SourceRow>, Error> {
-    let sql = format!("SELECT {SOURCE_COLS} FROM sources WHERE id = $1");
-    on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *c).await)
-        .map_err(store)
 }

@@ -11,7 +11,7 @@
 
 use crate::apply::{Mode, apply};
 use crate::feed;
-use crate::store::{SOURCE_COLS, SourceRow, Sources, insert_event, source_in_tx, store};
+use crate::store::{SOURCE_COLS, SourceRow, Sources, insert_event, store};
 use chrono::{TimeDelta, Utc};
 use herald_accounts::audit::{self, Actor, Event};
 use herald_core::Error;
@@ -314,9 +314,8 @@ impl Handler for WebSubHandler {
         let id: Uuid = serde_json::from_value(job.payload["source"].clone()).map_err(JobError::permanent)?;
         let mode = job.payload["mode"].as_str().unwrap_or("subscribe");
         let s = &self.sources;
-        let mut tx = s.db.begin().await.map_err(JobError::retry)?;
-        let row = source_in_tx(&mut tx, id).await.map_err(|e| JobError::retry(e.message))?;
-        drop(tx);
+        // Deleted rows too: unsubscribing and forgetting act on them.
+        let row = s.any_row(id).await.map_err(|e| JobError::retry(e.message))?.map(|(row, _)| row);
         let Some(row) = row else { return Ok(()) };
         let topic = job.payload["topic"].as_str().map(str::to_string).or(row.websub_topic.clone());
         let Some(topic) = topic else { return Ok(()) };
