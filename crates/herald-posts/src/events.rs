@@ -30,19 +30,29 @@ pub const EVENT_TYPES: &[&str] = &[
     "delivery.failed",
     "delivery.unconfirmed",
     "connection.needs_reauth",
+    "run.failed",
+    "approval.requested",
 ];
 
 /// The events a person must act on.
-const NEEDS_A_PERSON: &[&str] =
-    &["post.failed", "post.repeat_stopped", "delivery.failed", "delivery.unconfirmed", "connection.needs_reauth"];
+const NEEDS_A_PERSON: &[&str] = &[
+    "post.failed",
+    "post.repeat_stopped",
+    "delivery.failed",
+    "delivery.unconfirmed",
+    "connection.needs_reauth",
+    "run.failed",
+    "approval.requested",
+];
 
 fn vault_binding(team: Uuid, id: Uuid) -> String {
     herald_vault::binding("event_endpoints", "secret", Some(&team), &id)
 }
 
 /// Records `kind` about `(subject_type, subject)`: a notification when a person must act, and one
-/// webhook job per endpoint that wants it, all in the caller's transaction.
-pub(crate) async fn emit(
+/// webhook job per endpoint that wants it, all in the caller's transaction. Workflows emit
+/// `run.failed` and `approval.requested` through it too.
+pub async fn emit(
     tx: &mut Tx,
     team: Uuid,
     kind: &str,

@@ -140,6 +140,16 @@ pub(crate) async fn next_free(tx: &mut Tx, connection: Uuid, tz: Tz) -> Result<O
 }
 
 impl Posts {
+    /// When `connection`'s next free posting slot comes, without taking it: a workflow's delay
+    /// step waits for it.
+    pub async fn next_free_slot(&self, team: Uuid, connection: Uuid) -> Result<Option<DateTime<Utc>>, Error> {
+        let tz = self.team_timezone(team, None).await?;
+        let mut tx = self.db.begin().await.map_err(Error::from)?;
+        let at = next_free(&mut tx, connection, tz).await;
+        tx.rollback().await.map_err(Error::from)?;
+        at
+    }
+
     /// A connection's posting slots, by day and time.
     pub async fn slots(&self, p: &Principal, connection: Uuid) -> Result<Vec<Slot>, Error> {
         let (team, _) = authorize(p, Action::Read)?;

@@ -477,7 +477,8 @@ impl Posts {
         self
     }
 
-    async fn team_timezone(&self, team: Uuid, given: Option<&str>) -> Result<herald_core::time::Tz, Error> {
+    /// `given`, or the team's own timezone.
+    pub async fn team_timezone(&self, team: Uuid, given: Option<&str>) -> Result<herald_core::time::Tz, Error> {
         let name = match given {
             Some(z) => z.to_string(),
             None => on_read!(self.db, c => sqlx::query_scalar::<_, String>("SELECT timezone FROM teams WHERE id = $1")
@@ -730,6 +731,19 @@ impl Posts {
     ) -> Result<Uuid, Error> {
         let job = delivery_job(delivery, round, at, bucket);
         Ok(herald_queue::enqueue(tx, job).await.map_err(Error::from)?.id().0)
+    }
+
+    /// The post made with this idempotency key, whatever its request: a workflow's publish step
+    /// finds the post it made before a crash with it.
+    pub async fn by_idempotency_key(&self, team: Uuid, key: &str) -> Result<Option<PostView>, Error> {
+        let found: Option<(Uuid,)> = on_read!(self.db, c => sqlx::query_as(
+            "SELECT id FROM posts WHERE team_id = $1 AND idempotency_key = $2")
+            .bind(team).bind(key).fetch_optional(c).await)
+        .map_err(store)?;
+        match found {
+            Some((id,)) => Ok(Some(self.get(team, id).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn by_key(&self, team: Uuid, key: &str, hash: &str) -> Result<Option<PostView>, Error> {

@@ -108,3 +108,33 @@ pub async fn inbound(
         Received::Duplicate => (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response(),
     })
 }
+
+/// A decision through an approval's one-time link.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkDecision {
+    /// `approve` or `reject`.
+    pub decision: String,
+    #[serde(flatten)]
+    pub rest: herald_workflows::Decision,
+}
+
+/// What an approval link shows: the proposal, who may decide, and until when. Reading it decides
+/// nothing (link scanners open links).
+pub async fn approval_show(State(state): State<AppState>, Path(token): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.workflows.approval_by_token(&token).await?).into_response())
+}
+
+/// Decides through the link: the token is the credential, and works once.
+pub async fn approval_decide(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    crate::body::Body(d): crate::body::Body<LinkDecision>,
+) -> Result<Response, ApiError> {
+    let approve = match d.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(ApiError::new(ErrorCode::ValidationFailed, "decision is `approve` or `reject`")),
+    };
+    Ok(Json(state.workflows.decide_by_token(&token, approve, d.rest).await?).into_response())
+}

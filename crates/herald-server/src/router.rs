@@ -54,6 +54,8 @@ pub struct AppState {
     pub posts: herald_posts::Posts,
     /// Sources and their events; also serves the public `/hooks/…` routes.
     pub sources: herald_triggers::Sources,
+    /// Workflows, runs and approvals; also serves the public approval links (`/approve/…`).
+    pub workflows: herald_workflows::Workflows,
     /// HERALD_MEDIA_MAX_BYTES: the largest upload.
     pub media_max_bytes: u64,
     /// Checks the signed media URLs of `GET /api/v1/media/{id}/file`; the same key (derived from
@@ -85,7 +87,8 @@ pub fn router(state: AppState) -> Router {
             .route("/reset-password", get(reset_page))
             .route("/invite", get(invite_page))
             .route("/hooks/websub/{id}", get(crate::hooks::websub_verify).post(crate::hooks::websub_notify))
-            .route("/hooks/in/{id}", axum::routing::post(crate::hooks::inbound));
+            .route("/hooks/in/{id}", axum::routing::post(crate::hooks::inbound))
+            .route("/approve/{token}", get(crate::hooks::approval_show).post(crate::hooks::approval_decide));
     }
     app.fallback(not_found).layer(axum::middleware::from_fn(crate::metrics::track_http)).with_state(state)
 }

@@ -110,6 +110,13 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
             Some(Action::WriteContent)
         }
         ("DELETE", "/sources/{source_id}") => Some(Action::DeleteContent),
+        ("GET", "/workflows" | "/workflows/{workflow_id}" | "/workflows/{workflow_id}/versions")
+        | ("GET", "/runs" | "/runs/{run_id}" | "/approvals" | "/approvals/{approval_id}") => Some(Action::Read),
+        ("POST", "/workflows") | ("PUT" | "PATCH", "/workflows/{workflow_id}") => Some(Action::WriteContent),
+        ("DELETE", "/workflows/{workflow_id}") => Some(Action::DeleteContent),
+        // A dry run needs only `write_content` (tested in workflows.rs).
+        ("POST", "/workflows/{workflow_id}/run" | "/runs/{run_id}/cancel" | "/runs/{run_id}/rerun")
+        | ("POST", "/approvals/{approval_id}/approve" | "/approvals/{approval_id}/reject") => Some(Action::Publish),
         _ => return None,
     };
     Some(a)
@@ -118,6 +125,33 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
 /// A feed source whose polls fail quickly (nothing listens there), so `poll` answers a report.
 fn feed_source() -> Value {
     json!({"kind": "feed", "name": "f", "config": {"url": "http://127.0.0.1:9/feed.xml"}})
+}
+
+/// A workflow that waits for an editor's approval, with a name of its own.
+fn workflow_body() -> Value {
+    json!({"name": format!("w-{}", Uuid::now_v7().simple()), "steps": [
+        {"type": "template", "template": "hi {{ payload.n }}"},
+        {"type": "approval", "role": "editor", "timeout": "1h"},
+        {"type": "publish", "targets": [{"platform": "webhook"}]}
+    ]})
+}
+
+/// A run of a new workflow, waiting at its approval: (workflow, run, approval).
+async fn waiting_run(app: &App, owner: &Caller) -> (String, String, String) {
+    let (s, wf) = app.post(owner, "/workflows", workflow_body()).await;
+    assert_eq!(s, 201, "{wf}");
+    let wf = wf["id"].as_str().unwrap().to_string();
+    let (s, run) = app.post(owner, &format!("/workflows/{wf}/run"), json!({"payload": {"payload": {"n": 1}}})).await;
+    assert_eq!(s, 202, "{run}");
+    let run: Uuid = run["id"].as_str().unwrap().parse().unwrap();
+    // No job runner here: advance it as a worker would.
+    app.workflows.advance(run).await.unwrap();
+    let (_, approvals) = app.get(owner, "/approvals?status=pending").await;
+    let approval = approvals.as_array().unwrap().iter().find(|a| a["run_id"] == json!(run)).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (wf, run.to_string(), approval)
 }
 
 /// A valid body for each operation that takes one, so a 404 or 403 is about access, not input.
@@ -145,6 +179,11 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("PATCH", "/sources/{source_id}") => Some(json!({"name": "renamed"})),
         ("POST", "/sources/{source_id}/events") => Some(json!({"data": {"n": 1}})),
         ("POST", "/sources/{source_id}/poll") => None,
+        ("POST", "/workflows") | ("PUT", "/workflows/{workflow_id}") => Some(workflow_body()),
+        ("PATCH", "/workflows/{workflow_id}") => Some(json!({"active": false})),
+        ("POST", "/workflows/{workflow_id}/run") => Some(json!({"payload": {}, "dry_run": false})),
+        ("POST", "/runs/{run_id}/cancel" | "/runs/{run_id}/rerun") => None,
+        ("POST", "/approvals/{approval_id}/approve" | "/approvals/{approval_id}/reject") => Some(json!({"comment": "ok"})),
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }
@@ -195,7 +234,11 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         let (s, event) = app.post(&b, &format!("/sources/{b_source}/events"), json!({"data": {}})).await;
         assert_eq!(s, 201, "{event}");
         let b_event = event["id"].as_str().unwrap().to_string();
+        let (b_workflow, b_run, b_approval) = waiting_run(&app, &b).await;
         let ids: BTreeMap<&str, String> = [
+            ("workflow_id", b_workflow.clone()),
+            ("run_id", b_run.clone()),
+            ("approval_id", b_approval.clone()),
             ("team_id", team_b.to_string()),
             ("post_id", b_post.clone()),
             ("delivery_id", b_delivery.clone()),
@@ -247,6 +290,10 @@ async fn bola_team_a_gets_404_for_every_id_of_team_b() {
         assert_eq!(conn["name"], "hook");
         let (_, post) = app.get(&b, &format!("/posts/{b_post}")).await;
         assert_eq!((post["state"].as_str(), post["content"]["text"].as_str()), (Some("scheduled"), Some("hello")));
+        let (_, run) = app.get(&b, &format!("/runs/{b_run}")).await;
+        assert_eq!(run["status"], "waiting", "{run}");
+        let (_, approval) = app.get(&b, &format!("/approvals/{b_approval}")).await;
+        assert_eq!(approval["status"], "pending");
     })
     .await;
 }
@@ -321,6 +368,15 @@ async fn role_matrix_every_role_against_every_guarded_route() {
                         let (s, src) = app.post(&owner, "/sources", feed_source()).await;
                         assert_eq!(s, 201, "{src}");
                         src["id"].as_str().unwrap().to_string()
+                    }
+                    "/workflows/{workflow_id}" | "/workflows/{workflow_id}/versions" | "/workflows/{workflow_id}/run" => {
+                        let (s, wf) = app.post(&owner, "/workflows", workflow_body()).await;
+                        assert_eq!(s, 201, "{wf}");
+                        wf["id"].as_str().unwrap().to_string()
+                    }
+                    "/runs/{run_id}" | "/runs/{run_id}/cancel" | "/runs/{run_id}/rerun" => waiting_run(&app, &owner).await.1,
+                    "/approvals/{approval_id}" | "/approvals/{approval_id}/approve" | "/approvals/{approval_id}/reject" => {
+                        waiting_run(&app, &owner).await.2
                     }
                     "/events/{event_id}" => {
                         let (_, src) = app.post(&owner, "/sources", json!({"kind": "manual", "name": "m"})).await;

@@ -100,6 +100,22 @@ pub struct Settings {
     /// Feed polls running at once per worker node [default: 64].
     #[arg(long, env = "HERALD_POLL_CONCURRENCY", global = true)]
     pub poll_concurrency: Option<usize>,
+    /// The OpenAI-compatible endpoint for ai_rewrite steps, e.g. http://127.0.0.1:11434/v1 (Ollama)
+    /// or https://api.openai.com/v1 [default: none; teams may set their own].
+    #[arg(long, env = "HERALD_AI_BASE_URL", global = true)]
+    pub ai_base_url: Option<String>,
+    /// The model ai_rewrite steps use unless a team sets its own [default: gpt-4o-mini].
+    #[arg(long, env = "HERALD_AI_MODEL", global = true)]
+    pub ai_model: Option<String>,
+    /// The key for HERALD_AI_BASE_URL (sent as a Bearer token; never logged).
+    #[arg(long, env = "HERALD_AI_API_KEY", global = true, hide_env_values = true)]
+    pub ai_api_key: Option<String>,
+    /// Each team's daily AI budget in calls [default: 500].
+    #[arg(long, env = "HERALD_AI_DAILY_CALLS", global = true)]
+    pub ai_daily_calls: Option<i64>,
+    /// Each team's daily AI budget in tokens [default: 1000000].
+    #[arg(long, env = "HERALD_AI_DAILY_TOKENS", global = true)]
+    pub ai_daily_tokens: Option<i64>,
     /// Comma-separated ports, besides 80 and 443, that user-chosen hosts may use [default: none].
     #[arg(long, env = "HERALD_ALLOW_PORTS", global = true)]
     pub allow_ports: Option<String>,

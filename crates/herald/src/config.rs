@@ -51,6 +51,11 @@ struct FileConfig {
     youtube_base: Option<String>,
     feed_max_bytes: Option<String>,
     poll_concurrency: Option<usize>,
+    ai_base_url: Option<String>,
+    ai_model: Option<String>,
+    ai_api_key: Option<String>,
+    ai_daily_calls: Option<i64>,
+    ai_daily_tokens: Option<i64>,
     /// `platform id -> API base`, like HERALD_<PLATFORM>_API_BASE.
     api_bases: Option<BTreeMap<String, String>>,
     log: Option<String>,
@@ -113,6 +118,13 @@ pub struct Config {
     pub feed_max_bytes: usize,
     /// Feed polls running at once on a worker node.
     pub poll_concurrency: usize,
+    /// The operator's OpenAI-compatible endpoint for ai_rewrite steps.
+    pub ai_base_url: Option<String>,
+    pub ai_model: String,
+    pub ai_api_key: Option<String>,
+    /// Each team's default daily AI budget: calls and tokens.
+    pub ai_daily_calls: i64,
+    pub ai_daily_tokens: i64,
     /// Operator overrides of platform API bases (trusted configuration, not SSRF-guarded).
     pub api_bases: BTreeMap<String, String>,
     pub log: String,
@@ -331,6 +343,17 @@ impl Config {
         if poll_concurrency == 0 {
             return Err(bad("poll_concurrency: must be at least 1"));
         }
+        let ai_base_url = match m.pick("ai_base_url", flags.ai_base_url.clone(), f.ai_base_url) {
+            Some(raw) if !raw.trim().is_empty() => Some(operator_url("ai_base_url", raw)?),
+            _ => None,
+        };
+        let ai_model = m.pick("ai_model", flags.ai_model.clone(), f.ai_model).unwrap_or_else(|| "gpt-4o-mini".into());
+        let ai_api_key = m.pick("ai_api_key", flags.ai_api_key.clone(), f.ai_api_key).filter(|k| !k.trim().is_empty());
+        let ai_daily_calls = m.pick("ai_daily_calls", flags.ai_daily_calls, f.ai_daily_calls).unwrap_or(500);
+        let ai_daily_tokens = m.pick("ai_daily_tokens", flags.ai_daily_tokens, f.ai_daily_tokens).unwrap_or(1_000_000);
+        if ai_daily_calls < 0 || ai_daily_tokens < 0 {
+            return Err(bad("ai_daily_calls and ai_daily_tokens: must be 0 or more (0 turns AI off)"));
+        }
         if let Some(u) = &media_url
             && !u.starts_with("s3://")
         {
@@ -397,6 +420,11 @@ impl Config {
             youtube_base,
             feed_max_bytes,
             poll_concurrency,
+            ai_base_url,
+            ai_model,
+            ai_api_key,
+            ai_daily_calls,
+            ai_daily_tokens,
             api_bases,
             log,
             log_format,
@@ -450,6 +478,11 @@ impl Config {
         line("youtube_base", q(&self.youtube_base));
         line("feed_max_bytes", self.feed_max_bytes.to_string());
         line("poll_concurrency", self.poll_concurrency.to_string());
+        line("ai_base_url", q(self.ai_base_url.as_deref().unwrap_or("")));
+        line("ai_model", q(&self.ai_model));
+        line("ai_api_key", if self.ai_api_key.is_some() { q("***") } else { q("") });
+        line("ai_daily_calls", self.ai_daily_calls.to_string());
+        line("ai_daily_tokens", self.ai_daily_tokens.to_string());
 
         line("log", q(&self.log));
         line("log_format", q(if self.log_format == LogFormat::Json { "json" } else { "text" }));

@@ -100,6 +100,27 @@ pub fn sources_for(config: &Config, db: Db, vault: Vault) -> Result<herald_trigg
     Ok(herald_triggers::Sources::new(db, vault, net.safe, net.trusted, trigger_config))
 }
 
+/// Workflows: http steps and teams' own AI endpoints through the SSRF-guarded client; the
+/// operator's AI endpoint through the trusted one.
+pub fn workflows_for(
+    config: &Config,
+    db: Db,
+    vault: Vault,
+    posts: herald_posts::Posts,
+    connections: herald_connections::Connections,
+) -> Result<herald_workflows::Workflows, ConfigError> {
+    let net = net_for(config)?;
+    let wf_config = herald_workflows::WorkflowConfig {
+        public_url: config.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
+        ai_base_url: config.ai_base_url.clone(),
+        ai_model: config.ai_model.clone(),
+        ai_api_key: config.ai_api_key.clone(),
+        ai_daily_calls: config.ai_daily_calls,
+        ai_daily_tokens: config.ai_daily_tokens,
+    };
+    Ok(herald_workflows::Workflows::new(db, posts, connections, net.safe, net.trusted, vault, wf_config))
+}
+
 /// `herald config check`: what can be checked without starting.
 pub async fn check(config: &Config) -> Result<(), Exit> {
     ensure_writable_dir(&config.data_dir, "the data dir")?;
@@ -160,12 +181,14 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
     // without it nothing is enqueued.
     herald_posts::notify_mail::enable(config.smtp.as_ref().map(|_| herald_posts::Pacing::default()));
     let sources = sources_for(&config, db.clone(), vault.clone())?;
+    let workflows = workflows_for(&config, db.clone(), vault.clone(), posts.clone(), connections.clone())?;
     let state = AppState {
         db: db.clone(),
         accounts: accounts.clone(),
         connections,
         posts: posts.clone(),
         sources: sources.clone(),
+        workflows: workflows.clone(),
         media_max_bytes: config.media_max_bytes,
         media_signer,
         public_url: accounts.config().public_url.clone(),
@@ -265,10 +288,13 @@ pub async fn serve(config: Config) -> Result<(), Exit> {
             ..RunnerConfig::default()
         };
         let mut registry = crate::jobs::registry(http, accounts.clone(), config.smtp.clone(), posts.clone());
-        registry.register(herald_triggers::WEBSUB_JOB, herald_triggers::WebSubHandler::new(sources.clone())).register(
-            herald_triggers::EVENT_JOB,
-            herald_triggers::EventDispatcher::new(sources.clone(), std::sync::Arc::new(herald_triggers::LogSink)),
-        );
+        registry
+            .register(herald_triggers::WEBSUB_JOB, herald_triggers::WebSubHandler::new(sources.clone()))
+            .register(
+                herald_triggers::EVENT_JOB,
+                herald_triggers::EventDispatcher::new(sources.clone(), herald_workflows::sink(&workflows)),
+            )
+            .register(herald_workflows::RUN_JOB, herald_workflows::RunHandler::new(workflows.clone()));
         if let Some(smtp) = &config.smtp {
             match herald_accounts::notify_mail::Mailer::new(smtp.url.clone(), &smtp.from) {
                 Ok(mailer) => {

@@ -6,6 +6,7 @@ mod media;
 mod posts;
 mod session;
 mod sources;
+mod workflows;
 
 /// What the binary's mail job needs from the reset route.
 pub mod mail {
@@ -27,7 +28,7 @@ use utoipa_axum::routes;
     servers((url = "/api/v1")),
     modifiers(&Security),
     security(("api_key" = []), ("session" = [])),
-    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"), (name = "webhooks"), (name = "sources"))
+    tags((name = "session"), (name = "me"), (name = "teams"), (name = "members"), (name = "invites"), (name = "api-keys"), (name = "audit"), (name = "platforms"), (name = "connections"), (name = "posts"), (name = "media"), (name = "webhooks"), (name = "sources"), (name = "workflows"))
 )]
 struct ApiDoc;
 
@@ -98,6 +99,18 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sources::add_event))
         .routes(routes!(sources::events))
         .routes(routes!(sources::event))
+        .routes(routes!(workflows::list, workflows::create))
+        .routes(routes!(workflows::get, workflows::replace, workflows::patch, workflows::remove))
+        .routes(routes!(workflows::versions))
+        .routes(routes!(workflows::run))
+        .routes(routes!(workflows::runs))
+        .routes(routes!(workflows::get_run))
+        .routes(routes!(workflows::cancel_run))
+        .routes(routes!(workflows::rerun))
+        .routes(routes!(workflows::approvals))
+        .routes(routes!(workflows::approval))
+        .routes(routes!(workflows::approve))
+        .routes(routes!(workflows::reject))
         // The upload streams with its own cap (HERALD_MEDIA_MAX_BYTES), not the JSON body limit;
         // the listing shares its path and takes no body.
         .merge(

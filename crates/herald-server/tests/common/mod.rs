@@ -41,6 +41,7 @@ pub struct App {
     /// The posts service behind the API, for driving workers and the stats collector in tests.
     pub posts: herald_posts::Posts,
     pub sources: herald_triggers::Sources,
+    pub workflows: herald_workflows::Workflows,
     /// The signed media URLs this app's deliveries carry (as the worker makes them).
     pub media_urls: herald_media::PublicMedia,
 }
@@ -97,8 +98,14 @@ impl App {
         let mut trigger_config =
             herald_triggers::TriggerConfig { public_url: Some(base.clone()), ..Default::default() };
         triggers(&mut trigger_config);
-        let sources =
-            herald_triggers::Sources::new(db.clone(), vault, net.safe.clone(), net.trusted.clone(), trigger_config);
+        let sources = herald_triggers::Sources::new(
+            db.clone(),
+            vault.clone(),
+            net.safe.clone(),
+            net.trusted.clone(),
+            trigger_config,
+        );
+        let (safe, trusted) = (net.safe.clone(), net.trusted.clone());
         let connections = herald_connections::Connections::new(accounts.clone(), net);
         let queue = herald_queue::Queue::new(db.clone());
         let posts = herald_posts::Posts::new(
@@ -108,12 +115,22 @@ impl App {
             herald_media::MediaStore::local(herald_store::testing::scratch_dir("herald-media")),
         )
         .with_public_media(media_urls.clone());
+        let workflows = herald_workflows::Workflows::new(
+            db.clone(),
+            posts.clone(),
+            connections.clone(),
+            safe,
+            trusted,
+            vault,
+            herald_workflows::WorkflowConfig { public_url: Some(base.clone()), ..Default::default() },
+        );
         let state = AppState {
             db: db.clone(),
             accounts: accounts.clone(),
             connections,
             posts: posts.clone(),
             sources: sources.clone(),
+            workflows: workflows.clone(),
             media_max_bytes: 1 << 20,
             media_signer: signer,
             public_url: None,
@@ -124,7 +141,7 @@ impl App {
         };
         let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts, sources, media_urls }
+        App { base, http: HttpClient::trusted().unwrap(), accounts, db, posts, sources, workflows, media_urls }
     }
 
     pub async fn call(&self, who: &Caller, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -1,0 +1,1142 @@
+//! Running workflows durably. A run executes step by step from its cursor. Pure steps (filter,
+//! condition, template, delay arithmetic) are committed together with the next step that reaches
+//! outside (publish, http, AI, approval), and that step's result is committed before the run goes
+//! on, so a completed step never runs again. A publish step's post carries an idempotency key
+//! made of the run and the step, so even a crash between the post's commit and the run's commit
+//! makes one post. Delays and approvals end the job: the run waits as a queued job with a
+//! `run_at` and holds no memory. Every commit bumps the run's `seq`; an executor whose `seq` is
+//! stale (the run was cancelled, or another job advanced it) stops.
+
+use crate::cond;
+use crate::model::*;
+use crate::path::Path;
+use crate::store::{RUN_JOB, RunRow, WorkflowRow, Workflows, enqueue, store};
+use crate::template;
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use herald_accounts::Principal;
+use herald_core::{Error, ErrorCode, TeamRole};
+use herald_posts::{NewPost, TargetInput, Thread};
+use herald_queue::{Handler, Job, JobError, NewJob};
+use herald_store::{Ts, Tx, exec, on_read};
+use herald_triggers::{EventSink, EventView};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What a run carries from step to step.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct RunState {
+    /// The post text so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Per-platform (or per-connection) texts: AI variants, approvers' edits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, String>,
+    /// Each finished step's output, by id.
+    #[serde(default)]
+    pub steps: BTreeMap<String, Value>,
+    /// Tries so far of a step that failed transiently, by path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attempts: BTreeMap<String, u32>,
+}
+
+impl RunState {
+    /// The variables templates and conditions see: the input (event data or payload), plus
+    /// `text`, `variants`, `steps`, `run`, and AmpFlow's flat aliases (`video_title`, …).
+    fn vars(&self, input: &Value, run: Uuid, workflow: Uuid) -> Value {
+        let mut v = match input {
+            Value::Object(o) => Value::Object(o.clone()),
+            _ => json!({}),
+        };
+        v["text"] = json!(self.text.clone().unwrap_or_default());
+        v["variants"] = json!(self.variants);
+        v["steps"] = json!(self.steps);
+        v["run"] = json!({"id": run, "workflow_id": workflow});
+        template::with_aliases(v)
+    }
+}
+
+pub(crate) enum Outcome {
+    /// Done; go on at `next` (the following step when `None`).
+    Next { output: Value, next: Option<Option<Path>> },
+    /// A filter said no: the run ends `skipped`.
+    Skip { output: Value, reason: String },
+    /// Sleep until then, and run this step again.
+    Wait { output: Value, until: DateTime<Utc> },
+    /// A transient failure: try this step again later.
+    Retry { code: String, message: String, after: Duration },
+    /// The run fails.
+    Fail { code: String, message: String },
+    /// The run ends with this status (an approval rejected or expired).
+    End { status: RunStatus, code: String, message: String, output: Value },
+}
+
+fn fail(code: &str, message: impl Into<String>) -> Outcome {
+    Outcome::Fail { code: code.into(), message: message.into() }
+}
+
+fn next(output: Value) -> Outcome {
+    Outcome::Next { output, next: None }
+}
+
+/// One step run to write.
+struct Record {
+    path: String,
+    step_id: String,
+    kind: &'static str,
+    status: &'static str,
+    input: Option<Value>,
+    output: Option<Value>,
+    error: Option<String>,
+    code: Option<String>,
+    attempts: u32,
+    started_at: DateTime<Utc>,
+    finished: bool,
+}
+
+/// What a commit writes to the run.
+struct Commit {
+    status: RunStatus,
+    cursor: String,
+    wait_until: Option<DateTime<Utc>>,
+    error: Option<(String, String)>,
+    /// Enqueue a job to go on at this time (or now).
+    wake: Option<DateTime<Utc>>,
+}
+
+/// Enqueues a job that advances `run` (at `at`, or now).
+pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>>) -> Result<(), Error> {
+    let mut job = NewJob::new(RUN_JOB, json!({"run": run})).max_attempts(25);
+    if let Some(at) = at {
+        job = job.run_at(at);
+    }
+    enqueue(tx, job).await
+}
+
+/// `HH:MM` → minutes after midnight.
+pub(crate) fn parse_time_of_day(s: &str) -> Option<(u32, u32)> {
+    let (h, m) = s.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.trim().len() <= 5).then_some((h, m))
+}
+
+fn job_error(e: Error) -> JobError {
+    JobError::retry(e.message)
+}
+
+impl Workflows {
+    /// Advances a run as far as it goes now. Safe to call twice at once, or again after a crash.
+    pub async fn advance(&self, run: Uuid) -> Result<(), Error> {
+        let Some(row) = self.run_row(run).await? else { return Ok(()) };
+        if row.status().is_final() {
+            return Ok(());
+        }
+        let wf = self.workflow_row(row.workflow_id).await?;
+        let def = self.definition(row.workflow_id, row.version).await?;
+        let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
+        let mut state: RunState = serde_json::from_str(&row.state).unwrap_or_default();
+        let mut seq = row.seq;
+        let mut cursor = Path::parse(&row.cursor).filter(|_| !row.cursor.is_empty());
+        let mut records: Vec<Record> = Vec::new();
+        loop {
+            let Some(path) = cursor.clone() else {
+                let c = Commit {
+                    status: RunStatus::Succeeded,
+                    cursor: String::new(),
+                    wait_until: None,
+                    error: None,
+                    wake: None,
+                };
+                self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                return Ok(());
+            };
+            let Some(step) = path.step(&def.steps) else {
+                let c = Commit {
+                    status: RunStatus::Failed,
+                    cursor: path.display(),
+                    wait_until: None,
+                    error: Some((
+                        "definition_mismatch".into(),
+                        format!("version {} has no step at {}", row.version, path.display()),
+                    )),
+                    wake: None,
+                };
+                self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                return Ok(());
+            };
+            let started_at = Utc::now();
+            let key = path.display();
+            let attempts = state.attempts.get(&key).copied().unwrap_or(0) + 1;
+            let vars = state.vars(&input, row.id, row.workflow_id);
+            let (outcome, step_input) = self.exec(&row, &wf, &def, &path, step, &mut state, &vars, false).await;
+            let mut rec = Record {
+                path: key.clone(),
+                step_id: step.id.clone(),
+                kind: step.kind.name(),
+                status: "succeeded",
+                input: step_input,
+                output: None,
+                error: None,
+                code: None,
+                attempts,
+                started_at,
+                finished: true,
+            };
+            let here = path.display();
+            match outcome {
+                Outcome::Next { output, next } => {
+                    state.attempts.remove(&key);
+                    state.steps.insert(step.id.clone(), output.clone());
+                    rec.output = Some(output);
+                    records.push(rec);
+                    cursor = next.unwrap_or_else(|| path.next(&def.steps));
+                    if step.kind.is_effect() {
+                        let c = Commit {
+                            status: RunStatus::Running,
+                            cursor: cursor.as_ref().map(Path::display).unwrap_or_default(),
+                            wait_until: None,
+                            error: None,
+                            wake: None,
+                        };
+                        if !self.commit(&row, &mut seq, &state, &mut records, c).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+                Outcome::Skip { output, reason } => {
+                    state.steps.insert(step.id.clone(), output.clone());
+                    rec.output = Some(output);
+                    records.push(rec);
+                    let c = Commit {
+                        status: RunStatus::Skipped,
+                        cursor: here,
+                        wait_until: None,
+                        error: Some(("filtered_out".into(), reason)),
+                        wake: None,
+                    };
+                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                    return Ok(());
+                }
+                Outcome::Wait { output, until } => {
+                    state.steps.insert(step.id.clone(), output.clone());
+                    rec.status = "waiting";
+                    rec.output = Some(output);
+                    rec.finished = false;
+                    records.push(rec);
+                    let c = Commit {
+                        status: RunStatus::Waiting,
+                        cursor: here,
+                        wait_until: Some(until),
+                        error: None,
+                        wake: Some(until),
+                    };
+                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                    return Ok(());
+                }
+                Outcome::Retry { code, message, after } => {
+                    let policy = step.retry.unwrap_or_default();
+                    rec.error = Some(message.clone());
+                    rec.code = Some(code.clone());
+                    if attempts >= policy.max_attempts {
+                        rec.status = "failed";
+                        records.push(rec);
+                        let msg = format!("{} failed after {attempts} tries: {message}", step.id);
+                        let c = Commit {
+                            status: RunStatus::Failed,
+                            cursor: here,
+                            wait_until: None,
+                            error: Some((code, msg)),
+                            wake: None,
+                        };
+                        self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                        self.after_failure(&row, &wf).await;
+                        return Ok(());
+                    }
+                    state.attempts.insert(key, attempts);
+                    rec.status = "retrying";
+                    rec.finished = false;
+                    records.push(rec);
+                    let at = Utc::now() + after.max(policy.backoff(attempts));
+                    let c = Commit {
+                        status: RunStatus::Running,
+                        cursor: here,
+                        wait_until: Some(at),
+                        error: None,
+                        wake: Some(at),
+                    };
+                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                    return Ok(());
+                }
+                Outcome::Fail { code, message } => {
+                    rec.status = "failed";
+                    rec.error = Some(message.clone());
+                    rec.code = Some(code.clone());
+                    records.push(rec);
+                    let msg = format!("{}: {message}", step.id);
+                    let c = Commit {
+                        status: RunStatus::Failed,
+                        cursor: here,
+                        wait_until: None,
+                        error: Some((code, msg)),
+                        wake: None,
+                    };
+                    if self.commit(&row, &mut seq, &state, &mut records, c).await? {
+                        self.after_failure(&row, &wf).await;
+                    }
+                    return Ok(());
+                }
+                Outcome::End { status, code, message, output } => {
+                    state.steps.insert(step.id.clone(), output.clone());
+                    rec.output = Some(output);
+                    records.push(rec);
+                    let c = Commit { status, cursor: here, wait_until: None, error: Some((code, message)), wake: None };
+                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn workflow_row(&self, id: Uuid) -> Result<WorkflowRow, Error> {
+        let row: Option<WorkflowRow> = on_read!(self.inner.db, c => sqlx::query_as(
+            "SELECT id, team_id, name, active, version, created_at, updated_at FROM workflows WHERE id = $1")
+            .bind(id).fetch_optional(c).await)
+        .map_err(store)?;
+        row.ok_or_else(|| Error::not_found("workflow"))
+    }
+
+    /// Writes the run and its pending step runs if nobody advanced it meanwhile; `false` when
+    /// the run moved on without us (cancelled, or advanced by another job).
+    async fn commit(
+        &self,
+        row: &RunRow,
+        seq: &mut i64,
+        state: &RunState,
+        records: &mut Vec<Record>,
+        c: Commit,
+    ) -> Result<bool, Error> {
+        let now = Utc::now();
+        let mut tx = self.inner.db.begin().await?;
+        let (code, error) = c.error.clone().unzip();
+        let n = exec!(
+            tx,
+            "UPDATE workflow_runs SET status = $3, state = $4, cursor = $5, seq = seq + 1, wait_until = $6, error = $7, \
+             error_code = $8, updated_at = $9, finished_at = $10 WHERE id = $1 AND seq = $2",
+            row.id,
+            *seq,
+            c.status.as_str(),
+            serde_json::to_string(state).unwrap_or_default(),
+            &c.cursor,
+            c.wait_until.map(Ts),
+            &error,
+            &code,
+            Ts(now),
+            c.status.is_final().then_some(Ts(now))
+        )
+        .map_err(store)?;
+        if n == 0 {
+            records.clear();
+            return Ok(false);
+        }
+        for r in records.drain(..) {
+            exec!(
+                tx,
+                "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
+                 attempts, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
+                 output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
+                 attempts = excluded.attempts, finished_at = excluded.finished_at",
+                Uuid::now_v7(),
+                row.id,
+                &r.path,
+                &r.step_id,
+                r.kind,
+                r.status,
+                r.input.map(|v| v.to_string()),
+                r.output.map(|v| v.to_string()),
+                &r.error,
+                &r.code,
+                r.attempts as i64,
+                Ts(r.started_at),
+                r.finished.then_some(Ts(now))
+            )
+            .map_err(store)?;
+        }
+        if let Some(at) = c.wake {
+            enqueue_run(&mut tx, row.id, Some(at)).await?;
+        }
+        if c.status == RunStatus::Failed {
+            let (code, message) = c.error.unwrap_or_default();
+            herald_posts::events::emit(
+                &mut tx,
+                row.team_id,
+                "run.failed",
+                ("run", row.id),
+                &format!("a workflow run failed: {message}"),
+                json!({"run": row.id, "workflow": row.workflow_id, "code": code, "error": message}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        *seq += 1;
+        Ok(true)
+    }
+
+    /// Starts the team's error workflow, if it has one, on the failed run.
+    async fn after_failure(&self, row: &RunRow, wf: &WorkflowRow) {
+        let result: Result<(), Error> = async {
+            let target: Option<(Option<Uuid>,)> = on_read!(self.inner.db, c => sqlx::query_as(
+                "SELECT error_workflow FROM teams WHERE id = $1").bind(row.team_id).fetch_optional(c).await)
+            .map_err(store)?;
+            let Some(target) = target.and_then(|t| t.0) else { return Ok(()) };
+            // An error workflow that fails does not start itself again.
+            if target == row.workflow_id {
+                return Ok(());
+            }
+            let ewf = self.workflow_row(target).await?;
+            if !ewf.active {
+                return Ok(());
+            }
+            let def = self.definition(ewf.id, ewf.version).await?;
+            let failed = self.run_row(row.id).await?.map(|r| r.view(None));
+            let input = json!({"failed_run": failed, "workflow": {"id": wf.id, "name": wf.name}});
+            let mut tx = self.inner.db.begin().await?;
+            if let Some(run) =
+                Self::insert_run(&mut tx, row.team_id, ewf.id, ewf.version, &def, None, "error", Some(row.id), &input)
+                    .await?
+            {
+                enqueue_run(&mut tx, run, None).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(run = %row.id, error = %e.message, "could not start the team's error workflow");
+        }
+    }
+
+    /// Runs one step. Pure steps change `state`; effects return their output.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn exec(
+        &self,
+        run: &RunRow,
+        wf: &WorkflowRow,
+        def: &Definition,
+        path: &Path,
+        step: &Step,
+        state: &mut RunState,
+        vars: &Value,
+        dry: bool,
+    ) -> (Outcome, Option<Value>) {
+        let render = |src: &str| template::render(src, vars);
+        match &step.kind {
+            StepKind::Filter { when } => {
+                if cond::eval(when, vars) {
+                    (next(json!({"passed": true})), None)
+                } else {
+                    (
+                        Outcome::Skip {
+                            output: json!({"passed": false}),
+                            reason: format!("filter `{}` did not pass", step.id),
+                        },
+                        None,
+                    )
+                }
+            }
+            StepKind::Condition { when, .. } => {
+                let then = cond::eval(when, vars);
+                let output = json!({"branch": if then { "then" } else { "else" }});
+                (Outcome::Next { output, next: Some(path.enter(then, &def.steps)) }, None)
+            }
+            StepKind::Template { template: src, per_platform } => {
+                let text = match render(src) {
+                    Ok(t) => t,
+                    Err(e) => return (fail(e.code(), e.to_string()), None),
+                };
+                let mut variants = BTreeMap::new();
+                for (platform, src) in per_platform {
+                    match render(src) {
+                        Ok(t) => {
+                            variants.insert(platform.clone(), t);
+                        }
+                        Err(e) => return (fail(e.code(), format!("per_platform.{platform}: {e}")), None),
+                    }
+                }
+                state.text = Some(text.clone());
+                state.variants.extend(variants.clone());
+                (next(json!({"text": text, "variants": variants})), None)
+            }
+            StepKind::Delay(d) => {
+                // The time is fixed when the step is first reached, so waking early or late
+                // (or twice) never moves it.
+                let until = match state.steps.get(&step.id).and_then(|o| o.get("until")).and_then(|u| u.as_str()) {
+                    Some(u) => DateTime::parse_from_rfc3339(u).map(|t| t.with_timezone(&Utc)).ok(),
+                    None => None,
+                };
+                let until = match until {
+                    Some(u) => u,
+                    None => match self.delay_until(run.team_id, d).await {
+                        Ok(u) => u,
+                        Err(e) => return (fail("delay_invalid", e.message), None),
+                    },
+                };
+                if dry || Utc::now() >= until {
+                    (next(json!({"until": until, "waited": !dry})), None)
+                } else {
+                    (Outcome::Wait { output: json!({"until": until}), until }, None)
+                }
+            }
+            StepKind::Approval(a) => {
+                if dry {
+                    let output = json!({"would_ask": {"users": a.users, "role": a.role, "timeout": a.timeout}});
+                    return (next(output), None);
+                }
+                self.approval_step(run, wf, path, step, a, state, vars).await
+            }
+            StepKind::Publish(p) => self.publish_step(run, wf, path, p, state, vars, dry).await,
+            StepKind::Http(h) => crate::effects::http_step(self, run, path, h, vars, dry).await,
+            StepKind::AiRewrite(a) => crate::effects::ai_step(self, run, a, state, vars).await,
+        }
+    }
+
+    async fn team_zone(&self, team: Uuid, given: Option<&str>) -> Result<chrono_tz::Tz, Error> {
+        self.inner.posts.team_timezone(team, given).await
+    }
+
+    /// When a delay ends, reckoned from now.
+    async fn delay_until(&self, team: Uuid, d: &Delay) -> Result<DateTime<Utc>, Error> {
+        let now = Utc::now();
+        if let Some(f) = &d.duration {
+            let dur = herald_core::time::parse_duration(f).map_err(|e| Error::new(ErrorCode::ValidationFailed, e))?;
+            return Ok(now + TimeDelta::from_std(dur).unwrap_or(TimeDelta::zero()));
+        }
+        if let Some(conn) = d.next_slot {
+            return self.inner.posts.next_free_slot(team, conn).await?.ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ValidationFailed,
+                    format!("connection {conn} has no free posting slot in the next 12 weeks; add some with PUT /api/v1/connections/{conn}/slots"),
+                )
+            });
+        }
+        let tz = self.team_zone(team, d.timezone.as_deref()).await?;
+        let (h, m) = d.until_time.as_deref().and_then(parse_time_of_day).unwrap_or((0, 0));
+        let weekday = d.weekday.as_deref().and_then(|w| w.parse::<chrono::Weekday>().ok());
+        next_local(now, tz, h, m, weekday)
+            .ok_or_else(|| Error::new(ErrorCode::ValidationFailed, "no such local time in the next two weeks"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn approval_step(
+        &self,
+        run: &RunRow,
+        wf: &WorkflowRow,
+        path: &Path,
+        step: &Step,
+        a: &Approval,
+        state: &mut RunState,
+        vars: &Value,
+    ) -> (Outcome, Option<Value>) {
+        let found: Result<Option<crate::store::ApprovalRow>, Error> = async {
+            let sql = format!("SELECT {} FROM approvals WHERE run_id = $1 AND path = $2", crate::store::APPROVAL_COLS);
+            on_read!(self.inner.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(run.id).bind(path.display()).fetch_optional(c).await)
+            .map_err(store)
+        }
+        .await;
+        let row = match found {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
+                    None,
+                );
+            }
+        };
+        let Some(mut row) = row else {
+            return match self.ask(run, wf, path, step, a, state, vars).await {
+                Ok((id, until)) => {
+                    (Outcome::Wait { output: json!({"approval": id, "expires_at": until}), until }, None)
+                }
+                Err(e) => {
+                    (Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) }, None)
+                }
+            };
+        };
+        if row.status == "pending" && row.expires_at.0 <= Utc::now() {
+            let to = match a.on_timeout {
+                OnTimeout::Approve => "approved",
+                OnTimeout::Reject => "rejected",
+                OnTimeout::Expire => "expired",
+            };
+            let settled: Result<u64, Error> = async {
+                let mut tx = self.inner.db.begin().await?;
+                let n = exec!(
+                    tx,
+                    "UPDATE approvals SET status = $2, decided_via = 'timeout', decided_at = $3 WHERE id = $1 AND status = 'pending'",
+                    row.id,
+                    to,
+                    Ts::now()
+                )
+                .map_err(store)?;
+                tx.commit().await?;
+                Ok(n)
+            }
+            .await;
+            match settled {
+                Ok(_) => match self.approval_row(row.id).await {
+                    Ok(Some(r)) => row = r,
+                    _ => row.status = to.into(),
+                },
+                Err(e) => {
+                    return (
+                        Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
+                        None,
+                    );
+                }
+            }
+        }
+        let decided = json!({
+            "approval": row.id, "decision": row.status, "by": row.decided_by, "via": row.decided_via,
+            "comment": row.comment, "decided_at": row.decided_at.map(|t| t.0),
+        });
+        match row.status.as_str() {
+            "approved" => {
+                if let Some(edits) = row.edits.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()) {
+                    if let Some(t) = edits["text"].as_str() {
+                        state.text = Some(t.to_string());
+                        // A new text for every target replaces earlier variants.
+                        state.variants.clear();
+                    }
+                    if let Some(targets) = edits["targets"].as_object() {
+                        for (k, v) in targets {
+                            if let Some(v) = v.as_str() {
+                                state.variants.insert(k.clone(), v.to_string());
+                            }
+                        }
+                    }
+                }
+                (next(decided), None)
+            }
+            "rejected" => {
+                let message = format!("approval `{}` was rejected", step.id);
+                (
+                    Outcome::End {
+                        status: RunStatus::Cancelled,
+                        code: "approval_rejected".into(),
+                        message,
+                        output: decided,
+                    },
+                    None,
+                )
+            }
+            "expired" => {
+                let message = format!("approval `{}` expired unanswered at {}", step.id, row.expires_at.0.to_rfc3339());
+                (
+                    Outcome::End {
+                        status: RunStatus::Cancelled,
+                        code: "approval_expired".into(),
+                        message,
+                        output: decided,
+                    },
+                    None,
+                )
+            }
+            "cancelled" => (
+                Outcome::End {
+                    status: RunStatus::Cancelled,
+                    code: "cancelled".into(),
+                    message: "cancelled".into(),
+                    output: decided,
+                },
+                None,
+            ),
+            _ => (
+                Outcome::Wait {
+                    output: json!({"approval": row.id, "expires_at": row.expires_at.0}),
+                    until: row.expires_at.0,
+                },
+                None,
+            ),
+        }
+    }
+
+    /// Opens an approval (once per run and step) and tells the team.
+    #[allow(clippy::too_many_arguments)]
+    async fn ask(
+        &self,
+        run: &RunRow,
+        wf: &WorkflowRow,
+        path: &Path,
+        step: &Step,
+        a: &Approval,
+        state: &RunState,
+        vars: &Value,
+    ) -> Result<(Uuid, DateTime<Utc>), Error> {
+        use rand::Rng;
+        let timeout =
+            herald_core::time::parse_duration(&a.timeout).map_err(|e| Error::new(ErrorCode::ValidationFailed, e))?;
+        let expires = Utc::now() + TimeDelta::from_std(timeout).unwrap_or(TimeDelta::days(1));
+        let message = match &a.message {
+            Some(m) => template::render(m, vars).ok(),
+            None => None,
+        };
+        let proposal = json!({"text": state.text, "variants": state.variants, "message": message});
+        let token = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::rng().random::<[u8; 32]>())
+        };
+        let id = Uuid::now_v7();
+        let mut tx = self.inner.db.begin().await?;
+        let n = exec!(
+            tx,
+            "INSERT INTO approvals (id, team_id, run_id, path, status, approvers, proposal, on_timeout, expires_at, token_hash, created_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10) ON CONFLICT (run_id, path) DO NOTHING",
+            id,
+            run.team_id,
+            run.id,
+            path.display(),
+            json!({"users": a.users, "role": a.role}).to_string(),
+            proposal.to_string(),
+            serde_json::to_value(a.on_timeout).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            Ts(expires),
+            crate::store::token_hash(&token),
+            Ts::now()
+        )
+        .map_err(store)?;
+        if n == 1 {
+            // The link is in the webhook data (the team's own, signed endpoints), not in the
+            // notification text every member can read.
+            let link = self.inner.config.public_url.as_ref().map(|p| format!("{p}/approve/{token}"));
+            herald_posts::events::emit(
+                &mut tx,
+                run.team_id,
+                "approval.requested",
+                ("approval", id),
+                &format!("workflow `{}` waits for approval at step `{}`", wf.name, step.id),
+                json!({"approval": id, "run": run.id, "workflow": wf.id, "step": step.id, "approvers": {"users": a.users, "role": a.role},
+                       "proposal": proposal, "expires_at": expires, "link": link}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if n == 1 {
+            return Ok((id, expires));
+        }
+        let existing: Option<(Uuid, Ts)> = on_read!(self.inner.db, c => sqlx::query_as(
+            "SELECT id, expires_at FROM approvals WHERE run_id = $1 AND path = $2").bind(run.id).bind(path.display()).fetch_optional(c).await)
+        .map_err(store)?;
+        existing.map(|(i, t)| (i, t.0)).ok_or_else(|| Error::internal("the approval vanished"))
+    }
+
+    /// Creates the step's post through the posts pipeline, once.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_step(
+        &self,
+        run: &RunRow,
+        wf: &WorkflowRow,
+        path: &Path,
+        p: &Publish,
+        state: &RunState,
+        vars: &Value,
+        dry: bool,
+    ) -> (Outcome, Option<Value>) {
+        let render = |src: &str| template::render(src, vars);
+        let text = match &p.text {
+            Some(src) => match render(src) {
+                Ok(t) => t,
+                Err(e) => return (fail(e.code(), format!("text: {e}")), None),
+            },
+            None => state.text.clone().unwrap_or_default(),
+        };
+        // The targets: named connections, and every connection of a named platform.
+        let mut targets: Vec<(Uuid, String, Option<String>)> = Vec::new();
+        for (i, t) in p.targets.iter().enumerate() {
+            let own = match &t.text {
+                Some(src) => match render(src) {
+                    Ok(x) => Some(x),
+                    Err(e) => return (fail(e.code(), format!("targets[{i}].text: {e}")), None),
+                },
+                None => None,
+            };
+            let found = match (&t.connection, &t.platform) {
+                (Some(c), _) => self.inner.connections.get(run.team_id, *c).await.map(|v| vec![(v.id, v.platform)]),
+                (None, Some(pl)) => self
+                    .inner
+                    .connections
+                    .list(run.team_id, Some(pl))
+                    .await
+                    .map(|vs| vs.into_iter().map(|v| (v.id, v.platform)).collect()),
+                _ => Ok(vec![]),
+            };
+            match found {
+                Ok(list) => {
+                    for (id, platform) in list {
+                        if !targets.iter().any(|(x, ..)| *x == id) {
+                            targets.push((id, platform, own.clone()));
+                        }
+                    }
+                }
+                Err(e) if e.code == ErrorCode::NotFound => {
+                    return (
+                        fail("connection_missing", format!("targets[{i}]: the connection no longer exists")),
+                        None,
+                    );
+                }
+                Err(e) => {
+                    return (
+                        Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
+                        None,
+                    );
+                }
+            }
+        }
+        if targets.is_empty() {
+            return (fail("no_targets", "no connection matches the step's targets"), None);
+        }
+        let link = match &p.link {
+            Some(src) => match render(src) {
+                Ok(l) if !l.trim().is_empty() => Some(l.trim().to_string()),
+                Ok(_) => None,
+                Err(e) => return (fail(e.code(), format!("link: {e}")), None),
+            },
+            None => None,
+        };
+        let mut media = Vec::new();
+        for (i, src) in p.media.iter().enumerate() {
+            match render(src).map(|m| m.trim().to_string()) {
+                Ok(m) if m.is_empty() => {}
+                Ok(m) => match m.parse::<Uuid>() {
+                    Ok(id) => media.push(id),
+                    Err(_) => {
+                        return (fail("media_invalid", format!("media[{i}] rendered `{m}`, not a media id")), None);
+                    }
+                },
+                Err(e) => return (fail(e.code(), format!("media[{i}]: {e}")), None),
+            }
+        }
+        let schedule_at = match &p.schedule {
+            When::Now => None,
+            When::NextSlot => Some("next_slot".to_string()),
+            When::At(src) => match render(src) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) => return (fail(e.code(), format!("schedule.at: {e}")), None),
+            },
+            When::In(d) => match herald_core::time::parse_duration(d) {
+                Ok(d) => Some((Utc::now() + TimeDelta::from_std(d).unwrap_or_default()).to_rfc3339()),
+                Err(e) => return (fail("schedule_invalid", e), None),
+            },
+        };
+        let per_target: Vec<Value> = targets
+            .iter()
+            .map(|(id, platform, own)| {
+                let t = own
+                    .clone()
+                    .or_else(|| state.variants.get(&id.to_string()).cloned())
+                    .or_else(|| state.variants.get(platform).cloned())
+                    .unwrap_or_else(|| text.clone());
+                json!({"connection_id": id, "platform": platform, "text": t})
+            })
+            .collect();
+        let request =
+            json!({"text": text, "link": link, "media": media, "schedule_at": schedule_at, "targets": per_target});
+        if dry {
+            return (next(json!({"would_post": request})), Some(request));
+        }
+        let new = NewPost {
+            text: text.clone(),
+            link,
+            options: p.options.clone(),
+            thread: Thread::default(),
+            media,
+            targets: per_target
+                .iter()
+                .map(|t| {
+                    let own = t["text"].as_str().unwrap_or_default().to_string();
+                    TargetInput {
+                        connection_id: t["connection_id"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default(),
+                        text: (own != text).then_some(own),
+                        options: None,
+                    }
+                })
+                .collect(),
+            schedule_at,
+            timezone: None,
+            draft: false,
+            campaign: p.campaign.clone(),
+            tags: p.tags.clone(),
+            repeat_every_days: None,
+        };
+        let key = format!("wf:{}:{}", run.id, path.display());
+        let principal = Principal::acting(None, run.team_id, TeamRole::Editor, &format!("workflow {}", wf.name));
+        let made = match self.inner.posts.create(&principal, new, Some(&key)).await {
+            Ok((view, _)) => Ok(view),
+            // The post was made before a crash, from a request that differs only in what time
+            // made it (`in: 2h`): it is still this step's post.
+            Err(e) if e.code == ErrorCode::Conflict => {
+                match self.inner.posts.by_idempotency_key(run.team_id, &key).await {
+                    Ok(Some(v)) => Ok(v),
+                    Ok(None) => Err(e),
+                    Err(e2) => Err(e2),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match made {
+            Ok(view) => {
+                let deliveries: Vec<Value> = view
+                    .deliveries
+                    .iter()
+                    .map(|d| json!({"id": d.id, "connection_id": d.connection_id, "platform": d.platform, "state": d.state}))
+                    .collect();
+                (next(json!({"post_id": view.id, "state": view.state, "deliveries": deliveries})), Some(request))
+            }
+            Err(e) => match e.code {
+                ErrorCode::Internal | ErrorCode::Unavailable => (
+                    Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
+                    Some(request),
+                ),
+                code => {
+                    let mut message = e.message.clone();
+                    if let Some(d) = &e.details {
+                        message.push_str(&format!(" {d}"));
+                    }
+                    (fail(code.as_str(), message), Some(request))
+                }
+            },
+        }
+    }
+
+    /// Runs a workflow in memory: every step but publish and http, nothing kept.
+    pub(crate) async fn dry_run(&self, team: Uuid, wf: &WorkflowRow, def: &Definition, input: Value) -> DryRunView {
+        let now = Ts::now();
+        let run = RunRow {
+            id: Uuid::now_v7(),
+            team_id: team,
+            workflow_id: wf.id,
+            version: wf.version,
+            event_id: None,
+            trigger: "dry_run".into(),
+            rerun_of: None,
+            status: "running".into(),
+            input: input.to_string(),
+            state: "{}".into(),
+            cursor: String::new(),
+            seq: 0,
+            wait_until: None,
+            error: None,
+            error_code: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        let mut state = RunState::default();
+        let mut steps = Vec::new();
+        let mut would_post = Vec::new();
+        let mut cursor = Path::first(&def.steps);
+        let (mut status, mut error, mut error_code) = (RunStatus::Succeeded, None, None);
+        while let Some(path) = cursor.clone() {
+            let Some(step) = path.step(&def.steps) else { break };
+            let started = Utc::now();
+            let vars = state.vars(&input, run.id, wf.id);
+            let (outcome, step_input) = self.exec_dry(&run, wf, def, &path, step, &mut state, &vars).await;
+            let mut view = StepRunView {
+                path: path.display(),
+                step_id: step.id.clone(),
+                kind: step.kind.name().into(),
+                status: "succeeded".into(),
+                input: step_input,
+                output: None,
+                error: None,
+                error_code: None,
+                attempts: 1,
+                started_at: started,
+                finished_at: Some(Utc::now()),
+            };
+            match outcome {
+                Outcome::Next { output, next } => {
+                    if let Some(w) = output.get("would_post") {
+                        would_post.push(w.clone());
+                    }
+                    state.steps.insert(step.id.clone(), output.clone());
+                    view.output = Some(output);
+                    cursor = next.unwrap_or_else(|| path.next(&def.steps));
+                }
+                Outcome::Skip { output, reason } => {
+                    view.output = Some(output);
+                    (status, error, error_code) = (RunStatus::Skipped, Some(reason), Some("filtered_out".to_string()));
+                    cursor = None;
+                }
+                Outcome::Wait { output, .. } => {
+                    view.output = Some(output);
+                    cursor = path.next(&def.steps);
+                }
+                Outcome::Retry { code, message, .. } | Outcome::Fail { code, message } => {
+                    view.status = "failed".into();
+                    view.error = Some(message.clone());
+                    view.error_code = Some(code.clone());
+                    (status, error, error_code) = (RunStatus::Failed, Some(message), Some(code));
+                    cursor = None;
+                }
+                Outcome::End { status: s, code, message, output } => {
+                    view.output = Some(output);
+                    (status, error, error_code) = (s, Some(message), Some(code));
+                    cursor = None;
+                }
+            }
+            steps.push(view);
+        }
+        DryRunView { status, error, error_code, steps, would_post }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_dry(
+        &self,
+        run: &RunRow,
+        wf: &WorkflowRow,
+        def: &Definition,
+        path: &Path,
+        step: &Step,
+        state: &mut RunState,
+        vars: &Value,
+    ) -> (Outcome, Option<Value>) {
+        Box::pin(self.exec(run, wf, def, path, step, state, vars, true)).await
+    }
+
+    /// Starts the runs an event calls for (once per workflow and event) and advances them.
+    pub async fn on_event(&self, team: Uuid, event: &EventView) -> Result<(), Error> {
+        let wfs: Vec<(Uuid, i64)> = on_read!(self.inner.db, c => sqlx::query_as(
+            "SELECT w.id, w.version FROM workflow_sources s JOIN workflows w ON w.id = s.workflow_id \
+             WHERE s.source_id = $1 AND w.team_id = $2 AND w.active = $3 ORDER BY w.id")
+            .bind(event.source_id).bind(team).bind(true).fetch_all(c).await)
+        .map_err(store)?;
+        if wfs.is_empty() {
+            return Ok(());
+        }
+        let input = event_input(event);
+        let mut runs = Vec::with_capacity(wfs.len());
+        let mut tx = self.inner.db.begin().await?;
+        for (wf, version) in &wfs {
+            let def = self.definition(*wf, *version).await?;
+            match Self::insert_run(&mut tx, team, *wf, *version, &def, Some(event.id), "event", None, &input).await? {
+                Some(run) => runs.push(run),
+                None => {
+                    // Started before (the job is running again after a crash): go on with it.
+                    let found: Option<(Uuid,)> = herald_store::on_tx!(tx, c => sqlx::query_as(
+                        "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND event_id = $2 AND trigger = 'event'")
+                        .bind(*wf).bind(event.id).fetch_optional(&mut *c).await)
+                    .map_err(store)?;
+                    runs.extend(found.map(|f| f.0));
+                }
+            }
+        }
+        tx.commit().await?;
+        for run in runs {
+            self.advance(run).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A run's input from an event: its data, plus `event` (id, kind, source, external id, time).
+pub fn event_input(event: &EventView) -> Value {
+    let mut v = match &event.data {
+        Value::Object(o) => Value::Object(o.clone()),
+        Value::Null => json!({}),
+        other => json!({"data": other}),
+    };
+    v["event"] = json!({
+        "id": event.id, "kind": event.kind, "source_id": event.source_id,
+        "external_id": event.external_id, "received_at": event.received_at,
+    });
+    v
+}
+
+/// The next `h:m` local time in `tz` after `now` (on `weekday` if given). A time the clocks skip
+/// that day becomes the first minute after the change.
+pub(crate) fn next_local(
+    now: DateTime<Utc>,
+    tz: chrono_tz::Tz,
+    h: u32,
+    m: u32,
+    weekday: Option<chrono::Weekday>,
+) -> Option<DateTime<Utc>> {
+    let today = now.with_timezone(&tz).date_naive();
+    for offset in 0..15 {
+        let day = today + TimeDelta::days(offset);
+        if weekday.is_some_and(|w| day.weekday() != w) {
+            continue;
+        }
+        let local = day.and_hms_opt(h, m, 0)?;
+        let at = match herald_core::time::local_to_utc(local, tz) {
+            Ok(t) => t,
+            Err(_) => herald_core::time::local_to_utc(local + TimeDelta::hours(1), tz).ok()?,
+        };
+        if at > now {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The `workflow.run` job: advances its run.
+pub struct RunHandler {
+    workflows: Workflows,
+}
+
+impl RunHandler {
+    pub fn new(workflows: Workflows) -> RunHandler {
+        RunHandler { workflows }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for RunHandler {
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let run: Uuid = job
+            .payload
+            .get("run")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| JobError::permanent("the job names no run"))?;
+        self.workflows.advance(run).await.map_err(job_error)
+    }
+}
+
+/// Events go to workflows.
+#[async_trait::async_trait]
+impl EventSink for Workflows {
+    async fn event(&self, team: Uuid, event: &EventView) -> Result<(), JobError> {
+        self.on_event(team, event).await.map_err(job_error)
+    }
+}
+
+/// A sink that hands events to workflows, shared behind an `Arc`.
+pub fn sink(w: &Workflows) -> Arc<dyn EventSink> {
+    Arc::new(w.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_local_time_handles_weekdays_and_dst() {
+        let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        // Saturday 2026-03-28 10:00 UTC; 09:00 local has passed, so Sunday 09:00 (summer time).
+        let now = DateTime::parse_from_rfc3339("2026-03-28T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(next_local(now, berlin, 9, 0, None).unwrap().to_rfc3339(), "2026-03-29T07:00:00+00:00");
+        // 02:30 does not exist on 2026-03-29 in Berlin: 03:30 instead.
+        assert_eq!(next_local(now, berlin, 2, 30, None).unwrap().to_rfc3339(), "2026-03-29T01:30:00+00:00");
+        // The next Monday at 08:00.
+        assert_eq!(
+            next_local(now, berlin, 8, 0, Some(chrono::Weekday::Mon)).unwrap().to_rfc3339(),
+            "2026-03-30T06:00:00+00:00"
+        );
+        assert_eq!(parse_time_of_day("09:30"), Some((9, 30)));
+        assert_eq!(parse_time_of_day("24:00"), None);
+        assert_eq!(parse_time_of_day("9:3x"), None);
+    }
+}

@@ -1,0 +1,458 @@
+//! Workflow runs with the real queue runner, against the Telegram and Discord fakes: events go
+//! through filter, template and publish exactly once; a crash between a post and the run's commit
+//! makes no second post; delays survive a restart; approvals wait, take edits, reject and expire;
+//! validation names its paths; a dry run posts nothing.
+
+use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
+use herald_connections::{Connections, NewConnection};
+use herald_core::{ErrorCode, TeamRole};
+use herald_http::guard::{Cidr, GuardConfig, SystemLookup};
+use herald_http::{HttpClient, SafeClient};
+use herald_platforms::Net;
+use herald_posts::{DeliveryHandler, Posts};
+use herald_queue::{Queue, Registry, Runner, RunnerConfig};
+use herald_store::Db;
+use herald_store::testing::each_backend;
+use herald_testkit::{FakeServer, discord, telegram};
+use herald_triggers::{Kind, NewEvent, NewSource, Sources, TriggerConfig};
+use herald_vault::{MasterKey, Vault};
+use herald_workflows::{Decision, ManualRun, RunStatus, RunView, WorkflowConfig, Workflows};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn net(tg: &str, dc: &str) -> Net {
+    let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").unwrap()], allow_ports: vec![] };
+    let timeout = Duration::from_secs(2);
+    Net::new(
+        HttpClient::trusted_with_timeout(timeout).unwrap(),
+        SafeClient::with_options(guard, std::sync::Arc::new(SystemLookup), timeout).unwrap(),
+    )
+    .with_base("telegram", tg.to_string())
+    .with_base("discord", format!("{dc}/api/v10"))
+}
+
+struct World {
+    db: Db,
+    net: Net,
+    vault: Vault,
+    workflows: Workflows,
+    sources: Sources,
+    team: Uuid,
+    owner: Principal,
+    user: Uuid,
+    tg_conn: Uuid,
+    dc_conn: Uuid,
+    source: Uuid,
+    stop: CancellationToken,
+    runner: Option<tokio::task::JoinHandle<()>>,
+    tg: FakeServer<telegram::State>,
+    dc: FakeServer<discord::State>,
+}
+
+fn services(db: &Db, net: &Net, vault: &Vault) -> (Workflows, Sources, Posts) {
+    let accounts = Accounts::new(db.clone(), vault.clone(), AccountsConfig::default());
+    let connections = Connections::new(accounts.clone(), net.clone());
+    let queue = Queue::new(db.clone());
+    let posts = Posts::new(
+        accounts,
+        connections.clone(),
+        queue,
+        herald_media::MediaStore::local(herald_store::testing::scratch_dir("herald-media")),
+    );
+    let sources =
+        Sources::new(db.clone(), vault.clone(), net.safe.clone(), net.trusted.clone(), TriggerConfig::default());
+    let workflows = Workflows::new(
+        db.clone(),
+        posts.clone(),
+        connections,
+        net.safe.clone(),
+        net.trusted.clone(),
+        vault.clone(),
+        WorkflowConfig { public_url: Some("https://herald.example".into()), ..Default::default() },
+    );
+    (workflows, sources, posts)
+}
+
+fn start_runner(db: &Db, workflows: &Workflows, sources: &Sources, posts: &Posts) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut registry = Registry::default();
+    registry.register(herald_posts::DELIVERY_JOB, DeliveryHandler::new(posts.clone()));
+    registry.register(herald_posts::EVENT_JOB, herald_posts::EventHandler::new(posts.clone()));
+    registry.register(
+        herald_triggers::EVENT_JOB,
+        herald_triggers::EventDispatcher::new(sources.clone(), herald_workflows::sink(workflows)),
+    );
+    registry.register(herald_workflows::RUN_JOB, herald_workflows::RunHandler::new(workflows.clone()));
+    let config = RunnerConfig { poll_interval: Duration::from_millis(50), ..RunnerConfig::default() };
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(Runner::new(Queue::new(db.clone()), registry, config).run(stop.clone()));
+    (stop, runner)
+}
+
+impl World {
+    async fn new(db: Db) -> World {
+        let (tg, dc) = (telegram::start().await, discord::start().await);
+        let net = net(&tg.url, &dc.url);
+        let vault = Vault::new(&[MasterKey::generate()]);
+        let accounts = Accounts::new(db.clone(), vault.clone(), AccountsConfig::default());
+        let mut tx = db.begin().await.unwrap();
+        let (user, team) = accounts.create_user(&mut tx, "o@example.com", "O", "pw-123456789", false).await.unwrap();
+        tx.commit().await.unwrap();
+        let owner = Principal::acting(Some(user.id), team, TeamRole::Owner, "o@example.com");
+        let connections = Connections::new(accounts, net.clone());
+        let connect = |platform: &str, credentials: Value, settings: Value| {
+            let new = NewConnection { platform: platform.into(), name: None, credentials, settings };
+            let c = connections.clone();
+            async move { c.create_in(team, &Actor::system(), new).await.unwrap().id }
+        };
+        let tg_conn =
+            connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let dc_conn =
+            connect("discord", json!({"bot_token": discord::BOT_TOKEN}), json!({"channel_id": discord::CHANNEL_ID}))
+                .await;
+        let (workflows, sources, posts) = services(&db, &net, &vault);
+        let source = sources
+            .create(&owner, NewSource { kind: Kind::Manual, name: "clips".into(), config: Default::default(), active: true })
+            .await
+            .unwrap()
+            .id;
+        let (stop, runner) = start_runner(&db, &workflows, &sources, &posts);
+        World {
+            db,
+            net,
+            vault,
+            workflows,
+            sources,
+            team,
+            owner,
+            user: user.id,
+            tg_conn,
+            dc_conn,
+            source,
+            stop,
+            runner: Some(runner),
+            tg,
+            dc,
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.stop.cancel();
+        if let Some(r) = self.runner.take() {
+            r.await.unwrap();
+        }
+        let (workflows, sources, posts) = services(&self.db, &self.net, &self.vault);
+        let (stop, runner) = start_runner(&self.db, &workflows, &sources, &posts);
+        (self.workflows, self.sources, self.stop, self.runner) = (workflows, sources, stop, Some(runner));
+    }
+
+    async fn event(&self, data: Value) -> Uuid {
+        self.sources.add_event(&self.owner, self.source, NewEvent { external_id: None, data }).await.unwrap().id
+    }
+
+    async fn run_of(&self, workflow: Uuid, event: Uuid) -> RunView {
+        for _ in 0..400 {
+            let page = self.workflows.runs(&self.owner, &Default::default()).await.unwrap();
+            if let Some(r) = page.runs.iter().find(|r| r.workflow_id == workflow && r.event_id == Some(event)) {
+                return self.workflows.run(&self.owner, r.id).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no run for event {event}");
+    }
+
+    async fn wait(&self, run: Uuid, done: impl Fn(&RunView) -> bool) -> RunView {
+        for _ in 0..600 {
+            let r = self.workflows.run(&self.owner, run).await.unwrap();
+            if done(&r) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the run never got there: {:#?}", self.workflows.run(&self.owner, run).await.unwrap());
+    }
+
+    async fn messages(&self) -> (Vec<String>, Vec<String>) {
+        // Deliveries run after the run commits: give them a moment to land.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let tg = self.tg.data().messages.iter().filter_map(|m| m.text.clone()).collect();
+        let dc = self.dc.data().messages.iter().map(|m| m.content.clone()).collect();
+        (tg, dc)
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(r) = self.runner.take() {
+            r.await.unwrap();
+        }
+    }
+}
+
+fn over(r: &RunView) -> bool {
+    r.status.is_final()
+}
+
+#[tokio::test]
+async fn an_event_goes_through_filter_template_and_publish_once() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let wf = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({
+                    "name": "AmpFlow", "sources": [w.source],
+                    "steps": [
+                        {"type": "filter", "when": {"not": {"field": "video.title", "op": "contains", "value": "#private"}}},
+                        {"type": "template", "template": "New video: {{video_title}} {{video_url}}"},
+                        {"type": "publish", "targets": [{"connection": w.tg_conn}, {"platform": "discord"}]}
+                    ]
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(wf.version, 1);
+        assert_eq!(wf.definition.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["filter", "template", "publish"]);
+
+        let event = w.event(json!({"video": {"title": "Rust in 100s", "url": "https://youtu.be/abc"}})).await;
+        let run = w.run_of(wf.id, event).await;
+        let run = w.wait(run.id, over).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+        let steps = run.steps.as_ref().unwrap();
+        assert_eq!(steps.iter().map(|s| s.status.as_str()).collect::<Vec<_>>(), ["succeeded"; 3]);
+        let post_id = steps[2].output.as_ref().unwrap()["post_id"].as_str().unwrap().to_string();
+        let (tg, dc) = w.messages().await;
+        assert_eq!(tg, ["New video: Rust in 100s https://youtu.be/abc"]);
+        assert_eq!(dc, ["New video: Rust in 100s https://youtu.be/abc"]);
+
+        // A crash after the post committed and before the run did: the run is back at the
+        // publish step. Going on makes no second post; the step finds the post it made.
+        exec(&w.db, "UPDATE workflow_runs SET status = 'running', cursor = '2', finished_at = NULL WHERE id = $1", run.id).await;
+        w.workflows.advance(run.id).await.unwrap();
+        let again = w.workflows.run(&w.owner, run.id).await.unwrap();
+        assert_eq!(again.status, RunStatus::Succeeded);
+        assert_eq!(again.steps.unwrap()[2].output.as_ref().unwrap()["post_id"], post_id.as_str());
+        // And a finished run advanced again does nothing.
+        w.workflows.advance(run.id).await.unwrap();
+        let (tg, dc) = w.messages().await;
+        assert_eq!((tg.len(), dc.len()), (1, 1), "no second post: {tg:?} {dc:?}");
+
+        // The filter stops what it should: the run is skipped and nothing is sent.
+        let private = w.event(json!({"video": {"title": "Draft #private", "url": "https://youtu.be/p"}})).await;
+        let skipped = w.run_of(wf.id, private).await;
+        let skipped = w.wait(skipped.id, over).await;
+        assert_eq!(skipped.status, RunStatus::Skipped);
+        assert_eq!(skipped.error_code.as_deref(), Some("filtered_out"));
+        assert_eq!(w.messages().await.0.len(), 1);
+
+        // Rerun makes a new run (and a new post) from the same event.
+        let rerun = w.workflows.rerun(&w.owner, run.id).await.unwrap();
+        assert_eq!(rerun.rerun_of, Some(run.id));
+        let rerun = w.wait(rerun.id, over).await;
+        assert_eq!(rerun.status, RunStatus::Succeeded, "{rerun:#?}");
+        assert_eq!(w.messages().await.0.len(), 2);
+        w.stop().await;
+    })
+    .await;
+}
+
+async fn exec(db: &Db, sql: &'static str, id: Uuid) {
+    let mut tx = db.begin().await.unwrap();
+    herald_store::exec!(tx, sql, id).unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delay_waits_as_a_job_and_survives_a_restart() {
+    each_backend(|db| async move {
+        let mut w = World::new(db).await;
+        let wf = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({"name": "later", "sources": [w.source], "steps": [
+                    {"type": "template", "template": "{{ payload.text }}"},
+                    {"type": "delay", "for": "2s"},
+                    {"type": "publish", "targets": [{"connection": w.tg_conn}]}
+                ]}),
+            )
+            .await
+            .unwrap();
+        let event = w.event(json!({"payload": {"text": "after a pause"}})).await;
+        let run = w.run_of(wf.id, event).await;
+        let waiting = w.wait(run.id, |r| r.status == RunStatus::Waiting).await;
+        assert!(waiting.wait_until.is_some());
+        assert_eq!(waiting.cursor.as_deref(), Some("1"));
+        assert!(w.messages().await.0.is_empty(), "nothing before the delay ends");
+        // A new process picks the run up when the time comes.
+        w.restart().await;
+        let done = w.wait(run.id, over).await;
+        assert_eq!(done.status, RunStatus::Succeeded, "{done:#?}");
+        let delay = &done.steps.as_ref().unwrap()[1];
+        assert_eq!(delay.status, "succeeded");
+        assert!(done.finished_at.unwrap() >= waiting.wait_until.unwrap());
+        assert_eq!(w.messages().await.0, ["after a pause"]);
+        w.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn approvals_wait_take_edits_reject_and_expire() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let wf = |timeout: &str| {
+            json!({"name": format!("approve {timeout}"), "sources": [w.source], "steps": [
+                {"type": "template", "template": "Draft: {{ payload.text }}"},
+                {"type": "approval", "users": [w.user], "timeout": timeout, "message": "Check {{ payload.text }}"},
+                {"type": "publish", "targets": [{"connection": w.tg_conn}, {"connection": w.dc_conn}]}
+            ]})
+        };
+        let long = w.workflows.create(&w.owner, wf("1h")).await.unwrap();
+
+        // Approved with an edit for Telegram only.
+        let event = w.event(json!({"payload": {"text": "one"}})).await;
+        let run = w.run_of(long.id, event).await;
+        w.wait(run.id, |r| r.status == RunStatus::Waiting).await;
+        let pending = w.workflows.approvals(&w.owner, Some("pending")).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        let a = &pending[0];
+        assert_eq!(a.proposal["text"], "Draft: one");
+        assert_eq!(a.message.as_deref(), Some("Check one"));
+        // A viewer cannot decide.
+        let viewer = Principal::acting(None, w.team, TeamRole::Viewer, "v");
+        let e = w.workflows.decide(&viewer, a.id, true, Decision::default()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        let edit = Decision {
+            text: None,
+            targets: [("telegram".to_string(), "Edited for Telegram".to_string())].into(),
+            comment: Some("tightened".into()),
+        };
+        let decided = w.workflows.decide(&w.owner, a.id, true, edit).await.unwrap();
+        assert_eq!(decided.status, "approved");
+        assert_eq!(decided.decided_by, Some(w.user));
+        let done = w.wait(run.id, over).await;
+        assert_eq!(done.status, RunStatus::Succeeded, "{done:#?}");
+        let (tg, dc) = w.messages().await;
+        assert_eq!(tg, ["Edited for Telegram"]);
+        assert_eq!(dc, ["Draft: one"]);
+        // Decided once only.
+        let e = w.workflows.decide(&w.owner, a.id, false, Decision::default()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+
+        // Rejected: the run ends cancelled and nothing is posted.
+        let event = w.event(json!({"payload": {"text": "two"}})).await;
+        let run = w.run_of(long.id, event).await;
+        w.wait(run.id, |r| r.status == RunStatus::Waiting).await;
+        let a = w.workflows.approvals(&w.owner, Some("pending")).await.unwrap().remove(0);
+        w.workflows.decide(&w.owner, a.id, false, Decision::default()).await.unwrap();
+        let done = w.wait(run.id, over).await;
+        assert_eq!((done.status, done.error_code.as_deref()), (RunStatus::Cancelled, Some("approval_rejected")));
+
+        // Unanswered: it expires at the timeout and nothing is posted.
+        let short = w.workflows.create(&w.owner, wf("1s")).await.unwrap();
+        let event = w.event(json!({"payload": {"text": "three"}})).await;
+        let runs: Vec<RunView> = futures_join(&w, &[long.id, short.id], event).await;
+        // The 1h workflow waits too; cancel it.
+        w.workflows.cancel_run(&w.owner, runs[0].id).await.unwrap();
+        let done = w.wait(runs[1].id, over).await;
+        assert_eq!((done.status, done.error_code.as_deref()), (RunStatus::Cancelled, Some("approval_expired")), "{done:#?}");
+        let cancelled = w.workflows.run(&w.owner, runs[0].id).await.unwrap();
+        assert_eq!(cancelled.status, RunStatus::Cancelled);
+        let (tg, dc) = w.messages().await;
+        assert_eq!((tg.len(), dc.len()), (1, 1), "only the approved post went out");
+        let expired = w.workflows.approvals(&w.owner, Some("expired")).await.unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].decided_via.as_deref(), Some("timeout"));
+        w.stop().await;
+    })
+    .await;
+}
+
+async fn futures_join(w: &World, workflows: &[Uuid], event: Uuid) -> Vec<RunView> {
+    let mut out = Vec::new();
+    for wf in workflows {
+        out.push(w.run_of(*wf, event).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn problems_come_back_with_paths_and_dry_runs_post_nothing() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let missing = Uuid::now_v7();
+        let e = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({"name": "bad", "steps": [
+                    {"type": "template", "template": "{{ oops"},
+                    {"type": "approval", "timeout": "1h"},
+                    {"type": "publish", "targets": [{"connection": missing}]}
+                ]}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        let paths: Vec<String> = e.details.unwrap()["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(paths, ["steps[0].template", "steps[1]", "steps[2].targets[0].connection"]);
+
+        let wf = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({"name": "dry", "steps": [
+                    {"type": "template", "template": "Hello {{ payload.who }}",
+                     "per_platform": {"discord": "**Hello** {{ payload.who }}"}},
+                    {"type": "delay", "for": "1h"},
+                    {"type": "publish", "targets": [{"connection": w.tg_conn}, {"connection": w.dc_conn}]}
+                ]}),
+            )
+            .await
+            .unwrap();
+        let dry = w
+            .workflows
+            .start_manual(&w.owner, wf.id, ManualRun { payload: json!({"payload": {"who": "world"}}), dry_run: true })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(dry.status, RunStatus::Succeeded, "{dry:#?}");
+        let texts: Vec<&str> = dry.would_post[0]["targets"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+        assert_eq!(texts, ["Hello world", "**Hello** world"]);
+        assert_eq!(w.messages().await, (vec![], vec![]));
+        let page = w.workflows.runs(&w.owner, &Default::default()).await.unwrap();
+        assert!(page.runs.is_empty(), "a dry run keeps nothing");
+
+        // A new definition is a new version; the same one again is not.
+        let mut def = serde_json::to_value(&wf.definition).unwrap();
+        def["steps"][0]["template"] = json!("Hi {{ payload.who }}");
+        let (v2, new) = w.workflows.replace(&w.owner, wf.id, def.clone()).await.unwrap();
+        assert!(new);
+        assert_eq!(v2.version, 2);
+        let (v2b, new) = w.workflows.replace(&w.owner, wf.id, def).await.unwrap();
+        assert!(!new);
+        assert_eq!(v2b.version, 2);
+        assert_eq!(w.workflows.versions(&w.owner, wf.id).await.unwrap().len(), 2);
+
+        // A manual (non-dry) run goes through the queue and publishes.
+        let run = w
+            .workflows
+            .start_manual(&w.owner, wf.id, ManualRun { payload: json!({"payload": {"who": "you"}}), dry_run: false })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.trigger, "manual");
+        let waiting = w.wait(run.id, |r| r.status == RunStatus::Waiting).await;
+        assert_eq!(waiting.version, 2);
+        w.workflows.cancel_run(&w.owner, run.id).await.unwrap();
+        w.stop().await;
+    })
+    .await;
+}
