@@ -110,6 +110,8 @@ fn required(method: &str, path: &str) -> Option<Option<Action>> {
             Some(Action::WriteContent)
         }
         ("DELETE", "/sources/{source_id}") => Some(Action::DeleteContent),
+        ("GET", "/workflow-settings") => Some(Action::Read),
+        ("PUT", "/workflow-settings") => Some(Action::ManageTeam),
         ("GET", "/workflows" | "/workflows/{workflow_id}" | "/workflows/{workflow_id}/versions")
         | ("GET", "/runs" | "/runs/{run_id}" | "/approvals" | "/approvals/{approval_id}") => Some(Action::Read),
         ("POST", "/workflows") | ("PUT" | "PATCH", "/workflows/{workflow_id}") => Some(Action::WriteContent),
@@ -181,9 +183,12 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
         ("POST", "/sources/{source_id}/poll") => None,
         ("POST", "/workflows") | ("PUT", "/workflows/{workflow_id}") => Some(workflow_body()),
         ("PATCH", "/workflows/{workflow_id}") => Some(json!({"active": false})),
+        ("PUT", "/workflow-settings") => Some(json!({"ai_model": "llama3.2", "ai_daily_calls": 10})),
         ("POST", "/workflows/{workflow_id}/run") => Some(json!({"payload": {}, "dry_run": false})),
         ("POST", "/runs/{run_id}/cancel" | "/runs/{run_id}/rerun") => None,
-        ("POST", "/approvals/{approval_id}/approve" | "/approvals/{approval_id}/reject") => Some(json!({"comment": "ok"})),
+        ("POST", "/approvals/{approval_id}/approve" | "/approvals/{approval_id}/reject") => {
+            Some(json!({"comment": "ok"}))
+        }
         ("GET" | "DELETE", _) => None,
         _ => panic!("give {method} {path} a valid body in body_for"),
     }

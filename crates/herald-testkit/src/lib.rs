@@ -17,6 +17,7 @@ pub mod mastodon;
 pub mod matrix;
 pub mod moto;
 pub mod nostr;
+pub mod openai;
 pub mod telegram;
 pub mod vk;
 pub mod webhook;

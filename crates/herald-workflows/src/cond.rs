@@ -73,6 +73,7 @@ pub enum Cond {
 pub struct FieldTest {
     /// A dotted path into the run's variables: `item.title`, `payload.tags.0`.
     pub field: String,
+    /// The comparison.
     pub op: Op,
     /// The operand. Absent for `exists` (which then means "exists: true"). An explicit `null` is
     /// kept as `Some(Null)` so the condition serialises back exactly as written.
@@ -96,8 +97,11 @@ pub enum Op {
     Ne,
     /// Greater than: numbers (or numeric strings), else RFC 3339 times.
     Gt,
+    /// Less than (numbers, else times).
     Lt,
+    /// Greater than or equal (numbers, else times).
     Gte,
+    /// Less than or equal (numbers, else times).
     Lte,
     /// The field's value is one of the value's list.
     In,
@@ -128,8 +132,10 @@ impl Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncludeExclude {
+    /// At least one of these must be present (when not empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
+    /// None of these may be present.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
 }
@@ -152,8 +158,10 @@ pub enum ContentType {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DurationRange {
+    /// The shortest accepted duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<u64>,
+    /// The longest accepted duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<u64>,
 }

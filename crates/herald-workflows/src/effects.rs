@@ -8,7 +8,7 @@ use crate::store::{RunRow, Workflows, store};
 use crate::template;
 use herald_core::Error;
 use herald_http::{FetchError, Method};
-use herald_store::{Ts, exec, on_read};
+use herald_store::{exec, on_read};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -123,14 +123,16 @@ pub(crate) struct AiSettings {
     pub daily_tokens: i64,
 }
 
+/// base_url, model, sealed api_key, daily_calls, daily_tokens.
+type SettingsRow = (Option<String>, String, Option<String>, i64, i64);
+
 impl Workflows {
     pub(crate) async fn ai_settings(&self, team: uuid::Uuid) -> Result<AiSettings, Error> {
         let c = &self.inner.config;
-        let row: Option<(Option<String>, String, Option<String>, i64, i64)> =
-            on_read!(self.inner.db, db => sqlx::query_as(
+        let row: Option<SettingsRow> = on_read!(self.inner.db, db => sqlx::query_as(
             "SELECT base_url, model, api_key, daily_calls, daily_tokens FROM ai_settings WHERE team_id = $1")
             .bind(team).fetch_optional(db).await)
-            .map_err(store)?;
+        .map_err(store)?;
         Ok(match row {
             Some((base, model, key, calls, tokens)) => {
                 let key = match key {
@@ -209,14 +211,136 @@ pub(crate) fn ai_key_binding(team: uuid::Uuid) -> String {
     herald_vault::binding("ai_settings", "api_key", Some(&team), &team)
 }
 
-#[allow(unused_variables)]
+/// Rewrites the run's text with the team's AI endpoint: one variant per platform, or one text.
+/// The model's answer is only text: it is cleaned and checked against each platform's limit,
+/// and it never chooses targets, URLs or tools. A failure falls back to the input text or fails
+/// the run, as the step says; a rate limit or an outage retries first.
 pub(crate) async fn ai_step(
     w: &Workflows,
     run: &RunRow,
+    path: &Path,
+    policy: RetryPolicy,
     a: &AiRewrite,
     state: &mut RunState,
     vars: &Value,
 ) -> (Outcome, Option<Value>) {
-    let _ = Ts::now();
-    (fail("ai_unavailable", "AI rewrite is not wired yet"), None)
+    let input = match &a.input {
+        Some(src) => match template::render(src, vars) {
+            Ok(t) => t,
+            Err(e) => return (fail(e.code(), format!("input: {e}")), None),
+        },
+        None => state.text.clone().unwrap_or_default(),
+    };
+    let step_input = json!({"text": input, "platforms": a.platforms});
+    let fallback = |code: &str, message: String, state: &mut RunState| match a.on_failure {
+        OnFailure::Fail => fail(code, message),
+        OnFailure::Fallback => {
+            state.text = Some(input.clone());
+            Outcome::Next {
+                output: json!({"fallback": true, "code": code, "reason": message, "text": input}),
+                next: None,
+            }
+        }
+    };
+    if input.trim().is_empty() {
+        return (fallback("ai_invalid", "there is no text to rewrite".into(), state), Some(step_input));
+    }
+    let settings = match w.ai_settings(run.team_id).await {
+        Ok(s) => s,
+        Err(e) => return (retry("store", e.message, Duration::from_secs(2)), Some(step_input)),
+    };
+    let Some(base_url) = settings.base_url.clone() else {
+        let why = "no AI endpoint is configured: set HERALD_AI_BASE_URL, or the team's own endpoint".to_string();
+        return (fallback("ai_unavailable", why, state), Some(step_input));
+    };
+    let endpoint =
+        crate::ai::Endpoint { base_url: &base_url, model: &settings.model, api_key: settings.api_key.as_deref() };
+    let via = if settings.team_endpoint {
+        crate::ai::Via::Safe(&w.inner.safe)
+    } else {
+        crate::ai::Via::Trusted(&w.inner.trusted)
+    };
+    let platforms: Vec<Option<&str>> =
+        if a.platforms.is_empty() { vec![None] } else { a.platforms.iter().map(|p| Some(p.as_str())).collect() };
+    let mut variants = serde_json::Map::new();
+    let mut tokens = 0;
+    // Why the rest of the platforms keep the input text, when a call fails for good.
+    let mut gave_up: Option<(&'static str, String)> = None;
+    for platform in platforms {
+        match w.take_ai_call(run.team_id, &settings).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let why = format!(
+                    "the team's daily AI budget ({} calls, {} tokens) is spent; it renews at midnight UTC",
+                    settings.daily_calls, settings.daily_tokens
+                );
+                gave_up = Some(("ai_budget_exceeded", why));
+                break;
+            }
+            Err(e) => return (retry("store", e.message, Duration::from_secs(2)), Some(step_input)),
+        }
+        let ask = crate::ai::Rewrite {
+            text: &input,
+            platform,
+            max_chars: a.max_length,
+            tone: a.tone.as_deref(),
+            hashtags: a.hashtags,
+            emojis: a.emojis,
+            instructions: a.instructions.as_deref(),
+        };
+        match crate::ai::rewrite(via, &endpoint, &ask).await {
+            Ok(answer) => {
+                tokens += answer.tokens();
+                if let Err(e) = w.add_ai_tokens(run.team_id, answer.tokens()).await {
+                    tracing::warn!(run = %run.id, error = %e.message, "could not count AI tokens");
+                }
+                variants.insert(platform.unwrap_or("all").to_string(), Value::String(answer.text));
+            }
+            Err(e @ (crate::ai::AiError::Transient(_) | crate::ai::AiError::RateLimited(..))) => {
+                let after = match &e {
+                    crate::ai::AiError::RateLimited(_, Some(d)) => *d,
+                    _ => Duration::from_secs(2),
+                };
+                // Retry while the step's policy allows; its last failure falls back or fails.
+                let attempt = state.attempts.get(&path.display()).copied().unwrap_or(0) + 1;
+                if attempt < policy.max_attempts {
+                    return (retry(e.code(), e.to_string(), after), Some(step_input));
+                }
+                gave_up = Some((e.code(), e.to_string()));
+                break;
+            }
+            Err(e) => {
+                gave_up = Some((e.code(), e.to_string()));
+                break;
+            }
+        }
+    }
+    if let Some((code, why)) = &gave_up
+        && (a.on_failure == OnFailure::Fail || variants.is_empty())
+    {
+        return (fallback(code, why.clone(), state), Some(step_input));
+    }
+    let mut output = json!({"tokens": tokens});
+    if let Some((code, why)) = gave_up {
+        // The platforms done keep their variants; the others post the input text.
+        output["fallback"] = json!(true);
+        output["code"] = json!(code);
+        output["reason"] = json!(why);
+        state.text = Some(input.clone());
+    }
+    match variants.remove("all") {
+        Some(Value::String(text)) => {
+            state.text = Some(text.clone());
+            output["text"] = json!(text);
+        }
+        _ => {
+            for (platform, text) in &variants {
+                if let Value::String(t) = text {
+                    state.variants.insert(platform.clone(), t.clone());
+                }
+            }
+            output["variants"] = Value::Object(variants);
+        }
+    }
+    (Outcome::Next { output, next: None }, Some(step_input))
 }

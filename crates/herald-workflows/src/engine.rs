@@ -302,7 +302,7 @@ impl Workflows {
 
     pub(crate) async fn workflow_row(&self, id: Uuid) -> Result<WorkflowRow, Error> {
         let row: Option<WorkflowRow> = on_read!(self.inner.db, c => sqlx::query_as(
-            "SELECT id, team_id, name, active, version, created_at, updated_at FROM workflows WHERE id = $1")
+            "SELECT id, name, active, version, created_at, updated_at FROM workflows WHERE id = $1")
             .bind(id).fetch_optional(c).await)
         .map_err(store)?;
         row.ok_or_else(|| Error::not_found("workflow"))
@@ -499,7 +499,9 @@ impl Workflows {
             }
             StepKind::Publish(p) => self.publish_step(run, wf, path, p, state, vars, dry).await,
             StepKind::Http(h) => crate::effects::http_step(self, run, path, h, vars, dry).await,
-            StepKind::AiRewrite(a) => crate::effects::ai_step(self, run, a, state, vars).await,
+            StepKind::AiRewrite(a) => {
+                crate::effects::ai_step(self, run, path, step.retry.unwrap_or_default(), a, state, vars).await
+            }
         }
     }
 

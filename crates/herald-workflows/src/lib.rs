@@ -11,15 +11,18 @@
 //! - [`validate`] checks a definition up front and names each problem by its path.
 #![forbid(unsafe_code)]
 
+pub mod ai;
 pub mod cond;
 mod effects;
 pub mod engine;
 pub mod model;
 pub mod path;
+mod settings;
 mod store;
 pub mod template;
 pub mod validate;
 
 pub use engine::{RunHandler, event_input, sink};
 pub use model::*;
+pub use settings::{SettingsUpdate, SettingsView};
 pub use store::{RUN_JOB, RunPage, RunQuery, WorkflowConfig, WorkflowPatch, Workflows};

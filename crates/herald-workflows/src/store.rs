@@ -79,7 +79,6 @@ pub(crate) fn invalid(field: &str, msg: impl Into<String>) -> Error {
 #[derive(sqlx::FromRow, Clone)]
 pub(crate) struct WorkflowRow {
     pub id: Uuid,
-    pub team_id: Uuid,
     pub name: String,
     pub active: bool,
     pub version: i64,
@@ -87,7 +86,7 @@ pub(crate) struct WorkflowRow {
     pub updated_at: Ts,
 }
 
-const WORKFLOW_COLS: &str = "id, team_id, name, active, version, created_at, updated_at";
+const WORKFLOW_COLS: &str = "id, name, active, version, created_at, updated_at";
 
 #[derive(sqlx::FromRow, Clone)]
 pub(crate) struct RunRow {
@@ -525,32 +524,6 @@ impl Workflows {
                 })
             })
             .collect())
-    }
-
-    /// Sets (or clears) the workflow that runs when any of the team's runs fails.
-    pub async fn set_error_workflow(&self, p: &Principal, workflow: Option<Uuid>) -> Result<(), Error> {
-        let (team, _) = authorize(p, Action::ManageTeam)?;
-        if let Some(w) = workflow {
-            self.row(team, w).await?;
-        }
-        let mut tx = self.inner.db.begin().await?;
-        exec!(tx, "UPDATE teams SET error_workflow = $2 WHERE id = $1", team, workflow).map_err(store)?;
-        audit::record(
-            &mut tx,
-            &Actor::of(p),
-            Event::new(Some(team), "team.error_workflow").details(json!({"workflow": workflow})),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn error_workflow(&self, p: &Principal) -> Result<Option<Uuid>, Error> {
-        let (team, _) = authorize(p, Action::Read)?;
-        let row: Option<(Option<Uuid>,)> = on_read!(self.inner.db, c => sqlx::query_as(
-            "SELECT error_workflow FROM teams WHERE id = $1").bind(team).fetch_optional(c).await)
-        .map_err(store)?;
-        Ok(row.and_then(|r| r.0))
     }
 
     // ----- runs -----

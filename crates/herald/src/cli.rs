@@ -168,6 +168,14 @@ pub enum Command {
         #[command(flatten)]
         target: ApiTarget,
     },
+    /// Manage workflows (apply YAML files like kubectl, export, run) and their runs and
+    /// approvals, on a running server (--server and HERALD_API_KEY) or the local data dir (--team).
+    Workflows {
+        #[command(subcommand)]
+        command: WorkflowsCommand,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
     /// Manage the master keys that encrypt stored secrets.
     Secrets {
         #[command(subcommand)]
@@ -284,6 +292,61 @@ pub enum ConnectionsCommand {
     Test { id: uuid::Uuid },
     /// Delete a connection.
     Remove { id: uuid::Uuid },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkflowsCommand {
+    /// Create or update workflows from YAML (or JSON) files, one workflow per file, matched by
+    /// name: new ones are created, changed ones get a new version (the diff is printed),
+    /// unchanged ones are left alone.
+    Apply {
+        /// A file, or a directory of .yaml, .yml and .json files.
+        #[arg(short = 'f', long)]
+        file: std::path::PathBuf,
+        /// Print what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the workflows as YAML (to stdout, or one file each into --out).
+    Export {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short = 'o', long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// List the team's workflows.
+    List,
+    /// Run a workflow on a payload (the run's input, as an event's data would be).
+    Run {
+        id: uuid::Uuid,
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Run every step except publish and http and print what would be posted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List runs, newest first.
+    Runs {
+        #[arg(long)]
+        workflow: Option<uuid::Uuid>,
+        /// pending, running, waiting, succeeded, failed, skipped or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Approve a waiting approval, optionally with a new text for every target.
+    Approve {
+        id: uuid::Uuid,
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a waiting approval: its run ends and nothing is posted.
+    Reject {
+        id: uuid::Uuid,
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

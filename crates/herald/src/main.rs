@@ -12,6 +12,7 @@ mod connections;
 mod jobs;
 mod serve;
 mod sources;
+mod workflows;
 
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand, DiagCommand, JobsCommand};
@@ -118,6 +119,7 @@ async fn run(command: Command, config: Config) -> Result<(), Exit> {
         Command::Secrets { command } => admin::secrets(command, &config).await,
         Command::Connections { command, target } => connections::run(command, target, &config).await,
         Command::Sources { command, target } => sources::run(command, target, &config).await,
+        Command::Workflows { command, target } => workflows::run(command, target, &config).await,
         Command::Jobs { command: JobsCommand::Stats } => {
             let db = serve::open_database(&config).await?;
             let depth = herald_queue::Queue::new(db.clone()).depth().await?;

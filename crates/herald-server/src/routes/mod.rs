@@ -111,6 +111,7 @@ pub fn api_v1() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(workflows::approval))
         .routes(routes!(workflows::approve))
         .routes(routes!(workflows::reject))
+        .routes(routes!(workflows::settings, workflows::set_settings))
         // The upload streams with its own cap (HERALD_MEDIA_MAX_BYTES), not the JSON body limit;
         // the listing shares its path and takes no body.
         .merge(

@@ -9,8 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_workflows::{
-    ApprovalView, Decision, Definition, DryRunView, ManualRun, RunPage, RunQuery, RunView, VersionView, WorkflowPatch,
-    WorkflowView,
+    ApprovalView, Decision, Definition, DryRunView, ManualRun, RunPage, RunQuery, RunView, SettingsUpdate,
+    SettingsView, VersionView, WorkflowPatch, WorkflowView,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -201,4 +201,23 @@ pub async fn reject(
     Body(d): Body<Decision>,
 ) -> Result<Json<ApprovalView>, ApiError> {
     Ok(Json(state.workflows.decide(&p, id, false, d).await?))
+}
+
+/// The team's workflow settings: the error workflow, and its AI endpoint, model and daily
+/// budget with today's use. The key is never shown.
+#[utoipa::path(get, path = "/workflow-settings", tag = "workflows", responses((status = 200, body = SettingsView)))]
+pub async fn settings(State(state): State<AppState>, Auth(p): Auth) -> Result<Json<SettingsView>, ApiError> {
+    Ok(Json(state.workflows.settings(&p).await?))
+}
+
+/// Sets the error workflow (null clears it), the team's own AI endpoint (through the SSRF guard),
+/// model, key (sealed; "" removes it) and daily budget.
+#[utoipa::path(put, path = "/workflow-settings", tag = "workflows", request_body = SettingsUpdate,
+    responses((status = 200, body = SettingsView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_settings(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Body(u): Body<SettingsUpdate>,
+) -> Result<Json<SettingsView>, ApiError> {
+    Ok(Json(state.workflows.set_settings(&p, u).await?))
 }
