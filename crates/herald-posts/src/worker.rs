@@ -36,7 +36,8 @@ pub struct DeliveryHandler {
     /// The first retry's wait; each one after doubles it (up to an hour), ±20 %.
     backoff_base: std::time::Duration,
     /// Test hook: abort the process right after the platform accepted a call, before the commit.
-    crash_after_call: bool,
+    /// `HERALD_FAILPOINT=delivery.after_call[:platform]`: the platform it crashes after ("" for any).
+    crash_after_call: Option<String>,
     /// Group commit for the usual case, started with the first job.
     batch: Arc<OnceLock<Batcher>>,
 }
@@ -44,7 +45,9 @@ pub struct DeliveryHandler {
 impl DeliveryHandler {
     pub fn new(posts: Posts) -> DeliveryHandler {
         // Only the crash tests set this; it makes the worker die at the worst moment.
-        let crash_after_call = std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v == "delivery.after_call");
+        let crash_after_call = std::env::var("HERALD_FAILPOINT")
+            .ok()
+            .and_then(|v| v.strip_prefix("delivery.after_call").map(|rest| rest.trim_start_matches(':').to_string()));
         DeliveryHandler {
             posts,
             crash_after_call,
@@ -246,7 +249,7 @@ impl DeliveryHandler {
             let clock = Instant::now();
             let result = adapter.publish(self.posts.connections.net(), &conn, &out).await;
             let ms = clock.elapsed().as_millis() as i64;
-            if self.crash_after_call && result.is_ok() {
+            if result.is_ok() && self.crash_after_call.as_ref().is_some_and(|p| p.is_empty() || *p == d.platform) {
                 tracing::error!("failpoint delivery.after_call: aborting before the commit");
                 std::process::abort();
             }

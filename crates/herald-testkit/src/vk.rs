@@ -90,7 +90,8 @@ pub async fn start() -> FakeServer<State> {
     let router = Router::new()
         .route("/method/{method}", post(method).get(method))
         .route("/upload/photo", post(upload_photo))
-        .route("/upload/video/{owner}/{id}", post(upload_video));
+        // VK takes videos up to 256 GB; axum's default 2 MB body limit would refuse real clips.
+        .route("/upload/video/{owner}/{id}", post(upload_video).layer(axum::extract::DefaultBodyLimit::max(512 << 20)));
     FakeServer::start(router, state, render).await
 }
 

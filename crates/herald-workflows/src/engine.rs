@@ -116,6 +116,13 @@ pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>
     enqueue(tx, job).await
 }
 
+/// Only the crash tests set it: `HERALD_FAILPOINT=workflow.after_publish` dies after a publish
+/// step's post committed and before the run records it.
+fn failpoint_after_publish() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v == "workflow.after_publish"))
+}
+
 /// `HH:MM` → minutes after midnight.
 pub(crate) fn parse_time_of_day(s: &str) -> Option<(u32, u32)> {
     let (h, m) = s.trim().split_once(':')?;
@@ -188,6 +195,10 @@ impl Workflows {
             let here = path.display();
             match outcome {
                 Outcome::Next { output, next } => {
+                    if matches!(step.kind, StepKind::Publish(_)) && failpoint_after_publish() {
+                        tracing::error!("failpoint workflow.after_publish: aborting before the run's commit");
+                        std::process::abort();
+                    }
                     state.attempts.remove(&key);
                     state.steps.insert(step.id.clone(), output.clone());
                     rec.output = Some(output);
@@ -874,18 +885,38 @@ impl Workflows {
         };
         let key = format!("wf:{}:{}", run.id, path.display());
         let principal = Principal::acting(None, run.team_id, TeamRole::Editor, &format!("workflow {}", wf.name));
-        let made = match self.inner.posts.create(&principal, new, Some(&key)).await {
-            Ok((view, _)) => Ok(view),
-            // The post was made before a crash, from a request that differs only in what time
-            // made it (`in: 2h`): it is still this step's post.
-            Err(e) if e.code == ErrorCode::Conflict => {
-                match self.inner.posts.by_idempotency_key(run.team_id, &key).await {
-                    Ok(Some(v)) => Ok(v),
-                    Ok(None) => Err(e),
-                    Err(e2) => Err(e2),
+        let mut new = new;
+        // Targets that break their platform's rules (a video over Telegram's size limit) are left
+        // out, and the rest publish; only when every target breaks a rule does the step fail.
+        let mut skipped = Vec::new();
+        let made = loop {
+            let attempt = match self.inner.posts.create(&principal, new.clone(), Some(&key)).await {
+                Ok((view, _)) => Ok(view),
+                // The post was made before a crash, from a request that differs only in what
+                // time made it (`in: 2h`): it is still this step's post.
+                Err(e) if e.code == ErrorCode::Conflict => {
+                    match self.inner.posts.by_idempotency_key(run.team_id, &key).await {
+                        Ok(Some(v)) => Ok(v),
+                        Ok(None) => Err(e),
+                        Err(e2) => Err(e2),
+                    }
                 }
+                Err(e) => Err(e),
+            };
+            let bad: Vec<Value> = match &attempt {
+                Err(e) if e.code == ErrorCode::ValidationFailed => {
+                    e.details.as_ref().and_then(|d| d["targets"].as_array().cloned()).unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            let bad_ids: Vec<String> =
+                bad.iter().filter_map(|t| t["connection_id"].as_str().map(str::to_string)).collect();
+            let before = new.targets.len();
+            new.targets.retain(|t| !bad_ids.contains(&t.connection_id.to_string()));
+            if bad_ids.is_empty() || new.targets.is_empty() || new.targets.len() == before {
+                break attempt;
             }
-            Err(e) => Err(e),
+            skipped.extend(bad);
         };
         match made {
             Ok(view) => {
@@ -894,7 +925,11 @@ impl Workflows {
                     .iter()
                     .map(|d| json!({"id": d.id, "connection_id": d.connection_id, "platform": d.platform, "state": d.state}))
                     .collect();
-                (next(json!({"post_id": view.id, "state": view.state, "deliveries": deliveries})), Some(request))
+                let mut output = json!({"post_id": view.id, "state": view.state, "deliveries": deliveries});
+                if !skipped.is_empty() {
+                    output["skipped"] = Value::Array(skipped);
+                }
+                (next(output), Some(request))
             }
             Err(e) => match e.code {
                 ErrorCode::Internal | ErrorCode::Unavailable => (
