@@ -611,3 +611,42 @@ async fn clip_video_to_telegram_and_vk_one_too_large_cancel_and_retry() {
     assert!(tg.data().messages.is_empty(), "nothing reached Telegram");
     assert!(tg.requests_to("sendVideo").is_empty() && tg.requests_to("sendMessage").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_between_its_post_and_its_commit_resumes_without_a_second_post() {
+    let tg = telegram::start().await;
+    let node = Node::new("herald-run-crash", &[("HERALD_TELEGRAM_API_BASE", tg.url.clone())]);
+    let mut p = node.start(Some("workflow.after_publish"));
+    let tg_id =
+        node.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+    let source = node.ok("POST", "/sources", Some(json!({"kind": "manual", "name": "m"}))).await;
+    let wf = node
+        .ok(
+            "POST",
+            "/workflows",
+            Some(json!({"name": "once", "sources": [source["id"]], "steps": [
+                {"type": "template", "template": "Exactly once: {{ payload.n }}"},
+                {"type": "publish", "targets": [{"connection": tg_id}]},
+                {"type": "template", "id": "after", "template": "done {{ steps.publish.post_id }}"}
+            ]})),
+        )
+        .await;
+    node.ok("POST", &format!("/sources/{}/events", source["id"].as_str().unwrap()), Some(json!({"data": {"payload": {"n": 7}}})))
+        .await;
+    let code = p.wait_exit(Duration::from_secs(30));
+    assert_ne!(code, 0, "the failpoint aborts:\n{}", p.log());
+    assert!(p.log().contains("failpoint workflow.after_publish"), "{}", p.log());
+    // The post committed and the run did not record it: resuming runs the publish step again,
+    // which finds the post it made by its key instead of making a second.
+    let _p = node.start(None);
+    let runs = node.finished_runs(wf["id"].as_str().unwrap(), 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
+    let run = node.ok("GET", &format!("/runs/{}", runs[0]["id"].as_str().unwrap()), None).await;
+    let post_id = run["steps"][1]["output"]["post_id"].as_str().unwrap().to_string();
+    assert_eq!(run["steps"][2]["output"]["text"], format!("done {post_id}"));
+    until("the message", Duration::from_secs(30), || !tg.data().messages.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let posts = node.ok("GET", "/posts", None).await;
+    assert_eq!(posts["posts"].as_array().map(Vec::len).unwrap_or(0), 1, "one post: {posts:#}");
+    assert_eq!(tg.data().messages.iter().filter_map(|m| m.text.clone()).collect::<Vec<_>>(), ["Exactly once: 7"]);
+}
