@@ -547,8 +547,20 @@ fn regex(pattern: &str) -> Option<Regex> {
 }
 
 /// Where the content's text lives, across feed items, videos and webhook payloads.
-const TEXT_FIELDS: &[&str] =
-    &["item.title", "item.summary", "item.content", "video.title", "video.description", "payload.text", "text"];
+const TEXT_FIELDS: &[&str] = &[
+    "item.title",
+    // Feed items as herald-triggers stores them (plain summary, HTML summary and content)…
+    "item.summary_text",
+    "item.summary_html",
+    "item.content_html",
+    // …and the plain names other sources and payloads use.
+    "item.summary",
+    "item.content",
+    "video.title",
+    "video.description",
+    "payload.text",
+    "text",
+];
 
 fn content_text(ctx: &Value) -> String {
     let parts: Vec<&str> = TEXT_FIELDS.iter().filter_map(|p| lookup(ctx, p)?.as_str()).collect();

@@ -60,18 +60,21 @@ pub(crate) async fn http_step(
         Ok(r) => r,
         Err(e) => return (fail("ssrf_blocked_destination", e.to_string()), Some(input)),
     };
-    req = req
-        .timeout(Duration::from_secs(h.timeout_secs.unwrap_or(15)))
+    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    req = req.timeout(Duration::from_secs(h.timeout_secs.unwrap_or(15)));
+    if !has("idempotency-key") {
         // The same call after a crash carries the same key, for receivers that deduplicate.
-        .header("Idempotency-Key", format!("{}:{}", run.id, path.display()));
+        req = req.header("Idempotency-Key", format!("{}:{}", run.id, path.display()));
+    }
     for (k, v) in &headers {
         req = req.header(k.as_str(), v.as_str());
     }
     if let Some(b) = body {
-        req = match serde_json::from_str::<Value>(&b) {
-            Ok(_) => req.header("Content-Type", "application/json").body(b),
-            Err(_) => req.header("Content-Type", "text/plain; charset=utf-8").body(b),
-        };
+        if !has("content-type") {
+            let json = serde_json::from_str::<Value>(&b).is_ok();
+            req = req.header("Content-Type", if json { "application/json" } else { "text/plain; charset=utf-8" });
+        }
+        req = req.body(b);
     }
     let response = match w.inner.safe.send(req).await {
         Ok(r) => r,
@@ -147,6 +150,12 @@ impl Workflows {
                     None => None,
                 };
                 let team_endpoint = base.is_some();
+                // On the operator's endpoint (and key), the operator's budget is a cap a team can
+                // lower but not raise; on its own endpoint a team sets what it likes.
+                let (calls, tokens) = match team_endpoint {
+                    true => (calls, tokens),
+                    false => (calls.min(c.ai_daily_calls), tokens.min(c.ai_daily_tokens)),
+                };
                 AiSettings {
                     base_url: base.or_else(|| c.ai_base_url.clone()),
                     team_endpoint,

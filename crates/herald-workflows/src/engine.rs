@@ -35,6 +35,10 @@ pub(crate) struct RunState {
     /// Per-platform (or per-connection) texts: AI variants, approvers' edits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variants: BTreeMap<String, String>,
+    /// Approvers' edits: `*` for every target, or a connection id or platform. They win over
+    /// every other text, so what was approved is what is posted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub edits: BTreeMap<String, String>,
     /// Each finished step's output, by id.
     #[serde(default)]
     pub steps: BTreeMap<String, Value>,
@@ -51,7 +55,13 @@ impl RunState {
             Value::Object(o) => Value::Object(o.clone()),
             _ => json!({}),
         };
-        v["text"] = json!(self.text.clone().unwrap_or_default());
+        // The run's text once a step has made one; before that, an input's own `text` (a
+        // webhook body's, say) shows through.
+        match &self.text {
+            Some(t) => v["text"] = json!(t),
+            None if v.get("text").is_some() => {}
+            None => v["text"] = json!(""),
+        }
         v["variants"] = json!(self.variants);
         v["steps"] = json!(self.steps);
         v["run"] = json!({"id": run, "workflow_id": workflow});
@@ -621,13 +631,15 @@ impl Workflows {
                 if let Some(edits) = row.edits.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()) {
                     if let Some(t) = edits["text"].as_str() {
                         state.text = Some(t.to_string());
-                        // A new text for every target replaces earlier variants.
+                        // A new text for every target replaces earlier edits and variants.
                         state.variants.clear();
+                        state.edits.clear();
+                        state.edits.insert("*".into(), t.to_string());
                     }
                     if let Some(targets) = edits["targets"].as_object() {
                         for (k, v) in targets {
                             if let Some(v) = v.as_str() {
-                                state.variants.insert(k.clone(), v.to_string());
+                                state.edits.insert(k.clone(), v.to_string());
                             }
                         }
                     }
@@ -846,8 +858,15 @@ impl Workflows {
         let per_target: Vec<Value> = targets
             .iter()
             .map(|(id, platform, own)| {
-                let t = own
-                    .clone()
+                // An approver's edit wins; then the target's own text; then a variant (AI, a
+                // template's per-platform text); then the step's text or the run's.
+                let t = state
+                    .edits
+                    .get(&id.to_string())
+                    .or_else(|| state.edits.get(platform))
+                    .or_else(|| state.edits.get("*"))
+                    .cloned()
+                    .or_else(|| own.clone())
                     .or_else(|| state.variants.get(&id.to_string()).cloned())
                     .or_else(|| state.variants.get(platform).cloned())
                     .unwrap_or_else(|| text.clone());
@@ -1093,7 +1112,7 @@ pub fn event_input(event: &EventView) -> Value {
 }
 
 /// The next `h:m` local time in `tz` after `now` (on `weekday` if given). A time the clocks skip
-/// that day becomes the first minute after the change.
+/// that day moves an hour on (02:30 becomes 03:30 when 02:00 jumps to 03:00).
 pub(crate) fn next_local(
     now: DateTime<Utc>,
     tz: chrono_tz::Tz,

@@ -218,7 +218,8 @@ pub struct Target {
     /// A connection of the team.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Uuid>,
-    /// Or every active connection of this platform in the team.
+    /// Or every connection of this platform in the team (one that needs re-authorising gets its
+    /// delivery, which waits for the fix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
     /// A template for this target's text.
@@ -380,7 +381,8 @@ pub struct RunView {
     pub workflow_id: Uuid,
     pub version: i64,
     pub event_id: Option<Uuid>,
-    /// `event`, `manual` or `rerun`.
+    /// `event`, `manual`, `rerun`, or `error` (the team's error workflow, with `rerun_of` naming
+    /// the failed run).
     pub trigger: String,
     pub rerun_of: Option<Uuid>,
     pub status: RunStatus,

@@ -265,13 +265,13 @@ impl Workflows {
         let connections: Vec<(Uuid, String)> = on_read!(db, c => sqlx::query_as(
             "SELECT id, platform FROM connections WHERE team_id = $1").bind(team).fetch_all(c).await)
         .map_err(store)?;
-        let members: Vec<(Uuid,)> = on_read!(db, c => sqlx::query_as(
-            "SELECT user_id FROM memberships WHERE team_id = $1").bind(team).fetch_all(c).await)
+        let members: Vec<(Uuid, String)> = on_read!(db, c => sqlx::query_as(
+            "SELECT user_id, role FROM memberships WHERE team_id = $1").bind(team).fetch_all(c).await)
         .map_err(store)?;
         Ok(TeamFacts {
             sources: sources.into_iter().map(|s| s.0).collect(),
             connections: connections.into_iter().collect(),
-            members: members.into_iter().map(|m| m.0).collect(),
+            members: members.into_iter().collect(),
         })
     }
 
@@ -423,7 +423,12 @@ impl Workflows {
     pub async fn replace(&self, p: &Principal, id: Uuid, v: Value) -> Result<(WorkflowView, bool), Error> {
         let (team, _) = authorize(p, Action::WriteContent)?;
         let row = self.row(team, id).await?;
-        let def = self.prepare(team, v).await?;
+        // A body without `active` keeps the workflow as it is (paused stays paused).
+        let says_active = v.get("active").is_some();
+        let mut def = self.prepare(team, v).await?;
+        if !says_active {
+            def.active = row.active;
+        }
         let current = self.definition(id, row.version).await?;
         let same = {
             let (mut a, mut b) = ((*current).clone(), def.clone());
@@ -431,6 +436,9 @@ impl Workflows {
             b.active = true;
             a == b
         };
+        if same && def.active == row.active && def.name == row.name {
+            return Ok((self.get(p, id).await?, false));
+        }
         let version = if same { row.version } else { row.version + 1 };
         let mut tx = self.inner.db.begin().await?;
         let changed = exec!(
@@ -792,9 +800,10 @@ impl Workflows {
             Some(_) => format!(
                 "SELECT {APPROVAL_COLS} FROM approvals WHERE team_id = $1 AND status = $2 ORDER BY created_at DESC LIMIT 200"
             ),
+            // Pending ones first, so a long history never hides one that waits.
             None => format!(
-                "SELECT {APPROVAL_COLS} FROM approvals WHERE team_id = $1 AND status <> $2 OR team_id = $1 AND status = 'pending' \
-                 ORDER BY created_at DESC LIMIT 200"
+                "SELECT {APPROVAL_COLS} FROM approvals WHERE team_id = $1 AND status <> $2 \
+                 ORDER BY CASE WHEN status = 'pending' THEN 0 ELSE 1 END, created_at DESC LIMIT 200"
             ),
         };
         let st = status.unwrap_or("");

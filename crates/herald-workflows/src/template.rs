@@ -602,6 +602,18 @@ mod tests {
     }
 
     #[test]
+    fn tojson_and_urlencode_escape_user_text() {
+        let ctx = json!({"payload": {"text": "say \"hi\"\nnow & then"}});
+        assert_eq!(
+            ok(r#"{"text": {{ payload.text | tojson }}}"#, ctx.clone()),
+            r#"{"text": "say \"hi\"\nnow \u0026 then"}"#
+        );
+        let body = ok(r#"{"text": {{ payload.text | tojson }}}"#, ctx.clone());
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["text"], "say \"hi\"\nnow & then");
+        assert_eq!(ok("q={{ payload.text | urlencode }}", ctx), "q=say%20%22hi%22%0Anow%20%26%20then");
+    }
+
+    #[test]
     fn filters_compose() {
         let ctx = json!({"item": {"title": "x".repeat(400), "url": "https://e.com/p?utm_source=rss&id=7"}});
         let out = ok("{{ item.title | truncate_for(\"bluesky\") }}", ctx.clone());

@@ -22,7 +22,8 @@ pub struct TeamFacts {
     pub sources: HashSet<Uuid>,
     /// Connection id → platform.
     pub connections: HashMap<Uuid, String>,
-    pub members: HashSet<Uuid>,
+    /// Member → role.
+    pub members: HashMap<Uuid, String>,
 }
 
 /// A problem at a path.
@@ -254,8 +255,16 @@ fn check_steps(steps: &[Step], parent: &Path, team: &TeamFacts, before: &mut Has
                     ));
                 }
                 for (j, u) in a.users.iter().enumerate() {
-                    if !team.members.contains(u) {
-                        out.push(problem(format!("{at}.users[{j}]"), format!("user {u} is not a member of this team")));
+                    match team.members.get(u).map(String::as_str) {
+                        None => out.push(problem(
+                            format!("{at}.users[{j}]"),
+                            format!("user {u} is not a member of this team"),
+                        )),
+                        Some("viewer") => out.push(problem(
+                            format!("{at}.users[{j}]"),
+                            format!("user {u} is a viewer, and viewers cannot approve; make them an editor first"),
+                        )),
+                        Some(_) => {}
                     }
                 }
                 if let Some(r) = &a.role
