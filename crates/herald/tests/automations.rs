@@ -631,8 +631,12 @@ async fn a_run_killed_between_its_post_and_its_commit_resumes_without_a_second_p
             ]})),
         )
         .await;
-    node.ok("POST", &format!("/sources/{}/events", source["id"].as_str().unwrap()), Some(json!({"data": {"payload": {"n": 7}}})))
-        .await;
+    node.ok(
+        "POST",
+        &format!("/sources/{}/events", source["id"].as_str().unwrap()),
+        Some(json!({"data": {"payload": {"n": 7}}})),
+    )
+    .await;
     let code = p.wait_exit(Duration::from_secs(30));
     assert_ne!(code, 0, "the failpoint aborts:\n{}", p.log());
     assert!(p.log().contains("failpoint workflow.after_publish"), "{}", p.log());

@@ -63,7 +63,10 @@ fn apply_export_and_run_workflows_from_yaml() {
     let (code, out, err) = run(&dir, &apply, "");
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("updated AmpFlow v1 -> v2"), "{out}");
-    assert!(out.contains("+ ") && out.contains("Just out:") && out.contains("- ") && out.contains("New video:"), "{out}");
+    assert!(
+        out.contains("+ ") && out.contains("Just out:") && out.contains("- ") && out.contains("New video:"),
+        "{out}"
+    );
 
     // Export writes a file per workflow; applying the export changes nothing.
     let (code, out, err) = run(&dir, &["workflows", "export", "-o", "exported", "--team", &team], "");
@@ -76,7 +79,8 @@ fn apply_export_and_run_workflows_from_yaml() {
     assert_eq!(out.trim(), "unchanged AmpFlow v2");
 
     // A bad file: the problem's path, and a failing exit.
-    std::fs::write(defs.join("bad.yaml"), "name: Bad\nsteps:\n  - type: template\n    template: \"{{ oops\"\n").unwrap();
+    std::fs::write(defs.join("bad.yaml"), "name: Bad\nsteps:\n  - type: template\n    template: \"{{ oops\"\n")
+        .unwrap();
     let (code, _, err) = run(&dir, &apply, "");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("bad.yaml") && err.contains("steps[0].template"), "{err}");
@@ -87,7 +91,8 @@ fn apply_export_and_run_workflows_from_yaml() {
     assert!(out.contains("v2") && out.contains("\"AmpFlow\""), "{out}");
     let id = out.split_whitespace().next().unwrap().to_string();
     let payload = r#"{"video": {"title": "Demo", "url": "https://youtu.be/d"}}"#;
-    let (code, out, err) = run(&dir, &["workflows", "run", &id, "--payload", payload, "--dry-run", "--team", &team], "");
+    let (code, out, err) =
+        run(&dir, &["workflows", "run", &id, "--payload", payload, "--dry-run", "--team", &team], "");
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["steps"][1]["output"]["text"], "Just out: Demo https://youtu.be/d", "{v:#}");
