@@ -18,27 +18,16 @@ use herald_testkit::openai::FakeOpenAi;
 use herald_testkit::youtube::{self, Video};
 use herald_testkit::{Failure, bluesky, discord, mastodon, matrix, telegram, vk, whop};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const CHANNEL: &str = "UCseedsAmpFlow0000000001";
 
 fn run(dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut child = herald()
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into()
+    let (code, out, err) = common::run_cli(dir, args, stdin);
+    assert_eq!(code, 0, "{err}");
+    out
 }
 
 /// A data dir with a user, a team and an admin key, and the address `herald serve` listens on

@@ -4,27 +4,10 @@
 
 mod common;
 
-use common::herald;
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 fn run(dir: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = herald()
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::run_cli(dir, args, stdin)
 }
 
 const AMPFLOW: &str = r##"name: AmpFlow

@@ -101,3 +101,22 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `herald args…` in `dir` with `stdin`, and gives its exit code, stdout and stderr.
+pub fn run_cli(dir: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = herald()
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
