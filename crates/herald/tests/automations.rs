@@ -208,9 +208,9 @@ async fn ampflow_push_to_three_platforms_once_and_a_crash_in_the_middle() {
     let all_three =
         |n: usize| tg.data().messages.len() >= n && dc.data().messages.len() >= n && wh.data().posts.len() >= n;
     until("the three messages", Duration::from_secs(30), || all_three(1)).await;
-    assert_eq!(tg.data().messages.iter().filter_map(|m| m.text.clone()).collect::<Vec<_>>(), [want.clone()]);
-    assert_eq!(dc.data().messages.iter().map(|m| m.content.clone()).collect::<Vec<_>>(), [want.clone()]);
-    assert_eq!(wh.data().posts.iter().map(|m| m.content.clone()).collect::<Vec<_>>(), [want.clone()]);
+    assert_eq!(tg.data().messages.iter().filter_map(|m| m.text.clone()).collect::<Vec<_>>(), vec![want.clone()]);
+    assert_eq!(dc.data().messages.iter().map(|m| m.content.clone()).collect::<Vec<_>>(), vec![want.clone()]);
+    assert_eq!(wh.data().posts.iter().map(|m| m.content.clone()).collect::<Vec<_>>(), vec![want.clone()]);
 
     // A title edit pushes the same video again, and a forged push arrives: nothing is sent.
     yt.edit_video(CHANNEL, "AMPvideo001", |v| v.title = "Launch day (edited)".into());
