@@ -20,6 +20,7 @@ pub async fn run(command: BenchCommand, config: &Config) -> Result<(), Exit> {
         BenchCommand::Serve => bench_serve(config).await,
         BenchCommand::Deliveries(args) => crate::bench_deliveries::run(args).await,
         BenchCommand::Feeds(args) => crate::bench_feeds::run(args).await,
+        BenchCommand::Workflows(args) => crate::bench_workflows::run(args).await,
         BenchCommand::FeedServer(args) => crate::bench_feeds::serve_feeds(args).await,
     }
 }

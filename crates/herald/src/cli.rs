@@ -414,6 +414,10 @@ pub enum BenchCommand {
     /// Posts × targets through the whole delivery pipeline against a local webhook receiver,
     /// beside a bare HTTP client sending the same requests.
     Deliveries(BenchDeliveriesArgs),
+    /// Events through a workflow (filter, template, publish to webhook targets) against a local
+    /// receiver: events/s, deliveries/s, event-to-first-request latency, CPU and memory, beside
+    /// a bare HTTP client sending the same requests.
+    Workflows(BenchWorkflowsArgs),
     /// Feeds polled on a cycle from a local fake feed server (a child process), for the polls/s,
     /// lateness, CPU and memory of one node, beside a bare HTTP client fetching the same feeds.
     Feeds(BenchFeedsArgs),
@@ -472,6 +476,37 @@ pub struct BenchDeliveriesArgs {
     /// A PostgreSQL server to create the bench database on.
     #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_url: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchWorkflowsArgs {
+    /// Events to send as fast as the clients add them (the throughput run).
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Webhook targets (connections) the workflow's publish step posts to.
+    #[arg(long, default_value_t = 5)]
+    pub targets: usize,
+    /// Jobs run at once (event, run and delivery jobs share them).
+    #[arg(long, default_value_t = 256)]
+    pub workers: usize,
+    /// Clients adding events at once in the throughput run, as through the API.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Events per second in the paced latency run.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Events in the paced latency run (0 skips it).
+    #[arg(long, default_value_t = 500)]
+    pub latency_events: usize,
+    /// How long one run may take before it is reported as far as it got.
+    #[arg(long, default_value = "10m", value_parser = herald_core::time::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// sqlite, postgres or all (postgres only with a PostgreSQL URL).
+    #[arg(long, default_value = "all")]
+    pub backend: String,
+    /// A PostgreSQL server to create the bench database on; without it PostgreSQL is skipped.
+    #[arg(long, env = "HERALD_BENCH_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
 }
 
 #[derive(Args, Debug)]

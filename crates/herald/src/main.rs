@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod bench_deliveries;
 mod bench_feeds;
+mod bench_workflows;
 mod cli;
 mod config;
 mod connections;
