@@ -617,7 +617,12 @@ impl Posts {
         let id = Uuid::now_v7();
         let now = Ts::now();
         let mut tx = self.db.begin().await.map_err(Error::from)?;
-        if !new.draft {
+        // The monthly counter is one row per team: updating it locks that row (PostgreSQL) until
+        // the commit, so every create of the team waits behind it. It goes last, just before the
+        // commit, unless slots are chosen: those must be read after a first write (SQLite's
+        // write lock), and the counter is that write.
+        let quota_first = slot_zone.is_some();
+        if !new.draft && quota_first {
             self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
         }
         // Each target's time: the post's, or its connection's next free slot (chosen after the
@@ -700,6 +705,9 @@ impl Posts {
             })),
         )
         .await?;
+        if !new.draft && !quota_first {
+            self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
+        }
         tx.commit().await.map_err(Error::from)?;
         // The post as committed; no need to read it back.
         let row = PostRow {

@@ -214,7 +214,8 @@ impl Workflows {
                     rec.output = Some(output);
                     records.push(rec);
                     cursor = next.unwrap_or_else(|| path.next(&def.steps));
-                    if step.kind.is_effect() {
+                    // The last step's result commits with the run's end, in one transaction.
+                    if step.kind.is_effect() && cursor.is_some() {
                         let c = Commit {
                             status: RunStatus::Running,
                             cursor: cursor.as_ref().map(Path::display).unwrap_or_default(),
