@@ -1070,6 +1070,7 @@ impl Workflows {
              WHERE s.source_id = $1 AND w.team_id = $2 AND w.active = $3 ORDER BY w.id")
             .bind(event.source_id).bind(team).bind(true).fetch_all(c).await)
         .map_err(store)?;
+        tracing::info!(%team, source = %event.source_id, event = %event.id, kind = %event.kind, workflows = wfs.len(), "event received");
         if wfs.is_empty() {
             return Ok(());
         }
