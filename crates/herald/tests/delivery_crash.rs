@@ -9,24 +9,13 @@ use common::{Proc, free_port, herald};
 use herald_http::HttpClient;
 use herald_testkit::{mastodon, telegram};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn run(dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut child = herald()
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into()
+    let (code, out, err) = common::run_cli(dir, args, stdin);
+    assert_eq!(code, 0, "{err}");
+    out
 }
 
 struct Node {

@@ -7,28 +7,12 @@ mod common;
 use common::{Proc, free_port, herald};
 use herald_http::HttpClient;
 use serde_json::{Value, json};
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 const PASSWORD: &str = "canary-password-5f1e2d3c";
 
 fn run(dir: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = herald()
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::run_cli(dir, args, stdin)
 }
 
 struct Client {
