@@ -10,7 +10,7 @@
 use crate::cond;
 use crate::model::*;
 use crate::path::Path;
-use crate::store::{RUN_JOB, RunRow, WorkflowRow, Workflows, enqueue, store};
+use crate::store::{RUN_JOB, RunRow, WorkflowRow, Workflows, store};
 use crate::template;
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use herald_accounts::Principal;
@@ -123,7 +123,8 @@ pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>
     if let Some(at) = at {
         job = job.run_at(at);
     }
-    enqueue(tx, job).await
+    herald_queue::enqueue(tx, job).await.map_err(Error::from)?;
+    Ok(())
 }
 
 /// Only the crash tests set it: `HERALD_FAILPOINT=workflow.after_publish` dies after a publish
@@ -274,7 +275,6 @@ impl Workflows {
                             wake: None,
                         };
                         self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                        self.after_failure(&row, &wf).await;
                         return Ok(());
                     }
                     state.attempts.insert(key, attempts);
@@ -305,9 +305,7 @@ impl Workflows {
                         error: Some((code, msg)),
                         wake: None,
                     };
-                    if self.commit(&row, &mut seq, &state, &mut records, c).await? {
-                        self.after_failure(&row, &wf).await;
-                    }
+                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
                     return Ok(());
                 }
                 Outcome::End { status, code, message, output } => {
@@ -404,11 +402,15 @@ impl Workflows {
         }
         tx.commit().await?;
         *seq += 1;
+        // Only the executor whose commit ended the run starts the error workflow.
+        if c.status == RunStatus::Failed {
+            self.after_failure(row).await;
+        }
         Ok(true)
     }
 
     /// Starts the team's error workflow, if it has one, on the failed run.
-    async fn after_failure(&self, row: &RunRow, wf: &WorkflowRow) {
+    async fn after_failure(&self, row: &RunRow) {
         let result: Result<(), Error> = async {
             let target: Option<(Option<Uuid>,)> = on_read!(self.inner.db, c => sqlx::query_as(
                 "SELECT error_workflow FROM teams WHERE id = $1").bind(row.team_id).fetch_optional(c).await)
@@ -424,6 +426,7 @@ impl Workflows {
             }
             let def = self.definition(ewf.id, ewf.version).await?;
             let failed = self.run_row(row.id).await?.map(|r| r.view(None));
+            let wf = self.workflow_row(row.workflow_id).await?;
             let input = json!({"failed_run": failed, "workflow": {"id": wf.id, "name": wf.name}});
             let mut tx = self.inner.db.begin().await?;
             if let Some(run) =

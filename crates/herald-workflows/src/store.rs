@@ -10,7 +10,6 @@ use herald_connections::Connections;
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
 use herald_posts::Posts;
-use herald_queue::NewJob;
 use herald_store::{Db, StoreError, Ts, Tx, exec, on_read};
 use herald_vault::Vault;
 use serde_json::{Value, json};
@@ -948,9 +947,4 @@ fn rank(r: herald_core::TeamRole) -> u8 {
 pub(crate) fn token_hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
-pub(crate) async fn enqueue(tx: &mut Tx, job: NewJob) -> Result<(), Error> {
-    herald_queue::enqueue(tx, job).await.map_err(Error::from)?;
-    Ok(())
 }
