@@ -3,7 +3,7 @@
 use crate::model::{AuditEvent, Principal};
 use crate::service::{Accounts, store};
 use herald_core::Error;
-use herald_store::{Ts, Tx, exec, on_read};
+use herald_store::{Ts, Tx, on_read, on_tx};
 use uuid::Uuid;
 
 /// Who did it.
@@ -50,38 +50,48 @@ impl<'a> Event<'a> {
 }
 
 pub async fn record(tx: &mut Tx, actor: &Actor, event: Event<'_>) -> Result<(), Error> {
-    let (target_type, target_id) = match event.target {
-        Some((t, id)) => (Some(t), Some(id)),
-        None => (None, None),
-    };
-    const SQL: &str = "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, \
-                       target_id, ip, details, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-    let details = event.details.to_string();
-    exec!(
-        tx,
-        SQL,
-        Uuid::now_v7(),
-        event.team,
-        actor.user,
-        actor.key,
-        &actor.label,
-        event.action,
-        target_type,
-        &target_id,
-        &actor.ip,
-        &details,
-        Ts::now()
-    )
-    .map_err(store)?;
-    tracing::info!(
-        target: "herald::audit",
-        action = event.action,
-        actor = %actor.label,
-        team = ?event.team,
-        target_id = target_id.as_deref().unwrap_or(""),
-        ip = actor.ip.as_deref().unwrap_or(""),
-        "audit"
+    record_many(tx, &[(actor, event)]).await
+}
+
+/// Records several events in one statement: a batch of posts created together logs them all
+/// at once.
+pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let values = (0..events.len())
+        .map(|i| format!("({})", herald_store::placeholders(1 + 11 * i, 11)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
+         details, created_at) VALUES {values}"
     );
+    let now = Ts::now();
+    on_tx!(tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for (actor, e) in events {
+            let (kind, id) = match &e.target {
+                Some((t, id)) => (Some(*t), Some(id.as_str())),
+                None => (None, None),
+            };
+            q = q.bind(Uuid::now_v7()).bind(e.team).bind(actor.user).bind(actor.key).bind(&actor.label)
+                .bind(e.action).bind(kind).bind(id).bind(&actor.ip).bind(e.details.to_string()).bind(now);
+        }
+        q.execute(&mut *c).await.map(|r| r.rows_affected())
+    })
+    .map_err(store)?;
+    for (actor, e) in events {
+        tracing::info!(
+            target: "herald::audit",
+            action = e.action,
+            actor = %actor.label,
+            team = ?e.team,
+            target_id = e.target.as_ref().map(|(_, id)| id.as_str()).unwrap_or(""),
+            ip = actor.ip.as_deref().unwrap_or(""),
+            "audit"
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod create;
 pub mod events;
 mod media;
 pub mod model;

@@ -40,6 +40,14 @@ impl PostState {
         }
     }
 
+    /// The state a new post's deliveries start in.
+    pub fn delivery_state(self) -> DeliveryState {
+        match self {
+            PostState::Scheduled => DeliveryState::Scheduled,
+            _ => DeliveryState::Pending,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<PostState> {
         use PostState::*;
         [Draft, Scheduled, Publishing, Published, PartiallyPublished, Failed, Cancelled]

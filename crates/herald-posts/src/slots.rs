@@ -291,7 +291,7 @@ pub(crate) async fn schedule_repeat(tx: &mut Tx, post: Uuid) -> Result<Option<Uu
             (d, bucket)
         })
         .unzip();
-    insert_deliveries(tx, id, p.team_id, stamp, &mut rows, Some(&buckets)).await?;
+    insert_deliveries(tx, stamp, &mut rows, Some(&buckets)).await?;
     let data =
         json!({"post": id, "state": PostState::Scheduled, "schedule_at": at, "series": series, "previous": post});
     crate::events::emit(

@@ -2,6 +2,7 @@
 //! transaction with the jobs it creates, and the post's state is recomputed from its deliveries in
 //! the same transaction.
 
+use crate::create::{self, Creates, Prepared, WriteError};
 use crate::model::*;
 use crate::worker::DELIVERY_JOB;
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use herald_queue::{NewJob, Queue};
 use herald_store::{Db, StoreError, Ts, Tx, TxConn, exec, on_read, on_tx, placeholders};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
 /// Tries a delivery gets for transient failures before it is `failed`.
@@ -30,6 +32,8 @@ pub struct Posts {
     pub(crate) media: herald_media::MediaStore,
     /// Signed URLs for the media of deliveries, when HERALD_PUBLIC_URL is set.
     pub(crate) public_media: Option<herald_media::PublicMedia>,
+    /// Group commit for new posts, started with the first.
+    creates: Arc<OnceLock<Creates>>,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -297,17 +301,33 @@ pub(crate) async fn refresh_posts(
     for (post, s) in &rows {
         states.entry(*post).or_default().push(DeliveryState::parse(s));
     }
-    let mut endpoints: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = Default::default();
     let mut out = std::collections::HashMap::with_capacity(posts.len());
-    for p in posts {
+    let mut changed: Vec<(&P, PostState)> = Vec::new();
+    for p in &posts {
         let current = PostState::parse(&p.state).unwrap_or(PostState::Publishing);
         let next = rollup(current, p.schedule_at.map(|t| t.0), states.get(&p.id).map_or(&[][..], |v| v));
         out.insert(p.id, next);
-        if next == current {
-            continue;
+        if next != current {
+            changed.push((p, next));
         }
-        exec!(tx, "UPDATE posts SET state = $2, updated_at = $3 WHERE id = $1", p.id, next.as_str(), Ts::now())
-            .map_err(store)?;
+    }
+    // One statement per new state, not one per post.
+    let now = Ts::now();
+    let mut by_state: std::collections::BTreeMap<&'static str, Vec<Uuid>> = Default::default();
+    for (p, next) in &changed {
+        by_state.entry(next.as_str()).or_default().push(p.id);
+    }
+    for (state, ids) in by_state {
+        let sql = format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id IN ({})", placeholders(3, ids.len()));
+        on_tx!(tx, c => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(state).bind(now);
+            for id in &ids { q = q.bind(*id); }
+            q.execute(&mut *c).await.map(|r| r.rows_affected())
+        })
+        .map_err(store)?;
+    }
+    let mut endpoints: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = Default::default();
+    for (p, next) in changed {
         if matches!(
             next,
             PostState::Published | PostState::PartiallyPublished | PostState::Failed | PostState::Cancelled
@@ -334,8 +354,6 @@ pub(crate) async fn refresh_posts(
 /// for a draft) in one more, inside `tx`.
 pub(crate) async fn insert_deliveries(
     tx: &mut Tx,
-    post: Uuid,
-    team: Uuid,
     now: Ts,
     rows: &mut [DeliveryRow],
     buckets: Option<&[Option<String>]>,
@@ -356,20 +374,18 @@ pub(crate) async fn insert_deliveries(
             d.job_id = Some(e.id().0);
         }
     }
-    // $1 post, $2 team, $3 now; then ten per delivery.
-    let values = (0..rows.len())
-        .map(|i| format!("(${}, $1, $2, {}, $3, $3)", 4 + 10 * i, placeholders(5 + 10 * i, 9)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // $1 now; then twelve per delivery.
+    let values =
+        (0..rows.len()).map(|i| format!("({}, $1, $1)", placeholders(2 + 12 * i, 12))).collect::<Vec<_>>().join(", ");
     let sql = format!(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
          job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
     );
     on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(post).bind(team).bind(now);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now);
         for d in rows.iter() {
-            q = q.bind(d.id).bind(d.connection_id).bind(&d.platform).bind(&d.state).bind(&d.content)
-                .bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts);
+            q = q.bind(d.id).bind(d.post_id).bind(d.team_id).bind(d.connection_id).bind(&d.platform).bind(&d.state)
+                .bind(&d.content).bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts);
         }
         q.execute(&mut *c).await.map(|r| r.rows_affected())
     })
@@ -467,7 +483,15 @@ fn check_content(c: &Content) -> Result<(), Error> {
 
 impl Posts {
     pub fn new(accounts: Accounts, connections: Connections, queue: Queue, media: herald_media::MediaStore) -> Posts {
-        Posts { db: accounts.db().clone(), accounts, connections, queue, media, public_media: None }
+        Posts {
+            db: accounts.db().clone(),
+            accounts,
+            connections,
+            queue,
+            media,
+            public_media: None,
+            creates: Arc::default(),
+        }
     }
 
     /// Deliveries carry a signed, expiring URL for each file (platforms that fetch by URL, like
@@ -594,7 +618,7 @@ impl Posts {
             return Err(invalid("schedule_at", "next_slot schedules a post to publish; a draft has no time yet"));
         }
         let repeat = check_repeat(new.repeat_every_days, false)?;
-        let mut schedule = match next_slot {
+        let schedule = match next_slot {
             true => None,
             false => self.schedule(team, new.schedule_at.as_deref(), new.timezone.as_deref()).await?,
         };
@@ -616,116 +640,90 @@ impl Posts {
 
         let id = Uuid::now_v7();
         let now = Ts::now();
-        let mut tx = self.db.begin().await.map_err(Error::from)?;
-        // The monthly counter is one row per team: updating it locks that row (PostgreSQL) until
-        // the commit, so every create of the team waits behind it. It goes last, just before the
-        // commit, unless slots are chosen: those must be read after a first write (SQLite's
-        // write lock), and the counter is that write.
-        let quota_first = slot_zone.is_some();
-        if !new.draft && quota_first {
-            self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
-        }
-        // Each target's time: the post's, or its connection's next free slot (chosen after the
-        // first write, so no other post takes it meanwhile).
-        let mut run_ats = vec![schedule; targets.len()];
-        if let Some(tz) = slot_zone {
-            for (i, (conn, _)) in targets.iter().enumerate() {
-                let at = crate::slots::next_free(&mut tx, *conn, tz).await?.ok_or_else(|| {
-                    invalid(
-                        &format!("targets[{i}].connection_id"),
-                        format!(
-                            "connection {conn} has no free posting slot in the next 12 weeks; \
-                             add some with PUT /api/v1/connections/{conn}/slots"
-                        ),
-                    )
-                })?;
-                run_ats[i] = Some(at);
-            }
-            schedule = run_ats.iter().flatten().min().copied();
-        }
         let state = PostState::initial(new.draft, schedule);
-        let series = repeat.map(|_| id);
-        let inserted = exec!(
-            tx,
-            "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
-             idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15, $13, $13)",
-            id,
-            team,
-            p.user_id,
-            p.key_id,
-            state.as_str(),
-            serde_json::to_string(&content).unwrap_or_default(),
-            schedule.map(Ts),
-            &zone,
-            &new.campaign,
-            serde_json::to_string(&tags).unwrap_or_default(),
-            key,
-            &hash,
-            now,
-            repeat,
-            series
-        );
-        if let Err(e) = inserted {
-            drop(tx);
-            // Two requests with one key raced: the other one made the post.
-            if let (sqlx::Error::Database(d), Some(key)) = (&e, key)
-                && d.is_unique_violation()
-                && let Some(existing) = self.by_key(team, key, &hash).await?
-            {
-                return Ok((existing, true));
-            }
-            return Err(store(e));
-        }
-        let dstate = match state {
-            PostState::Scheduled => DeliveryState::Scheduled,
-            _ => DeliveryState::Pending,
-        };
-        let mut rows: Vec<DeliveryRow> = targets
+        let content_json = serde_json::to_string(&content).unwrap_or_default();
+        let deliveries = targets
             .iter()
             .zip(&loaded)
-            .zip(&run_ats)
-            .map(|(((conn, o), l), run_at)| {
-                let content = serde_json::to_string(o).unwrap_or_default();
-                DeliveryRow::fresh(id, team, *conn, &l.view.platform, dstate, content, *run_at)
+            .map(|((conn, o), l)| {
+                let overrides = serde_json::to_string(o).unwrap_or_default();
+                DeliveryRow::fresh(id, team, *conn, &l.view.platform, state.delivery_state(), overrides, schedule)
             })
             .collect();
-        let buckets = if new.draft { None } else { Some(buckets.as_slice()) };
-        insert_deliveries(&mut tx, id, team, now, &mut rows, buckets).await?;
-        let data = json!({"post": id, "state": state, "schedule_at": schedule, "targets": targets.len()});
-        crate::events::emit(&mut tx, team, "post.created", ("post", id), "post created", data.clone()).await?;
-        if state == PostState::Scheduled {
-            crate::events::emit(&mut tx, team, "post.scheduled", ("post", id), "post scheduled", data).await?;
-        }
-        audit::record(
-            &mut tx,
-            &Actor::of(p),
-            Event::new(Some(team), "post.created").target("post", id).details(json!({
-                "state": state.as_str(), "targets": targets.len(), "schedule_at": schedule,
-            })),
-        )
-        .await?;
-        if !new.draft && !quota_first {
-            self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
-        }
-        tx.commit().await.map_err(Error::from)?;
-        // The post as committed; no need to read it back.
-        let row = PostRow {
-            id,
-            author_user: p.user_id,
-            state: state.as_str().to_string(),
-            content: serde_json::to_string(&content).unwrap_or_default(),
-            schedule_at: schedule.map(Ts),
-            timezone: zone,
-            campaign: new.campaign,
-            tags: serde_json::to_string(&tags).unwrap_or_default(),
-            repeat_days: repeat,
-            series_id: series,
-            created_at: now,
-            updated_at: now,
+        let mut prepared = Prepared {
+            row: PostRow {
+                id,
+                author_user: p.user_id,
+                state: state.as_str().to_string(),
+                content: content_json,
+                schedule_at: schedule.map(Ts),
+                timezone: zone,
+                campaign: new.campaign,
+                tags: serde_json::to_string(&tags).unwrap_or_default(),
+                repeat_days: repeat,
+                series_id: repeat.map(|_| id),
+                created_at: now,
+                updated_at: now,
+            },
+            state,
+            team,
+            author_key: p.key_id,
+            key: key.map(str::to_string),
+            hash: hash.clone(),
+            deliveries,
+            buckets: (!new.draft).then_some(buckets),
+            actor: Actor::of(p),
         };
-        let deliveries = rows.iter().map(|d| d.view(&content, Vec::new())).collect();
-        Ok((Self::view(&row, deliveries), false))
+        let written = match slot_zone {
+            // Posts checked together are written together.
+            None => self.creates().write(prepared, self).await,
+            Some(tz) => {
+                // The monthly counter is one row per team: updating it locks that row (PostgreSQL)
+                // until the commit. Slots must be read after a first write (SQLite's write lock),
+                // so that no other post takes them meanwhile, and the counter is that write.
+                let mut tx = self.db.begin().await.map_err(Error::from)?;
+                self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
+                let mut run_ats = Vec::with_capacity(targets.len());
+                for (i, (conn, _)) in targets.iter().enumerate() {
+                    let at = crate::slots::next_free(&mut tx, *conn, tz).await?.ok_or_else(|| {
+                        invalid(
+                            &format!("targets[{i}].connection_id"),
+                            format!(
+                                "connection {conn} has no free posting slot in the next 12 weeks; \
+                                 add some with PUT /api/v1/connections/{conn}/slots"
+                            ),
+                        )
+                    })?;
+                    run_ats.push(at);
+                }
+                prepared.slotted(&run_ats);
+                match create::write(&mut tx, std::slice::from_mut(&mut prepared), false).await {
+                    Ok(()) => tx.commit().await.map(|_| prepared).map_err(|e| WriteError::Other(e.into())),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let prepared = match written {
+            Ok(p) => p,
+            Err(WriteError::Other(e)) => return Err(e),
+            // Two requests with one key raced: the other one made the post.
+            Err(WriteError::KeyTaken) => {
+                return match key {
+                    Some(key) => match self.by_key(team, key, &hash).await? {
+                        Some(existing) => Ok((existing, true)),
+                        None => Err(conflict("another request with this Idempotency-Key is being made; retry")),
+                    },
+                    None => Err(Error::internal("a post id was taken twice")),
+                };
+            }
+        };
+        // The post as committed; no need to read it back.
+        let deliveries = prepared.deliveries.iter().map(|d| d.view(&content, Vec::new())).collect();
+        Ok((Self::view(&prepared.row, deliveries), false))
+    }
+
+    fn creates(&self) -> &Creates {
+        self.creates.get_or_init(|| Creates::spawn(self.clone()))
     }
 
     /// Enqueues a delivery's job in the caller's transaction.

@@ -86,6 +86,7 @@ impl Db {
                 let write = SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(60))
                     .idle_timeout(None)
                     .max_lifetime(None)
@@ -95,6 +96,9 @@ impl Db {
                 let read = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .min_connections(0)
+                    // A local file does not drop connections: checking one before each use would
+                    // only cost a round trip to its thread.
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(base.read_only(true))
                     .await

@@ -156,7 +156,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     let committed = Arc::new(Mutex::new(HashMap::with_capacity(n)));
     let (cpu0, start) = (cpu(), Instant::now());
     // Posts arrive from several clients at once, as from an API.
-    let creators = 8.min(args.posts.max(1));
+    let creators = args.clients.clamp(1, args.posts.max(1));
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..creators {
@@ -227,8 +227,9 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     let (url, seen) = start_receiver().await.map_err(Exit::Failure)?;
     let n = args.posts * args.targets;
     println!(
-        "herald bench deliveries: {} posts x {} webhook targets = {n} deliveries, {} at once, against a local receiver",
-        args.posts, args.targets, args.workers
+        "herald bench deliveries: {} posts x {} webhook targets = {n} deliveries, {} at once, against a local receiver; \
+         {} clients create the posts",
+        args.posts, args.targets, args.workers, args.clients
     );
     let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
     println!(

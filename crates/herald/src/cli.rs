@@ -470,6 +470,10 @@ pub struct BenchDeliveriesArgs {
     /// Deliveries run at once.
     #[arg(long, default_value_t = 256)]
     pub workers: usize,
+    /// Clients creating posts at once (as over the API); posts they create together are written
+    /// together.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
     /// sqlite, postgres or all.
     #[arg(long, default_value = "all")]
     pub backend: String,

@@ -1,0 +1,262 @@
+//! Writing new posts, together.
+//!
+//! A post's create checks everything first (rules, targets, schedule) and only then writes: the
+//! post, its deliveries, their jobs, its events, an audit line and the monthly count. Posts that
+//! are checked at the same moment are written in one transaction of a few multi-row statements
+//! instead of one transaction each, so the database's single writer (SQLite) spends one commit
+//! on many posts. No post is answered before its transaction commits. If the shared transaction
+//! fails (a team over its monthly quota, an `Idempotency-Key` raced by another request), each
+//! post is written again on its own, so one post's problem is only that post's answer.
+
+use crate::model::PostState;
+use crate::store::{DeliveryRow, PostRow, Posts, insert_deliveries, store};
+use chrono::{DateTime, Utc};
+use herald_accounts::Quota;
+use herald_accounts::audit::{self, Actor, Event};
+use herald_core::{Error, ErrorCode};
+use herald_store::{Ts, Tx, on_tx, placeholders};
+use serde_json::json;
+use std::collections::BTreeMap;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// The most posts, and deliveries, one shared transaction writes (SQLite binds at most 32,766
+/// values in a statement; a delivery takes 12).
+const MAX_POSTS: usize = 100;
+const MAX_DELIVERIES: usize = 1_000;
+
+/// A checked post, ready to write.
+pub(crate) struct Prepared {
+    pub row: PostRow,
+    pub state: PostState,
+    pub team: Uuid,
+    pub author_key: Option<Uuid>,
+    pub key: Option<String>,
+    pub hash: String,
+    pub deliveries: Vec<DeliveryRow>,
+    /// Each delivery's rate bucket; `None` for a draft, which has no jobs.
+    pub buckets: Option<Vec<Option<String>>>,
+    pub actor: Actor,
+}
+
+impl Prepared {
+    /// Each delivery goes at its connection's next free slot (`at`, in target order); the post is
+    /// due at the first of them.
+    pub fn slotted(&mut self, at: &[DateTime<Utc>]) {
+        let schedule = at.iter().min().copied();
+        self.state = PostState::initial(false, schedule);
+        self.row.state = self.state.as_str().to_string();
+        self.row.schedule_at = schedule.map(Ts);
+        for (d, at) in self.deliveries.iter_mut().zip(at) {
+            d.run_at = Some(Ts(*at));
+            d.state = self.state.delivery_state().as_str().to_string();
+        }
+    }
+}
+
+/// Why a write failed.
+pub(crate) enum WriteError {
+    /// Another request made a post with this `Idempotency-Key` first.
+    KeyTaken,
+    Other(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        WriteError::Other(e)
+    }
+}
+
+/// Writes `posts` in the caller's transaction; `quota` counts them against their teams' monthly
+/// limits (the slot path counts first, itself).
+pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> Result<(), WriteError> {
+    if posts.is_empty() {
+        return Ok(());
+    }
+    let values = (0..posts.len()).map(|i| format!("({})", placeholders(1 + 16 * i, 16))).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
+         idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"
+    );
+    let inserted = on_tx!(tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for p in posts.iter() {
+            let r = &p.row;
+            q = q.bind(r.id).bind(p.team).bind(r.author_user).bind(p.author_key).bind(&r.state).bind(&r.content)
+                .bind(r.schedule_at).bind(&r.timezone).bind(&r.campaign).bind(&r.tags).bind(&p.key).bind(&p.hash)
+                .bind(r.repeat_days).bind(r.series_id).bind(r.created_at).bind(r.updated_at);
+        }
+        q.execute(&mut *c).await.map(|r| r.rows_affected())
+    });
+    if let Err(e) = inserted {
+        return Err(match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() && posts.iter().any(|p| p.key.is_some()) => {
+                WriteError::KeyTaken
+            }
+            _ => WriteError::Other(store(e)),
+        });
+    }
+
+    // Every post's deliveries (and, unless drafts, their jobs) in one statement each.
+    let now = posts[0].row.created_at;
+    let (mut drafts, mut sent): (Vec<&mut Prepared>, Vec<&mut Prepared>) =
+        posts.iter_mut().partition(|p| p.buckets.is_none());
+    for (group, jobs) in [(&mut drafts, false), (&mut sent, true)] {
+        let counts: Vec<usize> = group.iter().map(|p| p.deliveries.len()).collect();
+        let mut rows: Vec<DeliveryRow> = group.iter_mut().flat_map(|p| std::mem::take(&mut p.deliveries)).collect();
+        let buckets: Vec<Option<String>> = group.iter().flat_map(|p| p.buckets.iter().flatten().cloned()).collect();
+        let result = insert_deliveries(tx, now, &mut rows, jobs.then_some(buckets.as_slice())).await;
+        // Hand each post its rows back (with their job ids), whatever happened.
+        let mut rows = rows.into_iter();
+        for (p, n) in group.iter_mut().zip(counts) {
+            p.deliveries = rows.by_ref().take(n).collect();
+        }
+        result?;
+    }
+
+    // Events, once per team for its endpoints.
+    let mut by_team: BTreeMap<Uuid, Vec<&Prepared>> = BTreeMap::new();
+    for p in posts.iter() {
+        by_team.entry(p.team).or_default().push(p);
+    }
+    for (team, group) in &by_team {
+        let endpoints = crate::events::endpoints(tx, *team).await?;
+        for p in group {
+            let data = json!({"post": p.row.id, "state": p.state, "schedule_at": p.row.schedule_at.map(|t| t.0),
+                "targets": p.deliveries.len()});
+            crate::events::emit_to(
+                tx,
+                &endpoints,
+                *team,
+                "post.created",
+                ("post", p.row.id),
+                "post created",
+                data.clone(),
+            )
+            .await?;
+            if p.state == PostState::Scheduled {
+                crate::events::emit_to(
+                    tx,
+                    &endpoints,
+                    *team,
+                    "post.scheduled",
+                    ("post", p.row.id),
+                    "post scheduled",
+                    data,
+                )
+                .await?;
+            }
+        }
+    }
+    let lines: Vec<(&Actor, Event<'_>)> = posts
+        .iter()
+        .map(|p| {
+            let details = json!({"state": p.state.as_str(), "targets": p.deliveries.len(),
+                "schedule_at": p.row.schedule_at.map(|t| t.0)});
+            (&p.actor, Event::new(Some(p.team), "post.created").target("post", p.row.id).details(details))
+        })
+        .collect();
+    audit::record_many(tx, &lines).await?;
+    if quota {
+        for (team, group) in &by_team {
+            let n = group.iter().filter(|p| p.buckets.is_some()).count() as i64;
+            if n > 0 {
+                herald_accounts::consume_monthly(tx, *team, Quota::PostsPerMonth, n).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+type Written = Result<Prepared, WriteError>;
+type Reply = oneshot::Sender<Written>;
+
+/// The task that writes posts checked at the same moment in one transaction.
+pub(crate) struct Creates {
+    queue: mpsc::UnboundedSender<(Prepared, Reply)>,
+}
+
+impl Creates {
+    pub fn spawn(posts: Posts) -> Creates {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(posts, rx));
+        Creates { queue }
+    }
+
+    /// Writes `p`, with whatever else is waiting, and answers once it is committed.
+    pub async fn write(&self, p: Prepared, posts: &Posts) -> Written {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError((p, _))) = self.queue.send((p, tx)) {
+            return alone(posts, p).await;
+        }
+        // Without an answer the writer task ended (the runtime is stopping) before or while
+        // writing; the client's retry with its Idempotency-Key finds the post if it committed.
+        rx.await.unwrap_or_else(|_| {
+            Err(WriteError::Other(Error::new(
+                ErrorCode::Unavailable,
+                "the server is stopping; retry the request with its Idempotency-Key",
+            )))
+        })
+    }
+}
+
+/// Writes one post in its own transaction.
+async fn alone(posts: &Posts, mut p: Prepared) -> Written {
+    let mut tx = posts.db.begin().await.map_err(Error::from)?;
+    write(&mut tx, std::slice::from_mut(&mut p), true).await?;
+    tx.commit().await.map_err(|e| WriteError::Other(e.into()))?;
+    Ok(p)
+}
+
+async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<(Prepared, Reply)>) {
+    let mut waiting: Option<(Prepared, Reply)> = None;
+    loop {
+        let first = match waiting.take() {
+            Some(w) => w,
+            None => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let mut deliveries = first.0.deliveries.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_POSTS {
+            match rx.try_recv() {
+                Ok(next) if deliveries + next.0.deliveries.len() <= MAX_DELIVERIES => {
+                    deliveries += next.0.deliveries.len();
+                    batch.push(next);
+                }
+                Ok(next) => {
+                    waiting = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            let (p, reply) = batch.pop().expect("one");
+            let _ = reply.send(alone(&posts, p).await);
+            continue;
+        }
+        let (mut items, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
+        let together = async {
+            let mut tx = posts.db.begin().await.map_err(Error::from)?;
+            write(&mut tx, &mut items, true).await?;
+            tx.commit().await.map_err(|e| WriteError::Other(e.into()))
+        }
+        .await;
+        match together {
+            Ok(()) => {
+                for (p, reply) in items.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(p));
+                }
+            }
+            Err(_) => {
+                // Nothing of the batch was written: each post on its own, with its own answer.
+                for (p, reply) in items.into_iter().zip(replies) {
+                    let _ = reply.send(alone(&posts, p).await);
+                }
+            }
+        }
+    }
+}
