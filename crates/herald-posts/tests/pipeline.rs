@@ -358,6 +358,57 @@ fn last_sunday_of_march(year: i32) -> chrono::NaiveDate {
     d
 }
 
+/// Posts created at the same moment are written in one transaction; each still gets its own
+/// answer: the ones over the monthly quota are refused while the others are made, and racing
+/// requests with one Idempotency-Key make one post.
+#[tokio::test]
+async fn posts_created_at_once_are_written_together_and_answered_alone() {
+    each_backend(|db| async move {
+        let tg = telegram::start().await;
+        let w = World::new(db.clone(), net().with_base("telegram", tg.url.clone())).await;
+        let conn =
+            w.connect("telegram", json!({"bot_token": telegram::TOKEN}), json!({"chat_id": telegram::CHANNEL})).await;
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET quota_posts_month = $2 WHERE id = $1", w.team, 12i64).unwrap();
+        tx.commit().await.unwrap();
+
+        // Twenty distinct posts at once against a quota of twelve.
+        let results = futures::future::join_all(
+            (0..20).map(|i| w.posts.create(&w.owner, post(&format!("at once {i}"), &[conn]), None)),
+        )
+        .await;
+        let made: Vec<&PostView> = results.iter().filter_map(|r| r.as_ref().ok()).map(|(v, _)| v).collect();
+        let refused: Vec<&herald_core::Error> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(made.len(), 12, "{refused:?}");
+        assert!(refused.iter().all(|e| e.code == herald_core::ErrorCode::QuotaExceeded), "{refused:?}");
+        assert_eq!(w.posts.list(w.team, &Default::default()).await.unwrap().0.len(), 12);
+        for v in &made {
+            assert_eq!(v.deliveries.len(), 1);
+            let done = w.wait(v.id, finished).await;
+            assert_eq!(done.state, PostState::Published, "{done:#?}");
+        }
+        assert_eq!(tg.data().messages.len(), 12, "each made post was sent once");
+
+        // Eight racing requests with one key (one of them may come back as a replay of the first).
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET quota_posts_month = NULL WHERE id = $1", w.team).unwrap();
+        tx.commit().await.unwrap();
+        let same = post("one key", &[conn]);
+        let results =
+            futures::future::join_all((0..8).map(|_| w.posts.create(&w.owner, same.clone(), Some("the-same-key"))))
+                .await;
+        let ids: Vec<Uuid> = results.iter().map(|r| r.as_ref().expect("every racer gets the post").0.id).collect();
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(results.iter().filter(|r| !r.as_ref().unwrap().1).count(), 1, "one made it, the rest replayed");
+        assert_eq!(w.posts.list(w.team, &Default::default()).await.unwrap().0.len(), 13);
+        let done = w.wait(ids[0], finished).await;
+        assert_eq!(done.state, PostState::Published);
+        assert_eq!(tg.data().messages.iter().filter(|m| m.text.as_deref() == Some("one key")).count(), 1);
+        w.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn validation_idempotent_creates_threads_and_failures() {
     each_backend(|db| async move {
