@@ -124,27 +124,12 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         for p in group {
             let data = json!({"post": p.row.id, "state": p.state, "schedule_at": p.row.schedule_at.map(|t| t.0),
                 "targets": p.deliveries.len()});
-            crate::events::emit_to(
-                tx,
-                &endpoints,
-                *team,
-                "post.created",
-                ("post", p.row.id),
-                "post created",
-                data.clone(),
-            )
-            .await?;
+            let mut kinds = vec![("post.created", "post created")];
             if p.state == PostState::Scheduled {
-                crate::events::emit_to(
-                    tx,
-                    &endpoints,
-                    *team,
-                    "post.scheduled",
-                    ("post", p.row.id),
-                    "post scheduled",
-                    data,
-                )
-                .await?;
+                kinds.push(("post.scheduled", "post scheduled"));
+            }
+            for (kind, message) in kinds {
+                crate::events::emit_to(tx, &endpoints, *team, kind, ("post", p.row.id), message, data.clone()).await?;
             }
         }
     }
