@@ -28,7 +28,6 @@ const MAX_DELIVERIES: usize = 1_000;
 /// A checked post, ready to write.
 pub(crate) struct Prepared {
     pub row: PostRow,
-    pub state: PostState,
     pub team: Uuid,
     pub author_key: Option<Uuid>,
     pub key: Option<String>,
@@ -40,16 +39,20 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    fn state(&self) -> PostState {
+        PostState::parse(&self.row.state).unwrap_or(PostState::Publishing)
+    }
+
     /// Each delivery goes at its connection's next free slot (`at`, in target order); the post is
     /// due at the first of them.
     pub fn slotted(&mut self, at: &[DateTime<Utc>]) {
         let schedule = at.iter().min().copied();
-        self.state = PostState::initial(false, schedule);
-        self.row.state = self.state.as_str().to_string();
+        let state = PostState::initial(false, schedule);
+        self.row.state = state.as_str().to_string();
         self.row.schedule_at = schedule.map(Ts);
         for (d, at) in self.deliveries.iter_mut().zip(at) {
             d.run_at = Some(Ts(*at));
-            d.state = self.state.delivery_state().as_str().to_string();
+            d.state = state.delivery_state().as_str().to_string();
         }
     }
 }
@@ -122,10 +125,10 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     for (team, group) in &by_team {
         let endpoints = crate::events::endpoints(tx, *team).await?;
         for p in group {
-            let data = json!({"post": p.row.id, "state": p.state, "schedule_at": p.row.schedule_at.map(|t| t.0),
+            let data = json!({"post": p.row.id, "state": p.state(), "schedule_at": p.row.schedule_at.map(|t| t.0),
                 "targets": p.deliveries.len()});
             let mut kinds = vec![("post.created", "post created")];
-            if p.state == PostState::Scheduled {
+            if p.state() == PostState::Scheduled {
                 kinds.push(("post.scheduled", "post scheduled"));
             }
             for (kind, message) in kinds {
@@ -136,7 +139,7 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     let lines: Vec<(&Actor, Event<'_>)> = posts
         .iter()
         .map(|p| {
-            let details = json!({"state": p.state.as_str(), "targets": p.deliveries.len(),
+            let details = json!({"state": p.row.state, "targets": p.deliveries.len(),
                 "schedule_at": p.row.schedule_at.map(|t| t.0)});
             (&p.actor, Event::new(Some(p.team), "post.created").target("post", p.row.id).details(details))
         })
@@ -185,12 +188,16 @@ impl Creates {
     }
 }
 
+/// Writes `items` in a transaction of their own.
+async fn commit(posts: &Posts, items: &mut [Prepared]) -> Result<(), WriteError> {
+    let mut tx = posts.db.begin().await.map_err(Error::from)?;
+    write(&mut tx, items, true).await?;
+    tx.commit().await.map_err(|e| WriteError::Other(e.into()))
+}
+
 /// Writes one post in its own transaction.
 async fn alone(posts: &Posts, mut p: Prepared) -> Written {
-    let mut tx = posts.db.begin().await.map_err(Error::from)?;
-    write(&mut tx, std::slice::from_mut(&mut p), true).await?;
-    tx.commit().await.map_err(|e| WriteError::Other(e.into()))?;
-    Ok(p)
+    commit(posts, std::slice::from_mut(&mut p)).await.map(|()| p)
 }
 
 async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<(Prepared, Reply)>) {
@@ -218,22 +225,17 @@ async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<(Prepared, Rep
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            let (p, reply) = batch.pop().expect("one");
-            let _ = reply.send(alone(&posts, p).await);
-            continue;
-        }
         let (mut items, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
-        let together = async {
-            let mut tx = posts.db.begin().await.map_err(Error::from)?;
-            write(&mut tx, &mut items, true).await?;
-            tx.commit().await.map_err(|e| WriteError::Other(e.into()))
-        }
-        .await;
-        match together {
+        match commit(&posts, &mut items).await {
             Ok(()) => {
                 for (p, reply) in items.into_iter().zip(replies) {
                     let _ = reply.send(Ok(p));
+                }
+            }
+            // A post written alone has its answer.
+            Err(e) if items.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
                 }
             }
             Err(_) => {

@@ -665,7 +665,6 @@ impl Posts {
                 created_at: now,
                 updated_at: now,
             },
-            state,
             team,
             author_key: p.key_id,
             key: key.map(str::to_string),
