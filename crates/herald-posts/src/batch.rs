@@ -1,11 +1,12 @@
 //! Group commit for the delivery hot path.
 //!
-//! Hundreds of delivery jobs run at once. One by one, each would spend a dozen statements and two
-//! commits of its own on the database (on SQLite, all through its single writer). Instead, each
-//! job hands its start (load, then mark the call in flight) and its success (the outcome, the
-//! attempt, the post's new state) to a task that does whatever has gathered in one transaction of
-//! a few statements. The guarantees are those of the one-by-one path: a call is marked in flight,
-//! committed, before it is made, and a job reports success only after its outcome is committed.
+//! Hundreds of delivery jobs run at once. One by one, each would spend a dozen statements and
+//! three commits of its own on the database (on SQLite, all through its single writer). Instead,
+//! each job hands its start (load, then mark the call in flight) and its success (the outcome, the
+//! attempt, the post's new state, the job's success) to one task, which does whatever has gathered
+//! in one transaction of a few statements. The guarantees are those of the one-by-one path: a call
+//! is marked in flight, committed, before it is made, and a job reports success only after its
+//! outcome is committed (here with the job's own success, so the runner writes nothing more).
 //! Anything out of the ordinary (a retry, a call left in flight, a late delivery, a connection to
 //! re-authorise, a failure) takes the one-by-one path in `worker.rs`, which explains itself.
 
@@ -13,8 +14,9 @@ use crate::store::{DELIVERY_COLS, DeliveryRow, POST_COLS, PostRow, Posts, refres
 use chrono::{DateTime, Utc};
 use herald_connections::{Loaded, Status};
 use herald_core::Error;
+use herald_queue::{Finished, Queue};
 use herald_store::placeholders;
-use herald_store::{Ts, on_read, on_tx};
+use herald_store::{Ts, Tx, on_read, on_tx};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -50,28 +52,32 @@ pub(crate) struct Success {
     pub part: i64,
     pub started: DateTime<Utc>,
     pub ms: i64,
+    /// The delivery's job, recorded as succeeded with it.
+    pub job: Finished,
 }
 
 type Reply<T> = oneshot::Sender<T>;
 
+enum Ask {
+    Start(Uuid, Reply<Start>),
+    Published(Box<Success>, Reply<Result<(), Error>>),
+}
+
 pub(crate) struct Batcher {
-    starts: mpsc::UnboundedSender<(Uuid, Reply<Start>)>,
-    successes: mpsc::UnboundedSender<(Success, Reply<Result<(), Error>>)>,
+    asks: mpsc::UnboundedSender<Ask>,
 }
 
 impl Batcher {
-    /// Starts the two tasks; they end when the batcher is dropped.
+    /// Starts the writing task; it ends when the batcher is dropped.
     pub fn spawn(posts: Posts) -> Batcher {
-        let (starts, start_rx) = mpsc::unbounded_channel();
-        let (successes, success_rx) = mpsc::unbounded_channel();
-        tokio::spawn(start_loop(posts.clone(), start_rx));
-        tokio::spawn(success_loop(posts, success_rx));
-        Batcher { starts, successes }
+        let (asks, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(posts, rx));
+        Batcher { asks }
     }
 
     pub async fn start(&self, delivery: Uuid) -> Start {
         let (tx, rx) = oneshot::channel();
-        if self.starts.send((delivery, tx)).is_err() {
+        if self.asks.send(Ask::Start(delivery, tx)).is_err() {
             return Start::Slow;
         }
         rx.await.unwrap_or(Start::Slow)
@@ -80,52 +86,51 @@ impl Batcher {
     /// Records a success; an error means it may not be recorded, and the caller records it alone.
     pub async fn published(&self, s: Success) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.successes.send((s, tx)).map_err(|_| Error::internal("the delivery batcher stopped"))?;
+        self.asks.send(Ask::Published(Box::new(s), tx)).map_err(|_| Error::internal("the delivery batcher stopped"))?;
         rx.await.map_err(|_| Error::internal("the delivery batcher stopped"))?
     }
 }
 
-/// Waits for one item, then takes whatever else is already waiting, up to [`MAX_BATCH`].
-async fn gather<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
-    let mut batch = vec![rx.recv().await?];
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(x) => batch.push(x),
-            Err(_) => break,
+/// Each round takes whatever has gathered (up to [`MAX_BATCH`]): it reads what the starts need,
+/// then marks the starts and records the successes in one transaction. If that transaction fails,
+/// nothing of it was written: the starts go the one-by-one way, and the successes are recorded
+/// alone by their jobs.
+async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<Ask>) {
+    while let Some(first) = rx.recv().await {
+        let mut asks = vec![first];
+        while asks.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(a) => asks.push(a),
+                Err(_) => break,
+            }
         }
-    }
-    Some(batch)
-}
-
-async fn start_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<(Uuid, Reply<Start>)>) {
-    while let Some(batch) = gather(&mut rx).await {
-        let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-        match start_batch(&posts, &ids).await {
-            Ok(mut started) => {
-                for (id, reply) in batch {
-                    let _ = reply.send(started.remove(&id).unwrap_or(Start::Slow));
+        let (mut starts, mut items, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+        for a in asks {
+            match a {
+                Ask::Start(id, reply) => starts.push((id, reply)),
+                Ask::Published(s, reply) => {
+                    items.push(*s);
+                    replies.push(reply);
                 }
             }
+        }
+        let ids: Vec<Uuid> = starts.iter().map(|(id, _)| *id).collect();
+        let result = match load_starts(&posts, &ids).await {
+            Ok(starting) => write_round(&posts, starting, &items).await,
+            Err(e) => Err(e),
+        };
+        let (mut started, recorded) = match result {
+            Ok(started) => (started, Ok(())),
             Err(e) => {
-                // Nothing was marked; each job finds its own way, and reports its own error.
-                tracing::warn!(error = %e, jobs = batch.len(), "starting deliveries together failed; starting them one by one");
-                for (_, reply) in batch {
-                    let _ = reply.send(Start::Slow);
-                }
+                tracing::warn!(error = %e, starts = ids.len(), successes = items.len(), "writing deliveries together failed; writing them one by one");
+                (HashMap::new(), Err(e))
             }
-        }
-    }
-}
-
-async fn success_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<(Success, Reply<Result<(), Error>>)>) {
-    while let Some(batch) = gather(&mut rx).await {
-        let (items, replies): (Vec<Success>, Vec<_>) = batch.into_iter().unzip();
-        let result = success_batch(&posts, &items).await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, jobs = items.len(), "recording deliveries together failed; recording them one by one");
+        };
+        for (id, reply) in starts {
+            let _ = reply.send(started.remove(&id).unwrap_or(Start::Slow));
         }
         for reply in replies {
-            let _ = reply.send(result.clone());
+            let _ = reply.send(recorded.clone());
         }
     }
 }
@@ -137,9 +142,21 @@ struct PostWithPolicy {
     late_limit_secs: Option<i64>,
 }
 
-/// Loads the deliveries, their posts and connections in three reads, and marks those that can go
-/// the usual way in flight in one transaction.
-async fn start_batch(posts: &Posts, ids: &[Uuid]) -> Result<HashMap<Uuid, Start>, Error> {
+/// Starts, read: what each will be unless its mark fails, and what those going the usual way need.
+#[derive(Default)]
+struct Starting {
+    out: HashMap<Uuid, Start>,
+    go: Vec<DeliveryRow>,
+    posts: HashMap<Uuid, PostWithPolicy>,
+    connections: HashMap<Uuid, Loaded>,
+}
+
+/// Loads the deliveries, their posts and connections in three reads, and picks those that can go
+/// the usual way.
+async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
+    if ids.is_empty() {
+        return Ok(Starting::default());
+    }
     let sql = format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id IN ({})", placeholders(1, ids.len()));
     let rows: Vec<DeliveryRow> = on_read!(posts.db, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
@@ -150,7 +167,7 @@ async fn start_batch(posts: &Posts, ids: &[Uuid]) -> Result<HashMap<Uuid, Start>
     let mut out: HashMap<Uuid, Start> = ids.iter().map(|id| (*id, Start::Done)).collect();
     let live: Vec<DeliveryRow> = rows.into_iter().filter(|d| !d.state().is_final()).collect();
     if live.is_empty() {
-        return Ok(out);
+        return Ok(Starting { out, ..Starting::default() });
     }
 
     let mut post_ids: Vec<Uuid> = live.iter().map(|d| d.post_id).collect();
@@ -194,11 +211,39 @@ async fn start_batch(posts: &Posts, ids: &[Uuid]) -> Result<HashMap<Uuid, Start>
     for d in slow {
         out.insert(d.id, Start::Slow);
     }
-    if go.is_empty() {
+    Ok(Starting { out, go, posts: by_post, connections })
+}
+
+/// Marks the starts in flight and records the successes, in one transaction.
+async fn write_round(posts: &Posts, starting: Starting, items: &[Success]) -> Result<HashMap<Uuid, Start>, Error> {
+    let Starting { mut out, go, posts: by_post, connections } = starting;
+    if go.is_empty() && items.is_empty() {
         return Ok(out);
     }
-
+    let now = Utc::now();
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
+    let marked = mark(&mut tx, &go, now).await?;
+    record(&mut tx, items).await?;
+    tx.commit().await.map_err(Error::from)?;
+
+    for d in go {
+        if !marked.contains(&d.id) {
+            continue; // cancelled meanwhile: stays Done
+        }
+        let (Some(p), Some(loaded)) = (by_post.get(&d.post_id), connections.get(&d.connection_id)) else {
+            continue; // unreachable: `usual` checked both
+        };
+        let ready = Ready { post: p.post.clone(), loaded: loaded.clone(), marked_at: now, d };
+        out.insert(ready.d.id, Start::Go(Box::new(ready)));
+    }
+    Ok(out)
+}
+
+/// Marks deliveries in flight (and a scheduled post publishing); returns those it marked.
+async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec<Uuid>, Error> {
+    if go.is_empty() {
+        return Ok(Vec::new());
+    }
     let sql = format!(
         "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $1), \
          attempts = attempts + 1, updated_at = $1 \
@@ -207,7 +252,7 @@ async fn start_batch(posts: &Posts, ids: &[Uuid]) -> Result<HashMap<Uuid, Start>
     );
     let marked: Vec<Uuid> = on_tx!(tx, c => {
         let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(Ts(now));
-        for d in &go { q = q.bind(d.id); }
+        for d in go { q = q.bind(d.id); }
         q.fetch_all(&mut *c).await
     })
     .map_err(store)?;
@@ -227,25 +272,15 @@ async fn start_batch(posts: &Posts, ids: &[Uuid]) -> Result<HashMap<Uuid, Start>
         })
         .map_err(store)?;
     }
-    tx.commit().await.map_err(Error::from)?;
-
-    for d in go {
-        if !marked.contains(&d.id) {
-            continue; // cancelled meanwhile: stays Done
-        }
-        let (Some(p), Some(loaded)) = (by_post.get(&d.post_id), connections.get(&d.connection_id)) else {
-            continue; // unreachable: `usual` checked both
-        };
-        let ready = Ready { post: p.post.clone(), loaded: loaded.clone(), marked_at: now, d };
-        out.insert(ready.d.id, Start::Go(Box::new(ready)));
-    }
-    Ok(out)
+    Ok(marked)
 }
 
-/// Records the outcomes, the attempts and the posts' new states in one transaction.
-async fn success_batch(posts: &Posts, items: &[Success]) -> Result<(), Error> {
+/// Records the outcomes, the attempts, the posts' new states and the jobs' successes.
+async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let now = Ts::now();
-    let mut tx = posts.db.begin().await.map_err(Error::from)?;
     // $1 is the time; then four per delivery: id, parts, platform id, URL.
     let case = |value: usize| {
         let whens: String =
@@ -290,6 +325,8 @@ async fn success_batch(posts: &Posts, items: &[Success]) -> Result<(), Error> {
     .map_err(store)?;
 
     let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();
-    refresh_posts(&mut tx, &post_ids).await?;
-    tx.commit().await.map_err(Error::from)
+    refresh_posts(tx, &post_ids).await?;
+    let jobs: Vec<Finished> = items.iter().map(|s| s.job.clone()).collect();
+    Queue::complete_in(tx, &jobs).await.map_err(Error::from)?;
+    Ok(())
 }

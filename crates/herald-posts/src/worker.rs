@@ -70,8 +70,7 @@ impl herald_queue::Handler for DeliveryHandler {
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| JobError::Permanent("the job has no delivery id".into()))?;
-        let last_try = job.attempt >= job.max_attempts;
-        self.deliver(id, last_try).await
+        self.deliver(job, id).await
     }
 
     fn backoff(&self, attempt: i32) -> std::time::Duration {
@@ -101,7 +100,7 @@ impl DeliveryHandler {
         self.batch.get_or_init(|| Batcher::spawn(self.posts.clone()))
     }
 
-    async fn deliver(&self, id: Uuid, last_try: bool) -> Result<(), JobError> {
+    async fn deliver(&self, job: &Job, id: Uuid) -> Result<(), JobError> {
         let ready = match self.batch().start(id).await {
             Start::Go(ready) => *ready,
             Start::Done => return Ok(()),
@@ -110,7 +109,7 @@ impl DeliveryHandler {
                 None => return Ok(()),
             },
         };
-        self.call(ready, last_try).await
+        self.call(ready, job).await
     }
 
     /// The one-by-one start: every check, each explained when it stops the delivery, then the
@@ -227,8 +226,9 @@ impl DeliveryHandler {
     }
 
     /// Makes the calls of a delivery marked in flight, part by part, and records what happened.
-    async fn call(&self, ready: Ready, last_try: bool) -> Result<(), JobError> {
+    async fn call(&self, ready: Ready, job: &Job) -> Result<(), JobError> {
         let Ready { d, post, loaded, marked_at: now } = ready;
+        let last_try = job.attempt >= job.max_attempts;
         let adapter = herald_platforms::adapter(&d.platform)
             .ok_or_else(|| JobError::Permanent(format!("no adapter for {}", d.platform)))?;
 
@@ -267,7 +267,7 @@ impl DeliveryHandler {
                     if done.len() < parts.len() {
                         self.record_part(&d, &done, i as i64, started, ms).await?;
                     } else {
-                        self.published(&d, &done, i as i64, started, ms).await?;
+                        self.published(&d, &done, i as i64, started, ms, job).await?;
                     }
                 }
                 Err(e) => {
@@ -304,7 +304,8 @@ impl DeliveryHandler {
         Ok(())
     }
 
-    /// Records a success with others that finished at the same moment, or alone if that fails.
+    /// Records a success, and the job's, with others that finished at the same moment; or the
+    /// success alone if that fails (and the runner records the job).
     async fn published(
         &self,
         d: &DeliveryRow,
@@ -312,6 +313,7 @@ impl DeliveryHandler {
         part: i64,
         started: DateTime<Utc>,
         ms: i64,
+        job: &Job,
     ) -> Result<(), JobError> {
         let success = Success {
             delivery: d.id,
@@ -322,6 +324,7 @@ impl DeliveryHandler {
             part,
             started,
             ms,
+            job: job.succeeded(),
         };
         match self.batch().published(success).await {
             Ok(()) => Ok(()),

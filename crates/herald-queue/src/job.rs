@@ -1,6 +1,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -163,6 +165,23 @@ pub struct Job {
     pub bucket_key: Option<String>,
     pub unique_key: Option<String>,
     pub last_error: Option<String>,
+    /// Set once a handler recorded this run's success in its own transaction.
+    #[serde(skip)]
+    pub(crate) recorded: Recorded,
+}
+
+/// Whether a run's outcome is already in the database, set after the commit that wrote it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recorded(Arc<AtomicBool>);
+
+impl Recorded {
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// One run of a job.

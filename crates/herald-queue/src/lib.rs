@@ -3,7 +3,8 @@
 //!
 //! - [`enqueue`] inside the caller's [`Tx`]: a rolled-back transaction leaves no job.
 //! - A [`Runner`] claims due jobs in batches under a lease, runs their [`Handler`], sends
-//!   heartbeats while they run, and records every attempt. Completions are written in batches.
+//!   heartbeats while they run, and records every attempt. Completions are written in batches,
+//!   or by a handler in the transaction of its own work ([`Queue::complete_in`]).
 //! - Failures retry with exponential backoff and jitter, then go `dead`; a rate-limited run waits
 //!   for its not-before time without spending an attempt.
 //! - [Rate buckets](Queue::set_bucket) shared by every node keep a claim from taking a job whose
@@ -24,7 +25,7 @@ mod runner;
 pub use enqueue::{enqueue, enqueue_many};
 pub use error::{JobError, QueueError};
 pub use job::{Attempt, Enqueued, Job, JobId, JobState, NewJob};
-pub use queue::{Bucket, CancelResult, Completion, Depth, LEASE_EXPIRED_ERROR, Queue, RunResult};
+pub use queue::{Bucket, CancelResult, Completion, Depth, Finished, LEASE_EXPIRED_ERROR, Queue, RunResult};
 pub use runner::{Handler, Registry, Runner, RunnerConfig};
 
 pub use herald_store::Tx;

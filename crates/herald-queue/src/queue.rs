@@ -1,8 +1,8 @@
 use crate::backend::{self, CompletionRow, postgres, sqlite};
-use crate::job::{Attempt, Job, JobId, JobState};
+use crate::job::{Attempt, Job, JobId, JobState, Recorded};
 use crate::{QueueError, metrics};
 use chrono::{DateTime, Utc};
-use herald_store::{Db, Pools, TxConn};
+use herald_store::{Db, Pools, Tx, TxConn};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +10,15 @@ use std::time::Duration;
 type Result<T> = std::result::Result<T, QueueError>;
 
 const PRUNE_CHUNK: usize = 2000;
+
+/// Writes finished runs in `tx`; returns how many still held their lease.
+async fn complete_rows(tx: &mut Tx, worker: &str, batch: &[Completion]) -> Result<usize> {
+    let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
+    Ok(match tx.conn() {
+        TxConn::Sqlite(c) => sqlite::complete(c, worker, &rows, Utc::now()).await?,
+        TxConn::Postgres(c) => postgres::complete(c, worker, &rows).await?,
+    })
+}
 
 /// The queue's operations on one database. Cheap to clone.
 #[derive(Clone)]
@@ -89,6 +98,35 @@ impl Completion {
             finished_at,
             outcome,
             block_bucket: if outcome == "rate_limited" { self.bucket_key.clone() } else { None },
+        }
+    }
+}
+
+/// A successful run that its handler records itself, in the transaction that records the job's
+/// work, with [`Queue::complete_in`]: the work and the job's success commit together, and the
+/// runner does not write the run again.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    completion: Completion,
+    worker: String,
+    recorded: Recorded,
+}
+
+impl Job {
+    /// This run, succeeded now.
+    pub fn succeeded(&self) -> Finished {
+        let started_at = self.started_at.unwrap_or_else(Utc::now);
+        Finished {
+            completion: Completion {
+                job_id: self.id,
+                attempt: self.attempt,
+                started_at,
+                run_time: (Utc::now() - started_at).to_std().unwrap_or_default(),
+                bucket_key: self.bucket_key.clone(),
+                result: RunResult::Succeeded,
+            },
+            worker: self.locked_by.clone().unwrap_or_default(),
+            recorded: self.recorded.clone(),
         }
     }
 }
@@ -213,13 +251,27 @@ impl Queue {
     /// Records a batch of finished runs in one transaction. Returns how many still held their
     /// lease; the others were reaped or cancelled meanwhile and are left as they are.
     pub async fn complete(&self, worker: &str, batch: &[Completion]) -> Result<usize> {
-        let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
         let mut tx = self.db.begin().await?;
-        let applied = match tx.conn() {
-            TxConn::Sqlite(c) => sqlite::complete(c, worker, &rows, Utc::now()).await?,
-            TxConn::Postgres(c) => postgres::complete(c, worker, &rows).await?,
-        };
+        let applied = complete_rows(&mut tx, worker, batch).await?;
         tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Records runs as succeeded inside the caller's transaction (see [`Finished`]). Once it
+    /// commits, the runner leaves these runs alone; if it rolls back, the runner records them
+    /// as usual from what their handlers return.
+    pub async fn complete_in(tx: &mut Tx, finished: &[Finished]) -> Result<usize> {
+        let mut workers: Vec<&str> = finished.iter().map(|f| f.worker.as_str()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        let mut applied = 0;
+        for worker in workers {
+            let batch: Vec<Completion> =
+                finished.iter().filter(|f| f.worker == worker).map(|f| f.completion.clone()).collect();
+            applied += complete_rows(tx, worker, &batch).await?;
+        }
+        let marks: Vec<Recorded> = finished.iter().map(|f| f.recorded.clone()).collect();
+        tx.after_commit(move || marks.iter().for_each(Recorded::set));
         Ok(applied)
     }
 

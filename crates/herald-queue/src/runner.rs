@@ -306,8 +306,10 @@ impl Dispatcher {
             if let RunResult::Retry { error, .. } | RunResult::Dead { error } = &result {
                 tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempt, error = %error, "job failed");
             }
-            // If shutdown already took this job to release it, it is not ours to complete.
-            if running.lock().expect("running lock").remove(&job.id).is_some() {
+            // If shutdown already took this job to release it, it is not ours to complete; if
+            // its handler recorded the run with its work, it is done.
+            let ours = running.lock().expect("running lock").remove(&job.id).is_some();
+            if ours && !job.recorded.get() {
                 let completion = Completion {
                     job_id: job.id,
                     attempt: job.attempt,

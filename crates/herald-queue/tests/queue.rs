@@ -516,3 +516,68 @@ async fn on_postgres_an_enqueue_on_one_node_wakes_the_workers_of_another() {
     other.close().await;
     t.destroy().await;
 }
+
+/// Records its job's success in the transaction of its own work (a row in `work`); with
+/// `"rollback": true` it rolls that transaction back and leaves the record to the runner.
+struct SelfRecording {
+    queue: Queue,
+}
+
+#[async_trait::async_trait]
+impl Handler for SelfRecording {
+    async fn run(&self, job: &Job) -> Result<(), JobError> {
+        let mut tx = self.queue.db().begin().await.map_err(JobError::retry)?;
+        herald_store::exec!(tx, "INSERT INTO work (job) VALUES ($1)", job.id.0.to_string()).map_err(JobError::retry)?;
+        Queue::complete_in(&mut tx, &[job.succeeded()]).await.map_err(JobError::retry)?;
+        if job.payload["rollback"] == json!(true) {
+            tx.rollback().await.map_err(JobError::retry)?;
+            return Ok(());
+        }
+        tx.commit().await.map_err(JobError::retry)?;
+        // Committed with the work: the job is finished before the handler even returns.
+        let now = self.queue.get(job.id).await.map_err(JobError::retry)?.map(|j| j.state);
+        if now != Some(JobState::Succeeded) {
+            return Err(JobError::permanent(format!("the job's success did not commit with its work: {now:?}")));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_handler_records_its_jobs_success_in_the_transaction_of_its_work() {
+    each_backend(|db| async move {
+        let q = Queue::new(db.clone());
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "CREATE TABLE work (job TEXT PRIMARY KEY)").unwrap();
+        tx.commit().await.unwrap();
+        let mut registry = Registry::default();
+        registry.register("test.self", SelfRecording { queue: q.clone() });
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn(Runner::new(q.clone(), registry, fast_config()).run(shutdown.clone()));
+
+        let own = add(&db, NewJob::new("test.self", json!({}))).await;
+        let rolled_back = add(&db, NewJob::new("test.self", json!({"rollback": true}))).await;
+        wait_until_finished(&q, &[own, rolled_back]).await;
+        shutdown.cancel();
+        runner.await.unwrap();
+
+        for id in [own, rolled_back] {
+            let job = q.get(id).await.unwrap().unwrap();
+            assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+            let attempts = q.attempts(id).await.unwrap();
+            assert_eq!(attempts.len(), 1, "one run, recorded once");
+            assert_eq!(attempts[0].outcome, "succeeded");
+            assert!(attempts[0].finished_at >= attempts[0].started_at);
+        }
+        let rows: Vec<String> = match db.pools() {
+            herald_store::Pools::Sqlite { read, .. } => {
+                sqlx::query_scalar("SELECT job FROM work").fetch_all(read).await.unwrap()
+            }
+            herald_store::Pools::Postgres(pool) => {
+                sqlx::query_scalar("SELECT job FROM work").fetch_all(pool).await.unwrap()
+            }
+        };
+        assert_eq!(rows, vec![own.0.to_string()], "the rolled-back work left nothing, its job's record neither");
+    })
+    .await;
+}

@@ -31,6 +31,7 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
         bucket_key: row.try_get(14)?,
         unique_key: row.try_get(15)?,
         last_error: row.try_get(16)?,
+        recorded: Default::default(),
     })
 }
 

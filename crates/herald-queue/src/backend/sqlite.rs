@@ -36,6 +36,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         bucket_key: row.try_get(14)?,
         unique_key: row.try_get(15)?,
         last_error: row.try_get(16)?,
+        recorded: Default::default(),
     })
 }
 
