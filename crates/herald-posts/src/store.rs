@@ -807,17 +807,25 @@ impl Posts {
 
     /// The post with its deliveries and every attempt.
     pub async fn get(&self, team: Uuid, id: Uuid) -> Result<PostView, Error> {
-        // Deliveries first: the post's state is written in the same commit as theirs, so reading
-        // it second never shows it behind deliveries already read.
-        let deliveries = self.delivery_rows(id).await?;
-        let row = self.post_row(team, id).await?;
+        // One snapshot, so the post's state, its deliveries and their attempts agree.
+        let mut snap = self.db.snapshot().await.map_err(Error::from)?;
+        let sql = format!("SELECT {POST_COLS} FROM posts WHERE team_id = $1 AND id = $2");
+        let row: Option<PostRow> = on_tx!(snap, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(team).bind(id).fetch_optional(&mut *c).await)
+        .map_err(store)?;
+        let row = row.ok_or_else(|| Error::not_found("post"))?;
+        let sql = format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE post_id = $1 ORDER BY id");
+        let deliveries: Vec<DeliveryRow> =
+            on_tx!(snap, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_all(&mut *c).await)
+                .map_err(store)?;
         let content = row.content();
-        let attempts: Vec<AttemptRow> = on_read!(self.db, c => sqlx::query_as(
+        let attempts: Vec<AttemptRow> = on_tx!(snap, c => sqlx::query_as(
             "SELECT a.delivery_id, a.part, a.started_at, a.duration_ms, a.outcome, a.http_status, a.code, a.message \
              FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.post_id = $1 \
              ORDER BY a.started_at, a.id")
-            .bind(id).fetch_all(c).await)
+            .bind(id).fetch_all(&mut *c).await)
         .map_err(store)?;
+        drop(snap);
         let views = deliveries
             .iter()
             .map(|d| {

@@ -1,6 +1,6 @@
 use crate::error::StoreError;
 use crate::migrations;
-use crate::tx::Tx;
+use crate::tx::{Snapshot, Tx};
 use crate::url::DatabaseUrl;
 use crate::wakeups::Wakeups;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -184,6 +184,11 @@ impl Db {
     /// from the start and never fails half-way with `SQLITE_BUSY` on upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Tx::begin(&self.inner.pools, self.inner.wakeups.clone()).await
+    }
+
+    /// Starts a read-only transaction whose reads all see one moment (see [`Snapshot`]).
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Snapshot::begin(&self.inner.pools).await
     }
 
     /// Closes every connection; used at shutdown.

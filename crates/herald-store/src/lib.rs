@@ -18,7 +18,7 @@ mod wakeups;
 pub use db::{Backend, Db, Pools, StoreOptions};
 pub use error::StoreError;
 pub use portable::Ts;
-pub use tx::{Tx, TxConn};
+pub use tx::{Snapshot, Tx, TxConn};
 pub use url::DatabaseUrl;
 pub use wakeups::Wakeups;
 

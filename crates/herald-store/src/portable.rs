@@ -76,7 +76,8 @@ impl<'r> Decode<'r, Postgres> for Ts {
     }
 }
 
-/// Runs `$body` with `$c` bound to the transaction's connection, once per backend:
+/// Runs `$body` with `$c` bound to the connection of a transaction ([`Tx`](crate::Tx) or
+/// [`Snapshot`](crate::Snapshot)), once per backend:
 /// `on_tx!(tx, c => sqlx::query(SQL).bind(x).execute(&mut *c).await)`.
 #[macro_export]
 macro_rules! on_tx {

@@ -83,3 +83,58 @@ impl Tx {
         Ok(())
     }
 }
+
+/// A read-only transaction: every read through it sees the database as of one moment, so rows
+/// read by separate statements agree with each other. On SQLite it is a deferred transaction on
+/// a read connection (WAL keeps its snapshot from the first read to the end); on PostgreSQL it is
+/// `REPEATABLE READ READ ONLY`. Dropping it ends it.
+pub struct Snapshot {
+    inner: Inner,
+}
+
+impl Snapshot {
+    pub(crate) async fn begin(pools: &Pools) -> Result<Snapshot, StoreError> {
+        let inner = match pools {
+            Pools::Sqlite { read, .. } => Inner::Sqlite(read.begin().await?),
+            Pools::Postgres(pool) => {
+                Inner::Postgres(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?)
+            }
+        };
+        Ok(Snapshot { inner })
+    }
+
+    pub fn conn(&mut self) -> TxConn<'_> {
+        match &mut self.inner {
+            Inner::Sqlite(tx) => TxConn::Sqlite(tx),
+            Inner::Postgres(tx) => TxConn::Postgres(tx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::each_backend;
+    use crate::{exec, on_read, on_tx};
+
+    #[tokio::test]
+    async fn a_snapshot_does_not_see_what_commits_after_its_first_read() {
+        each_backend(|db| async move {
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "CREATE TABLE seen (n BIGINT NOT NULL)").unwrap();
+            exec!(tx, "INSERT INTO seen (n) VALUES (1)").unwrap();
+            tx.commit().await.unwrap();
+
+            let count = "SELECT COUNT(*) FROM seen";
+            let mut snap = db.snapshot().await.unwrap();
+            let before: i64 = on_tx!(snap, c => sqlx::query_scalar(count).fetch_one(&mut *c).await).unwrap();
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO seen (n) VALUES (2)").unwrap();
+            tx.commit().await.unwrap();
+            let after: i64 = on_tx!(snap, c => sqlx::query_scalar(count).fetch_one(&mut *c).await).unwrap();
+            let outside: i64 = on_read!(db, c => sqlx::query_scalar(count).fetch_one(c).await).unwrap();
+            assert_eq!((before, after, outside), (1, 1, 2), "the snapshot keeps its moment; others see the new row");
+            drop(snap);
+        })
+        .await;
+    }
+}
