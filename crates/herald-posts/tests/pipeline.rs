@@ -494,13 +494,8 @@ async fn validation_idempotent_creates_threads_and_failures() {
         let new_token = "123456:AAHerald-new-token_0123456789abcdefghij";
         tg.data().token = new_token.into();
         let (waits, _) = w.posts.create(&w.owner, post("after the fix", &[tg_conn]), None).await.unwrap();
-        // (`get` reads the delivery and its attempts in two reads, so wait for both to show it.)
-        let v = w
-            .wait(waits.id, |v| {
-                v.deliveries[0].attempt_log.iter().any(|a| a.outcome == "auth")
-                    && v.deliveries[0].state == DeliveryState::Pending
-            })
-            .await;
+        // The attempt and the state commit together, and `get` reads them from one snapshot.
+        let v = w.wait(waits.id, |v| v.deliveries[0].attempt_log.iter().any(|a| a.outcome == "auth")).await;
         assert_eq!(v.deliveries[0].state, DeliveryState::Pending);
         assert_eq!(w.connections.get(w.team, tg_conn).await.unwrap().status, herald_connections::Status::NeedsReauth);
         w.stop().await;
