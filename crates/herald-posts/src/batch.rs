@@ -3,8 +3,8 @@
 //! Hundreds of delivery jobs run at once. One by one, each would spend a dozen statements and
 //! three commits of its own on the database (on SQLite, all through its single writer). Instead,
 //! each job hands its start (load, then mark the call in flight) and its success (the outcome, the
-//! attempt, the post's new state, the job's success) to one task, which does whatever has gathered
-//! in one transaction of a few statements. The guarantees are those of the one-by-one path: a call
+//! attempt, the post's new state, the job's success) to one task, which writes whatever has
+//! gathered in one transaction of a few statements. The guarantees are those of the one-by-one path: a call
 //! is marked in flight, committed, before it is made, and a job reports success only after its
 //! outcome is committed (here with the job's own success, so the runner writes nothing more).
 //! Anything out of the ordinary (a retry, a call left in flight, a late delivery, a connection to
@@ -16,9 +16,10 @@ use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
 use herald_store::placeholders;
-use herald_store::{Ts, Tx, on_read, on_tx};
+use herald_store::{Backend, Ts, Tx, on_read, on_tx};
 use std::collections::HashMap;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 /// The most jobs one transaction serves; whatever arrives meanwhile waits for the next.
@@ -94,9 +95,17 @@ impl Batcher {
 /// Each round takes whatever has gathered (up to [`MAX_BATCH`]): it reads what the starts need,
 /// then marks the starts and records the successes in one transaction. If that transaction fails,
 /// nothing of it was written: the starts go the one-by-one way, and the successes are recorded
-/// alone by their jobs.
+/// alone by their jobs. On PostgreSQL a few rounds run at once, side by side on their own
+/// connections. On SQLite one does: with a single writer, a second round only splits the work
+/// into more, smaller transactions (measured: 5–15% fewer deliveries/s). A round gathers only
+/// once it may run, so whatever waited meanwhile goes together.
 async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<Ask>) {
+    let rounds = Arc::new(Semaphore::new(match posts.db.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }));
     while let Some(first) = rx.recv().await {
+        let Ok(permit) = rounds.clone().acquire_owned().await else { return };
         let mut asks = vec![first];
         while asks.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -104,34 +113,42 @@ async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<Ask>) {
                 Err(_) => break,
             }
         }
-        let (mut starts, mut items, mut replies) = (Vec::new(), Vec::new(), Vec::new());
-        for a in asks {
-            match a {
-                Ask::Start(id, reply) => starts.push((id, reply)),
-                Ask::Published(s, reply) => {
-                    items.push(*s);
-                    replies.push(reply);
-                }
+        let posts = posts.clone();
+        tokio::spawn(async move {
+            round(&posts, asks).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn round(posts: &Posts, asks: Vec<Ask>) {
+    let (mut starts, mut items, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+    for a in asks {
+        match a {
+            Ask::Start(id, reply) => starts.push((id, reply)),
+            Ask::Published(s, reply) => {
+                items.push(*s);
+                replies.push(reply);
             }
         }
-        let ids: Vec<Uuid> = starts.iter().map(|(id, _)| *id).collect();
-        let result = match load_starts(&posts, &ids).await {
-            Ok(starting) => write_round(&posts, starting, &items).await,
-            Err(e) => Err(e),
-        };
-        let (mut started, recorded) = match result {
-            Ok(started) => (started, Ok(())),
-            Err(e) => {
-                tracing::warn!(error = %e, starts = ids.len(), successes = items.len(), "writing deliveries together failed; writing them one by one");
-                (HashMap::new(), Err(e))
-            }
-        };
-        for (id, reply) in starts {
-            let _ = reply.send(started.remove(&id).unwrap_or(Start::Slow));
+    }
+    let ids: Vec<Uuid> = starts.iter().map(|(id, _)| *id).collect();
+    let result = match load_starts(posts, &ids).await {
+        Ok(starting) => write_round(posts, starting, &items).await,
+        Err(e) => Err(e),
+    };
+    let (mut started, recorded) = match result {
+        Ok(started) => (started, Ok(())),
+        Err(e) => {
+            tracing::warn!(error = %e, starts = ids.len(), successes = items.len(), "writing deliveries together failed; writing them one by one");
+            (HashMap::new(), Err(e))
         }
-        for reply in replies {
-            let _ = reply.send(recorded.clone());
-        }
+    };
+    for (id, reply) in starts {
+        let _ = reply.send(started.remove(&id).unwrap_or(Start::Slow));
+    }
+    for reply in replies {
+        let _ = reply.send(recorded.clone());
     }
 }
 
