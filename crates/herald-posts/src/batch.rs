@@ -4,9 +4,10 @@
 //! three commits of its own on the database (on SQLite, all through its single writer). Instead,
 //! each job hands its start (load, then mark the call in flight) and its success (the outcome, the
 //! attempt, the post's new state, the job's success) to one task, which writes whatever has
-//! gathered in one transaction of a few statements. The guarantees are those of the one-by-one path: a call
-//! is marked in flight, committed, before it is made, and a job reports success only after its
-//! outcome is committed (here with the job's own success, so the runner writes nothing more).
+//! gathered in one transaction of a few statements. The guarantees are those of the one-by-one
+//! path: a call is marked in flight, committed, before it is made, and a job reports success only
+//! after its outcome is committed (here with the job's own success, so the runner writes nothing
+//! more).
 //! Anything out of the ordinary (a retry, a call left in flight, a late delivery, a connection to
 //! re-authorise, a failure) takes the one-by-one path in `worker.rs`, which explains itself.
 

@@ -569,14 +569,8 @@ async fn a_handler_records_its_jobs_success_in_the_transaction_of_its_work() {
             assert_eq!(attempts[0].outcome, "succeeded");
             assert!(attempts[0].finished_at >= attempts[0].started_at);
         }
-        let rows: Vec<String> = match db.pools() {
-            herald_store::Pools::Sqlite { read, .. } => {
-                sqlx::query_scalar("SELECT job FROM work").fetch_all(read).await.unwrap()
-            }
-            herald_store::Pools::Postgres(pool) => {
-                sqlx::query_scalar("SELECT job FROM work").fetch_all(pool).await.unwrap()
-            }
-        };
+        let rows: Vec<String> =
+            herald_store::on_read!(db, c => sqlx::query_scalar("SELECT job FROM work").fetch_all(c).await).unwrap();
         assert_eq!(rows, vec![own.0.to_string()], "the rolled-back work left nothing, its job's record neither");
     })
     .await;

@@ -25,6 +25,15 @@ pub enum TxConn<'a> {
     Postgres(&'a mut PgConnection),
 }
 
+impl Inner {
+    fn conn(&mut self) -> TxConn<'_> {
+        match self {
+            Inner::Sqlite(tx) => TxConn::Sqlite(tx),
+            Inner::Postgres(tx) => TxConn::Postgres(tx),
+        }
+    }
+}
+
 impl Tx {
     pub(crate) async fn begin(pools: &Pools, wakeups: Arc<Wakeups>) -> Result<Tx, StoreError> {
         let inner = match pools {
@@ -35,10 +44,7 @@ impl Tx {
     }
 
     pub fn conn(&mut self) -> TxConn<'_> {
-        match &mut self.inner {
-            Inner::Sqlite(tx) => TxConn::Sqlite(tx),
-            Inner::Postgres(tx) => TxConn::Postgres(tx),
-        }
+        self.inner.conn()
     }
 
     /// Rings `channel` once this transaction commits: in this process always, and on every node
@@ -104,10 +110,7 @@ impl Snapshot {
     }
 
     pub fn conn(&mut self) -> TxConn<'_> {
-        match &mut self.inner {
-            Inner::Sqlite(tx) => TxConn::Sqlite(tx),
-            Inner::Postgres(tx) => TxConn::Postgres(tx),
-        }
+        self.inner.conn()
     }
 }
 
