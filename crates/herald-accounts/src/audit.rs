@@ -63,10 +63,10 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
         .map(|i| format!("({})", herald_store::placeholders(1 + 11 * i, 11)))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
+    let sql = tx.backend().sql(format!(
         "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
          details, created_at) VALUES {values}"
-    );
+    ));
     let now = Ts::now();
     on_tx!(tx, c => {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));

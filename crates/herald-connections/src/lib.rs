@@ -326,10 +326,10 @@ impl Connections {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let sql = format!(
+        let sql = self.db.backend().sql(format!(
             "SELECT {COLS} FROM connections WHERE team_id = $1 AND id IN ({})",
             herald_store::placeholders(2, ids.len())
-        );
+        ));
         let rows: Vec<Row> = on_read!(self.db, c => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(team);
             for id in &ids { q = q.bind(*id); }

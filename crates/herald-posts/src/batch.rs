@@ -175,7 +175,10 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     if ids.is_empty() {
         return Ok(Starting::default());
     }
-    let sql = format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id IN ({})", placeholders(1, ids.len()));
+    let sql = posts
+        .db
+        .backend()
+        .sql(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id IN ({})", placeholders(1, ids.len())));
     let rows: Vec<DeliveryRow> = on_read!(posts.db, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in ids { q = q.bind(*id); }
@@ -192,10 +195,10 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     post_ids.sort_unstable();
     post_ids.dedup();
     let cols = POST_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ");
-    let sql = format!(
+    let sql = posts.db.backend().sql(format!(
         "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id IN ({})",
         placeholders(1, post_ids.len())
-    );
+    ));
     let post_rows: Vec<PostWithPolicy> = on_read!(posts.db, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in &post_ids { q = q.bind(*id); }
@@ -262,14 +265,14 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
     if go.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $1), \
-         attempts = attempts + 1, updated_at = $1 \
+    let sql = tx.backend().sql(format!(
+        "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2), \
+         attempts = attempts + 1, updated_at = $3 \
          WHERE state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL AND id IN ({}) RETURNING id",
-        placeholders(2, go.len())
-    );
+        placeholders(4, go.len())
+    ));
     let marked: Vec<Uuid> = on_tx!(tx, c => {
-        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(Ts(now));
+        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(Ts(now)).bind(Ts(now)).bind(Ts(now));
         for d in go { q = q.bind(d.id); }
         q.fetch_all(&mut *c).await
     })
@@ -279,10 +282,10 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
     started_posts.sort_unstable();
     started_posts.dedup();
     if !started_posts.is_empty() {
-        let sql = format!(
+        let sql = tx.backend().sql(format!(
             "UPDATE posts SET state = 'publishing', updated_at = $1 WHERE state = 'scheduled' AND id IN ({})",
             placeholders(2, started_posts.len())
-        );
+        ));
         on_tx!(tx, c => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(Ts(now));
             for id in &started_posts { q = q.bind(*id); }
@@ -299,23 +302,15 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
         return Ok(());
     }
     let now = Ts::now();
-    // $1 is the time; then four per delivery: id, parts, platform id, URL.
-    let case = |value: usize| {
-        let whens: String =
-            (0..items.len()).map(|i| format!(" WHEN ${} THEN ${}", 2 + 4 * i, 2 + 4 * i + value)).collect();
-        format!("CASE id{whens} END")
-    };
-    let ids = (0..items.len()).map(|i| format!("${}", 2 + 4 * i)).collect::<Vec<_>>().join(", ");
-    let sql = format!(
-        "UPDATE deliveries SET state = 'published', parts = {}, platform_post_id = {}, platform_url = {}, \
-         call_started_at = NULL, last_error = NULL, last_error_class = NULL, published_at = $1, updated_at = $1 \
-         WHERE id IN ({ids})",
-        case(1),
-        case(2),
-        case(3)
-    );
+    // The time twice; then four per delivery: id, parts, platform id, URL.
+    let rows = (0..items.len()).map(|i| format!("({})", placeholders(3 + 4 * i, 4))).collect::<Vec<_>>().join(", ");
+    let sql = tx.backend().sql(format!(
+        "UPDATE deliveries SET state = 'published', parts = v.column2, platform_post_id = v.column3, \
+         platform_url = v.column4, call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
+         published_at = $1, updated_at = $2 FROM (VALUES {rows}) AS v WHERE deliveries.id = v.column1"
+    ));
     on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now).bind(now);
         for s in items {
             q = q.bind(s.delivery).bind(&s.parts).bind(&s.platform_post_id).bind(&s.platform_url);
         }
@@ -330,9 +325,9 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
+    let sql = tx.backend().sql(format!(
         "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) VALUES {values}"
-    );
+    ));
     on_tx!(tx, c => {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
         for s in items {

@@ -77,10 +77,10 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         return Ok(());
     }
     let values = (0..posts.len()).map(|i| format!("({})", placeholders(1 + 16 * i, 16))).collect::<Vec<_>>().join(", ");
-    let sql = format!(
+    let sql = tx.backend().sql(format!(
         "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
          idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"
-    );
+    ));
     let inserted = on_tx!(tx, c => {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
         for p in posts.iter() {

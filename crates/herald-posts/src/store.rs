@@ -265,10 +265,10 @@ pub(crate) async fn refresh_posts(
     // Take the posts' row locks first, in one order: deliveries finishing at once then recompute
     // one after the other, each seeing the others' committed states. SQLite has one writer; the
     // no-op update takes its write lock before the reads.
-    let lock = match tx.conn() {
+    let lock = tx.backend().sql(match tx.conn() {
         TxConn::Sqlite(_) => format!("UPDATE posts SET updated_at = updated_at WHERE id IN ({list})"),
         TxConn::Postgres(_) => format!("SELECT id FROM posts WHERE id IN ({list}) ORDER BY id FOR UPDATE"),
-    };
+    });
     on_tx!(tx, c => {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(lock.as_str()));
         for id in &ids { q = q.bind(*id); }
@@ -283,14 +283,16 @@ pub(crate) async fn refresh_posts(
         schedule_at: Option<Ts>,
         repeat_days: Option<i64>,
     }
-    let sql = format!("SELECT id, team_id, state, schedule_at, repeat_days FROM posts WHERE id IN ({list})");
+    let sql = tx
+        .backend()
+        .sql(format!("SELECT id, team_id, state, schedule_at, repeat_days FROM posts WHERE id IN ({list})"));
     let posts: Vec<P> = on_tx!(tx, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in &ids { q = q.bind(*id); }
         q.fetch_all(&mut *c).await
     })
     .map_err(store)?;
-    let sql = format!("SELECT post_id, state FROM deliveries WHERE post_id IN ({list})");
+    let sql = tx.backend().sql(format!("SELECT post_id, state FROM deliveries WHERE post_id IN ({list})"));
     let rows: Vec<(Uuid, String)> = on_tx!(tx, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in &ids { q = q.bind(*id); }
@@ -318,7 +320,9 @@ pub(crate) async fn refresh_posts(
         by_state.entry(next.as_str()).or_default().push(p.id);
     }
     for (state, ids) in by_state {
-        let sql = format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id IN ({})", placeholders(3, ids.len()));
+        let sql = tx
+            .backend()
+            .sql(format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id IN ({})", placeholders(3, ids.len())));
         on_tx!(tx, c => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(state).bind(now);
             for id in &ids { q = q.bind(*id); }
@@ -374,18 +378,18 @@ pub(crate) async fn insert_deliveries(
             d.job_id = Some(e.id().0);
         }
     }
-    // $1 now; then twelve per delivery.
-    let values =
-        (0..rows.len()).map(|i| format!("({}, $1, $1)", placeholders(2 + 12 * i, 12))).collect::<Vec<_>>().join(", ");
-    let sql = format!(
+    // Fourteen per delivery, the last two its creation time.
+    let values = (0..rows.len()).map(|i| format!("({})", placeholders(1 + 14 * i, 14))).collect::<Vec<_>>().join(", ");
+    let sql = tx.backend().sql(format!(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
          job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
-    );
+    ));
     on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
         for d in rows.iter() {
             q = q.bind(d.id).bind(d.post_id).bind(d.team_id).bind(d.connection_id).bind(&d.platform).bind(&d.state)
-                .bind(&d.content).bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts);
+                .bind(&d.content).bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts)
+                .bind(now).bind(now);
         }
         q.execute(&mut *c).await.map(|r| r.rows_affected())
     })

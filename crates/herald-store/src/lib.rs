@@ -27,6 +27,44 @@ pub fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Rewrites a statement whose `$N` parameters appear in order, each once (`$1`, `$2`, … as
+/// written, outside quoted text), as anonymous `?` parameters, which SQLite binds by position.
+/// SQLite finds a named parameter by scanning the statement's list of names, at prepare and at
+/// each bind, so a batch statement with thousands of them costs a quadratic scan on the single
+/// writer (`herald bench deliveries`: a third of the writer's time). `None` when the parameters
+/// are not in that order, or there are none.
+pub fn anonymous_params(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let (mut next, mut last, mut i) = (1usize, 0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        match (quote, b[i]) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c @ (b'\'' | b'"')) => quote = Some(c),
+            (None, b'$') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let end = (i + 1..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
+                if sql[i + 1..end].parse::<usize>().ok()? != next {
+                    return None;
+                }
+                next += 1;
+                out.push_str(&sql[last..i]);
+                out.push('?');
+                (last, i) = (end, end);
+                continue;
+            }
+            (None, _) => {}
+        }
+        i += 1;
+    }
+    if next == 1 {
+        return None;
+    }
+    out.push_str(&sql[last..]);
+    Some(out)
+}
+
 /// Microseconds since the Unix epoch, UTC: how SQLite stores every time.
 pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_micros()
@@ -35,4 +73,26 @@ pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
 /// The inverse of [`to_micros`].
 pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::anonymous_params;
+
+    #[test]
+    fn parameters_in_order_become_anonymous_and_others_stay_as_written() {
+        assert_eq!(
+            anonymous_params("INSERT INTO t VALUES ($1, $2), ($3, '$4 $.a', \"$9\", $4) -- $10").as_deref(),
+            None,
+            "a comment is not parsed: $10 after $4 is out of order"
+        );
+        assert_eq!(
+            anonymous_params("INSERT INTO t VALUES ($1, $2), ($3, 'it''s $7', json_extract(x, '$.a'), $4)").as_deref(),
+            Some("INSERT INTO t VALUES (?, ?), (?, 'it''s $7', json_extract(x, '$.a'), ?)")
+        );
+        assert_eq!(anonymous_params("UPDATE t SET a = $1, b = $1 WHERE id = $2"), None, "$1 twice");
+        assert_eq!(anonymous_params("SELECT $2, $1"), None, "out of order");
+        assert_eq!(anonymous_params("SELECT 1"), None, "no parameters");
+        assert_eq!(anonymous_params("SELECT $1,$2").as_deref(), Some("SELECT ?,?"));
+    }
 }

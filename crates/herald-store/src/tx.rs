@@ -1,4 +1,4 @@
-use crate::db::Pools;
+use crate::db::{Backend, Pools};
 use crate::error::StoreError;
 use crate::wakeups::Wakeups;
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
@@ -45,6 +45,13 @@ impl Tx {
 
     pub fn conn(&mut self) -> TxConn<'_> {
         self.inner.conn()
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            Inner::Sqlite(_) => Backend::Sqlite,
+            Inner::Postgres(_) => Backend::Postgres,
+        }
     }
 
     /// Rings `channel` once this transaction commits: in this process always, and on every node

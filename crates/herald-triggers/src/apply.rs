@@ -124,11 +124,11 @@ pub(crate) async fn apply(tx: &mut Tx, source: &SourceRow, mut items: Vec<Item>,
     }
     for chunk in fresh.chunks(200) {
         let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(i * 5 + 1, 5))).collect();
-        let sql = format!(
+        let sql = tx.backend().sql(format!(
             "INSERT INTO source_items (source_id, item_key, fingerprint, event_id, seen_at) VALUES {} \
              ON CONFLICT (source_id, item_key) DO NOTHING",
             values.join(", ")
-        );
+        ));
         on_tx!(tx, c => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
             for (key, print, event) in chunk {
@@ -149,10 +149,10 @@ async fn known(tx: &mut Tx, source: Uuid, keys: &[String]) -> Result<HashMap<Str
         if chunk.is_empty() {
             continue;
         }
-        let sql = format!(
+        let sql = tx.backend().sql(format!(
             "SELECT item_key, fingerprint, event_id FROM source_items WHERE source_id = $1 AND item_key IN ({})",
             placeholders(2, chunk.len())
-        );
+        ));
         let rows: Vec<(String, String, Option<Uuid>)> = on_tx!(tx, c => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(source);
             for k in chunk {
