@@ -12,7 +12,7 @@ use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
-use herald_store::{Db, StoreError, Ts, Tx, TxConn, exec, on_read, on_tx, placeholders};
+use herald_store::{Backend, Db, StoreError, Ts, Tx, exec, on_read, on_tx, placeholders};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, OnceLock};
@@ -262,19 +262,6 @@ pub(crate) async fn refresh_posts(
     ids.sort_unstable();
     ids.dedup();
     let list = placeholders(1, ids.len());
-    // Take the posts' row locks first, in one order: deliveries finishing at once then recompute
-    // one after the other, each seeing the others' committed states. SQLite has one writer; the
-    // no-op update takes its write lock before the reads.
-    let lock = tx.backend().sql(match tx.conn() {
-        TxConn::Sqlite(_) => format!("UPDATE posts SET updated_at = updated_at WHERE id IN ({list})"),
-        TxConn::Postgres(_) => format!("SELECT id FROM posts WHERE id IN ({list}) ORDER BY id FOR UPDATE"),
-    });
-    on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(lock.as_str()));
-        for id in &ids { q = q.bind(*id); }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    })
-    .map_err(store)?;
     #[derive(sqlx::FromRow)]
     struct P {
         id: Uuid,
@@ -283,9 +270,16 @@ pub(crate) async fn refresh_posts(
         schedule_at: Option<Ts>,
         repeat_days: Option<i64>,
     }
+    // The posts are read with their row locks, taken in one order: deliveries finishing at once
+    // then recompute one after the other, each seeing the others' committed states. A SQLite
+    // transaction holds the database's one write lock from its BEGIN IMMEDIATE.
+    let lock = match tx.backend() {
+        Backend::Sqlite => "",
+        Backend::Postgres => " ORDER BY id FOR UPDATE",
+    };
     let sql = tx
         .backend()
-        .sql(format!("SELECT id, team_id, state, schedule_at, repeat_days FROM posts WHERE id IN ({list})"));
+        .sql(format!("SELECT id, team_id, state, schedule_at, repeat_days FROM posts WHERE id IN ({list}){lock}"));
     let posts: Vec<P> = on_tx!(tx, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in &ids { q = q.bind(*id); }
