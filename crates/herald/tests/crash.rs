@@ -50,10 +50,10 @@ async fn record(State(c): State<Counter>, headers: HeaderMap) -> &'static str {
     "ok"
 }
 
-async fn count(db: &herald_store::Db, sql: &'static str) -> i64 {
+async fn count(db: &herald_store::Db, sql: &str) -> i64 {
     match db.pools() {
-        Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_one(read).await.unwrap(),
-        Pools::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Pools::Sqlite { read, .. } => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(read).await.unwrap(),
+        Pools::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.unwrap(),
     }
 }
 
@@ -80,6 +80,18 @@ async fn drain_while_one_worker_is_killed(t: TestDb, processes: usize) {
     while counter.distinct() < JOBS / 4 {
         assert!(start.elapsed() < Duration::from_secs(120), "workers made no progress:\n{}", workers[0].log());
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Kill a worker while it holds jobs (its worker id carries its pid): at 1/4 done it may be
+    // between claims, and a kill then interrupts nothing the test could check.
+    let holding =
+        format!("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND locked_by LIKE '%-{}-%'", workers[0].child.id());
+    loop {
+        let held = count(&t.db, &holding).await;
+        if held > 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "worker 0 never held a job:\n{}", workers[0].log());
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     workers[0].child.kill().unwrap(); // SIGKILL, mid-run
     let killed_at = counter.distinct();
