@@ -320,23 +320,33 @@ impl Connections {
     /// [`load`](Self::load) for many connections of one team in one query. Connections that are
     /// gone, or whose credentials do not open, are left out: [`load`](Self::load) says why.
     pub async fn load_many(&self, team: Uuid, ids: &[Uuid]) -> Result<HashMap<Uuid, Loaded>, Error> {
+        let rows = self.rows(team, ids).await?;
+        Ok(rows.into_iter().filter_map(|row| Some((row.id, self.open(team, row).ok()?))).collect())
+    }
+
+    /// [`get`](Self::get) for many connections of one team in one query; those that are gone are
+    /// left out.
+    pub async fn get_many(&self, team: Uuid, ids: &[Uuid]) -> Result<HashMap<Uuid, ConnectionView>, Error> {
+        Ok(self.rows(team, ids).await?.iter().map(|row| (row.id, row.view())).collect())
+    }
+
+    async fn rows(&self, team: Uuid, ids: &[Uuid]) -> Result<Vec<Row>, Error> {
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         }
         let sql = self.db.backend().sql(format!(
             "SELECT {COLS} FROM connections WHERE team_id = $1 AND id IN ({})",
             herald_store::placeholders(2, ids.len())
         ));
-        let rows: Vec<Row> = on_read!(self.db, c => {
+        on_read!(self.db, c => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(team);
             for id in &ids { q = q.bind(*id); }
             q.fetch_all(c).await
         })
-        .map_err(store)?;
-        Ok(rows.into_iter().filter_map(|row| Some((row.id, self.open(team, row).ok()?))).collect())
+        .map_err(store)
     }
 
     /// Renames, re-configures or re-authorises a connection. New settings or credentials are checked

@@ -112,7 +112,7 @@ pub(crate) async fn apply(tx: &mut Tx, source: &SourceRow, mut items: Vec<Item>,
         }
         let old = mode == Mode::Push && item.published.is_some_and(|p| p < old_cutoff);
         let event = if !old && out.new_events < quota {
-            insert_event(tx, source, "item.new", &key, &event_data(item), true).await?
+            insert_event(tx, source, "item.new", &key, &event_data(item), true).await?.map(|e| e.id)
         } else {
             None
         };

@@ -146,7 +146,7 @@ impl Sources {
         )
         .map_err(store)?;
         tx.commit().await?;
-        Ok(stored.map_or(Received::Duplicate, Received::Stored))
+        Ok(stored.map_or(Received::Duplicate, |e| Received::Stored(e.id)))
     }
 }
 

@@ -529,7 +529,7 @@ impl Sources {
         };
         bump_count(&mut tx, row.id, 1).await?;
         tx.commit().await?;
-        self.event(p, event).await
+        Ok(event)
     }
 
     pub async fn event(&self, p: &Principal, id: Uuid) -> Result<EventView, Error> {
@@ -636,8 +636,9 @@ pub(crate) async fn insert_event(
     external_id: &str,
     data: &Value,
     dispatch: bool,
-) -> Result<Option<Uuid>, Error> {
+) -> Result<Option<EventView>, Error> {
     let id = Uuid::now_v7();
+    let received_at = Ts::now();
     let inserted = exec!(
         tx,
         "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -648,7 +649,7 @@ pub(crate) async fn insert_event(
         kind,
         external_id,
         data.to_string(),
-        Ts::now()
+        received_at
     )
     .map_err(store)?;
     if inserted == 0 {
@@ -660,7 +661,15 @@ pub(crate) async fn insert_event(
         herald_queue::enqueue(tx, job).await.map_err(Error::from)?;
     }
     metrics::counter!("herald_source_events_total", "kind" => kind.to_string()).increment(1);
-    Ok(Some(id))
+    Ok(Some(EventView {
+        id,
+        source_id: source.id,
+        kind: kind.to_string(),
+        external_id: external_id.to_string(),
+        data: data.clone(),
+        received_at: received_at.0,
+        updated_at: None,
+    }))
 }
 
 pub(crate) async fn bump_count(tx: &mut Tx, source: Uuid, n: i64) -> Result<(), Error> {

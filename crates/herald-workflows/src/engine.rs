@@ -117,6 +117,54 @@ struct Commit {
     wake: Option<DateTime<Utc>>,
 }
 
+/// Writes a commit's step runs in one statement; a step run stored before (a retried or waiting
+/// step) is updated.
+async fn insert_step_runs(tx: &mut Tx, run: Uuid, records: Vec<Record>, now: DateTime<Utc>) -> Result<(), Error> {
+    // One row per path, the latest (a statement may not update the same row twice).
+    let mut rows: Vec<Record> = Vec::with_capacity(records.len());
+    for r in records {
+        rows.retain(|x| x.path != r.path);
+        rows.push(r);
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    const COLS: usize = 13;
+    let values = (0..rows.len())
+        .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = tx.backend().sql(format!(
+        "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
+         attempts, started_at, finished_at) VALUES {values} \
+         ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
+         output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
+         attempts = excluded.attempts, finished_at = excluded.finished_at"
+    ));
+    herald_store::on_tx!(tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for r in &rows {
+            q = q
+                .bind(Uuid::now_v7())
+                .bind(run)
+                .bind(&r.path)
+                .bind(&r.step_id)
+                .bind(r.kind)
+                .bind(r.status)
+                .bind(r.input.as_ref().map(Value::to_string))
+                .bind(r.output.as_ref().map(Value::to_string))
+                .bind(&r.error)
+                .bind(&r.code)
+                .bind(r.attempts as i64)
+                .bind(Ts(r.started_at))
+                .bind(r.finished.then_some(Ts(now)));
+        }
+        q.execute(&mut *c).await.map(|r| r.rows_affected())
+    })
+    .map_err(store)?;
+    Ok(())
+}
+
 /// Enqueues a job that advances `run` (at `at`, or now).
 pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>>) -> Result<(), Error> {
     let mut job = NewJob::new(RUN_JOB, json!({"run": run})).max_attempts(25);
@@ -153,6 +201,11 @@ impl Workflows {
             return Ok(());
         }
         let wf = self.workflow_row(row.workflow_id).await?;
+        self.drive(row, &wf).await
+    }
+
+    /// Advances a run from `row`, as read or as just stored.
+    async fn drive(&self, row: RunRow, wf: &WorkflowRow) -> Result<(), Error> {
         let def = self.definition(row.workflow_id, row.version).await?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
         let mut state: RunState = serde_json::from_str(&row.state).unwrap_or_default();
@@ -189,7 +242,7 @@ impl Workflows {
             let key = path.display();
             let attempts = state.attempts.get(&key).copied().unwrap_or(0) + 1;
             let vars = state.vars(&input, row.id, row.workflow_id);
-            let (outcome, step_input) = self.exec(&row, &wf, &def, &path, step, &mut state, &vars, false).await;
+            let (outcome, step_input) = self.exec(&row, wf, &def, &path, step, &mut state, &vars, false).await;
             let mut rec = Record {
                 path: key.clone(),
                 step_id: step.id.clone(),
@@ -361,30 +414,7 @@ impl Workflows {
             records.clear();
             return Ok(false);
         }
-        for r in records.drain(..) {
-            exec!(
-                tx,
-                "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
-                 attempts, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
-                 output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
-                 attempts = excluded.attempts, finished_at = excluded.finished_at",
-                Uuid::now_v7(),
-                row.id,
-                &r.path,
-                &r.step_id,
-                r.kind,
-                r.status,
-                r.input.map(|v| v.to_string()),
-                r.output.map(|v| v.to_string()),
-                &r.error,
-                &r.code,
-                r.attempts as i64,
-                Ts(r.started_at),
-                r.finished.then_some(Ts(now))
-            )
-            .map_err(store)?;
-        }
+        insert_step_runs(&mut tx, row.id, std::mem::take(records), now).await?;
         if let Some(at) = c.wake {
             enqueue_run(&mut tx, row.id, Some(at)).await?;
         }
@@ -433,7 +463,7 @@ impl Workflows {
                 Self::insert_run(&mut tx, row.team_id, ewf.id, ewf.version, &def, None, "error", Some(row.id), &input)
                     .await?
             {
-                enqueue_run(&mut tx, run, None).await?;
+                enqueue_run(&mut tx, run.id, None).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -781,7 +811,18 @@ impl Workflows {
             },
             None => state.text.clone().unwrap_or_default(),
         };
-        // The targets: named connections, and every connection of a named platform.
+        // The targets: named connections (read in one query), and every connection of a named
+        // platform.
+        let named: Vec<Uuid> = p.targets.iter().filter_map(|t| t.connection).collect();
+        let views = match self.inner.connections.get_many(run.team_id, &named).await {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
+                    None,
+                );
+            }
+        };
         let mut targets: Vec<(Uuid, String, Option<String>)> = Vec::new();
         for (i, t) in p.targets.iter().enumerate() {
             let own = match &t.text {
@@ -792,7 +833,10 @@ impl Workflows {
                 None => None,
             };
             let found = match (&t.connection, &t.platform) {
-                (Some(c), _) => self.inner.connections.get(run.team_id, *c).await.map(|v| vec![(v.id, v.platform)]),
+                (Some(c), _) => match views.get(c) {
+                    Some(v) => Ok(vec![(v.id, v.platform.clone())]),
+                    None => Err(Error::not_found("connection")),
+                },
                 (None, Some(pl)) => self
                     .inner
                     .connections
@@ -1068,34 +1112,36 @@ impl Workflows {
 
     /// Starts the runs an event calls for (once per workflow and event) and advances them.
     pub async fn on_event(&self, team: Uuid, event: &EventView) -> Result<(), Error> {
-        let wfs: Vec<(Uuid, i64)> = on_read!(self.inner.db, c => sqlx::query_as(
-            "SELECT w.id, w.version FROM workflow_sources s JOIN workflows w ON w.id = s.workflow_id \
-             WHERE s.source_id = $1 AND w.team_id = $2 AND w.active = $3 ORDER BY w.id")
-            .bind(event.source_id).bind(team).bind(true).fetch_all(c).await)
-        .map_err(store)?;
+        let wfs = self.source_workflows(team, event.source_id).await?;
         tracing::info!(%team, source = %event.source_id, event = %event.id, kind = %event.kind, workflows = wfs.len(), "event received");
         if wfs.is_empty() {
             return Ok(());
         }
         let input = event_input(event);
-        let mut runs = Vec::with_capacity(wfs.len());
+        // New runs start from the rows just stored; a run stored before (this job is running
+        // again after a crash) is read back and goes on from where it was.
+        let (mut fresh, mut again) = (Vec::with_capacity(wfs.len()), Vec::new());
         let mut tx = self.inner.db.begin().await?;
-        for (wf, version) in &wfs {
-            let def = self.definition(*wf, *version).await?;
-            match Self::insert_run(&mut tx, team, *wf, *version, &def, Some(event.id), "event", None, &input).await? {
-                Some(run) => runs.push(run),
+        for wf in &wfs {
+            let def = self.definition(wf.id, wf.version).await?;
+            match Self::insert_run(&mut tx, team, wf.id, wf.version, &def, Some(event.id), "event", None, &input)
+                .await?
+            {
+                Some(run) => fresh.push((run, wf)),
                 None => {
-                    // Started before (the job is running again after a crash): go on with it.
                     let found: Option<(Uuid,)> = herald_store::on_tx!(tx, c => sqlx::query_as(
                         "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND event_id = $2 AND trigger = 'event'")
-                        .bind(*wf).bind(event.id).fetch_optional(&mut *c).await)
+                        .bind(wf.id).bind(event.id).fetch_optional(&mut *c).await)
                     .map_err(store)?;
-                    runs.extend(found.map(|f| f.0));
+                    again.extend(found.map(|f| f.0));
                 }
             }
         }
         tx.commit().await?;
-        for run in runs {
+        for (run, wf) in fresh {
+            self.drive(run, wf).await?;
+        }
+        for run in again {
             self.advance(run).await?;
         }
         Ok(())

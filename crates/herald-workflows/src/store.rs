@@ -294,6 +294,18 @@ impl Workflows {
         row.ok_or_else(|| Error::not_found("workflow"))
     }
 
+    /// The team's active workflows that `source` starts.
+    pub(crate) async fn source_workflows(&self, team: Uuid, source: Uuid) -> Result<Vec<WorkflowRow>, Error> {
+        let cols = WORKFLOW_COLS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {cols} FROM workflow_sources s JOIN workflows w ON w.id = s.workflow_id \
+             WHERE s.source_id = $1 AND w.team_id = $2 AND w.active = $3 ORDER BY w.id"
+        );
+        on_read!(self.inner.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(source).bind(team).bind(true).fetch_all(c).await)
+        .map_err(store)
+    }
+
     /// A version's definition, parsed once per process.
     pub(crate) async fn definition(&self, workflow: Uuid, version: i64) -> Result<Arc<Definition>, Error> {
         if let Some(d) = self.inner.defs.lock().unwrap_or_else(|p| p.into_inner()).get(&(workflow, version)) {
@@ -535,7 +547,8 @@ impl Workflows {
 
     // ----- runs -----
 
-    /// Adds a run in `tx`: for an event, once per (workflow, event); `None` when it existed.
+    /// Adds a run in `tx`: for an event, once per (workflow, event); `None` when it existed. The
+    /// row it answers is the one stored, so the run can start without reading it back.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn insert_run(
         tx: &mut Tx,
@@ -547,10 +560,11 @@ impl Workflows {
         trigger: &str,
         rerun_of: Option<Uuid>,
         input: &Value,
-    ) -> Result<Option<Uuid>, Error> {
+    ) -> Result<Option<RunRow>, Error> {
         let id = Uuid::now_v7();
         let now = Ts::now();
         let cursor = Path::first(&def.steps).map(|p| p.display()).unwrap_or_default();
+        let input = input.to_string();
         let n = exec!(
             tx,
             "INSERT INTO workflow_runs (id, team_id, workflow_id, version, event_id, trigger, rerun_of, status, input, state, \
@@ -564,14 +578,33 @@ impl Workflows {
             trigger,
             rerun_of,
             RunStatus::Pending.as_str(),
-            input.to_string(),
+            &input,
             "{}",
-            cursor,
+            &cursor,
             0i64,
             now
         )
         .map_err(store)?;
-        Ok((n == 1).then_some(id))
+        Ok((n == 1).then(|| RunRow {
+            id,
+            team_id: team,
+            workflow_id: workflow,
+            version,
+            event_id: event,
+            trigger: trigger.to_string(),
+            rerun_of,
+            status: RunStatus::Pending.as_str().to_string(),
+            input,
+            state: "{}".to_string(),
+            cursor,
+            seq: 0,
+            wait_until: None,
+            error: None,
+            error_code: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }))
     }
 
     pub(crate) async fn run_row(&self, id: Uuid) -> Result<Option<RunRow>, Error> {
@@ -714,7 +747,8 @@ impl Workflows {
         let mut tx = self.inner.db.begin().await?;
         let new = Self::insert_run(&mut tx, team, wf.id, wf.version, &def, old.event_id, "rerun", Some(id), &input)
             .await?
-            .ok_or_else(|| Error::new(ErrorCode::Internal, "the rerun was not stored"))?;
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "the rerun was not stored"))?
+            .id;
         crate::engine::enqueue_run(&mut tx, new, None).await?;
         audit::record(
             &mut tx,
@@ -748,7 +782,8 @@ impl Workflows {
         let mut tx = self.inner.db.begin().await?;
         let run = Self::insert_run(&mut tx, team, id, wf.version, &def, None, "manual", None, &input)
             .await?
-            .ok_or_else(|| Error::new(ErrorCode::Internal, "the run was not stored"))?;
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "the run was not stored"))?
+            .id;
         crate::engine::enqueue_run(&mut tx, run, None).await?;
         audit::record(&mut tx, &Actor::of(p), Event::new(Some(team), "run.start").target("run", run)).await?;
         tx.commit().await?;
