@@ -59,8 +59,25 @@ impl Default for StoreOptions {
 /// own pool and run beside the writer thanks to WAL.
 #[derive(Clone)]
 pub enum Pools {
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite { write: Arc<Writer>, read: SqlitePool },
     Postgres(PgPool),
+}
+
+/// SQLite's single write connection, held by one [`Tx`](crate::Tx) at a time. Not a pool of
+/// one: a pool tests every connection it takes back with a round trip to the connection's thread
+/// and hands it on from a task of its own, and on the single writer that hand-off is time no
+/// transaction can use (`herald bench workflows`, whose events each commit a few small
+/// transactions).
+pub struct Writer {
+    pub(crate) conn: Arc<tokio::sync::Mutex<WriterConn>>,
+}
+
+pub(crate) struct WriterConn {
+    /// `None` once the database is closed.
+    pub conn: Option<sqlx::SqliteConnection>,
+    /// A transaction was begun and not ended: its `Tx` was dropped without a commit, and the
+    /// rollback it started has not run. The next `begin` rolls it back first.
+    pub open: bool,
 }
 
 /// A handle to Herald's database. Cheap to clone.
@@ -97,16 +114,12 @@ impl Db {
                 checkpoint_with = Some(base.clone());
                 // The writer only checkpoints as a backstop (a WAL of 10,000 pages, ~40 MB): the
                 // checkpointer task does it beside the writer, so commits never wait for it.
-                let write = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .test_before_acquire(false)
-                    .acquire_timeout(Duration::from_secs(60))
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_with(base.clone().pragma("wal_autocheckpoint", "10000"))
+                let conn = sqlx::ConnectOptions::connect(&base.clone().pragma("wal_autocheckpoint", "10000"))
                     .await
                     .map_err(open_err)?;
+                let write = Arc::new(Writer {
+                    conn: Arc::new(tokio::sync::Mutex::new(WriterConn { conn: Some(conn), open: false })),
+                });
                 let read = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .min_connections(0)
@@ -170,7 +183,11 @@ impl Db {
     /// Applies every pending migration. Safe to run from several processes at once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.inner.pools {
-            Pools::Sqlite { write, .. } => migrations::sqlite().run(write).await?,
+            Pools::Sqlite { write, .. } => {
+                let mut w = write.conn.lock().await;
+                let conn = w.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+                migrations::sqlite().run(conn).await?
+            }
             Pools::Postgres(pool) => migrations::postgres().run(pool).await?,
         }
         Ok(())
@@ -211,8 +228,14 @@ impl Db {
             Pools::Sqlite { write, read } => {
                 read.close().await;
                 // Leaves the WAL checkpointed and the -wal file small for the next start.
-                let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(write).await;
-                write.close().await;
+                let mut w = write.conn.lock().await;
+                if let Some(mut conn) = w.conn.take() {
+                    if w.open {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                    }
+                    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await;
+                    let _ = sqlx::Connection::close(conn).await;
+                }
             }
             Pools::Postgres(pool) => pool.close().await,
         }

@@ -15,7 +15,7 @@ mod tx;
 mod url;
 mod wakeups;
 
-pub use db::{Backend, Db, Pools, StoreOptions};
+pub use db::{Backend, Db, Pools, StoreOptions, Writer};
 pub use error::StoreError;
 pub use portable::Ts;
 pub use tx::{Snapshot, Tx, TxConn};

@@ -1,9 +1,10 @@
-use crate::db::{Backend, Pools};
+use crate::db::{Backend, Pools, Writer, WriterConn};
 use crate::error::StoreError;
 use crate::wakeups::Wakeups;
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tokio::sync::OwnedMutexGuard;
 
 /// A write transaction on either backend. Work done through it commits or rolls back as one;
 /// dropping it without [`Tx::commit`] rolls back.
@@ -15,8 +16,62 @@ pub struct Tx {
 }
 
 enum Inner {
+    /// SQLite's write connection, in `BEGIN IMMEDIATE`.
+    Writer(WriterTx),
+    /// A read connection (a [`Snapshot`]).
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
+}
+
+/// The writer, held for one transaction. Dropped without [`WriterTx::end`], it rolls back on a
+/// task that keeps the writer until then, so the next transaction starts clean.
+struct WriterTx(Option<OwnedMutexGuard<WriterConn>>);
+
+impl WriterTx {
+    async fn begin(writer: &Arc<Writer>) -> Result<WriterTx, StoreError> {
+        let mut w = writer.conn.clone().lock_owned().await;
+        let open = std::mem::replace(&mut w.open, true); // from here, even if this future is dropped
+        let conn = w.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        if open {
+            // The last one's rollback could not run (no runtime, cancelled, or it failed). An
+            // error here means no transaction was open after all.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        Ok(WriterTx(Some(w)))
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        let w = self.0.as_mut().expect("a writer transaction holds the writer until it ends");
+        w.conn.as_mut().expect("a closed writer begins no transaction")
+    }
+
+    /// COMMIT or ROLLBACK. If it fails the transaction may still be open; the next `begin` ends it.
+    async fn end(mut self, statement: &'static str) -> Result<(), StoreError> {
+        sqlx::query(statement).execute(self.conn()).await?;
+        if let Some(w) = self.0.as_mut() {
+            w.open = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriterTx {
+    fn drop(&mut self) {
+        let Some(mut w) = self.0.take() else { return };
+        if !w.open {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Some(conn) = w.conn.as_mut()
+                    && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok()
+                {
+                    w.open = false;
+                }
+            });
+        }
+    }
 }
 
 /// The connection inside a [`Tx`], for code that writes its SQL per backend.
@@ -28,6 +83,7 @@ pub enum TxConn<'a> {
 impl Inner {
     fn conn(&mut self) -> TxConn<'_> {
         match self {
+            Inner::Writer(w) => TxConn::Sqlite(w.conn()),
             Inner::Sqlite(tx) => TxConn::Sqlite(tx),
             Inner::Postgres(tx) => TxConn::Postgres(tx),
         }
@@ -37,7 +93,7 @@ impl Inner {
 impl Tx {
     pub(crate) async fn begin(pools: &Pools, wakeups: Arc<Wakeups>) -> Result<Tx, StoreError> {
         let inner = match pools {
-            Pools::Sqlite { write, .. } => Inner::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
+            Pools::Sqlite { write, .. } => Inner::Writer(WriterTx::begin(write).await?),
             Pools::Postgres(pool) => Inner::Postgres(pool.begin().await?),
         };
         Ok(Tx { inner, notify: BTreeSet::new(), after_commit: Vec::new(), wakeups })
@@ -49,7 +105,7 @@ impl Tx {
 
     pub fn backend(&self) -> Backend {
         match self.inner {
-            Inner::Sqlite(_) => Backend::Sqlite,
+            Inner::Writer(_) | Inner::Sqlite(_) => Backend::Sqlite,
             Inner::Postgres(_) => Backend::Postgres,
         }
     }
@@ -70,6 +126,7 @@ impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         let Tx { inner, notify, after_commit, wakeups } = self;
         match inner {
+            Inner::Writer(w) => w.end("COMMIT").await?,
             Inner::Sqlite(tx) => tx.commit().await?,
             Inner::Postgres(mut tx) => {
                 // NOTIFY inside the transaction is delivered at commit, and not at all on rollback.
@@ -90,6 +147,7 @@ impl Tx {
 
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
+            Inner::Writer(w) => w.end("ROLLBACK").await?,
             Inner::Sqlite(tx) => tx.rollback().await?,
             Inner::Postgres(tx) => tx.rollback().await?,
         }
@@ -144,6 +202,43 @@ mod tests {
             let outside: i64 = on_read!(db, c => sqlx::query_scalar(count).fetch_one(c).await).unwrap();
             assert_eq!((before, after, outside), (1, 1, 2), "the snapshot keeps its moment; others see the new row");
             drop(snap);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_or_failed_leaves_nothing_and_the_next_one_starts_clean() {
+        each_backend(|db| async move {
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "CREATE TABLE kept (n BIGINT PRIMARY KEY)").unwrap();
+            tx.commit().await.unwrap();
+            let count = || async {
+                on_read!(db, c => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM kept").fetch_one(c).await).unwrap()
+            };
+
+            // Dropped without a commit, then at once a new transaction (which waits for the rollback).
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO kept (n) VALUES (1)").unwrap();
+            drop(tx);
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO kept (n) VALUES (2)").unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(count().await, 1, "the dropped insert is gone, the committed one stays");
+
+            // A statement fails half-way: the caller gives up, and nothing of it stays.
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO kept (n) VALUES (3)").unwrap();
+            assert!(exec!(tx, "INSERT INTO kept (n) VALUES (2)").is_err(), "a duplicate key fails");
+            drop(tx);
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO kept (n) VALUES (4)").unwrap();
+            tx.rollback().await.unwrap();
+            assert_eq!(count().await, 1, "neither the failed transaction nor the rolled-back one left a row");
+
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO kept (n) VALUES (5)").unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(count().await, 2);
         })
         .await;
     }
