@@ -1018,24 +1018,9 @@ impl Workflows {
     pub(crate) async fn dry_run(&self, team: Uuid, wf: &WorkflowRow, def: &Definition, input: Value) -> DryRunView {
         let now = Ts::now();
         let run = RunRow {
-            id: Uuid::now_v7(),
-            team_id: team,
-            workflow_id: wf.id,
-            version: wf.version,
-            event_id: None,
             trigger: "dry_run".into(),
-            rerun_of: None,
             status: "running".into(),
-            input: input.to_string(),
-            state: "{}".into(),
-            cursor: String::new(),
-            seq: 0,
-            wait_until: None,
-            error: None,
-            error_code: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
+            ..RunRow::new(team, wf.id, wf.version, input.to_string(), now)
         };
         let mut state = RunState::default();
         let mut steps = Vec::new();

@@ -113,6 +113,30 @@ pub(crate) const RUN_COLS: &str = "id, team_id, workflow_id, version, event_id, 
     cursor, seq, wait_until, error, error_code, created_at, updated_at, finished_at";
 
 impl RunRow {
+    /// A pending run, not stored, with no cursor; callers set what differs.
+    pub fn new(team: Uuid, workflow: Uuid, version: i64, input: String, now: Ts) -> RunRow {
+        RunRow {
+            id: Uuid::now_v7(),
+            team_id: team,
+            workflow_id: workflow,
+            version,
+            event_id: None,
+            trigger: String::new(),
+            rerun_of: None,
+            status: RunStatus::Pending.as_str().to_string(),
+            input,
+            state: "{}".to_string(),
+            cursor: String::new(),
+            seq: 0,
+            wait_until: None,
+            error: None,
+            error_code: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+
     pub fn status(&self) -> RunStatus {
         RunStatus::parse(&self.status).unwrap_or(RunStatus::Failed)
     }
@@ -587,23 +611,11 @@ impl Workflows {
         .map_err(store)?;
         Ok((n == 1).then(|| RunRow {
             id,
-            team_id: team,
-            workflow_id: workflow,
-            version,
             event_id: event,
             trigger: trigger.to_string(),
             rerun_of,
-            status: RunStatus::Pending.as_str().to_string(),
-            input,
-            state: "{}".to_string(),
             cursor,
-            seq: 0,
-            wait_until: None,
-            error: None,
-            error_code: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
+            ..RunRow::new(team, workflow, version, input, now)
         }))
     }
 
