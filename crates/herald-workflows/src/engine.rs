@@ -201,11 +201,13 @@ impl Workflows {
             return Ok(());
         }
         let wf = self.workflow_row(row.workflow_id).await?;
-        self.drive(row, &wf).await
+        self.drive(row, &wf, true).await.map(|_| ())
     }
 
-    /// Advances a run from `row`, as read or as just stored.
-    async fn drive(&self, row: RunRow, wf: &WorkflowRow) -> Result<(), Error> {
+    /// Advances a run from `row`: as read or as just stored, or (`stored` false) not stored yet,
+    /// and then its first commit stores it. `false` when another executor stored or advanced the
+    /// run first, and this one left it to them.
+    async fn drive(&self, row: RunRow, wf: &WorkflowRow, mut stored: bool) -> Result<bool, Error> {
         let def = self.definition(row.workflow_id, row.version).await?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
         let mut state: RunState = serde_json::from_str(&row.state).unwrap_or_default();
@@ -221,8 +223,7 @@ impl Workflows {
                     error: None,
                     wake: None,
                 };
-                self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                return Ok(());
+                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
             };
             let Some(step) = path.step(&def.steps) else {
                 let c = Commit {
@@ -235,8 +236,7 @@ impl Workflows {
                     )),
                     wake: None,
                 };
-                self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                return Ok(());
+                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
             };
             let started_at = Utc::now();
             let key = path.display();
@@ -277,8 +277,8 @@ impl Workflows {
                             error: None,
                             wake: None,
                         };
-                        if !self.commit(&row, &mut seq, &state, &mut records, c).await? {
-                            return Ok(());
+                        if !self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await? {
+                            return Ok(false);
                         }
                     }
                 }
@@ -293,8 +293,7 @@ impl Workflows {
                         error: Some(("filtered_out".into(), reason)),
                         wake: None,
                     };
-                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                    return Ok(());
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
                 }
                 Outcome::Wait { output, until } => {
                     state.steps.insert(step.id.clone(), output.clone());
@@ -309,8 +308,7 @@ impl Workflows {
                         error: None,
                         wake: Some(until),
                     };
-                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                    return Ok(());
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
                 }
                 Outcome::Retry { code, message, after } => {
                     let policy = step.retry.unwrap_or_default();
@@ -327,8 +325,7 @@ impl Workflows {
                             error: Some((code, msg)),
                             wake: None,
                         };
-                        self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                        return Ok(());
+                        return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
                     }
                     state.attempts.insert(key, attempts);
                     rec.status = "retrying";
@@ -342,8 +339,7 @@ impl Workflows {
                         error: None,
                         wake: Some(at),
                     };
-                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                    return Ok(());
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
                 }
                 Outcome::Fail { code, message } => {
                     rec.status = "failed";
@@ -358,16 +354,14 @@ impl Workflows {
                         error: Some((code, msg)),
                         wake: None,
                     };
-                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                    return Ok(());
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
                 }
                 Outcome::End { status, code, message, output } => {
                     state.steps.insert(step.id.clone(), output.clone());
                     rec.output = Some(output);
                     records.push(rec);
                     let c = Commit { status, cursor: here, wait_until: None, error: Some((code, message)), wake: None };
-                    self.commit(&row, &mut seq, &state, &mut records, c).await?;
-                    return Ok(());
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
                 }
             }
         }
@@ -383,10 +377,12 @@ impl Workflows {
 
     /// Writes the run and its pending step runs if nobody advanced it meanwhile; `false` when
     /// the run moved on without us (cancelled, or advanced by another job).
+    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
         row: &RunRow,
         seq: &mut i64,
+        stored: &mut bool,
         state: &RunState,
         records: &mut Vec<Record>,
         c: Commit,
@@ -394,21 +390,52 @@ impl Workflows {
         let now = Utc::now();
         let mut tx = self.inner.db.begin().await?;
         let (code, error) = c.error.clone().unzip();
-        let n = exec!(
-            tx,
-            "UPDATE workflow_runs SET status = $3, state = $4, cursor = $5, seq = seq + 1, wait_until = $6, error = $7, \
-             error_code = $8, updated_at = $9, finished_at = $10 WHERE id = $1 AND seq = $2",
-            row.id,
-            *seq,
-            c.status.as_str(),
-            serde_json::to_string(state).unwrap_or_default(),
-            &c.cursor,
-            c.wait_until.map(Ts),
-            &error,
-            &code,
-            Ts(now),
-            c.status.is_final().then_some(Ts(now))
-        )
+        let state_json = serde_json::to_string(state).unwrap_or_default();
+        let finished_at = c.status.is_final().then_some(Ts(now));
+        let n = if *stored {
+            exec!(
+                tx,
+                "UPDATE workflow_runs SET status = $3, state = $4, cursor = $5, seq = seq + 1, wait_until = $6, error = $7, \
+                 error_code = $8, updated_at = $9, finished_at = $10 WHERE id = $1 AND seq = $2",
+                row.id,
+                *seq,
+                c.status.as_str(),
+                &state_json,
+                &c.cursor,
+                c.wait_until.map(Ts),
+                &error,
+                &code,
+                Ts(now),
+                finished_at
+            )
+        } else {
+            // Its first commit stores the run, unless another executor of the event did first.
+            exec!(
+                tx,
+                "INSERT INTO workflow_runs (id, team_id, workflow_id, version, event_id, trigger, rerun_of, status, input, \
+                 state, cursor, seq, wait_until, error, error_code, created_at, updated_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                 ON CONFLICT DO NOTHING",
+                row.id,
+                row.team_id,
+                row.workflow_id,
+                row.version,
+                row.event_id,
+                &row.trigger,
+                row.rerun_of,
+                c.status.as_str(),
+                &row.input,
+                &state_json,
+                &c.cursor,
+                *seq + 1,
+                c.wait_until.map(Ts),
+                &error,
+                &code,
+                row.created_at,
+                Ts(now),
+                finished_at
+            )
+        }
         .map_err(store)?;
         if n == 0 {
             records.clear();
@@ -432,6 +459,7 @@ impl Workflows {
         }
         tx.commit().await?;
         *seq += 1;
+        *stored = true;
         // Only the executor whose commit ended the run starts the error workflow.
         if c.status == RunStatus::Failed {
             self.after_failure(row).await;
@@ -1103,34 +1131,71 @@ impl Workflows {
             return Ok(());
         }
         let input = event_input(event);
-        // New runs start from the rows just stored; a run stored before (this job is running
-        // again after a crash) is read back and goes on from where it was.
-        let (mut fresh, mut again) = (Vec::with_capacity(wfs.len()), Vec::new());
-        let mut tx = self.inner.db.begin().await?;
+        let now = Ts::now();
+        // A run whose steps are all quick starts unstored, and its first commit stores it (one
+        // transaction fewer per event). The others are stored first, so they show while a slow
+        // step runs. A run stored before (this job is running again after a crash, or another
+        // executor got there first) is read back and goes on from where it is.
+        let (mut unstored, mut fresh, mut again) = (Vec::new(), Vec::new(), Vec::new());
+        let mut tx = None;
         for wf in &wfs {
             let def = self.definition(wf.id, wf.version).await?;
-            match Self::insert_run(&mut tx, team, wf.id, wf.version, &def, Some(event.id), "event", None, &input)
-                .await?
-            {
+            if def.starts_unstored() {
+                let row = RunRow {
+                    id: event_run_id(wf.id, event.id),
+                    event_id: Some(event.id),
+                    trigger: "event".into(),
+                    cursor: Path::first(&def.steps).map(|p| p.display()).unwrap_or_default(),
+                    ..RunRow::new(team, wf.id, wf.version, input.to_string(), now)
+                };
+                unstored.push((row, wf));
+                continue;
+            }
+            let tx = match &mut tx {
+                Some(tx) => tx,
+                None => tx.insert(self.inner.db.begin().await?),
+            };
+            match Self::insert_run(tx, team, wf.id, wf.version, &def, Some(event.id), "event", None, &input).await? {
                 Some(run) => fresh.push((run, wf)),
-                None => {
-                    let found: Option<(Uuid,)> = herald_store::on_tx!(tx, c => sqlx::query_as(
-                        "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND event_id = $2 AND trigger = 'event'")
-                        .bind(wf.id).bind(event.id).fetch_optional(&mut *c).await)
-                    .map_err(store)?;
-                    again.extend(found.map(|f| f.0));
-                }
+                None => again.push(wf.id),
             }
         }
-        tx.commit().await?;
-        for (run, wf) in fresh {
-            self.drive(run, wf).await?;
+        if let Some(tx) = tx {
+            tx.commit().await?;
         }
-        for run in again {
-            self.advance(run).await?;
+        for (run, wf) in unstored {
+            if !self.drive(run, wf, false).await? {
+                again.push(wf.id);
+            }
+        }
+        for (run, wf) in fresh {
+            self.drive(run, wf, true).await?;
+        }
+        for wf in again {
+            let found: Option<(Uuid,)> = on_read!(self.inner.db, c => sqlx::query_as(
+                "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND event_id = $2 AND trigger = 'event'")
+                .bind(wf).bind(event.id).fetch_optional(c).await)
+            .map_err(store)?;
+            if let Some((run,)) = found {
+                self.advance(run).await?;
+            }
         }
         Ok(())
     }
+}
+
+/// An event's run of a workflow has one id, whichever executor starts it, so a publish step's
+/// idempotency key (`wf:{run}:{path}`) is the same again after a crash before the run was
+/// stored. UUIDv7-shaped: the event's time (runs still sort by it), then a hash of the two ids.
+fn event_run_id(workflow: Uuid, event: Uuid) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest([workflow.as_bytes().as_slice(), event.as_bytes().as_slice()].concat());
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&event.as_bytes()[..6]);
+    b[6..].copy_from_slice(&h[..10]);
+    b[6] = (b[6] & 0x0f) | 0x70; // version 7
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
+    Uuid::from_bytes(b)
 }
 
 /// A run's input from an event: its data, plus `event` (id, kind, source, external id, time).
@@ -1213,6 +1278,19 @@ pub fn sink(w: &Workflows) -> Arc<dyn EventSink> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_events_run_id_is_one_per_workflow_and_sorts_by_the_events_time() {
+        let (wf, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let event = Uuid::now_v7();
+        let id = event_run_id(wf, event);
+        assert_eq!(id, event_run_id(wf, event), "whoever starts it");
+        assert_ne!(id, event_run_id(other, event));
+        assert_ne!(id, event_run_id(wf, Uuid::now_v7()));
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(id.get_timestamp(), event.get_timestamp(), "the event's time, to the millisecond");
+    }
 
     #[test]
     fn next_local_time_handles_weekdays_and_dst() {

@@ -72,6 +72,22 @@ pub enum StepKind {
     Http(Http),
 }
 
+impl Definition {
+    /// Every step is quick and writes nothing that refers to the run before the run's commit (no
+    /// AI or HTTP call, no approval), so an event's run can be stored at its first commit,
+    /// milliseconds after it starts, rather than in a transaction of its own before its first step.
+    pub fn starts_unstored(&self) -> bool {
+        fn quick(steps: &[Step]) -> bool {
+            steps.iter().all(|s| match &s.kind {
+                StepKind::Filter { .. } | StepKind::Template { .. } | StepKind::Delay(_) | StepKind::Publish(_) => true,
+                StepKind::Condition { then, otherwise, .. } => quick(then) && quick(otherwise),
+                StepKind::AiRewrite(_) | StepKind::Approval(_) | StepKind::Http(_) => false,
+            })
+        }
+        quick(&self.steps)
+    }
+}
+
 impl StepKind {
     pub fn name(&self) -> &'static str {
         match self {

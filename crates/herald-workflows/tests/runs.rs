@@ -265,6 +265,22 @@ async fn an_event_goes_through_filter_template_and_publish_once() {
         let (tg, dc) = w.messages().await;
         assert_eq!((tg.len(), dc.len()), (1, 1), "no second post: {tg:?} {dc:?}");
 
+        // Its steps are all quick, so the run was stored by its first commit, with the post. A
+        // crash before that commit leaves the post and no run; the event's job runs again and
+        // starts the run with the same id, so the publish step finds its post.
+        let seen = w.sources.event(&w.owner, event).await.unwrap();
+        exec(&w.db, "DELETE FROM workflow_runs WHERE id = $1", run.id).await;
+        w.workflows.on_event(w.team, &seen).await.unwrap();
+        let restarted = w.workflows.run(&w.owner, run.id).await.unwrap();
+        assert_eq!(restarted.status, RunStatus::Succeeded, "{restarted:#?}");
+        assert_eq!(restarted.steps.unwrap()[2].output.as_ref().unwrap()["post_id"], post_id.as_str());
+        // The job once more, the run stored: nothing new either.
+        w.workflows.on_event(w.team, &seen).await.unwrap();
+        let runs = w.workflows.runs(&w.owner, &Default::default()).await.unwrap().runs;
+        assert_eq!(runs.iter().filter(|r| r.event_id == Some(event)).count(), 1);
+        let (tg, dc) = w.messages().await;
+        assert_eq!((tg.len(), dc.len()), (1, 1), "no second post: {tg:?} {dc:?}");
+
         // The filter stops what it should: the run is skipped and nothing is sent.
         let private = w.event(json!({"video": {"title": "Draft #private", "url": "https://youtu.be/p"}})).await;
         let skipped = w.run_of(wf.id, private).await;
