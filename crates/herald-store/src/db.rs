@@ -59,7 +59,7 @@ impl Default for StoreOptions {
 /// own pool and run beside the writer thanks to WAL.
 #[derive(Clone)]
 pub enum Pools {
-    Sqlite { write: Arc<Writer>, read: SqlitePool },
+    Sqlite { write: Writer, read: SqlitePool },
     Postgres(PgPool),
 }
 
@@ -68,6 +68,7 @@ pub enum Pools {
 /// and hands it on from a task of its own, and on the single writer that hand-off is time no
 /// transaction can use (`herald bench workflows`, whose events each commit a few small
 /// transactions).
+#[derive(Clone)]
 pub struct Writer {
     pub(crate) conn: Arc<tokio::sync::Mutex<WriterConn>>,
 }
@@ -117,9 +118,8 @@ impl Db {
                 let conn = sqlx::ConnectOptions::connect(&base.clone().pragma("wal_autocheckpoint", "10000"))
                     .await
                     .map_err(open_err)?;
-                let write = Arc::new(Writer {
-                    conn: Arc::new(tokio::sync::Mutex::new(WriterConn { conn: Some(conn), open: false })),
-                });
+                let write =
+                    Writer { conn: Arc::new(tokio::sync::Mutex::new(WriterConn { conn: Some(conn), open: false })) };
                 let read = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .min_connections(0)

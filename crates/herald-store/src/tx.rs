@@ -28,7 +28,7 @@ enum Inner {
 struct WriterTx(Option<OwnedMutexGuard<WriterConn>>);
 
 impl WriterTx {
-    async fn begin(writer: &Arc<Writer>) -> Result<WriterTx, StoreError> {
+    async fn begin(writer: &Writer) -> Result<WriterTx, StoreError> {
         let mut w = writer.conn.clone().lock_owned().await;
         let open = std::mem::replace(&mut w.open, true); // from here, even if this future is dropped
         let conn = w.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;

@@ -392,7 +392,7 @@ impl Workflows {
         let (code, error) = c.error.clone().unzip();
         let state_json = serde_json::to_string(state).unwrap_or_default();
         let finished_at = c.status.is_final().then_some(Ts(now));
-        let n = if *stored {
+        let moved = if *stored {
             exec!(
                 tx,
                 "UPDATE workflow_runs SET status = $3, state = $4, cursor = $5, seq = seq + 1, wait_until = $6, error = $7, \
@@ -408,36 +408,25 @@ impl Workflows {
                 Ts(now),
                 finished_at
             )
+            .map_err(store)?
+                == 1
         } else {
             // Its first commit stores the run, unless another executor of the event did first.
-            exec!(
-                tx,
-                "INSERT INTO workflow_runs (id, team_id, workflow_id, version, event_id, trigger, rerun_of, status, input, \
-                 state, cursor, seq, wait_until, error, error_code, created_at, updated_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                 ON CONFLICT DO NOTHING",
-                row.id,
-                row.team_id,
-                row.workflow_id,
-                row.version,
-                row.event_id,
-                &row.trigger,
-                row.rerun_of,
-                c.status.as_str(),
-                &row.input,
-                &state_json,
-                &c.cursor,
-                *seq + 1,
-                c.wait_until.map(Ts),
-                &error,
-                &code,
-                row.created_at,
-                Ts(now),
-                finished_at
-            )
-        }
-        .map_err(store)?;
-        if n == 0 {
+            let first = RunRow {
+                status: c.status.as_str().to_string(),
+                state: state_json,
+                cursor: c.cursor.clone(),
+                seq: *seq + 1,
+                wait_until: c.wait_until.map(Ts),
+                error,
+                error_code: code,
+                updated_at: Ts(now),
+                finished_at,
+                ..row.clone()
+            };
+            Self::store_run(&mut tx, &first).await?
+        };
+        if !moved {
             records.clear();
             return Ok(false);
         }

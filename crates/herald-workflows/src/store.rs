@@ -585,38 +585,46 @@ impl Workflows {
         rerun_of: Option<Uuid>,
         input: &Value,
     ) -> Result<Option<RunRow>, Error> {
-        let id = Uuid::now_v7();
-        let now = Ts::now();
-        let cursor = Path::first(&def.steps).map(|p| p.display()).unwrap_or_default();
-        let input = input.to_string();
-        let n = exec!(
-            tx,
-            "INSERT INTO workflow_runs (id, team_id, workflow_id, version, event_id, trigger, rerun_of, status, input, state, \
-             cursor, seq, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
-             ON CONFLICT (workflow_id, event_id) WHERE trigger = 'event' DO NOTHING",
-            id,
-            team,
-            workflow,
-            version,
-            event,
-            trigger,
-            rerun_of,
-            RunStatus::Pending.as_str(),
-            &input,
-            "{}",
-            &cursor,
-            0i64,
-            now
-        )
-        .map_err(store)?;
-        Ok((n == 1).then(|| RunRow {
-            id,
+        let row = RunRow {
             event_id: event,
             trigger: trigger.to_string(),
             rerun_of,
-            cursor,
-            ..RunRow::new(team, workflow, version, input, now)
-        }))
+            cursor: Path::first(&def.steps).map(|p| p.display()).unwrap_or_default(),
+            ..RunRow::new(team, workflow, version, input.to_string(), Ts::now())
+        };
+        Ok(Self::store_run(tx, &row).await?.then_some(row))
+    }
+
+    /// Stores `row` as it is; `false` when the run was there already (its id, or its workflow
+    /// and event for an event's run).
+    pub(crate) async fn store_run(tx: &mut Tx, row: &RunRow) -> Result<bool, Error> {
+        let n = exec!(
+            tx,
+            "INSERT INTO workflow_runs (id, team_id, workflow_id, version, event_id, trigger, rerun_of, status, input, \
+             state, cursor, seq, wait_until, error, error_code, created_at, updated_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT DO NOTHING",
+            row.id,
+            row.team_id,
+            row.workflow_id,
+            row.version,
+            row.event_id,
+            &row.trigger,
+            row.rerun_of,
+            &row.status,
+            &row.input,
+            &row.state,
+            &row.cursor,
+            row.seq,
+            row.wait_until,
+            &row.error,
+            &row.error_code,
+            row.created_at,
+            row.updated_at,
+            row.finished_at
+        )
+        .map_err(store)?;
+        Ok(n == 1)
     }
 
     pub(crate) async fn run_row(&self, id: Uuid) -> Result<Option<RunRow>, Error> {
