@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_core::{Error, ErrorCode};
+use herald_store::group::{Group, GroupConfig};
 use herald_store::{Ts, Tx, on_tx, placeholders};
 use serde_json::json;
 use std::collections::BTreeMap;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// The most posts, and deliveries, one shared transaction writes (SQLite binds at most 32,766
@@ -62,6 +62,15 @@ pub(crate) enum WriteError {
     /// Another request made a post with this `Idempotency-Key` first.
     KeyTaken,
     Other(Error),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::KeyTaken => f.write_str("another request made a post with this Idempotency-Key first"),
+            WriteError::Other(e) => e.fmt(f),
+        }
+    }
 }
 
 impl From<Error> for WriteError {
@@ -156,36 +165,32 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     Ok(())
 }
 
-type Written = Result<Prepared, WriteError>;
-type Reply = oneshot::Sender<Written>;
+/// Writes posts checked at the same moment in one transaction (see the module comment).
+pub(crate) type Creates = Group<Prepared, Prepared, WriteError>;
 
-/// The task that writes posts checked at the same moment in one transaction.
-pub(crate) struct Creates {
-    queue: mpsc::UnboundedSender<(Prepared, Reply)>,
-}
-
-impl Creates {
-    pub fn spawn(posts: Posts) -> Creates {
-        let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(posts, rx));
-        Creates { queue }
-    }
-
-    /// Writes `p`, with whatever else is waiting, and answers once it is committed.
-    pub async fn write(&self, p: Prepared, posts: &Posts) -> Written {
-        let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError((p, _))) = self.queue.send((p, tx)) {
-            return alone(posts, p).await;
-        }
-        // Without an answer the writer task ended (the runtime is stopping) before or while
-        // writing; the client's retry with its Idempotency-Key finds the post if it committed.
-        rx.await.unwrap_or_else(|_| {
-            Err(WriteError::Other(Error::new(
+pub(crate) fn spawn(posts: Posts) -> Creates {
+    let config = GroupConfig {
+        max_items: MAX_POSTS,
+        max_weight: MAX_DELIVERIES,
+        weight: |p: &Prepared| p.deliveries.len(),
+        // The client's retry with its Idempotency-Key finds the post if it committed.
+        stopped: || {
+            WriteError::Other(Error::new(
                 ErrorCode::Unavailable,
                 "the server is stopping; retry the request with its Idempotency-Key",
-            )))
+            ))
+        },
+        what: "posts",
+    };
+    Group::spawn(config, move |mut items: Vec<Prepared>| {
+        let posts = posts.clone();
+        Box::pin(async move {
+            match commit(&posts, &mut items).await {
+                Ok(()) => (Vec::new(), Ok(items)),
+                Err(e) => (items, Err(e)),
+            }
         })
-    }
+    })
 }
 
 /// Writes `items` in a transaction of their own.
@@ -193,57 +198,4 @@ async fn commit(posts: &Posts, items: &mut [Prepared]) -> Result<(), WriteError>
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
     write(&mut tx, items, true).await?;
     tx.commit().await.map_err(|e| WriteError::Other(e.into()))
-}
-
-/// Writes one post in its own transaction.
-async fn alone(posts: &Posts, mut p: Prepared) -> Written {
-    commit(posts, std::slice::from_mut(&mut p)).await.map(|()| p)
-}
-
-async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<(Prepared, Reply)>) {
-    let mut waiting: Option<(Prepared, Reply)> = None;
-    loop {
-        let first = match waiting.take() {
-            Some(w) => w,
-            None => match rx.recv().await {
-                Some(w) => w,
-                None => return,
-            },
-        };
-        let mut deliveries = first.0.deliveries.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_POSTS {
-            match rx.try_recv() {
-                Ok(next) if deliveries + next.0.deliveries.len() <= MAX_DELIVERIES => {
-                    deliveries += next.0.deliveries.len();
-                    batch.push(next);
-                }
-                Ok(next) => {
-                    waiting = Some(next);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let (mut items, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
-        match commit(&posts, &mut items).await {
-            Ok(()) => {
-                for (p, reply) in items.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(p));
-                }
-            }
-            // A post written alone has its answer.
-            Err(e) if items.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
-            }
-            Err(_) => {
-                // Nothing of the batch was written: each post on its own, with its own answer.
-                for (p, reply) in items.into_iter().zip(replies) {
-                    let _ = reply.send(alone(&posts, p).await);
-                }
-            }
-        }
-    }
 }

@@ -673,7 +673,7 @@ impl Posts {
         };
         let written = match slot_zone {
             // Posts checked together are written together.
-            None => self.creates().write(prepared, self).await,
+            None => self.creates().write(prepared).await,
             Some(tz) => {
                 // The monthly counter is one row per team: updating it locks that row (PostgreSQL)
                 // until the commit. Slots must be read after a first write (SQLite's write lock),
@@ -720,7 +720,7 @@ impl Posts {
     }
 
     fn creates(&self) -> &Creates {
-        self.creates.get_or_init(|| Creates::spawn(self.clone()))
+        self.creates.get_or_init(|| create::spawn(self.clone()))
     }
 
     /// Enqueues a delivery's job in the caller's transaction.

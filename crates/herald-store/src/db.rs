@@ -8,6 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +69,44 @@ pub enum Pools {
 /// and hands it on from a task of its own, and on the single writer that hand-off is time no
 /// transaction can use (`herald bench workflows`, whose events each commit a few small
 /// transactions).
+///
+/// Ordinary transactions queue for it through a door, one at a time, so a transaction someone is
+/// waiting on ([`Db::begin_urgent`]) waits for at most the one holding the writer and the one
+/// next in line, however long the queue of background work behind them.
 #[derive(Clone)]
 pub struct Writer {
     pub(crate) conn: Arc<tokio::sync::Mutex<WriterConn>>,
+    pub(crate) door: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) usage: Arc<WriterUse>,
+}
+
+#[derive(Default)]
+pub(crate) struct WriterUse {
+    pub transactions: AtomicU64,
+    pub held_ns: AtomicU64,
+    pub waited_ns: AtomicU64,
+}
+
+/// Totals since the database was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriterStats {
+    /// Write transactions that held the writer (committed, rolled back or dropped).
+    pub transactions: u64,
+    /// How long they held it, from getting it to their end.
+    pub held: Duration,
+    /// How long they waited for it, summed over all of them.
+    pub waited: Duration,
+}
+
+impl WriterStats {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &WriterStats) -> WriterStats {
+        WriterStats {
+            transactions: self.transactions - earlier.transactions,
+            held: self.held.saturating_sub(earlier.held),
+            waited: self.waited.saturating_sub(earlier.waited),
+        }
+    }
 }
 
 pub(crate) struct WriterConn {
@@ -118,8 +154,11 @@ impl Db {
                 let conn = sqlx::ConnectOptions::connect(&base.clone().pragma("wal_autocheckpoint", "10000"))
                     .await
                     .map_err(open_err)?;
-                let write =
-                    Writer { conn: Arc::new(tokio::sync::Mutex::new(WriterConn { conn: Some(conn), open: false })) };
+                let write = Writer {
+                    conn: Arc::new(tokio::sync::Mutex::new(WriterConn { conn: Some(conn), open: false })),
+                    door: Arc::default(),
+                    usage: Arc::default(),
+                };
                 let read = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .min_connections(0)
@@ -214,7 +253,25 @@ impl Db {
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so it holds the write lock
     /// from the start and never fails half-way with `SQLITE_BUSY` on upgrade.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Tx::begin(&self.inner.pools, self.inner.wakeups.clone()).await
+        Tx::begin(&self.inner.pools, self.inner.wakeups.clone(), false).await
+    }
+
+    /// A write transaction for work someone is waiting on (accepting an event): on SQLite it goes
+    /// ahead of the ordinary transactions waiting for the writer. Otherwise as [`Db::begin`].
+    pub async fn begin_urgent(&self) -> Result<Tx, StoreError> {
+        Tx::begin(&self.inner.pools, self.inner.wakeups.clone(), true).await
+    }
+
+    /// How SQLite's writer was used so far (`None` on PostgreSQL, which has no single writer):
+    /// the benches show it beside their throughput.
+    pub fn writer_use(&self) -> Option<WriterStats> {
+        let Pools::Sqlite { write, .. } = &self.inner.pools else { return None };
+        let u = &write.usage;
+        Some(WriterStats {
+            transactions: u.transactions.load(Ordering::Relaxed),
+            held: Duration::from_nanos(u.held_ns.load(Ordering::Relaxed)),
+            waited: Duration::from_nanos(u.waited_ns.load(Ordering::Relaxed)),
+        })
     }
 
     /// Starts a read-only transaction whose reads all see one moment (see [`Snapshot`]).

@@ -8,6 +8,7 @@
 
 mod db;
 mod error;
+pub mod group;
 mod migrations;
 mod portable;
 pub mod testing;
@@ -15,7 +16,7 @@ mod tx;
 mod url;
 mod wakeups;
 
-pub use db::{Backend, Db, Pools, StoreOptions, Writer};
+pub use db::{Backend, Db, Pools, StoreOptions, Writer, WriterStats};
 pub use error::StoreError;
 pub use portable::Ts;
 pub use tx::{Snapshot, Tx, TxConn};

@@ -1,9 +1,11 @@
-use crate::db::{Backend, Pools, Writer, WriterConn};
+use crate::db::{Backend, Pools, Writer, WriterConn, WriterUse};
 use crate::error::StoreError;
 use crate::wakeups::Wakeups;
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 use tokio::sync::OwnedMutexGuard;
 
 /// A write transaction on either backend. Work done through it commits or rolls back as one;
@@ -25,11 +27,23 @@ enum Inner {
 
 /// The writer, held for one transaction. Dropped without [`WriterTx::end`], it rolls back on a
 /// task that keeps the writer until then, so the next transaction starts clean.
-struct WriterTx(Option<OwnedMutexGuard<WriterConn>>);
+struct WriterTx {
+    guard: Option<OwnedMutexGuard<WriterConn>>,
+    since: Instant,
+    usage: Arc<WriterUse>,
+}
 
 impl WriterTx {
-    async fn begin(writer: &Writer) -> Result<WriterTx, StoreError> {
-        let mut w = writer.conn.clone().lock_owned().await;
+    async fn begin(writer: &Writer, urgent: bool) -> Result<WriterTx, StoreError> {
+        let asked = Instant::now();
+        let mut w = if urgent {
+            writer.conn.clone().lock_owned().await
+        } else {
+            let _next_in_line = writer.door.lock().await;
+            writer.conn.clone().lock_owned().await
+        };
+        let since = Instant::now();
+        writer.usage.waited_ns.fetch_add((since - asked).as_nanos() as u64, Ordering::Relaxed);
         let open = std::mem::replace(&mut w.open, true); // from here, even if this future is dropped
         let conn = w.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
         if open {
@@ -38,18 +52,18 @@ impl WriterTx {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        Ok(WriterTx(Some(w)))
+        Ok(WriterTx { guard: Some(w), since, usage: writer.usage.clone() })
     }
 
     fn conn(&mut self) -> &mut SqliteConnection {
-        let w = self.0.as_mut().expect("a writer transaction holds the writer until it ends");
+        let w = self.guard.as_mut().expect("a writer transaction holds the writer until it ends");
         w.conn.as_mut().expect("a closed writer begins no transaction")
     }
 
     /// COMMIT or ROLLBACK. If it fails the transaction may still be open; the next `begin` ends it.
     async fn end(mut self, statement: &'static str) -> Result<(), StoreError> {
         sqlx::query(statement).execute(self.conn()).await?;
-        if let Some(w) = self.0.as_mut() {
+        if let Some(w) = self.guard.as_mut() {
             w.open = false;
         }
         Ok(())
@@ -58,7 +72,9 @@ impl WriterTx {
 
 impl Drop for WriterTx {
     fn drop(&mut self) {
-        let Some(mut w) = self.0.take() else { return };
+        self.usage.transactions.fetch_add(1, Ordering::Relaxed);
+        self.usage.held_ns.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let Some(mut w) = self.guard.take() else { return };
         if !w.open {
             return;
         }
@@ -91,9 +107,9 @@ impl Inner {
 }
 
 impl Tx {
-    pub(crate) async fn begin(pools: &Pools, wakeups: Arc<Wakeups>) -> Result<Tx, StoreError> {
+    pub(crate) async fn begin(pools: &Pools, wakeups: Arc<Wakeups>, urgent: bool) -> Result<Tx, StoreError> {
         let inner = match pools {
-            Pools::Sqlite { write, .. } => Inner::Writer(WriterTx::begin(write).await?),
+            Pools::Sqlite { write, .. } => Inner::Writer(WriterTx::begin(write, urgent).await?),
             Pools::Postgres(pool) => Inner::Postgres(pool.begin().await?),
         };
         Ok(Tx { inner, notify: BTreeSet::new(), after_commit: Vec::new(), wakeups })
@@ -183,6 +199,7 @@ impl Snapshot {
 mod tests {
     use crate::testing::each_backend;
     use crate::{exec, on_read, on_tx};
+    use std::time::Duration;
 
     #[tokio::test]
     async fn a_snapshot_does_not_see_what_commits_after_its_first_read() {
@@ -241,5 +258,52 @@ mod tests {
             assert_eq!(count().await, 2);
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn an_urgent_transaction_goes_ahead_of_the_queue_and_the_writer_counts_its_use() {
+        let test = crate::testing::TestDb::sqlite().await;
+        let db = test.db.clone();
+        let before = db.writer_use().expect("SQLite has a writer");
+        let mut tx = db.begin().await.unwrap();
+        exec!(tx, "CREATE TABLE turns (n INTEGER PRIMARY KEY AUTOINCREMENT, who TEXT NOT NULL)").unwrap();
+        tx.commit().await.unwrap();
+
+        // Hold the writer while four ordinary transactions queue for it, then one urgent one.
+        let held = db.begin().await.unwrap();
+        let mut waiting = Vec::new();
+        for who in ["a", "b", "c", "d"] {
+            let db = db.clone();
+            waiting.push(tokio::spawn(async move {
+                let mut tx = db.begin().await.unwrap();
+                exec!(tx, "INSERT INTO turns (who) VALUES ($1)", who).unwrap();
+                tx.commit().await.unwrap();
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let urgent = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin_urgent().await.unwrap();
+                exec!(tx, "INSERT INTO turns (who) VALUES ($1)", "urgent").unwrap();
+                tx.commit().await.unwrap();
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held.rollback().await.unwrap();
+        urgent.await.unwrap();
+        for w in waiting {
+            w.await.unwrap();
+        }
+        let order: Vec<String> =
+            on_read!(db, c => sqlx::query_scalar("SELECT who FROM turns ORDER BY n").fetch_all(c).await).unwrap();
+        // Only the one next in line when it came may go first; the rest keep their order.
+        assert_eq!(order, ["a", "urgent", "b", "c", "d"]);
+
+        let used = db.writer_use().unwrap().since(&before);
+        assert_eq!(used.transactions, 7, "the table, the held one, four ordinary ones and the urgent one");
+        assert!(used.held > Duration::from_millis(60), "the held transaction alone took 100 ms: {used:?}");
+        assert!(used.waited >= used.held / 2, "five transactions waited behind it: {used:?}");
+        test.destroy().await;
     }
 }

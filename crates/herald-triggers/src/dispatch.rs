@@ -16,6 +16,13 @@ pub const EVENT_JOB: &str = "source.event";
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync + 'static {
     async fn event(&self, team: Uuid, event: &EventView) -> Result<(), JobError>;
+
+    /// The event, from the `source.event` job that carries it. A sink may record the job's
+    /// success in the transaction of its own work (`Queue::complete_in`), so the runner writes
+    /// nothing more for it; by default it only handles the event.
+    async fn event_of_job(&self, team: Uuid, event: &EventView, _job: &Job) -> Result<(), JobError> {
+        self.event(team, event).await
+    }
 }
 
 /// Logs each event: the sink while no workflow consumes them.
@@ -50,7 +57,7 @@ impl Handler for EventDispatcher {
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .ok_or_else(|| JobError::permanent("the job names no event"))?;
         match self.sources.event_by_id(id).await.map_err(|e| JobError::retry(e.message))? {
-            Some((team, event)) => self.sink.event(team, &event).await,
+            Some((team, event)) => self.sink.event_of_job(team, &event, job).await,
             // Its source was deleted since: nothing to hand on.
             None => Err(JobError::Cancel("the event no longer exists".into())),
         }

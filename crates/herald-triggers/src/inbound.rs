@@ -4,12 +4,12 @@
 //! and stores the payload as an event whose external id is the `webhook-id`, so a replay is
 //! acknowledged and not processed again.
 
+use crate::intake::Incoming;
 use crate::model::{Kind, Verify};
-use crate::store::{MAX_HOOK_BYTES, Sources, insert_event, store};
+use crate::store::{MAX_HOOK_BYTES, Sources};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use herald_core::{Error, ErrorCode};
-use herald_store::exec;
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -133,19 +133,15 @@ impl Sources {
         };
         let data: Value = serde_json::from_slice(body)
             .map_err(|e| Error::new(ErrorCode::BadRequest, format!("the body is not valid JSON: {e}")))?;
-        let mut tx = self.db.begin().await?;
-        let stored = insert_event(&mut tx, &row, "webhook.received", &external, &data, true).await?;
-        if stored.is_some() {
-            crate::store::bump_count(&mut tx, row.id, 1).await?;
-        }
-        exec!(
-            tx,
-            "UPDATE sources SET last_run_at = $2, last_ok_at = $2 WHERE id = $1",
-            row.id,
-            herald_store::Ts::now()
-        )
-        .map_err(store)?;
-        tx.commit().await?;
+        let incoming = Incoming {
+            team: row.team_id,
+            source: row.id,
+            kind: "webhook.received",
+            external_id: external,
+            data,
+            touch: true,
+        };
+        let stored = self.intake().write(incoming).await?;
         Ok(stored.map_or(Received::Duplicate, |e| Received::Stored(e.id)))
     }
 }

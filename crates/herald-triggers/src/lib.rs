@@ -16,6 +16,7 @@ mod apply;
 pub mod dispatch;
 pub mod feed;
 pub mod inbound;
+mod intake;
 pub mod model;
 mod poll;
 pub mod schedule;

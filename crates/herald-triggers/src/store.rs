@@ -1,5 +1,6 @@
 //! The sources service: create, read, change and delete sources; store events; manual events.
 
+use crate::intake::{self, Incoming, Intake, NewEventRow};
 use crate::model::*;
 use crate::schedule;
 use crate::youtube;
@@ -8,12 +9,11 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
-use herald_queue::NewJob;
 use herald_store::{Db, StoreError, Ts, Tx, exec, on_read};
 use herald_vault::Vault;
 use rand::Rng;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -57,6 +57,9 @@ pub struct Sources {
     /// For hosts the operator configured: the hub and YouTube.
     pub(crate) trusted: HttpClient,
     pub(crate) config: Arc<TriggerConfig>,
+    /// Writes manual events and webhooks that arrive together in one transaction; started with
+    /// the first.
+    intake: Arc<OnceLock<Intake>>,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -167,7 +170,7 @@ impl Sources {
     pub fn new(db: Db, vault: Vault, safe: SafeClient, trusted: HttpClient, config: TriggerConfig) -> Sources {
         let mut config = config;
         config.public_url = config.public_url.map(|u| u.trim_end_matches('/').to_string());
-        Sources { db, vault, safe, trusted, config: Arc::new(config) }
+        Sources { db, vault, safe, trusted, config: Arc::new(config), intake: Arc::default() }
     }
 
     pub fn db(&self) -> &Db {
@@ -522,14 +525,23 @@ impl Sources {
         if serde_json::to_vec(&new.data).map(|v| v.len()).unwrap_or(0) > MAX_HOOK_BYTES {
             return Err(Error::new(ErrorCode::PayloadTooLarge, "an event's data is at most 1 MiB"));
         }
-        let mut tx = self.db.begin().await?;
-        let event = insert_event(&mut tx, &row, "manual", &external, &new.data, true).await?;
-        let Some(event) = event else {
-            return Err(Error::new(ErrorCode::Conflict, format!("this source already has an event `{external}`")));
+        let incoming = Incoming {
+            team: row.team_id,
+            source: row.id,
+            kind: "manual",
+            external_id: external,
+            data: new.data,
+            touch: false,
         };
-        bump_count(&mut tx, row.id, 1).await?;
-        tx.commit().await?;
-        Ok(event)
+        let external = incoming.external_id.clone();
+        match self.intake().write(incoming).await? {
+            Some(event) => Ok(event),
+            None => Err(Error::new(ErrorCode::Conflict, format!("this source already has an event `{external}`"))),
+        }
+    }
+
+    pub(crate) fn intake(&self) -> &Intake {
+        self.intake.get_or_init(|| intake::spawn(self.clone()))
     }
 
     pub async fn event(&self, p: &Principal, id: Uuid) -> Result<EventView, Error> {
@@ -629,6 +641,7 @@ pub(crate) fn is_local_host(host: &str) -> bool {
 
 /// Stores an event unless (source, external id) exists, and enqueues its hand-off in the same
 /// transaction when `dispatch`. Returns the new event's id, or `None` for a duplicate.
+/// Stores one event; see [`insert_events`](crate::intake::insert_events).
 pub(crate) async fn insert_event(
     tx: &mut Tx,
     source: &SourceRow,
@@ -637,44 +650,20 @@ pub(crate) async fn insert_event(
     data: &Value,
     dispatch: bool,
 ) -> Result<Option<EventView>, Error> {
-    let id = Uuid::now_v7();
-    let received_at = Ts::now();
-    let inserted = exec!(
-        tx,
-        "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (source_id, external_id) DO NOTHING",
-        id,
-        source.team_id,
-        source.id,
-        kind,
-        external_id,
-        data.to_string(),
-        received_at
-    )
-    .map_err(store)?;
-    if inserted == 0 {
-        return Ok(None);
-    }
-    if dispatch {
-        let job =
-            NewJob::new(crate::dispatch::EVENT_JOB, json!({"event": id, "source": source.id, "team": source.team_id}));
-        herald_queue::enqueue(tx, job).await.map_err(Error::from)?;
-    }
-    metrics::counter!("herald_source_events_total", "kind" => kind.to_string()).increment(1);
-    Ok(Some(EventView {
-        id,
-        source_id: source.id,
-        kind: kind.to_string(),
-        external_id: external_id.to_string(),
-        data: data.clone(),
-        received_at: received_at.0,
-        updated_at: None,
-    }))
+    let row = NewEventRow { team: source.team_id, source: source.id, kind, external_id, data };
+    Ok(crate::intake::insert_events(tx, &[row], dispatch).await?.pop().flatten())
 }
 
 pub(crate) async fn bump_count(tx: &mut Tx, source: Uuid, n: i64) -> Result<(), Error> {
     if n > 0 {
         exec!(tx, "UPDATE sources SET event_count = event_count + $2 WHERE id = $1", source, n).map_err(store)?;
     }
+    Ok(())
+}
+
+/// A push source (an inbound webhook) ran, and ran well, now.
+pub(crate) async fn touch(tx: &mut Tx, source: Uuid) -> Result<(), Error> {
+    exec!(tx, "UPDATE sources SET last_run_at = $2, last_ok_at = $2 WHERE id = $1", source, Ts::now())
+        .map_err(store)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! `run_at` and holds no memory. Every commit bumps the run's `seq`; an executor whose `seq` is
 //! stale (the run was cancelled, or another job advanced it) stops.
 
+use crate::commits::FirstCommit;
 use crate::cond;
 use crate::model::*;
 use crate::path::Path;
@@ -93,7 +94,7 @@ fn next(output: Value) -> Outcome {
 }
 
 /// One step run to write.
-struct Record {
+pub(crate) struct Record {
     path: String,
     step_id: String,
     kind: &'static str,
@@ -119,53 +120,63 @@ struct Commit {
 
 /// Writes a commit's step runs in one statement; a step run stored before (a retried or waiting
 /// step) is updated.
-async fn insert_step_runs(tx: &mut Tx, run: Uuid, records: Vec<Record>, now: DateTime<Utc>) -> Result<(), Error> {
-    // One row per path, the latest (a statement may not update the same row twice).
-    let mut rows: Vec<Record> = Vec::with_capacity(records.len());
-    for r in records {
-        rows.retain(|x| x.path != r.path);
-        rows.push(r);
-    }
-    if rows.is_empty() {
-        return Ok(());
-    }
-    const COLS: usize = 13;
-    let values = (0..rows.len())
-        .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = tx.backend().sql(format!(
-        "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
-         attempts, started_at, finished_at) VALUES {values} \
-         ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
-         output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
-         attempts = excluded.attempts, finished_at = excluded.finished_at"
-    ));
-    herald_store::on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for r in &rows {
-            q = q
-                .bind(Uuid::now_v7())
-                .bind(run)
-                .bind(&r.path)
-                .bind(&r.step_id)
-                .bind(r.kind)
-                .bind(r.status)
-                .bind(r.input.as_ref().map(Value::to_string))
-                .bind(r.output.as_ref().map(Value::to_string))
-                .bind(&r.error)
-                .bind(&r.code)
-                .bind(r.attempts as i64)
-                .bind(Ts(r.started_at))
-                .bind(r.finished.then_some(Ts(now)));
+/// Writes step runs, each run's records in order: one row per (run, path), the latest (a
+/// statement may not update the same row twice).
+pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], now: DateTime<Utc>) -> Result<(), Error> {
+    let mut rows: Vec<(Uuid, &Record)> = Vec::new();
+    for (run, records) in runs {
+        let first = rows.len();
+        for r in *records {
+            let mut i = first;
+            while i < rows.len() {
+                if rows[i].1.path == r.path {
+                    rows.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            rows.push((*run, r));
         }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    })
-    .map_err(store)?;
+    }
+    // 13 values a row; SQLite binds at most 32,766 in a statement.
+    const COLS: usize = 13;
+    for chunk in rows.chunks(1000) {
+        let values = (0..chunk.len())
+            .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = tx.backend().sql(format!(
+            "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
+             attempts, started_at, finished_at) VALUES {values} \
+             ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
+             output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
+             attempts = excluded.attempts, finished_at = excluded.finished_at"
+        ));
+        herald_store::on_tx!(tx, c => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for (run, r) in chunk {
+                q = q
+                    .bind(Uuid::now_v7())
+                    .bind(*run)
+                    .bind(&r.path)
+                    .bind(&r.step_id)
+                    .bind(r.kind)
+                    .bind(r.status)
+                    .bind(r.input.as_ref().map(Value::to_string))
+                    .bind(r.output.as_ref().map(Value::to_string))
+                    .bind(&r.error)
+                    .bind(&r.code)
+                    .bind(r.attempts as i64)
+                    .bind(Ts(r.started_at))
+                    .bind(r.finished.then_some(Ts(now)));
+            }
+            q.execute(&mut *c).await.map(|r| r.rows_affected())
+        })
+        .map_err(store)?;
+    }
     Ok(())
 }
 
-/// Enqueues a job that advances `run` (at `at`, or now).
 pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>>) -> Result<(), Error> {
     let mut job = NewJob::new(RUN_JOB, json!({"run": run})).max_attempts(25);
     if let Some(at) = at {
@@ -201,13 +212,15 @@ impl Workflows {
             return Ok(());
         }
         let wf = self.workflow_row(row.workflow_id).await?;
-        self.drive(row, &wf, true).await.map(|_| ())
+        self.drive(row, &wf, true, None).await.map(|_| ())
     }
 
     /// Advances a run from `row`: as read or as just stored, or (`stored` false) not stored yet,
     /// and then its first commit stores it. `false` when another executor stored or advanced the
     /// run first, and this one left it to them.
-    async fn drive(&self, row: RunRow, wf: &WorkflowRow, mut stored: bool) -> Result<bool, Error> {
+    /// `job`: the `source.event` job that started this run, whose success a final first commit
+    /// records (see [`Workflows::on_event`]).
+    async fn drive(&self, row: RunRow, wf: &WorkflowRow, mut stored: bool, job: Option<&Job>) -> Result<bool, Error> {
         let def = self.definition(row.workflow_id, row.version).await?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
         let mut state: RunState = serde_json::from_str(&row.state).unwrap_or_default();
@@ -223,7 +236,7 @@ impl Workflows {
                     error: None,
                     wake: None,
                 };
-                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
             };
             let Some(step) = path.step(&def.steps) else {
                 let c = Commit {
@@ -236,7 +249,7 @@ impl Workflows {
                     )),
                     wake: None,
                 };
-                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
             };
             let started_at = Utc::now();
             let key = path.display();
@@ -277,7 +290,7 @@ impl Workflows {
                             error: None,
                             wake: None,
                         };
-                        if !self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await? {
+                        if !self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await? {
                             return Ok(false);
                         }
                     }
@@ -293,7 +306,7 @@ impl Workflows {
                         error: Some(("filtered_out".into(), reason)),
                         wake: None,
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
                 }
                 Outcome::Wait { output, until } => {
                     state.steps.insert(step.id.clone(), output.clone());
@@ -308,7 +321,7 @@ impl Workflows {
                         error: None,
                         wake: Some(until),
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
                 }
                 Outcome::Retry { code, message, after } => {
                     let policy = step.retry.unwrap_or_default();
@@ -325,7 +338,7 @@ impl Workflows {
                             error: Some((code, msg)),
                             wake: None,
                         };
-                        return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                        return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
                     }
                     state.attempts.insert(key, attempts);
                     rec.status = "retrying";
@@ -339,7 +352,7 @@ impl Workflows {
                         error: None,
                         wake: Some(at),
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
                 }
                 Outcome::Fail { code, message } => {
                     rec.status = "failed";
@@ -354,14 +367,14 @@ impl Workflows {
                         error: Some((code, msg)),
                         wake: None,
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
                 }
                 Outcome::End { status, code, message, output } => {
                     state.steps.insert(step.id.clone(), output.clone());
                     rec.output = Some(output);
                     records.push(rec);
                     let c = Commit { status, cursor: here, wait_until: None, error: Some((code, message)), wake: None };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c).await;
+                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
                 }
             }
         }
@@ -386,8 +399,36 @@ impl Workflows {
         state: &RunState,
         records: &mut Vec<Record>,
         c: Commit,
+        job: Option<&Job>,
     ) -> Result<bool, Error> {
         let now = Utc::now();
+        if !*stored && c.wake.is_none() && c.status != RunStatus::Failed {
+            // Written with other runs' first commits (see `commits`).
+            let (code, error) = c.error.unzip();
+            let first = FirstCommit {
+                run: RunRow {
+                    status: c.status.as_str().to_string(),
+                    state: serde_json::to_string(state).unwrap_or_default(),
+                    cursor: c.cursor,
+                    seq: *seq + 1,
+                    wait_until: c.wait_until.map(Ts),
+                    error,
+                    error_code: code,
+                    updated_at: Ts(now),
+                    finished_at: c.status.is_final().then_some(Ts(now)),
+                    ..row.clone()
+                },
+                records: std::mem::take(records),
+                job: job.filter(|_| c.status.is_final()).map(Job::succeeded),
+            };
+            let db = &self.inner.db;
+            if !self.inner.commits.get_or_init(|| crate::commits::spawn(db.clone())).write(first).await? {
+                return Ok(false);
+            }
+            *seq += 1;
+            *stored = true;
+            return Ok(true);
+        }
         let mut tx = self.inner.db.begin().await?;
         let (code, error) = c.error.clone().unzip();
         let state_json = serde_json::to_string(state).unwrap_or_default();
@@ -430,7 +471,8 @@ impl Workflows {
             records.clear();
             return Ok(false);
         }
-        insert_step_runs(&mut tx, row.id, std::mem::take(records), now).await?;
+        insert_step_runs(&mut tx, &[(row.id, records.as_slice())], now).await?;
+        records.clear();
         if let Some(at) = c.wake {
             enqueue_run(&mut tx, row.id, Some(at)).await?;
         }
@@ -1113,7 +1155,9 @@ impl Workflows {
     }
 
     /// Starts the runs an event calls for (once per workflow and event) and advances them.
-    pub async fn on_event(&self, team: Uuid, event: &EventView) -> Result<(), Error> {
+    /// Starts the event's runs. With `job` (the `source.event` job carrying the event), a single
+    /// quick run that ends in its first commit records the job's success in that commit.
+    pub async fn on_event(&self, team: Uuid, event: &EventView, job: Option<&Job>) -> Result<(), Error> {
         let wfs = self.source_workflows(team, event.source_id).await?;
         tracing::info!(%team, source = %event.source_id, event = %event.id, kind = %event.kind, workflows = wfs.len(), "event received");
         if wfs.is_empty() {
@@ -1152,13 +1196,15 @@ impl Workflows {
         if let Some(tx) = tx {
             tx.commit().await?;
         }
+        // The job is done once the run is over, so it may only ride along with a lone run.
+        let job = job.filter(|_| wfs.len() == 1);
         for (run, wf) in unstored {
-            if !self.drive(run, wf, false).await? {
+            if !self.drive(run, wf, false, job).await? {
                 again.push(wf.id);
             }
         }
         for (run, wf) in fresh {
-            self.drive(run, wf, true).await?;
+            self.drive(run, wf, true, None).await?;
         }
         for wf in again {
             let found: Option<(Uuid,)> = on_read!(self.inner.db, c => sqlx::query_as(
@@ -1255,7 +1301,11 @@ impl Handler for RunHandler {
 #[async_trait::async_trait]
 impl EventSink for Workflows {
     async fn event(&self, team: Uuid, event: &EventView) -> Result<(), JobError> {
-        self.on_event(team, event).await.map_err(job_error)
+        self.on_event(team, event, None).await.map_err(job_error)
+    }
+
+    async fn event_of_job(&self, team: Uuid, event: &EventView, job: &Job) -> Result<(), JobError> {
+        self.on_event(team, event, Some(job)).await.map_err(job_error)
     }
 }
 

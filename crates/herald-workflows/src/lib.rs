@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ai;
+mod commits;
 pub mod cond;
 mod effects;
 pub mod engine;

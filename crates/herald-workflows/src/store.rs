@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub config: WorkflowConfig,
     /// Versions never change, so each is parsed once.
     pub defs: Mutex<HashMap<(Uuid, i64), Arc<Definition>>>,
+    /// Writes first commits that arrive together in one transaction; started with the first.
+    pub commits: std::sync::OnceLock<crate::commits::Commits>,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -272,6 +274,7 @@ impl Workflows {
                 vault,
                 config,
                 defs: Mutex::new(HashMap::new()),
+                commits: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -598,33 +601,34 @@ impl Workflows {
     /// Stores `row` as it is; `false` when the run was there already (its id, or its workflow
     /// and event for an event's run).
     pub(crate) async fn store_run(tx: &mut Tx, row: &RunRow) -> Result<bool, Error> {
-        let n = exec!(
-            tx,
-            "INSERT INTO workflow_runs (id, team_id, workflow_id, version, event_id, trigger, rerun_of, status, input, \
-             state, cursor, seq, wait_until, error, error_code, created_at, updated_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-             ON CONFLICT DO NOTHING",
-            row.id,
-            row.team_id,
-            row.workflow_id,
-            row.version,
-            row.event_id,
-            &row.trigger,
-            row.rerun_of,
-            &row.status,
-            &row.input,
-            &row.state,
-            &row.cursor,
-            row.seq,
-            row.wait_until,
-            &row.error,
-            &row.error_code,
-            row.created_at,
-            row.updated_at,
-            row.finished_at
-        )
-        .map_err(store)?;
-        Ok(n == 1)
+        Ok(!Self::store_runs(tx, &[row]).await?.is_empty())
+    }
+
+    /// Inserts runs, each unless one with its id is stored already (another executor of the same
+    /// event was first); answers the ids it inserted. The only statement that inserts runs.
+    pub(crate) async fn store_runs(tx: &mut Tx, rows: &[&RunRow]) -> Result<Vec<Uuid>, Error> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        const COLS: usize = 18;
+        let values = (0..rows.len())
+            .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = tx
+            .backend()
+            .sql(format!("INSERT INTO workflow_runs ({RUN_COLS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"));
+        herald_store::on_tx!(tx, c => {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+            for row in rows {
+                q = q.bind(row.id).bind(row.team_id).bind(row.workflow_id).bind(row.version).bind(row.event_id)
+                    .bind(&row.trigger).bind(row.rerun_of).bind(&row.status).bind(&row.input).bind(&row.state)
+                    .bind(&row.cursor).bind(row.seq).bind(row.wait_until).bind(&row.error).bind(&row.error_code)
+                    .bind(row.created_at).bind(row.updated_at).bind(row.finished_at);
+            }
+            q.fetch_all(&mut *c).await
+        })
+        .map_err(store)
     }
 
     pub(crate) async fn run_row(&self, id: Uuid) -> Result<Option<RunRow>, Error> {

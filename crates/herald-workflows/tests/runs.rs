@@ -270,12 +270,12 @@ async fn an_event_goes_through_filter_template_and_publish_once() {
         // starts the run with the same id, so the publish step finds its post.
         let seen = w.sources.event(&w.owner, event).await.unwrap();
         exec(&w.db, "DELETE FROM workflow_runs WHERE id = $1", run.id).await;
-        w.workflows.on_event(w.team, &seen).await.unwrap();
+        w.workflows.on_event(w.team, &seen, None).await.unwrap();
         let restarted = w.workflows.run(&w.owner, run.id).await.unwrap();
         assert_eq!(restarted.status, RunStatus::Succeeded, "{restarted:#?}");
         assert_eq!(restarted.steps.unwrap()[2].output.as_ref().unwrap()["post_id"], post_id.as_str());
         // The job once more, the run stored: nothing new either.
-        w.workflows.on_event(w.team, &seen).await.unwrap();
+        w.workflows.on_event(w.team, &seen, None).await.unwrap();
         let runs = w.workflows.runs(&w.owner, &Default::default()).await.unwrap().runs;
         assert_eq!(runs.iter().filter(|r| r.event_id == Some(event)).count(), 1);
         let (tg, dc) = w.messages().await;
@@ -295,6 +295,81 @@ async fn an_event_goes_through_filter_template_and_publish_once() {
         let rerun = w.wait(rerun.id, over).await;
         assert_eq!(rerun.status, RunStatus::Succeeded, "{rerun:#?}");
         assert_eq!(w.messages_when(|tg, _| tg.len() >= 2).await.0.len(), 2);
+        w.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_burst_of_events_is_written_together_and_each_runs_once() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let wf = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({
+                    "name": "burst", "sources": [w.source],
+                    "steps": [
+                        {"type": "template", "template": "Item {{item.n}}"},
+                        {"type": "publish", "targets": [{"connection": w.tg_conn}]}
+                    ]
+                }),
+            )
+            .await
+            .unwrap();
+        // Events added at once go to the database together (the intake), their runs' first
+        // commits together (with their jobs' success), and nothing is lost or doubled. Two of
+        // them share an external id: one is stored, the other is refused.
+        let mut adds = tokio::task::JoinSet::new();
+        for n in 0..25 {
+            let (sources, owner, source) = (w.sources.clone(), w.owner.clone(), w.source);
+            let external = if n == 24 { "item-0".to_string() } else { format!("item-{n}") };
+            adds.spawn(async move {
+                let new = NewEvent { external_id: Some(external), data: json!({"item": {"n": n}}) };
+                sources.add_event(&owner, source, new).await
+            });
+        }
+        let (mut stored, mut refused) = (Vec::new(), 0);
+        while let Some(added) = adds.join_next().await {
+            match added.unwrap() {
+                Ok(e) => stored.push(e.id),
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::Conflict, "{e:?}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((stored.len(), refused), (24, 1));
+        let mut posts = Vec::new();
+        for event in &stored {
+            let run = w.run_of(wf.id, *event).await;
+            let run = w.wait(run.id, over).await;
+            assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+            let steps = run.steps.as_ref().unwrap();
+            assert_eq!(steps.len(), 2, "{run:#?}");
+            posts.push(steps[1].output.as_ref().unwrap()["post_id"].as_str().unwrap().to_string());
+        }
+        posts.sort();
+        posts.dedup();
+        assert_eq!(posts.len(), 24, "one post per event");
+        // Telegram's fake keeps its channel's rate limit, so only the first messages are in; none twice.
+        let tg = w.messages_when(|tg, _| !tg.is_empty()).await.0;
+        let mut texts = tg.clone();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), tg.len(), "no message twice: {tg:?}");
+        let source = w.sources.get(&w.owner, w.source).await.unwrap();
+        assert_eq!(source.status.event_count, 24);
+        // Each event's job succeeded once, recorded with its run: one attempt, no second write.
+        let succeeded: i64 = herald_store::on_read!(w.db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE kind = 'source.event' AND state = 'succeeded'").fetch_one(c).await)
+        .unwrap();
+        let attempts: i64 = herald_store::on_read!(w.db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE j.kind = 'source.event'")
+            .fetch_one(c).await)
+        .unwrap();
+        assert_eq!((succeeded, attempts), (24, 24));
         w.stop().await;
     })
     .await;

@@ -316,6 +316,8 @@ struct Phase {
     /// Per stage (see [`STAGES`]), sorted.
     stages: [Vec<Duration>; 4],
     timed_out: bool,
+    /// SQLite's writer over the phase.
+    writer: Option<herald_store::WriterStats>,
 }
 
 fn pct(l: &[Duration], p: f64) -> Duration {
@@ -409,6 +411,7 @@ async fn phase(w: &mut World, ctx: &Ctx<'_>, events: usize, feed: Feed) -> Resul
     let deliveries = events * targets;
     let before = seen.count.load(Ordering::Relaxed);
     let (_, ended_before, _) = w.counts().await?;
+    let writer0 = w.db.writer_use();
     let (cpu0, start) = (cpu(), Instant::now());
     let added = match feed {
         Feed::Fast { clients } => feed_fast(w, first, events, clients).await?,
@@ -441,6 +444,7 @@ async fn phase(w: &mut World, ctx: &Ctx<'_>, events: usize, feed: Feed) -> Resul
     }
     let recorded_in = start.elapsed();
     let cpu_used = cpu() - cpu0;
+    let writer = w.db.writer_use().zip(writer0).map(|(now, then)| now.since(&then));
     let received = seen.count.load(Ordering::Relaxed) - before;
     let first: HashMap<u64, Instant> = seen.first.lock().expect("first").clone();
     let mut latency: Vec<Duration> =
@@ -471,6 +475,7 @@ async fn phase(w: &mut World, ctx: &Ctx<'_>, events: usize, feed: Feed) -> Resul
         not_succeeded: ended - ended_before,
         stages,
         timed_out,
+        writer,
     })
 }
 
@@ -640,6 +645,15 @@ pub async fn run(args: BenchWorkflowsArgs) -> Result<(), Exit> {
                 .map(|(name, s)| format!("{name} {:.1}/{:.1}", ms(pct(s, 0.5)), ms(pct(s, 0.99))))
                 .collect();
             println!("  where the time went, p50/p99 ms: {}", stages.join(", "));
+            if let Some(u) = ph.writer {
+                println!(
+                    "  SQLite's writer: held {:.0}% of the run by {} transactions ({:.2} ms each), {:.1} waiting for it on average",
+                    100.0 * u.held.as_secs_f64() / ph.recorded_in.as_secs_f64(),
+                    u.transactions,
+                    u.held.as_secs_f64() * 1000.0 / u.transactions.max(1) as f64,
+                    u.waited.as_secs_f64() / ph.recorded_in.as_secs_f64()
+                );
+            }
         }
     }
     println!(

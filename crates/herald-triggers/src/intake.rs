@@ -1,0 +1,163 @@
+//! Writing new events, together.
+//!
+//! A manual event or an inbound webhook stores one event and enqueues its `source.event` job.
+//! Each in a transaction of its own, a burst of them would queue one small commit after another
+//! on the database's single writer (SQLite), the writer held idle between statements while each
+//! caller's task waits its turn to run. Instead they hand their event to one task, which writes
+//! whatever has gathered in one transaction of a few multi-row statements: the events, their
+//! jobs, and each source's count. No event is answered before its transaction commits. If the
+//! shared transaction fails, each event is written again on its own, so one event's problem is
+//! only its own answer.
+
+use crate::model::EventView;
+use crate::store::{Sources, store};
+use herald_core::Error;
+use herald_queue::NewJob;
+use herald_store::group::{Group, GroupConfig};
+use herald_store::{Ts, Tx, on_tx, placeholders};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The most events one shared transaction writes (seven values each; SQLite binds at most
+/// 32,766 in a statement).
+const MAX_EVENTS: usize = 500;
+
+/// One event to store under (source, external id).
+pub(crate) struct NewEventRow<'a> {
+    pub team: Uuid,
+    pub source: Uuid,
+    pub kind: &'a str,
+    pub external_id: &'a str,
+    pub data: &'a Value,
+}
+
+/// Stores events in the caller's transaction, each once per (source, external id), and with
+/// `dispatch` enqueues a `source.event` job for each one that is new. Answers, in order, the
+/// stored event or `None` where the source already had it (or an earlier row of `rows` did).
+pub(crate) async fn insert_events(
+    tx: &mut Tx,
+    rows: &[NewEventRow<'_>],
+    dispatch: bool,
+) -> Result<Vec<Option<EventView>>, Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let received_at = Ts::now();
+    let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
+    let values = (0..rows.len()).map(|i| format!("({})", placeholders(1 + 7 * i, 7))).collect::<Vec<_>>().join(", ");
+    let sql = tx.backend().sql(format!(
+        "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES {values} \
+         ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id"
+    ));
+    let stored: Vec<Uuid> = on_tx!(tx, c => {
+        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+        for (id, r) in ids.iter().zip(rows) {
+            q = q.bind(*id).bind(r.team).bind(r.source).bind(r.kind).bind(r.external_id).bind(r.data.to_string())
+                .bind(received_at);
+        }
+        q.fetch_all(&mut *c).await
+    })
+    .map_err(store)?;
+
+    let out: Vec<Option<EventView>> = ids
+        .iter()
+        .zip(rows)
+        .map(|(id, r)| {
+            stored.contains(id).then(|| EventView {
+                id: *id,
+                source_id: r.source,
+                kind: r.kind.to_string(),
+                external_id: r.external_id.to_string(),
+                data: r.data.clone(),
+                received_at: received_at.0,
+                updated_at: None,
+            })
+        })
+        .collect();
+    if dispatch {
+        let jobs: Vec<NewJob> = out
+            .iter()
+            .zip(rows)
+            .filter_map(|(e, r)| e.as_ref().map(|e| (e, r)))
+            .map(|(e, r)| {
+                NewJob::new(crate::dispatch::EVENT_JOB, json!({"event": e.id, "source": r.source, "team": r.team}))
+            })
+            .collect();
+        if !jobs.is_empty() {
+            herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
+        }
+    }
+    for e in out.iter().flatten() {
+        metrics::counter!("herald_source_events_total", "kind" => e.kind.clone()).increment(1);
+    }
+    Ok(out)
+}
+
+/// An event waiting to be written by [`Intake`].
+pub(crate) struct Incoming {
+    pub team: Uuid,
+    pub source: Uuid,
+    pub kind: &'static str,
+    pub external_id: String,
+    pub data: Value,
+    /// An inbound webhook: the source ran, and ran well, now.
+    pub touch: bool,
+}
+
+impl Incoming {
+    fn row(&self) -> NewEventRow<'_> {
+        NewEventRow {
+            team: self.team,
+            source: self.source,
+            kind: self.kind,
+            external_id: &self.external_id,
+            data: &self.data,
+        }
+    }
+}
+
+/// Writes events arriving at the same moment in one transaction: the stored event, or `None`
+/// if the source already had one with its external id.
+pub(crate) type Intake = Group<Incoming, Option<EventView>, Error>;
+
+pub(crate) fn spawn(sources: Sources) -> Intake {
+    let config = GroupConfig {
+        max_items: MAX_EVENTS,
+        max_weight: MAX_EVENTS,
+        weight: |_| 1,
+        stopped: || Error::new(herald_core::ErrorCode::Unavailable, "the server is stopping; send the event again"),
+        what: "events",
+    };
+    Group::spawn(config, move |items: Vec<Incoming>| {
+        let sources = sources.clone();
+        Box::pin(async move {
+            let written = commit(&sources, &items).await;
+            (items, written)
+        })
+    })
+}
+
+/// Writes `items` in a transaction of their own: the events, their jobs, and each source's count
+/// (and, for webhooks, its last run).
+async fn commit(sources: &Sources, items: &[Incoming]) -> Result<Vec<Option<EventView>>, Error> {
+    // Someone waits on each event (a webhook's sender): ahead of background work.
+    let mut tx = sources.db.begin_urgent().await?;
+    let rows: Vec<NewEventRow<'_>> = items.iter().map(Incoming::row).collect();
+    let out = insert_events(&mut tx, &rows, true).await?;
+    // Per source: how many are new, and whether a webhook ran.
+    let mut per_source: BTreeMap<Uuid, (i64, bool)> = BTreeMap::new();
+    for (i, e) in items.iter().zip(&out) {
+        let s = per_source.entry(i.source).or_default();
+        s.0 += i64::from(e.is_some());
+        s.1 |= i.touch;
+    }
+    for (source, (n, touched)) in per_source {
+        crate::store::bump_count(&mut tx, source, n).await?;
+        if touched {
+            crate::store::touch(&mut tx, source).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
+}
