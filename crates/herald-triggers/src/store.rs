@@ -640,8 +640,8 @@ pub(crate) fn is_local_host(host: &str) -> bool {
 }
 
 /// Stores an event unless (source, external id) exists, and enqueues its hand-off in the same
-/// transaction when `dispatch`. Returns the new event's id, or `None` for a duplicate.
-/// Stores one event; see [`insert_events`](crate::intake::insert_events).
+/// transaction when `dispatch`. Returns the new event, or `None` for a duplicate. One row of
+/// [`insert_events`](crate::intake::insert_events).
 pub(crate) async fn insert_event(
     tx: &mut Tx,
     source: &SourceRow,

@@ -118,10 +118,9 @@ struct Commit {
     wake: Option<DateTime<Utc>>,
 }
 
-/// Writes a commit's step runs in one statement; a step run stored before (a retried or waiting
-/// step) is updated.
-/// Writes step runs, each run's records in order: one row per (run, path), the latest (a
-/// statement may not update the same row twice).
+/// Writes the step runs of one commit, or of several runs' commits, in one statement (per 1,000
+/// rows); a step run stored before (a retried or waiting step) is updated. Each run's records go
+/// in order, one row per (run, path), the latest: a statement may not update a row twice.
 pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], now: DateTime<Utc>) -> Result<(), Error> {
     let mut rows: Vec<(Uuid, &Record)> = Vec::new();
     for (run, records) in runs {
@@ -177,6 +176,7 @@ pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], no
     Ok(())
 }
 
+/// Enqueues a job that advances `run` (at `at`, or now).
 pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>>) -> Result<(), Error> {
     let mut job = NewJob::new(RUN_JOB, json!({"run": run})).max_attempts(25);
     if let Some(at) = at {
@@ -217,9 +217,8 @@ impl Workflows {
 
     /// Advances a run from `row`: as read or as just stored, or (`stored` false) not stored yet,
     /// and then its first commit stores it. `false` when another executor stored or advanced the
-    /// run first, and this one left it to them.
-    /// `job`: the `source.event` job that started this run, whose success a final first commit
-    /// records (see [`Workflows::on_event`]).
+    /// run first, and this one left it to them. `job`: the `source.event` job that started this
+    /// run, whose success a final first commit records (see [`Workflows::on_event`]).
     async fn drive(&self, row: RunRow, wf: &WorkflowRow, mut stored: bool, job: Option<&Job>) -> Result<bool, Error> {
         let def = self.definition(row.workflow_id, row.version).await?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
@@ -1154,9 +1153,9 @@ impl Workflows {
         Box::pin(self.exec(run, wf, def, path, step, state, vars, true)).await
     }
 
-    /// Starts the runs an event calls for (once per workflow and event) and advances them.
-    /// Starts the event's runs. With `job` (the `source.event` job carrying the event), a single
-    /// quick run that ends in its first commit records the job's success in that commit.
+    /// Starts the runs an event calls for (once per workflow and event) and advances them. With
+    /// `job` (the `source.event` job carrying the event), a lone quick run that ends in its first
+    /// commit records the job's success in that commit.
     pub async fn on_event(&self, team: Uuid, event: &EventView, job: Option<&Job>) -> Result<(), Error> {
         let wfs = self.source_workflows(team, event.source_id).await?;
         tracing::info!(%team, source = %event.source_id, event = %event.id, kind = %event.kind, workflows = wfs.len(), "event received");
