@@ -102,7 +102,7 @@ impl WriterStats {
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &WriterStats) -> WriterStats {
         WriterStats {
-            transactions: self.transactions - earlier.transactions,
+            transactions: self.transactions.saturating_sub(earlier.transactions),
             held: self.held.saturating_sub(earlier.held),
             waited: self.waited.saturating_sub(earlier.waited),
         }

@@ -401,22 +401,24 @@ impl Workflows {
         job: Option<&Job>,
     ) -> Result<bool, Error> {
         let now = Utc::now();
+        // The run as this commit leaves it.
+        let (code, error) = c.error.clone().unzip();
+        let after = RunRow {
+            status: c.status.as_str().to_string(),
+            state: serde_json::to_string(state).unwrap_or_default(),
+            cursor: c.cursor.clone(),
+            seq: *seq + 1,
+            wait_until: c.wait_until.map(Ts),
+            error,
+            error_code: code,
+            updated_at: Ts(now),
+            finished_at: c.status.is_final().then_some(Ts(now)),
+            ..row.clone()
+        };
         if !*stored && c.wake.is_none() && c.status != RunStatus::Failed {
             // Written with other runs' first commits (see `commits`).
-            let (code, error) = c.error.unzip();
             let first = FirstCommit {
-                run: RunRow {
-                    status: c.status.as_str().to_string(),
-                    state: serde_json::to_string(state).unwrap_or_default(),
-                    cursor: c.cursor,
-                    seq: *seq + 1,
-                    wait_until: c.wait_until.map(Ts),
-                    error,
-                    error_code: code,
-                    updated_at: Ts(now),
-                    finished_at: c.status.is_final().then_some(Ts(now)),
-                    ..row.clone()
-                },
+                run: after,
                 records: std::mem::take(records),
                 job: job.filter(|_| c.status.is_final()).map(Job::succeeded),
             };
@@ -429,9 +431,6 @@ impl Workflows {
             return Ok(true);
         }
         let mut tx = self.inner.db.begin().await?;
-        let (code, error) = c.error.clone().unzip();
-        let state_json = serde_json::to_string(state).unwrap_or_default();
-        let finished_at = c.status.is_final().then_some(Ts(now));
         let moved = if *stored {
             exec!(
                 tx,
@@ -439,32 +438,20 @@ impl Workflows {
                  error_code = $8, updated_at = $9, finished_at = $10 WHERE id = $1 AND seq = $2",
                 row.id,
                 *seq,
-                c.status.as_str(),
-                &state_json,
-                &c.cursor,
-                c.wait_until.map(Ts),
-                &error,
-                &code,
-                Ts(now),
-                finished_at
+                &after.status,
+                &after.state,
+                &after.cursor,
+                after.wait_until,
+                &after.error,
+                &after.error_code,
+                after.updated_at,
+                after.finished_at
             )
             .map_err(store)?
                 == 1
         } else {
             // Its first commit stores the run, unless another executor of the event did first.
-            let first = RunRow {
-                status: c.status.as_str().to_string(),
-                state: state_json,
-                cursor: c.cursor.clone(),
-                seq: *seq + 1,
-                wait_until: c.wait_until.map(Ts),
-                error,
-                error_code: code,
-                updated_at: Ts(now),
-                finished_at,
-                ..row.clone()
-            };
-            Self::store_run(&mut tx, &first).await?
+            Self::store_run(&mut tx, &after).await?
         };
         if !moved {
             records.clear();
