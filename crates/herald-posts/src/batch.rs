@@ -73,7 +73,7 @@ impl Batcher {
     /// Starts the writing task; it ends when the batcher is dropped.
     pub fn spawn(posts: Posts) -> Batcher {
         let (asks, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(posts, rx));
+        posts.db.clone().spawn_writing(write_loop(posts, rx));
         Batcher { asks }
     }
 
@@ -115,7 +115,7 @@ async fn write_loop(posts: Posts, mut rx: mpsc::UnboundedReceiver<Ask>) {
             }
         }
         let posts = posts.clone();
-        tokio::spawn(async move {
+        posts.db.clone().spawn_writing(async move {
             round(&posts, asks).await;
             drop(permit);
         });
@@ -282,16 +282,14 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
     started_posts.sort_unstable();
     started_posts.dedup();
     if !started_posts.is_empty() {
-        let sql = tx.backend().sql(format!(
+        let sql = format!(
             "UPDATE posts SET state = 'publishing', updated_at = $1 WHERE state = 'scheduled' AND id IN ({})",
             placeholders(2, started_posts.len())
-        ));
-        on_tx!(tx, c => {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(Ts(now));
-            for id in &started_posts { q = q.bind(*id); }
-            q.execute(&mut *c).await.map(|r| r.rows_affected())
-        })
-        .map_err(store)?;
+        );
+        let mut update = tx.defer(&sql).bind(Ts(now));
+        for id in &started_posts {
+            update = update.bind(*id);
+        }
     }
     Ok(marked)
 }
@@ -304,19 +302,20 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
     let now = Ts::now();
     // The time twice; then four per delivery: id, parts, platform id, URL.
     let rows = (0..items.len()).map(|i| format!("({})", placeholders(3 + 4 * i, 4))).collect::<Vec<_>>().join(", ");
-    let sql = tx.backend().sql(format!(
+    // Nothing here reads a result: the statements go with the next read (or the commit).
+    let sql = format!(
         "UPDATE deliveries SET state = 'published', parts = v.column2, platform_post_id = v.column3, \
          platform_url = v.column4, call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
          published_at = $1, updated_at = $2 FROM (VALUES {rows}) AS v WHERE deliveries.id = v.column1"
-    ));
-    on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now).bind(now);
-        for s in items {
-            q = q.bind(s.delivery).bind(&s.parts).bind(&s.platform_post_id).bind(&s.platform_url);
-        }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    })
-    .map_err(store)?;
+    );
+    let mut update = tx.defer(&sql).bind(now).bind(now);
+    for s in items {
+        update = update
+            .bind(s.delivery)
+            .bind(s.parts.as_str())
+            .bind(s.platform_post_id.as_deref())
+            .bind(s.platform_url.as_deref());
+    }
 
     let values = (0..items.len())
         .map(|i| {
@@ -325,17 +324,13 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = tx.backend().sql(format!(
+    let sql = format!(
         "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) VALUES {values}"
-    ));
-    on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for s in items {
-            q = q.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms);
-        }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    })
-    .map_err(store)?;
+    );
+    let mut insert = tx.defer(&sql);
+    for s in items {
+        insert = insert.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms);
+    }
 
     let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();
     refresh_posts(tx, &post_ids).await?;

@@ -182,7 +182,7 @@ pub(crate) fn spawn(posts: Posts) -> Creates {
         },
         what: "posts",
     };
-    Group::spawn(config, move |mut items: Vec<Prepared>| {
+    Group::spawn_writing(&posts.db.clone(), config, move |mut items: Vec<Prepared>| {
         let posts = posts.clone();
         Box::pin(async move {
             match commit(&posts, &mut items).await {

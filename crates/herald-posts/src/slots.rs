@@ -17,7 +17,7 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, Quota, authorize};
 use herald_core::time::{Tz, local_to_utc};
 use herald_core::{Action, Error, ErrorCode};
-use herald_store::{Ts, Tx, TxConn, exec, on_read, on_tx};
+use herald_store::{Backend, Ts, Tx, TxConn, exec, on_read, on_tx};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashSet;
@@ -110,7 +110,10 @@ pub(crate) fn next_occurrence(anchor: DateTime<Utc>, days: i64, tz: Tz, now: Dat
 
 /// Serialises slot choices per connection: PostgreSQL writers may run at once; SQLite has one.
 async fn lock_connection(tx: &mut Tx, connection: Uuid) -> Result<(), Error> {
-    if let TxConn::Postgres(c) = tx.conn() {
+    if tx.backend() == Backend::Sqlite {
+        return Ok(()); // its single writer already serialises them
+    }
+    if let TxConn::Postgres(c) = tx.conn().await.map_err(store)? {
         let key = i64::from_be_bytes(connection.as_bytes()[..8].try_into().expect("8 bytes"));
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *c).await.map_err(store)?;
     }

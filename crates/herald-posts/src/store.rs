@@ -269,33 +269,44 @@ pub(crate) async fn refresh_posts(
         state: String,
         schedule_at: Option<Ts>,
         repeat_days: Option<i64>,
+        /// One row per delivery (none for a post without any).
+        delivery_state: Option<String>,
     }
-    // The posts are read with their row locks, taken in one order: deliveries finishing at once
-    // then recompute one after the other, each seeing the others' committed states. A SQLite
+    // On PostgreSQL the posts' row locks come first, taken in one order: deliveries finishing
+    // at once then recompute one after the other, and the read that follows (a statement of its
+    // own, so a snapshot taken after the lock) sees the others' committed states. A SQLite
     // transaction holds the database's one write lock from its BEGIN IMMEDIATE.
-    let lock = match tx.backend() {
-        Backend::Sqlite => "",
-        Backend::Postgres => " ORDER BY id FOR UPDATE",
-    };
-    let sql = tx
-        .backend()
-        .sql(format!("SELECT id, team_id, state, schedule_at, repeat_days FROM posts WHERE id IN ({list}){lock}"));
-    let posts: Vec<P> = on_tx!(tx, c => {
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
-        for id in &ids { q = q.bind(*id); }
-        q.fetch_all(&mut *c).await
-    })
-    .map_err(store)?;
-    let sql = tx.backend().sql(format!("SELECT post_id, state FROM deliveries WHERE post_id IN ({list})"));
-    let rows: Vec<(Uuid, String)> = on_tx!(tx, c => {
+    if tx.backend() == Backend::Postgres {
+        let sql = format!("SELECT id FROM posts WHERE id IN ({list}) ORDER BY id FOR UPDATE");
+        on_tx!(tx, c => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+            for id in &ids { q = q.bind(*id); }
+            q.execute(&mut *c).await.map(|r| r.rows_affected())
+        })
+        .map_err(store)?;
+    }
+    let sql = tx.backend().sql(format!(
+        "SELECT p.id, p.team_id, p.state, p.schedule_at, p.repeat_days, d.state AS delivery_state \
+         FROM posts p LEFT JOIN deliveries d ON d.post_id = p.id WHERE p.id IN ({list})"
+    ));
+    let rows: Vec<P> = on_tx!(tx, c => {
         let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
         for id in &ids { q = q.bind(*id); }
         q.fetch_all(&mut *c).await
     })
     .map_err(store)?;
     let mut states: std::collections::HashMap<Uuid, Vec<DeliveryState>> = Default::default();
-    for (post, s) in &rows {
-        states.entry(*post).or_default().push(DeliveryState::parse(s));
+    let mut posts: Vec<P> = Vec::new();
+    for mut row in rows {
+        let delivery = row.delivery_state.take();
+        let seen = states.contains_key(&row.id);
+        let of_post = states.entry(row.id).or_default();
+        if let Some(s) = delivery {
+            of_post.push(DeliveryState::parse(&s));
+        }
+        if !seen {
+            posts.push(row);
+        }
     }
     let mut out = std::collections::HashMap::with_capacity(posts.len());
     let mut changed: Vec<(&P, PostState)> = Vec::new();
@@ -314,15 +325,11 @@ pub(crate) async fn refresh_posts(
         by_state.entry(next.as_str()).or_default().push(p.id);
     }
     for (state, ids) in by_state {
-        let sql = tx
-            .backend()
-            .sql(format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id IN ({})", placeholders(3, ids.len())));
-        on_tx!(tx, c => {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(state).bind(now);
-            for id in &ids { q = q.bind(*id); }
-            q.execute(&mut *c).await.map(|r| r.rows_affected())
-        })
-        .map_err(store)?;
+        let sql = format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id IN ({})", placeholders(3, ids.len()));
+        let mut update = tx.defer(&sql).bind(state).bind(now);
+        for id in &ids {
+            update = update.bind(*id);
+        }
     }
     let mut endpoints: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = Default::default();
     for (p, next) in changed {
@@ -374,20 +381,29 @@ pub(crate) async fn insert_deliveries(
     }
     // Fourteen per delivery, the last two its creation time.
     let values = (0..rows.len()).map(|i| format!("({})", placeholders(1 + 14 * i, 14))).collect::<Vec<_>>().join(", ");
-    let sql = tx.backend().sql(format!(
+    // Deferred: the ids are made here, so nothing waits for the statement's result.
+    let sql = format!(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
          job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
-    ));
-    on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for d in rows.iter() {
-            q = q.bind(d.id).bind(d.post_id).bind(d.team_id).bind(d.connection_id).bind(&d.platform).bind(&d.state)
-                .bind(&d.content).bind(&d.idempotency_key).bind(d.job_id).bind(d.run_at).bind(&d.parts).bind(d.attempts)
-                .bind(now).bind(now);
-        }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    })
-    .map_err(store)?;
+    );
+    let mut insert = tx.defer(&sql);
+    for d in rows.iter() {
+        insert = insert
+            .bind(d.id)
+            .bind(d.post_id)
+            .bind(d.team_id)
+            .bind(d.connection_id)
+            .bind(&d.platform)
+            .bind(&d.state)
+            .bind(&d.content)
+            .bind(&d.idempotency_key)
+            .bind(d.job_id)
+            .bind(d.run_at)
+            .bind(&d.parts)
+            .bind(d.attempts)
+            .bind(now)
+            .bind(now);
+    }
     Ok(())
 }
 

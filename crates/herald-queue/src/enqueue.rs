@@ -1,19 +1,19 @@
 use crate::backend::{postgres, sqlite};
 use crate::job::{Enqueued, JobId, NewJob};
 use crate::{QueueError, WAKE_CHANNEL, metrics};
-use herald_store::{Tx, TxConn};
+use herald_store::{Backend, Tx, TxConn};
 
 /// Adds a job inside the caller's transaction: it exists only if the transaction commits, and
 /// workers are woken at commit. With a unique key, a live job holding it is returned instead.
 pub async fn enqueue(tx: &mut Tx, job: NewJob) -> Result<Enqueued, QueueError> {
     let id = JobId::new();
-    let inserted = match tx.conn() {
+    let inserted = match tx.conn().await? {
         TxConn::Sqlite(c) => sqlite::insert(c, id, &job, chrono::Utc::now()).await?,
         TxConn::Postgres(c) => postgres::insert(c, id, &job).await?,
     };
     if !inserted {
         let key = job.unique_key.as_deref().unwrap_or_default();
-        let existing = match tx.conn() {
+        let existing = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::live_id_for_key(c, key).await?,
             TxConn::Postgres(c) => postgres::live_id_for_key(c, key).await?,
         };
@@ -36,9 +36,11 @@ pub async fn enqueue_many(tx: &mut Tx, jobs: Vec<NewJob>) -> Result<Vec<Enqueued
         return Ok(out);
     }
     let with_ids: Vec<(JobId, &NewJob)> = jobs.iter().map(|j| (JobId::new(), j)).collect();
-    match tx.conn() {
-        TxConn::Sqlite(c) => sqlite::insert_many(c, &with_ids, chrono::Utc::now()).await?,
-        TxConn::Postgres(c) => postgres::insert_many(c, &with_ids).await?,
+    // On SQLite the insert goes with the transaction's next statement (ids are made here).
+    if tx.backend() == Backend::Sqlite {
+        sqlite::defer_insert_many(tx, &with_ids, chrono::Utc::now());
+    } else if let TxConn::Postgres(c) = tx.conn().await? {
+        postgres::insert_many(c, &with_ids).await?;
     }
     let out = with_ids.iter().map(|(id, _)| Enqueued::New(*id)).collect();
     let mut counts: std::collections::HashMap<String, u64> = Default::default();

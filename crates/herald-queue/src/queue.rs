@@ -2,7 +2,7 @@ use crate::backend::{self, CompletionRow, postgres, sqlite};
 use crate::job::{Attempt, Job, JobId, JobState, Recorded};
 use crate::{QueueError, metrics};
 use chrono::{DateTime, Utc};
-use herald_store::{Db, Pools, Tx, TxConn};
+use herald_store::{Backend, Db, Pools, Tx, TxConn};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +14,7 @@ const PRUNE_CHUNK: usize = 2000;
 /// Writes finished runs in `tx`; returns how many still held their lease.
 async fn complete_rows(tx: &mut Tx, worker: &str, batch: &[Completion]) -> Result<usize> {
     let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
-    Ok(match tx.conn() {
+    Ok(match tx.conn().await? {
         TxConn::Sqlite(c) => sqlite::complete(c, worker, &rows, Utc::now()).await?,
         TxConn::Postgres(c) => postgres::complete(c, worker, &rows).await?,
     })
@@ -185,7 +185,7 @@ impl Queue {
     pub async fn claim(&self, queue: &str, limit: usize, worker: &str, lease: Duration) -> Result<Vec<Job>> {
         let mut tx = self.db.begin().await?;
         let now = Utc::now();
-        let mut jobs = match tx.conn() {
+        let mut jobs = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
             TxConn::Postgres(c) => postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?,
         };
@@ -207,7 +207,7 @@ impl Queue {
         let mut keys: Vec<String> = jobs.iter().filter_map(|j| j.bucket_key.clone()).collect();
         keys.sort();
         keys.dedup();
-        let (buckets, now) = match tx.conn() {
+        let (buckets, now) = match tx.conn().await? {
             TxConn::Sqlite(c) => (sqlite::buckets(c, &keys).await?, now),
             TxConn::Postgres(c) => {
                 let b = postgres::buckets(c, &keys).await?;
@@ -231,7 +231,7 @@ impl Queue {
         }
         *jobs = keep;
         for id in put_back {
-            match tx.conn() {
+            match tx.conn().await? {
                 TxConn::Sqlite(c) => sqlite::unclaim(c, id).await?,
                 TxConn::Postgres(c) => postgres::unclaim(c, id).await?,
             }
@@ -240,7 +240,7 @@ impl Queue {
             if !limited {
                 continue;
             }
-            match tx.conn() {
+            match tx.conn().await? {
                 TxConn::Sqlite(c) => sqlite::store_tokens(c, &key, tokens, now).await?,
                 TxConn::Postgres(c) => postgres::store_tokens(c, &key, tokens, now).await?,
             }
@@ -260,25 +260,31 @@ impl Queue {
     /// Records runs as succeeded inside the caller's transaction (see [`Finished`]). Once it
     /// commits, the runner leaves these runs alone; if it rolls back, the runner records them
     /// as usual from what their handlers return.
-    pub async fn complete_in(tx: &mut Tx, finished: &[Finished]) -> Result<usize> {
+    ///
+    /// On SQLite the statements are deferred ([`Tx::defer`]) and go with the commit.
+    pub async fn complete_in(tx: &mut Tx, finished: &[Finished]) -> Result<()> {
         let mut workers: Vec<&str> = finished.iter().map(|f| f.worker.as_str()).collect();
         workers.sort_unstable();
         workers.dedup();
-        let mut applied = 0;
         for worker in workers {
             let batch: Vec<Completion> =
                 finished.iter().filter(|f| f.worker == worker).map(|f| f.completion.clone()).collect();
-            applied += complete_rows(tx, worker, &batch).await?;
+            let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
+            if tx.backend() == Backend::Sqlite && rows.iter().all(|r| r.block_bucket.is_none()) {
+                sqlite::defer_complete(tx, worker, &rows, Utc::now());
+            } else {
+                complete_rows(tx, worker, &batch).await?;
+            }
         }
         let marks: Vec<Recorded> = finished.iter().map(|f| f.recorded.clone()).collect();
         tx.after_commit(move || marks.iter().for_each(Recorded::set));
-        Ok(applied)
+        Ok(())
     }
 
     /// Extends the lease of every job `worker` is running.
     pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64> {
         let mut tx = self.db.begin().await?;
-        let n = match tx.conn() {
+        let n = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::heartbeat(c, worker, Utc::now() + lease).await?,
             TxConn::Postgres(c) => postgres::heartbeat(c, worker, lease.as_secs_f64()).await?,
         };
@@ -290,7 +296,7 @@ impl Queue {
     /// was their last attempt. Returns how many it found.
     pub async fn reap(&self) -> Result<u64> {
         let mut tx = self.db.begin().await?;
-        let expired = match tx.conn() {
+        let expired = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::reap(c, 1000, Utc::now()).await?,
             TxConn::Postgres(c) => postgres::reap(c, 1000).await?,
         };
@@ -308,7 +314,7 @@ impl Queue {
             return Ok(0);
         }
         let mut tx = self.db.begin().await?;
-        let n = match tx.conn() {
+        let n = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::release(c, worker, jobs, Utc::now()).await?,
             TxConn::Postgres(c) => postgres::release(c, worker, jobs).await?,
         };
@@ -325,7 +331,7 @@ impl Queue {
             total += self
                 .prune_chunks(|tx| {
                     Box::pin(async move {
-                        match tx.conn() {
+                        match tx.conn().await? {
                             TxConn::Sqlite(c) => sqlite::prune_before(c, cutoff, PRUNE_CHUNK).await,
                             TxConn::Postgres(c) => postgres::prune_before(c, cutoff, PRUNE_CHUNK).await,
                         }
@@ -337,7 +343,7 @@ impl Queue {
             total += self
                 .prune_chunks(|tx| {
                     Box::pin(async move {
-                        match tx.conn() {
+                        match tx.conn().await? {
                             TxConn::Sqlite(c) => sqlite::prune_beyond(c, keep, PRUNE_CHUNK).await,
                             TxConn::Postgres(c) => postgres::prune_beyond(c, keep, PRUNE_CHUNK).await,
                         }
@@ -370,7 +376,7 @@ impl Queue {
     pub async fn cancel(&self, id: JobId, reason: &str) -> Result<CancelResult> {
         let mut tx = self.db.begin().await?;
         let reason = format!("cancelled: {reason}");
-        let state = match tx.conn() {
+        let state = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::cancel(c, id, &reason, Utc::now()).await?,
             TxConn::Postgres(c) => postgres::cancel(c, id, &reason).await?,
         };
@@ -385,7 +391,7 @@ impl Queue {
     /// Moves a pending job to a new time; `false` if it is no longer pending.
     pub async fn reschedule(&self, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
         let mut tx = self.db.begin().await?;
-        let moved = match tx.conn() {
+        let moved = match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::reschedule(c, id, run_at).await?,
             TxConn::Postgres(c) => postgres::reschedule(c, id, run_at).await?,
         };
@@ -440,7 +446,7 @@ impl Queue {
     /// Creates or reconfigures a bucket. A new bucket starts full; a smaller capacity trims it.
     pub async fn set_bucket(&self, key: &str, capacity: f64, refill_per_sec: f64) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        match tx.conn() {
+        match tx.conn().await? {
             TxConn::Sqlite(c) => sqlite::set_bucket(c, key, Some(capacity), Some(refill_per_sec), Utc::now()).await?,
             TxConn::Postgres(c) => postgres::set_bucket(c, key, Some(capacity), Some(refill_per_sec)).await?,
         }
@@ -451,7 +457,7 @@ impl Queue {
     /// Blocks a bucket for `duration` (say, from a 429's Retry-After). Never shortens a block.
     pub async fn block_bucket(&self, key: &str, duration: Duration) -> Result<()> {
         let mut tx = self.db.begin().await?;
-        match tx.conn() {
+        match tx.conn().await? {
             TxConn::Sqlite(c) => {
                 let now = Utc::now();
                 sqlite::block_bucket(c, key, now + duration, now).await?

@@ -129,7 +129,7 @@ impl Runner {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
         let background = CancellationToken::new();
 
-        let completer = tokio::spawn(complete_loop(queue.clone(), config.worker_id.clone(), done_rx));
+        let completer = queue.db().spawn_writing(complete_loop(queue.clone(), config.worker_id.clone(), done_rx));
         let heartbeat = tokio::spawn(heartbeat_loop(queue.clone(), config.clone(), background.clone()));
         let maintenance = tokio::spawn(maintenance_loop(queue.clone(), config.clone(), background.clone()));
         let listener = (queue.db().backend() == Backend::Postgres)
@@ -250,7 +250,11 @@ impl Dispatcher {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wanted = permits.len();
-            let jobs = match self.queue.claim(&self.name, wanted, &self.config.worker_id, self.config.lease).await {
+            let claim = {
+                let (queue, name, config) = (self.queue.clone(), self.name.clone(), self.config.clone());
+                async move { queue.claim(&name, wanted, &config.worker_id, config.lease).await }
+            };
+            let jobs = match self.queue.db().writing(claim).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(queue = %self.name, error = %e, "claiming jobs failed; retrying in 1s");

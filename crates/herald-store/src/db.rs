@@ -274,6 +274,35 @@ impl Db {
         })
     }
 
+    /// Spawns work that holds SQLite's writer (a group commit's loop, a claim) onto a thread of its
+    /// own, so that between its statements it waits only for SQLite and never in the run queue
+    /// behind hundreds of tasks. On PostgreSQL, whose connections belong to the current runtime,
+    /// it is `tokio::spawn`.
+    pub fn spawn_writing<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.inner.pools {
+            Pools::Sqlite { .. } => writing_runtime().spawn(work),
+            Pools::Postgres(_) => tokio::spawn(work),
+        }
+    }
+
+    /// Runs `work` as [`Db::spawn_writing`] does and waits for it. Cancelling the wait does not
+    /// cancel the work.
+    pub async fn writing<F>(&self, work: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.spawn_writing(work).await {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("the writing runtime stopped: {e}"),
+        }
+    }
+
     /// Starts a read-only transaction whose reads all see one moment (see [`Snapshot`]).
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Snapshot::begin(&self.inner.pools).await
@@ -297,6 +326,21 @@ impl Db {
             Pools::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// The runtime behind [`Db::spawn_writing`]: one thread, for the whole process.
+fn writing_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for SQLite's writer");
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("herald-writer".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .expect("a thread for SQLite's writer");
+        handle
+    })
 }
 
 /// How often the checkpointer copies the WAL into the database file.

@@ -8,6 +8,7 @@
 //! before its item is committed. If the shared transaction fails, nothing of it was written, and
 //! each item is written again on its own, so one item's problem is only its own answer.
 
+use crate::Db;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
@@ -52,6 +53,18 @@ where
         let (queue, rx) = mpsc::unbounded_channel();
         let stopped = config.stopped;
         tokio::spawn(write_loop(config, write, rx));
+        Group { queue, stopped }
+    }
+
+    /// As [`Group::spawn`], with the writing task on `db`'s writing thread
+    /// ([`Db::spawn_writing`]).
+    pub fn spawn_writing<W>(db: &Db, config: GroupConfig<I, E>, write: W) -> Group<I, O, E>
+    where
+        W: Fn(Vec<I>) -> Written<I, O, E> + Send + Sync + 'static,
+    {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let stopped = config.stopped;
+        db.spawn_writing(write_loop(config, write, rx));
         Group { queue, stopped }
     }
 

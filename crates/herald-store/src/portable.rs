@@ -82,9 +82,10 @@ impl<'r> Decode<'r, Postgres> for Ts {
 #[macro_export]
 macro_rules! on_tx {
     ($tx:expr, $c:ident => $body:expr) => {
-        match $tx.conn() {
-            $crate::TxConn::Sqlite($c) => $body,
-            $crate::TxConn::Postgres($c) => $body,
+        match $tx.conn().await {
+            Ok($crate::TxConn::Sqlite($c)) => $body,
+            Ok($crate::TxConn::Postgres($c)) => $body,
+            Err(e) => Err(e.into()),
         }
     };
 }
@@ -105,9 +106,10 @@ macro_rules! on_read {
 #[macro_export]
 macro_rules! exec {
     ($tx:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
-        match $tx.conn() {
-            $crate::TxConn::Sqlite(c) => ::sqlx::query($sql)$(.bind($arg))*.execute(&mut *c).await.map(|r| r.rows_affected()),
-            $crate::TxConn::Postgres(c) => ::sqlx::query($sql)$(.bind($arg))*.execute(&mut *c).await.map(|r| r.rows_affected()),
+        match $tx.conn().await {
+            Ok($crate::TxConn::Sqlite(c)) => ::sqlx::query($sql)$(.bind($arg))*.execute(&mut *c).await.map(|r| r.rows_affected()),
+            Ok($crate::TxConn::Postgres(c)) => ::sqlx::query($sql)$(.bind($arg))*.execute(&mut *c).await.map(|r| r.rows_affected()),
+            Err(e) => Err(e),
         }
     };
 }

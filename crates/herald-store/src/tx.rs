@@ -1,7 +1,9 @@
 use crate::db::{Backend, Pools, Writer, WriterConn, WriterUse};
 use crate::error::StoreError;
 use crate::wakeups::Wakeups;
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, Encode, PgConnection, Postgres, Sqlite, SqliteConnection, Transaction, Type};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +14,7 @@ use tokio::sync::OwnedMutexGuard;
 /// dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
     inner: Inner,
+    pending: Pending,
     notify: BTreeSet<String>,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
     wakeups: Arc<Wakeups>,
@@ -27,10 +30,72 @@ enum Inner {
 
 /// The writer, held for one transaction. Dropped without [`WriterTx::end`], it rolls back on a
 /// task that keeps the writer until then, so the next transaction starts clean.
+///
+/// Its `BEGIN IMMEDIATE` waits to go with the first statements, so a transaction whose
+/// statements are all [deferred](Tx::defer) is one trip to the connection's thread.
 struct WriterTx {
     guard: Option<OwnedMutexGuard<WriterConn>>,
     since: Instant,
     usage: Arc<WriterUse>,
+    begun: bool,
+}
+
+/// Statements queued by [`Tx::defer`].
+enum Pending {
+    /// One multi-statement string with its arguments in order: SQLite runs it in one trip to
+    /// the connection's thread, binding each statement's `?` parameters after the last one's.
+    Sqlite { sql: String, args: SqliteArguments, error: Option<String> },
+    /// PostgreSQL takes one statement per message; each is sent in turn.
+    Postgres { statements: Vec<(String, PgArguments)>, error: Option<String> },
+}
+
+impl Pending {
+    fn new(backend: Backend) -> Pending {
+        match backend {
+            Backend::Sqlite => Pending::Sqlite { sql: String::new(), args: SqliteArguments::default(), error: None },
+            Backend::Postgres => Pending::Postgres { statements: Vec::new(), error: None },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Pending::Sqlite { sql, error, .. } => sql.is_empty() && error.is_none(),
+            Pending::Postgres { statements, error } => statements.is_empty() && error.is_none(),
+        }
+    }
+
+    fn take(&mut self) -> Pending {
+        let empty = match self {
+            Pending::Sqlite { .. } => Pending::new(Backend::Sqlite),
+            Pending::Postgres { .. } => Pending::new(Backend::Postgres),
+        };
+        std::mem::replace(self, empty)
+    }
+}
+
+/// A statement queued by [`Tx::defer`], taking its parameters in order.
+pub struct Deferred<'t> {
+    pending: &'t mut Pending,
+}
+
+impl Deferred<'_> {
+    /// Binds the next `$N` parameter.
+    pub fn bind<'q, T>(self, value: T) -> Self
+    where
+        T: Encode<'q, Sqlite> + Type<Sqlite> + Encode<'q, Postgres> + Type<Postgres>,
+    {
+        let failed = match &mut *self.pending {
+            Pending::Sqlite { args, error, .. } => args.add(value).err().map(|e| (e, error)),
+            Pending::Postgres { statements, error } => match statements.last_mut() {
+                Some((_, args)) => args.add(value).err().map(|e| (e, error)),
+                None => None,
+            },
+        };
+        if let Some((e, error)) = failed {
+            error.get_or_insert_with(|| e.to_string());
+        }
+        self
+    }
 }
 
 impl WriterTx {
@@ -44,15 +109,15 @@ impl WriterTx {
         };
         let since = Instant::now();
         writer.usage.waited_ns.fetch_add((since - asked).as_nanos() as u64, Ordering::Relaxed);
-        let open = std::mem::replace(&mut w.open, true); // from here, even if this future is dropped
+        let open = w.open;
         let conn = w.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
         if open {
             // The last one's rollback could not run (no runtime, cancelled, or it failed). An
             // error here means no transaction was open after all.
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            w.open = false;
         }
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        Ok(WriterTx { guard: Some(w), since, usage: writer.usage.clone() })
+        Ok(WriterTx { guard: Some(w), since, usage: writer.usage.clone(), begun: false })
     }
 
     fn conn(&mut self) -> &mut SqliteConnection {
@@ -60,9 +125,45 @@ impl WriterTx {
         w.conn.as_mut().expect("a closed writer begins no transaction")
     }
 
-    /// COMMIT or ROLLBACK. If it fails the transaction may still be open; the next `begin` ends it.
-    async fn end(mut self, statement: &'static str) -> Result<(), StoreError> {
-        sqlx::query(statement).execute(self.conn()).await?;
+    /// Sends the `BEGIN` if it has not gone yet, the deferred statements, and `then`, in one trip.
+    async fn send(&mut self, pending: Pending, then: Option<&str>) -> Result<(), sqlx::Error> {
+        let Pending::Sqlite { sql: deferred, args, error } = pending else {
+            unreachable!("SQLite's writer queues SQLite statements")
+        };
+        if let Some(e) = error {
+            return Err(sqlx::Error::Encode(e.into()));
+        }
+        let mut sql = String::new();
+        if !self.begun {
+            sql.push_str("BEGIN IMMEDIATE;\n");
+        }
+        sql.push_str(&deferred);
+        sql.push_str(then.unwrap_or(""));
+        if sql.is_empty() {
+            return Ok(());
+        }
+        if !self.begun {
+            self.begun = true;
+            // From here, even if this future is dropped: the next `begin` or the drop ends it.
+            if let Some(w) = self.guard.as_mut() {
+                w.open = true;
+            }
+        }
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(self.conn()).await?;
+        Ok(())
+    }
+
+    /// COMMIT (with the deferred statements) or ROLLBACK (dropping them). If it fails the
+    /// transaction may still be open; the drop ends it. A transaction that never began ends
+    /// without a trip.
+    async fn end(mut self, pending: Pending, commit: bool) -> Result<(), StoreError> {
+        if commit {
+            if self.begun || !pending.is_empty() {
+                self.send(pending, Some("COMMIT")).await?;
+            }
+        } else if self.begun {
+            sqlx::query("ROLLBACK").execute(self.conn()).await?;
+        }
         if let Some(w) = self.guard.as_mut() {
             w.open = false;
         }
@@ -112,11 +213,62 @@ impl Tx {
             Pools::Sqlite { write, .. } => Inner::Writer(WriterTx::begin(write, urgent).await?),
             Pools::Postgres(pool) => Inner::Postgres(pool.begin().await?),
         };
-        Ok(Tx { inner, notify: BTreeSet::new(), after_commit: Vec::new(), wakeups })
+        let pending = Pending::new(match inner {
+            Inner::Postgres(_) => Backend::Postgres,
+            _ => Backend::Sqlite,
+        });
+        Ok(Tx { inner, pending, notify: BTreeSet::new(), after_commit: Vec::new(), wakeups })
     }
 
-    pub fn conn(&mut self) -> TxConn<'_> {
-        self.inner.conn()
+    /// The connection, for a statement whose result the caller reads. The deferred statements
+    /// (and on SQLite a `BEGIN` not yet sent) go first.
+    pub async fn conn(&mut self) -> Result<TxConn<'_>, sqlx::Error> {
+        self.flush().await?;
+        Ok(self.inner.conn())
+    }
+
+    /// Queues a statement whose result nobody reads: an insert or update that either works or
+    /// fails the transaction. It runs before anything else touches the transaction: with the next
+    /// [`Tx::conn`] or with the commit, and on SQLite, together with them in one trip to the
+    /// writer's thread (each trip costs two thread wake-ups, more than most statements take). An
+    /// error surfaces there, and the transaction cannot commit. Parameters are `$1, $2, …` in
+    /// order, each once (as [`Backend::sql`] needs), bound with [`Deferred::bind`]; the statement
+    /// must return no rows.
+    pub fn defer(&mut self, sql: &str) -> Deferred<'_> {
+        match &mut self.pending {
+            Pending::Sqlite { sql: queued, error, .. } => {
+                match crate::anonymous_params(sql) {
+                    Some(anonymous) => queued.push_str(&anonymous),
+                    None if !sql.contains('$') => queued.push_str(sql),
+                    None => {
+                        debug_assert!(false, "parameters not $1, $2, … in order: {sql}");
+                        error.get_or_insert_with(|| {
+                            format!("a deferred statement's parameters are out of order: {sql}")
+                        });
+                    }
+                }
+                queued.push_str(";\n");
+            }
+            Pending::Postgres { statements, .. } => statements.push((sql.to_string(), PgArguments::default())),
+        }
+        Deferred { pending: &mut self.pending }
+    }
+
+    /// Sends the deferred statements now.
+    async fn flush(&mut self) -> Result<(), sqlx::Error> {
+        match (&mut self.inner, self.pending.take()) {
+            (Inner::Writer(w), pending) if !w.begun || !pending.is_empty() => w.send(pending, None).await?,
+            (Inner::Postgres(tx), Pending::Postgres { statements, error }) => {
+                if let Some(e) = error {
+                    return Err(sqlx::Error::Encode(e.into()));
+                }
+                for (sql, args) in statements {
+                    sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut **tx).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -140,11 +292,20 @@ impl Tx {
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {
-        let Tx { inner, notify, after_commit, wakeups } = self;
+        let Tx { inner, pending, notify, after_commit, wakeups } = self;
         match inner {
-            Inner::Writer(w) => w.end("COMMIT").await?,
+            Inner::Writer(w) => w.end(pending, true).await?,
             Inner::Sqlite(tx) => tx.commit().await?,
             Inner::Postgres(mut tx) => {
+                let Pending::Postgres { statements, error } = pending else {
+                    unreachable!("PostgreSQL queues its own")
+                };
+                if let Some(e) = error {
+                    return Err(sqlx::Error::Encode(e.into()).into());
+                }
+                for (sql, args) in statements {
+                    sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut *tx).await?;
+                }
                 // NOTIFY inside the transaction is delivered at commit, and not at all on rollback.
                 for channel in &notify {
                     sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
@@ -163,7 +324,7 @@ impl Tx {
 
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
-            Inner::Writer(w) => w.end("ROLLBACK").await?,
+            Inner::Writer(w) => w.end(Pending::new(Backend::Sqlite), false).await?,
             Inner::Sqlite(tx) => tx.rollback().await?,
             Inner::Postgres(tx) => tx.rollback().await?,
         }
@@ -190,15 +351,16 @@ impl Snapshot {
         Ok(Snapshot { inner })
     }
 
-    pub fn conn(&mut self) -> TxConn<'_> {
-        self.inner.conn()
+    /// The connection (async and fallible like [`Tx::conn`], so the same macros serve both).
+    pub async fn conn(&mut self) -> Result<TxConn<'_>, sqlx::Error> {
+        Ok(self.inner.conn())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::testing::each_backend;
-    use crate::{exec, on_read, on_tx};
+    use crate::{Backend, exec, on_read, on_tx};
     use std::time::Duration;
 
     #[tokio::test]
@@ -256,6 +418,59 @@ mod tests {
             exec!(tx, "INSERT INTO kept (n) VALUES (5)").unwrap();
             tx.commit().await.unwrap();
             assert_eq!(count().await, 2);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn deferred_statements_go_with_the_next_read_or_the_commit_and_a_failed_one_fails_the_commit() {
+        each_backend(|db| async move {
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "CREATE TABLE queued (n BIGINT PRIMARY KEY, label TEXT NOT NULL)").unwrap();
+            tx.commit().await.unwrap();
+            let rows = || async {
+                on_read!(db, c => sqlx::query_as::<_, (i64, String)>("SELECT n, label FROM queued ORDER BY n").fetch_all(c).await)
+                    .unwrap()
+            };
+
+            // Deferred, then read in the same transaction: the read sees them.
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(1_i64).bind("one");
+            tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2), ($3, $4)").bind(2_i64).bind("two").bind(3_i64).bind("three");
+            let seen: i64 = on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM queued").fetch_one(&mut *c).await).unwrap();
+            assert_eq!(seen, 3, "a read sends what was deferred first");
+            tx.defer("UPDATE queued SET label = $1 WHERE n = $2").bind("TWO").bind(2_i64);
+            assert!(rows().await.is_empty(), "nothing is visible outside before the commit");
+            tx.commit().await.unwrap();
+            assert_eq!(rows().await, [(1, "one".to_string()), (2, "TWO".to_string()), (3, "three".to_string())]);
+
+            // Only deferred statements, one of them failing: the commit fails and nothing stays.
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(4_i64).bind("four");
+            tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(1_i64).bind("one again");
+            assert!(tx.commit().await.is_err(), "the duplicate key fails the commit");
+            // A rolled-back transaction drops what it deferred.
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(5_i64).bind("five");
+            tx.rollback().await.unwrap();
+            // The writer is clean for the next one, and a transaction that did nothing commits.
+            db.begin().await.unwrap().commit().await.unwrap();
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(6_i64).bind("six");
+            tx.commit().await.unwrap();
+            assert_eq!(rows().await.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 6]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn work_holding_the_writer_runs_on_a_thread_of_its_own_on_sqlite() {
+        each_backend(|db| async move {
+            let thread = db.writing(async { std::thread::current().name().map(str::to_string) }).await;
+            match db.backend() {
+                Backend::Sqlite => assert_eq!(thread.as_deref(), Some("herald-writer")),
+                Backend::Postgres => assert_ne!(thread.as_deref(), Some("herald-writer")),
+            }
         })
         .await;
     }

@@ -129,7 +129,7 @@ pub(crate) fn spawn(sources: Sources) -> Intake {
         stopped: || Error::new(herald_core::ErrorCode::Unavailable, "the server is stopping; send the event again"),
         what: "events",
     };
-    Group::spawn(config, move |items: Vec<Incoming>| {
+    Group::spawn_writing(&sources.db.clone(), config, move |items: Vec<Incoming>| {
         let sources = sources.clone();
         Box::pin(async move {
             let written = commit(&sources, &items).await;

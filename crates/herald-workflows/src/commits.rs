@@ -49,7 +49,7 @@ pub(crate) fn spawn(db: Db) -> Commits {
         stopped: || Error::new(ErrorCode::Unavailable, "the server is stopping"),
         what: "runs",
     };
-    Group::spawn(config, move |items: Vec<FirstCommit>| {
+    Group::spawn_writing(&db.clone(), config, move |items: Vec<FirstCommit>| {
         let db = db.clone();
         Box::pin(async move {
             let written = commit(&db, &items).await;

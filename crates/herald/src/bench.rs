@@ -48,7 +48,7 @@ fn payload() -> serde_json::Value {
 /// concurrent clients: what a queue that commits every enqueue and every completion could reach.
 async fn commit_ceiling(db: &Db, clients: usize, secs: u64) -> anyhow::Result<f64> {
     let mut tx = db.begin().await?;
-    match tx.conn() {
+    match tx.conn().await? {
         TxConn::Sqlite(c) => {
             sqlx::query("CREATE TABLE IF NOT EXISTS bench_ceiling (id BLOB PRIMARY KEY, payload TEXT NOT NULL)")
                 .execute(c)
@@ -72,7 +72,7 @@ async fn commit_ceiling(db: &Db, clients: usize, secs: u64) -> anyhow::Result<f6
             while Instant::now() < deadline {
                 let id = uuid::Uuid::now_v7();
                 let mut tx = db.begin().await?;
-                match tx.conn() {
+                match tx.conn().await? {
                     TxConn::Sqlite(c) => {
                         sqlx::query("INSERT INTO bench_ceiling (id, payload) VALUES (?1, ?2)")
                             .bind(id)
@@ -90,7 +90,7 @@ async fn commit_ceiling(db: &Db, clients: usize, secs: u64) -> anyhow::Result<f6
                 }
                 tx.commit().await?;
                 let mut tx = db.begin().await?;
-                match tx.conn() {
+                match tx.conn().await? {
                     TxConn::Sqlite(c) => {
                         sqlx::query("DELETE FROM bench_ceiling WHERE id = ?1").bind(id).execute(c).await?;
                     }

@@ -3,7 +3,7 @@ use crate::QueueError;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
-use herald_store::{from_micros, to_micros};
+use herald_store::{Tx, from_micros, to_micros};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 use std::sync::LazyLock;
@@ -201,6 +201,52 @@ pub(crate) async fn block_bucket(
 
 /// Applies a batch of completions in two statements, whatever its size: the batch travels as
 /// one JSON parameter, because each statement is a round trip to SQLite's connection thread.
+/// [`complete`] for runs with no bucket to block, queued in `tx` ([`Tx::defer`]) to go with
+/// whatever follows: the attempts of the runs that still hold their lease, then the runs.
+pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], now: DateTime<Utc>) {
+    debug_assert!(rows.iter().all(|c| c.block_bucket.is_none()));
+    let hex = |id: JobId| id.0.simple().to_string();
+    let input: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": hex(c.id),
+                "attempt": c.attempt,
+                "state": c.state,
+                "refund": c.attempt_refund,
+                "run_at": c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64),
+                "finished_at": c.finished.then(|| to_micros(c.finished_at)),
+                "started_at": to_micros(c.started_at),
+                "outcome": c.outcome,
+                "error": c.error,
+            })
+        })
+        .collect();
+    let input = serde_json::Value::Array(input).to_string();
+    // The attempts first, while the lease still tells which runs are ours.
+    tx.defer(
+        "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
+         SELECT jobs.id, jobs.attempt, $1, i.value ->> 'started_at', i.value ->> 'finished_at', i.value ->> 'outcome', \
+                i.value ->> 'error' \
+         FROM json_each($2) AS i JOIN jobs ON jobs.id = unhex(i.value ->> 'id') \
+         WHERE jobs.state = 'running' AND jobs.locked_by = $3 AND jobs.attempt = i.value ->> 'attempt'",
+    )
+    .bind(worker)
+    .bind(input.clone())
+    .bind(worker);
+    tx.defer(
+        "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
+           finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
+         FROM (SELECT unhex(value ->> 'id') AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state, \
+                      value ->> 'refund' AS refund, value ->> 'run_at' AS run_at, value ->> 'finished_at' AS finished_at, \
+                      value ->> 'error' AS error \
+               FROM json_each($1)) AS i \
+         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = $2 AND jobs.attempt = i.attempt",
+    )
+    .bind(input)
+    .bind(worker);
+}
+
 pub(crate) async fn complete(
     conn: &mut SqliteConnection,
     worker: &str,
@@ -275,11 +321,8 @@ pub(crate) async fn complete(
 }
 
 /// Inserts many jobs without unique keys in one statement.
-pub(crate) async fn insert_many(
-    conn: &mut SqliteConnection,
-    jobs: &[(JobId, &NewJob)],
-    now: DateTime<Utc>,
-) -> Result<()> {
+/// Inserts jobs without unique keys in one statement, deferred in `tx` ([`Tx::defer`]).
+pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: DateTime<Utc>) {
     let input: Vec<serde_json::Value> = jobs
         .iter()
         .map(|(id, j)| {
@@ -295,17 +338,14 @@ pub(crate) async fn insert_many(
             })
         })
         .collect();
-    sqlx::query(
+    tx.defer(
         "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key) \
          SELECT unhex(value ->> 'id'), value ->> 'queue', value ->> 'kind', value ->> 'payload', value ->> 'priority', \
-                'pending', 0, value ->> 'max_attempts', value ->> 'run_at', ?2, value ->> 'bucket_key' \
-         FROM json_each(?1)",
+                'pending', 0, value ->> 'max_attempts', value ->> 'run_at', $1, value ->> 'bucket_key' \
+         FROM json_each($2)",
     )
-    .bind(serde_json::Value::Array(input).to_string())
     .bind(to_micros(now))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .bind(serde_json::Value::Array(input).to_string());
 }
 
 #[allow(clippy::too_many_arguments)]
