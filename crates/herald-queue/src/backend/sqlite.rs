@@ -199,18 +199,13 @@ pub(crate) async fn block_bucket(
     Ok(())
 }
 
-/// Applies a batch of completions in two statements, whatever its size: the batch travels as
-/// one JSON parameter, because each statement is a round trip to SQLite's connection thread.
-/// [`complete`] for runs with no bucket to block, queued in `tx` ([`Tx::defer`]) to go with
-/// whatever follows: the attempts of the runs that still hold their lease, then the runs.
-pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], now: DateTime<Utc>) {
-    debug_assert!(rows.iter().all(|c| c.block_bucket.is_none()));
-    let hex = |id: JobId| id.0.simple().to_string();
+/// Completions as one JSON parameter: a batch of any size in one statement.
+fn completions_json(rows: &[CompletionRow], now: DateTime<Utc>) -> String {
     let input: Vec<serde_json::Value> = rows
         .iter()
         .map(|c| {
             serde_json::json!({
-                "id": hex(c.id),
+                "id": c.id.0.simple().to_string(),
                 "attempt": c.attempt,
                 "state": c.state,
                 "refund": c.attempt_refund,
@@ -222,7 +217,14 @@ pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], 
             })
         })
         .collect();
-    let input = serde_json::Value::Array(input).to_string();
+    serde_json::Value::Array(input).to_string()
+}
+
+/// [`complete`] for runs with no bucket to block, queued in `tx` ([`Tx::defer`]) to go with
+/// whatever follows: the attempts of the runs that still hold their lease, then the runs.
+pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], now: DateTime<Utc>) {
+    debug_assert!(rows.iter().all(|c| c.block_bucket.is_none()));
+    let input = completions_json(rows, now);
     // The attempts first, while the lease still tells which runs are ours.
     tx.defer(
         "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
@@ -247,6 +249,8 @@ pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], 
     .bind(worker);
 }
 
+/// Applies a batch of completions in two statements, whatever its size: the batch travels as
+/// one JSON parameter, because each statement is a round trip to SQLite's connection thread.
 pub(crate) async fn complete(
     conn: &mut SqliteConnection,
     worker: &str,
@@ -254,20 +258,6 @@ pub(crate) async fn complete(
     now: DateTime<Utc>,
 ) -> Result<usize> {
     let hex = |id: JobId| id.0.simple().to_string();
-    let input: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "id": hex(c.id),
-                "attempt": c.attempt,
-                "state": c.state,
-                "refund": c.attempt_refund,
-                "run_at": c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64),
-                "finished_at": c.finished.then(|| to_micros(c.finished_at)),
-                "error": c.error,
-            })
-        })
-        .collect();
     let applied: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
            finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
@@ -278,7 +268,7 @@ pub(crate) async fn complete(
          WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = ?2 AND jobs.attempt = i.attempt \
          RETURNING jobs.id",
     )
-    .bind(serde_json::Value::Array(input).to_string())
+    .bind(completions_json(rows, now))
     .bind(worker)
     .fetch_all(&mut *conn)
     .await?;
