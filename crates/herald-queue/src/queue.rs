@@ -12,11 +12,10 @@ type Result<T> = std::result::Result<T, QueueError>;
 const PRUNE_CHUNK: usize = 2000;
 
 /// Writes finished runs in `tx`; returns how many still held their lease.
-async fn complete_rows(tx: &mut Tx, worker: &str, batch: &[Completion]) -> Result<usize> {
-    let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
+async fn complete_rows(tx: &mut Tx, worker: &str, rows: &[CompletionRow]) -> Result<usize> {
     Ok(match tx.conn().await? {
-        TxConn::Sqlite(c) => sqlite::complete(c, worker, &rows, Utc::now()).await?,
-        TxConn::Postgres(c) => postgres::complete(c, worker, &rows).await?,
+        TxConn::Sqlite(c) => sqlite::complete(c, worker, rows, Utc::now()).await?,
+        TxConn::Postgres(c) => postgres::complete(c, worker, rows).await?,
     })
 }
 
@@ -252,7 +251,8 @@ impl Queue {
     /// lease; the others were reaped or cancelled meanwhile and are left as they are.
     pub async fn complete(&self, worker: &str, batch: &[Completion]) -> Result<usize> {
         let mut tx = self.db.begin().await?;
-        let applied = complete_rows(&mut tx, worker, batch).await?;
+        let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
+        let applied = complete_rows(&mut tx, worker, &rows).await?;
         tx.commit().await?;
         Ok(applied)
     }
@@ -267,13 +267,12 @@ impl Queue {
         workers.sort_unstable();
         workers.dedup();
         for worker in workers {
-            let batch: Vec<Completion> =
-                finished.iter().filter(|f| f.worker == worker).map(|f| f.completion.clone()).collect();
-            let rows: Vec<CompletionRow> = batch.iter().map(Completion::row).collect();
+            let rows: Vec<CompletionRow> =
+                finished.iter().filter(|f| f.worker == worker).map(|f| f.completion.row()).collect();
             if tx.backend() == Backend::Sqlite && rows.iter().all(|r| r.block_bucket.is_none()) {
                 sqlite::defer_complete(tx, worker, &rows, Utc::now());
             } else {
-                complete_rows(tx, worker, &batch).await?;
+                complete_rows(tx, worker, &rows).await?;
             }
         }
         let marks: Vec<Recorded> = finished.iter().map(|f| f.recorded.clone()).collect();

@@ -50,10 +50,7 @@ where
     where
         W: Fn(Vec<I>) -> Written<I, O, E> + Send + Sync + 'static,
     {
-        let (queue, rx) = mpsc::unbounded_channel();
-        let stopped = config.stopped;
-        tokio::spawn(write_loop(config, write, rx));
-        Group { queue, stopped }
+        Self::start(config, write, |task| drop(tokio::spawn(task)))
     }
 
     /// As [`Group::spawn`], with the writing task on `db`'s writing thread
@@ -62,9 +59,20 @@ where
     where
         W: Fn(Vec<I>) -> Written<I, O, E> + Send + Sync + 'static,
     {
+        Self::start(config, write, |task| drop(db.spawn_writing(task)))
+    }
+
+    fn start<W>(
+        config: GroupConfig<I, E>,
+        write: W,
+        spawn: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>),
+    ) -> Group<I, O, E>
+    where
+        W: Fn(Vec<I>) -> Written<I, O, E> + Send + Sync + 'static,
+    {
         let (queue, rx) = mpsc::unbounded_channel();
         let stopped = config.stopped;
-        db.spawn_writing(write_loop(config, write, rx));
+        spawn(Box::pin(write_loop(config, write, rx)));
         Group { queue, stopped }
     }
 

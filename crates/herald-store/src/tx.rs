@@ -291,21 +291,15 @@ impl Tx {
         self.after_commit.push(Box::new(f));
     }
 
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.backend() == Backend::Postgres {
+            self.flush().await?; // SQLite's writer sends them with its COMMIT
+        }
         let Tx { inner, pending, notify, after_commit, wakeups } = self;
         match inner {
             Inner::Writer(w) => w.end(pending, true).await?,
             Inner::Sqlite(tx) => tx.commit().await?,
             Inner::Postgres(mut tx) => {
-                let Pending::Postgres { statements, error } = pending else {
-                    unreachable!("PostgreSQL queues its own")
-                };
-                if let Some(e) = error {
-                    return Err(sqlx::Error::Encode(e.into()).into());
-                }
-                for (sql, args) in statements {
-                    sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut *tx).await?;
-                }
                 // NOTIFY inside the transaction is delivered at commit, and not at all on rollback.
                 for channel in &notify {
                     sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
