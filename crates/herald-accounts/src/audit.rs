@@ -3,7 +3,7 @@
 use crate::model::{AuditEvent, Principal};
 use crate::service::{Accounts, store};
 use herald_core::Error;
-use herald_store::{Ts, Tx, on_read, on_tx};
+use herald_store::{Ts, Tx, on_read};
 use uuid::Uuid;
 
 /// Who did it.
@@ -63,24 +63,32 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
         .map(|i| format!("({})", herald_store::placeholders(1 + 11 * i, 11)))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = tx.backend().sql(format!(
+    // Deferred: it goes with the transaction's next read or its commit, and fails the commit if
+    // it fails.
+    let sql = format!(
         "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
          details, created_at) VALUES {values}"
-    ));
+    );
     let now = Ts::now();
-    on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for (actor, e) in events {
-            let (kind, id) = match &e.target {
-                Some((t, id)) => (Some(*t), Some(id.as_str())),
-                None => (None, None),
-            };
-            q = q.bind(Uuid::now_v7()).bind(e.team).bind(actor.user).bind(actor.key).bind(&actor.label)
-                .bind(e.action).bind(kind).bind(id).bind(&actor.ip).bind(e.details.to_string()).bind(now);
-        }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    })
-    .map_err(store)?;
+    let mut insert = tx.defer(&sql);
+    for (actor, e) in events {
+        let (kind, id) = match &e.target {
+            Some((t, id)) => (Some(*t), Some(id.as_str())),
+            None => (None, None),
+        };
+        insert = insert
+            .bind(Uuid::now_v7())
+            .bind(e.team)
+            .bind(actor.user)
+            .bind(actor.key)
+            .bind(&actor.label)
+            .bind(e.action)
+            .bind(kind)
+            .bind(id)
+            .bind(&actor.ip)
+            .bind(e.details.to_string())
+            .bind(now);
+    }
     for (actor, e) in events {
         tracing::info!(
             target: "herald::audit",

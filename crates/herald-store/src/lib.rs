@@ -19,7 +19,7 @@ mod wakeups;
 pub use db::{Backend, Db, Pools, StoreOptions, Writer, WriterStats};
 pub use error::StoreError;
 pub use portable::Ts;
-pub use tx::{Deferred, Snapshot, Tx, TxConn};
+pub use tx::{Deferred, Snapshot, SqliteTx, Tx, TxConn};
 pub use url::DatabaseUrl;
 pub use wakeups::Wakeups;
 

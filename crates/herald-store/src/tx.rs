@@ -1,9 +1,15 @@
 use crate::db::{Backend, Pools, Writer, WriterConn, WriterUse};
 use crate::error::StoreError;
 use crate::wakeups::Wakeups;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use sqlx::postgres::PgArguments;
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, Encode, PgConnection, Postgres, Sqlite, SqliteConnection, Transaction, Type};
+use sqlx::sqlite::{SqliteQueryResult, SqliteRow, SqliteStatement, SqliteTypeInfo};
+use sqlx::{
+    Arguments, Either, Encode, Execute, Executor, PgConnection, Postgres, Sqlite, SqliteConnection, Transaction, Type,
+};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,11 +27,21 @@ pub struct Tx {
 }
 
 enum Inner {
-    /// SQLite's write connection, in `BEGIN IMMEDIATE`.
+    Sqlite(SqliteTx),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// SQLite's connection inside a [`Tx`] or a [`Snapshot`], for statements run on it
+/// (`&mut SqliteTx` is an [`sqlx::Executor`]). On the writer, the first statement carries the
+/// transaction's `BEGIN IMMEDIATE` in its own trip to the connection's thread, when nothing
+/// deferred went before it: most transactions begin with a read (an `INSERT … RETURNING`, a
+/// claim), and a `BEGIN` of its own would be a trip, two thread wake-ups, while the writer is held.
+#[derive(Debug)]
+pub enum SqliteTx {
+    /// SQLite's write connection, in `BEGIN IMMEDIATE` (once the first statement has gone).
     Writer(WriterTx),
     /// A read connection (a [`Snapshot`]).
-    Sqlite(Transaction<'static, Sqlite>),
-    Postgres(Transaction<'static, Postgres>),
+    Read(Transaction<'static, Sqlite>),
 }
 
 /// The writer, held for one transaction. Dropped without [`WriterTx::end`], it rolls back on a
@@ -33,11 +49,17 @@ enum Inner {
 ///
 /// Its `BEGIN IMMEDIATE` waits to go with the first statements, so a transaction whose
 /// statements are all [deferred](Tx::defer) is one trip to the connection's thread.
-struct WriterTx {
+pub struct WriterTx {
     guard: Option<OwnedMutexGuard<WriterConn>>,
     since: Instant,
     usage: Arc<WriterUse>,
     begun: bool,
+}
+
+impl std::fmt::Debug for WriterTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterTx").field("begun", &self.begun).finish_non_exhaustive()
+    }
 }
 
 /// Statements queued by [`Tx::defer`].
@@ -142,15 +164,28 @@ impl WriterTx {
         if sql.is_empty() {
             return Ok(());
         }
+        self.mark_begun();
+        self.usage.trips.fetch_add(1, Ordering::Relaxed);
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(self.conn()).await?;
+        Ok(())
+    }
+
+    /// The transaction counts as begun from the trip that carries its `BEGIN`, even if that
+    /// trip's future is dropped: the next `begin` or the drop ends it.
+    fn mark_begun(&mut self) {
         if !self.begun {
             self.begun = true;
-            // From here, even if this future is dropped: the next `begin` or the drop ends it.
             if let Some(w) = self.guard.as_mut() {
                 w.open = true;
             }
         }
-        sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(self.conn()).await?;
-        Ok(())
+    }
+
+    /// What the next statement must carry in front of it: the `BEGIN IMMEDIATE`, if not sent yet.
+    fn lead(&mut self) -> Option<&'static str> {
+        let lead = (!self.begun).then_some("BEGIN IMMEDIATE;\n");
+        self.mark_begun();
+        lead
     }
 
     /// COMMIT (with the deferred statements) or ROLLBACK (dropping them). If it fails the
@@ -162,6 +197,7 @@ impl WriterTx {
                 self.send(pending, Some("COMMIT")).await?;
             }
         } else if self.begun {
+            self.usage.trips.fetch_add(1, Ordering::Relaxed);
             sqlx::query("ROLLBACK").execute(self.conn()).await?;
         }
         if let Some(w) = self.guard.as_mut() {
@@ -193,16 +229,91 @@ impl Drop for WriterTx {
 
 /// The connection inside a [`Tx`], for code that writes its SQL per backend.
 pub enum TxConn<'a> {
-    Sqlite(&'a mut SqliteConnection),
+    Sqlite(&'a mut SqliteTx),
     Postgres(&'a mut PgConnection),
 }
 
 impl Inner {
     fn conn(&mut self) -> TxConn<'_> {
         match self {
-            Inner::Writer(w) => TxConn::Sqlite(w.conn()),
             Inner::Sqlite(tx) => TxConn::Sqlite(tx),
             Inner::Postgres(tx) => TxConn::Postgres(tx),
+        }
+    }
+}
+
+/// `query` with `lead` in front of its SQL, as one multi-statement query. `lead` takes no
+/// parameters, so the query's own (`$N` or `?`) bind as they would alone.
+fn led<'q, E: Execute<'q, Sqlite>>(
+    lead: &str,
+    mut query: E,
+) -> Result<sqlx::query::Query<'q, Sqlite, SqliteArguments>, sqlx::Error> {
+    let args = query.take_arguments().map_err(sqlx::Error::Encode)?;
+    let persistent = query.persistent() && args.is_some();
+    let sql = format!("{lead}{}", query.sql().as_str());
+    Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), args.unwrap_or_default()).persistent(persistent))
+}
+
+impl<'c> Executor<'c> for &'c mut SqliteTx {
+    type Database = Sqlite;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<SqliteQueryResult, SqliteRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Sqlite>,
+    {
+        match self {
+            SqliteTx::Read(tx) => (&mut **tx).fetch_many(query),
+            SqliteTx::Writer(w) => match w.lead() {
+                None => w.conn().fetch_many(query),
+                Some(lead) => match led(lead, query) {
+                    Ok(q) => {
+                        // The BEGIN's own result goes: SQLite reports the changes of the last
+                        // statement that made any, which would count in the caller's.
+                        let mut begun = false;
+                        Box::pin(w.conn().fetch_many(q).filter(move |step| {
+                            let begin = !begun && matches!(step, Ok(Either::Left(_)));
+                            begun |= begin;
+                            std::future::ready(!begin)
+                        }))
+                    }
+                    Err(e) => Box::pin(futures::stream::once(std::future::ready(Err(e)))),
+                },
+            },
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<SqliteRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Sqlite>,
+    {
+        match self {
+            SqliteTx::Read(tx) => (&mut **tx).fetch_optional(query),
+            SqliteTx::Writer(w) => match w.lead() {
+                None => w.conn().fetch_optional(query),
+                Some(lead) => match led(lead, query) {
+                    Ok(q) => w.conn().fetch_optional(q),
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                },
+            },
+        }
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [SqliteTypeInfo],
+    ) -> BoxFuture<'e, Result<SqliteStatement, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match self {
+            SqliteTx::Read(tx) => (&mut **tx).prepare_with(sql, parameters),
+            SqliteTx::Writer(w) => w.conn().prepare_with(sql, parameters),
         }
     }
 }
@@ -210,7 +321,7 @@ impl Inner {
 impl Tx {
     pub(crate) async fn begin(pools: &Pools, wakeups: Arc<Wakeups>, urgent: bool) -> Result<Tx, StoreError> {
         let inner = match pools {
-            Pools::Sqlite { write, .. } => Inner::Writer(WriterTx::begin(write, urgent).await?),
+            Pools::Sqlite { write, .. } => Inner::Sqlite(SqliteTx::Writer(WriterTx::begin(write, urgent).await?)),
             Pools::Postgres(pool) => Inner::Postgres(pool.begin().await?),
         };
         let pending = Pending::new(match inner {
@@ -224,6 +335,9 @@ impl Tx {
     /// (and on SQLite a `BEGIN` not yet sent) go first.
     pub async fn conn(&mut self) -> Result<TxConn<'_>, sqlx::Error> {
         self.flush().await?;
+        if let Inner::Sqlite(SqliteTx::Writer(w)) = &self.inner {
+            w.usage.trips.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(self.inner.conn())
     }
 
@@ -257,7 +371,8 @@ impl Tx {
     /// Sends the deferred statements now.
     async fn flush(&mut self) -> Result<(), sqlx::Error> {
         match (&mut self.inner, self.pending.take()) {
-            (Inner::Writer(w), pending) if !w.begun || !pending.is_empty() => w.send(pending, None).await?,
+            // A `BEGIN` not sent yet goes with the next statement (see [`SqliteTx`]).
+            (Inner::Sqlite(SqliteTx::Writer(w)), pending) if !pending.is_empty() => w.send(pending, None).await?,
             (Inner::Postgres(tx), Pending::Postgres { statements, error }) => {
                 if let Some(e) = error {
                     return Err(sqlx::Error::Encode(e.into()));
@@ -273,7 +388,7 @@ impl Tx {
 
     pub fn backend(&self) -> Backend {
         match self.inner {
-            Inner::Writer(_) | Inner::Sqlite(_) => Backend::Sqlite,
+            Inner::Sqlite(_) => Backend::Sqlite,
             Inner::Postgres(_) => Backend::Postgres,
         }
     }
@@ -297,8 +412,8 @@ impl Tx {
         }
         let Tx { inner, pending, notify, after_commit, wakeups } = self;
         match inner {
-            Inner::Writer(w) => w.end(pending, true).await?,
-            Inner::Sqlite(tx) => tx.commit().await?,
+            Inner::Sqlite(SqliteTx::Writer(w)) => w.end(pending, true).await?,
+            Inner::Sqlite(SqliteTx::Read(tx)) => tx.commit().await?,
             Inner::Postgres(mut tx) => {
                 // NOTIFY inside the transaction is delivered at commit, and not at all on rollback.
                 for channel in &notify {
@@ -318,8 +433,8 @@ impl Tx {
 
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
-            Inner::Writer(w) => w.end(Pending::new(Backend::Sqlite), false).await?,
-            Inner::Sqlite(tx) => tx.rollback().await?,
+            Inner::Sqlite(SqliteTx::Writer(w)) => w.end(Pending::new(Backend::Sqlite), false).await?,
+            Inner::Sqlite(SqliteTx::Read(tx)) => tx.rollback().await?,
             Inner::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
@@ -337,7 +452,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub(crate) async fn begin(pools: &Pools) -> Result<Snapshot, StoreError> {
         let inner = match pools {
-            Pools::Sqlite { read, .. } => Inner::Sqlite(read.begin().await?),
+            Pools::Sqlite { read, .. } => Inner::Sqlite(SqliteTx::Read(read.begin().await?)),
             Pools::Postgres(pool) => {
                 Inner::Postgres(pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?)
             }
@@ -453,6 +568,57 @@ mod tests {
             tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(6_i64).bind("six");
             tx.commit().await.unwrap();
             assert_eq!(rows().await.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 6]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_first_statement_carries_the_begin_and_counts_only_its_own_rows() {
+        each_backend(|db| async move {
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "CREATE TABLE led (n BIGINT PRIMARY KEY)").unwrap();
+            exec!(tx, "INSERT INTO led (n) VALUES (1), (2), (3)").unwrap();
+            tx.commit().await.unwrap();
+
+            let before = db.writer_use();
+            let mut tx = db.begin().await.unwrap();
+            // SQLite reports the last change count for a BEGIN; the caller's count is its own.
+            let insert = "INSERT INTO led (n) VALUES (4) ON CONFLICT DO NOTHING";
+            assert_eq!(exec!(tx, insert).unwrap(), 1, "the first statement inserted one row");
+            assert_eq!(exec!(tx, insert).unwrap(), 0, "the same again inserts none");
+            let outside: i64 =
+                on_read!(db, c => sqlx::query_scalar("SELECT COUNT(*) FROM led").fetch_one(c).await).unwrap();
+            assert_eq!(
+                outside, 3,
+                "the transaction had begun with its first statement: nothing shows before the commit"
+            );
+            let max: Option<i64> =
+                on_tx!(tx, c => sqlx::query_scalar("SELECT MAX(n) FROM led").fetch_optional(&mut *c).await).unwrap();
+            assert_eq!(max, Some(4));
+            tx.commit().await.unwrap();
+            if let (Some(before), Some(after)) = (before, db.writer_use()) {
+                let used = after.since(&before);
+                assert_eq!(used.transactions, 1);
+                assert_eq!(used.trips, 4, "BEGIN with the first insert, the second, the read, the COMMIT");
+            }
+
+            // A read as the first statement begins the transaction too, and a failed one leaves nothing.
+            let mut tx = db.begin().await.unwrap();
+            let n: i64 =
+                on_tx!(tx, c => sqlx::query_scalar("SELECT COUNT(*) FROM led").fetch_one(&mut *c).await).unwrap();
+            assert_eq!(n, 4);
+            exec!(tx, "INSERT INTO led (n) VALUES (5)").unwrap();
+            assert!(exec!(tx, "INSERT INTO led (n) VALUES (5)").is_err());
+            drop(tx);
+            let mut tx = db.begin().await.unwrap();
+            assert!(exec!(tx, "INSERT INTO led (n) VALUES (1)").is_err(), "a first statement that fails");
+            drop(tx);
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "INSERT INTO led (n) VALUES (6)").unwrap();
+            tx.commit().await.unwrap();
+            let all: Vec<i64> =
+                on_read!(db, c => sqlx::query_scalar("SELECT n FROM led ORDER BY n").fetch_all(c).await).unwrap();
+            assert_eq!(all, vec![1, 2, 3, 4, 6]);
         })
         .await;
     }

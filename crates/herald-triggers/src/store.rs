@@ -655,15 +655,16 @@ pub(crate) async fn insert_event(
 }
 
 pub(crate) async fn bump_count(tx: &mut Tx, source: Uuid, n: i64) -> Result<(), Error> {
+    // Deferred (with the commit): nothing reads the count back here.
     if n > 0 {
-        exec!(tx, "UPDATE sources SET event_count = event_count + $2 WHERE id = $1", source, n).map_err(store)?;
+        tx.defer("UPDATE sources SET event_count = event_count + $1 WHERE id = $2").bind(n).bind(source);
     }
     Ok(())
 }
 
-/// A push source (an inbound webhook) ran, and ran well, now.
+/// A push source (an inbound webhook) ran, and ran well, now. Deferred, like [`bump_count`].
 pub(crate) async fn touch(tx: &mut Tx, source: Uuid) -> Result<(), Error> {
-    exec!(tx, "UPDATE sources SET last_run_at = $2, last_ok_at = $2 WHERE id = $1", source, Ts::now())
-        .map_err(store)?;
+    let now = Ts::now();
+    tx.defer("UPDATE sources SET last_run_at = $1, last_ok_at = $2 WHERE id = $3").bind(now).bind(now).bind(source);
     Ok(())
 }

@@ -144,34 +144,31 @@ pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], no
             .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = tx.backend().sql(format!(
+        // Deferred: it goes with the commit (in one trip on SQLite), and fails it if it fails.
+        let sql = format!(
             "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
              attempts, started_at, finished_at) VALUES {values} \
              ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
              output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
              attempts = excluded.attempts, finished_at = excluded.finished_at"
-        ));
-        herald_store::on_tx!(tx, c => {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-            for (run, r) in chunk {
-                q = q
-                    .bind(Uuid::now_v7())
-                    .bind(*run)
-                    .bind(&r.path)
-                    .bind(&r.step_id)
-                    .bind(r.kind)
-                    .bind(r.status)
-                    .bind(r.input.as_ref().map(Value::to_string))
-                    .bind(r.output.as_ref().map(Value::to_string))
-                    .bind(&r.error)
-                    .bind(&r.code)
-                    .bind(r.attempts as i64)
-                    .bind(Ts(r.started_at))
-                    .bind(r.finished.then_some(Ts(now)));
-            }
-            q.execute(&mut *c).await.map(|r| r.rows_affected())
-        })
-        .map_err(store)?;
+        );
+        let mut insert = tx.defer(&sql);
+        for (run, r) in chunk {
+            insert = insert
+                .bind(Uuid::now_v7())
+                .bind(*run)
+                .bind(&r.path)
+                .bind(&r.step_id)
+                .bind(r.kind)
+                .bind(r.status)
+                .bind(r.input.as_ref().map(Value::to_string))
+                .bind(r.output.as_ref().map(Value::to_string))
+                .bind(&r.error)
+                .bind(&r.code)
+                .bind(r.attempts as i64)
+                .bind(Ts(r.started_at))
+                .bind(r.finished.then_some(Ts(now)));
+        }
     }
     Ok(())
 }

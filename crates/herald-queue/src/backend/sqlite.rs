@@ -3,9 +3,10 @@ use crate::QueueError;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
+use herald_store::SqliteTx;
 use herald_store::{Tx, from_micros, to_micros};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -41,7 +42,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
 }
 
 /// Inserts one job; `false` when a live job already holds its unique key.
-pub(crate) async fn insert(conn: &mut SqliteConnection, id: JobId, job: &NewJob, now: DateTime<Utc>) -> Result<bool> {
+pub(crate) async fn insert(conn: &mut SqliteTx, id: JobId, job: &NewJob, now: DateTime<Utc>) -> Result<bool> {
     let run_at = job.run_at.unwrap_or(now);
     let done = sqlx::query(
         "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
@@ -63,7 +64,7 @@ pub(crate) async fn insert(conn: &mut SqliteConnection, id: JobId, job: &NewJob,
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn live_id_for_key(conn: &mut SqliteConnection, key: &str) -> Result<Option<JobId>> {
+pub(crate) async fn live_id_for_key(conn: &mut SqliteTx, key: &str) -> Result<Option<JobId>> {
     let id: Option<Uuid> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('pending', 'running')")
             .bind(key)
@@ -90,7 +91,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 });
 
 pub(crate) async fn claim(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     queue: &str,
     limit: usize,
     worker: &str,
@@ -121,7 +122,7 @@ fn bucket_from_row(row: &SqliteRow) -> Result<Bucket> {
 
 const BUCKET_COLS: &str = "key, capacity, refill_per_sec, tokens, updated_at, blocked_until";
 
-pub(crate) async fn buckets(conn: &mut SqliteConnection, keys: &[String]) -> Result<Vec<Bucket>> {
+pub(crate) async fn buckets(conn: &mut SqliteTx, keys: &[String]) -> Result<Vec<Bucket>> {
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key IN (SELECT value FROM json_each(?1))"
     )))
@@ -139,7 +140,7 @@ pub(crate) async fn bucket(pool: &SqlitePool, key: &str) -> Result<Option<Bucket
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(conn: &mut SqliteConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn store_tokens(conn: &mut SqliteTx, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
     sqlx::query("UPDATE rate_buckets SET tokens = ?2, updated_at = ?3 WHERE key = ?1")
         .bind(key)
         .bind(tokens)
@@ -150,7 +151,7 @@ pub(crate) async fn store_tokens(conn: &mut SqliteConnection, key: &str, tokens:
 }
 
 /// Puts a just-claimed job back, as if the claim had not happened.
-pub(crate) async fn unclaim(conn: &mut SqliteConnection, id: JobId) -> Result<()> {
+pub(crate) async fn unclaim(conn: &mut SqliteTx, id: JobId) -> Result<()> {
     sqlx::query(
         "UPDATE jobs SET state = 'pending', attempt = attempt - 1, locked_by = NULL, locked_until = NULL WHERE id = ?1",
     )
@@ -161,7 +162,7 @@ pub(crate) async fn unclaim(conn: &mut SqliteConnection, id: JobId) -> Result<()
 }
 
 pub(crate) async fn set_bucket(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     key: &str,
     capacity: Option<f64>,
     refill_per_sec: Option<f64>,
@@ -182,7 +183,7 @@ pub(crate) async fn set_bucket(
 }
 
 pub(crate) async fn block_bucket(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     key: &str,
     until: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -252,7 +253,7 @@ pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], 
 /// Applies a batch of completions in two statements, whatever its size: the batch travels as
 /// one JSON parameter, because each statement is a round trip to SQLite's connection thread.
 pub(crate) async fn complete(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     worker: &str,
     rows: &[CompletionRow],
     now: DateTime<Utc>,
@@ -340,7 +341,7 @@ pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: Dat
 
 #[allow(clippy::too_many_arguments)]
 async fn insert_attempt(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     id: JobId,
     attempt: i32,
     worker: &str,
@@ -364,7 +365,7 @@ async fn insert_attempt(
     Ok(())
 }
 
-pub(crate) async fn heartbeat(conn: &mut SqliteConnection, worker: &str, lease_until: DateTime<Utc>) -> Result<u64> {
+pub(crate) async fn heartbeat(conn: &mut SqliteTx, worker: &str, lease_until: DateTime<Utc>) -> Result<u64> {
     let done = sqlx::query("UPDATE jobs SET locked_until = ?1 WHERE state = 'running' AND locked_by = ?2")
         .bind(to_micros(lease_until))
         .bind(worker)
@@ -373,7 +374,7 @@ pub(crate) async fn heartbeat(conn: &mut SqliteConnection, worker: &str, lease_u
     Ok(done.rows_affected())
 }
 
-pub(crate) async fn reap(conn: &mut SqliteConnection, limit: usize, now: DateTime<Utc>) -> Result<Vec<Expired>> {
+pub(crate) async fn reap(conn: &mut SqliteTx, limit: usize, now: DateTime<Utc>) -> Result<Vec<Expired>> {
     let rows = sqlx::query(
         "SELECT id, attempt, max_attempts, locked_by, started_at FROM jobs \
          WHERE state = 'running' AND locked_until < ?1 LIMIT ?2",
@@ -412,7 +413,7 @@ pub(crate) async fn reap(conn: &mut SqliteConnection, limit: usize, now: DateTim
 }
 
 pub(crate) async fn release(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     worker: &str,
     jobs: &[(JobId, i32, DateTime<Utc>)],
     now: DateTime<Utc>,
@@ -438,7 +439,7 @@ pub(crate) async fn release(
 }
 
 /// Deletes up to `limit` finished jobs that finished before `cutoff`.
-pub(crate) async fn prune_before(conn: &mut SqliteConnection, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
+pub(crate) async fn prune_before(conn: &mut SqliteTx, cutoff: DateTime<Utc>, limit: usize) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          AND finished_at < ?1 LIMIT ?2)",
@@ -451,7 +452,7 @@ pub(crate) async fn prune_before(conn: &mut SqliteConnection, cutoff: DateTime<U
 }
 
 /// Deletes up to `limit` finished jobs beyond the newest `keep`.
-pub(crate) async fn prune_beyond(conn: &mut SqliteConnection, keep: u64, limit: usize) -> Result<u64> {
+pub(crate) async fn prune_beyond(conn: &mut SqliteTx, keep: u64, limit: usize) -> Result<u64> {
     let done = sqlx::query(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled') \
          ORDER BY finished_at DESC, id DESC LIMIT ?2 OFFSET ?1)",
@@ -464,7 +465,7 @@ pub(crate) async fn prune_beyond(conn: &mut SqliteConnection, keep: u64, limit: 
 }
 
 pub(crate) async fn cancel(
-    conn: &mut SqliteConnection,
+    conn: &mut SqliteTx,
     id: JobId,
     reason: &str,
     now: DateTime<Utc>,
@@ -485,7 +486,7 @@ pub(crate) async fn cancel(
     Ok(state.and_then(|s| JobState::parse(&s)))
 }
 
-pub(crate) async fn reschedule(conn: &mut SqliteConnection, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
+pub(crate) async fn reschedule(conn: &mut SqliteTx, id: JobId, run_at: DateTime<Utc>) -> Result<bool> {
     let done = sqlx::query("UPDATE jobs SET run_at = ?1 WHERE id = ?2 AND state = 'pending'")
         .bind(to_micros(run_at))
         .bind(id.0)
