@@ -15,6 +15,7 @@ use herald_queue::{NewJob, Queue};
 use herald_store::{Backend, Db, StoreError, Ts, Tx, exec, on_read, on_tx, placeholders};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
@@ -539,13 +540,14 @@ impl Posts {
         Ok(Some(t))
     }
 
-    /// Loads every target and checks the content against each platform's rules; one 422 lists
-    /// every broken rule of every target.
+    /// Loads every target (but those in `known`, loaded already) and checks the content against
+    /// each platform's rules; one 422 lists every broken rule of every target.
     async fn check_targets(
         &self,
         team: Uuid,
         post: &Content,
         targets: &[(Uuid, Override)],
+        known: Option<&HashMap<Uuid, Loaded>>,
     ) -> Result<Vec<Loaded>, Error> {
         if post.media.len() > 20 {
             return Err(invalid("media", "at most 20 media per post"));
@@ -553,8 +555,17 @@ impl Posts {
         let media: Vec<MediaItem> = self.media_items(team, &post.media).await?.into_iter().map(|(_, m)| m).collect();
         let mut loaded = Vec::with_capacity(targets.len());
         let mut report = Vec::new();
-        let ids: Vec<Uuid> = targets.iter().map(|(id, _)| *id).collect();
-        let mut opened = self.connections.load_many(team, &ids).await?;
+        let mut opened: HashMap<Uuid, Loaded> = HashMap::new();
+        let mut ids = Vec::new();
+        for (id, _) in targets {
+            match known.and_then(|k| k.get(id)).filter(|l| l.team == team) {
+                Some(l) => drop(opened.insert(*id, l.clone())),
+                None => ids.push(*id),
+            }
+        }
+        if !ids.is_empty() {
+            opened.extend(self.connections.load_many(team, &ids).await?);
+        }
         for (i, (id, o)) in targets.iter().enumerate() {
             let l = match opened.remove(id) {
                 Some(l) => l,
@@ -592,6 +603,18 @@ impl Posts {
     /// request answers the post it made (`true`), and a different request with the key is a
     /// conflict.
     pub async fn create(&self, p: &Principal, new: NewPost, key: Option<&str>) -> Result<(PostView, bool), Error> {
+        self.create_with(p, new, key, None).await
+    }
+
+    /// [`Posts::create`] with targets the caller has loaded already (a workflow's publish step
+    /// loads them to resolve its targets), so they are not read again.
+    pub async fn create_with(
+        &self,
+        p: &Principal,
+        new: NewPost,
+        key: Option<&str>,
+        known: Option<&HashMap<Uuid, Loaded>>,
+    ) -> Result<(PostView, bool), Error> {
         let (team, _) = authorize(p, if new.draft { Action::WriteContent } else { Action::Publish })?;
         let hash = hex::encode(Sha256::digest(format!("{new:?}").as_bytes()));
         if let Some(key) = key {
@@ -644,7 +667,7 @@ impl Posts {
             (Some(_), Some(z)) => Some(self.team_timezone(team, Some(z)).await?.name().to_string()),
             _ => None,
         };
-        let loaded = self.check_targets(team, &content, &targets).await?;
+        let loaded = self.check_targets(team, &content, &targets, known).await?;
         let mut buckets = Vec::with_capacity(loaded.len());
         if !new.draft {
             for l in &loaded {
@@ -933,7 +956,7 @@ impl Posts {
             None => row.schedule_at.map(|t| t.0).filter(|t| *t > Utc::now()),
         };
         let targets: Vec<(Uuid, Override)> = deliveries.iter().map(|d| (d.connection_id, d.overrides())).collect();
-        let loaded = self.check_targets(team, &content, &targets).await?;
+        let loaded = self.check_targets(team, &content, &targets, None).await?;
         let draft = if was_draft { !publishing } else { false };
         let state = PostState::initial(draft, schedule);
         let mut buckets = Vec::new();

@@ -853,11 +853,11 @@ impl Workflows {
             },
             None => state.text.clone().unwrap_or_default(),
         };
-        // The targets: named connections (read in one query), and every connection of a named
-        // platform.
+        // The targets: named connections (loaded in one query, and handed to the post's create so
+        // it does not read them again), and every connection of a named platform.
         let named: Vec<Uuid> = p.targets.iter().filter_map(|t| t.connection).collect();
-        let views = match self.inner.connections.get_many(run.team_id, &named).await {
-            Ok(v) => v,
+        let loaded = match self.inner.connections.load_many(run.team_id, &named).await {
+            Ok(l) => l,
             Err(e) => {
                 return (
                     Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
@@ -865,6 +865,22 @@ impl Workflows {
                 );
             }
         };
+        // A named connection whose credentials do not open is still a target: the post's create
+        // says what is wrong with it.
+        let unopened: Vec<Uuid> = named.iter().filter(|id| !loaded.contains_key(id)).copied().collect();
+        let mut views: std::collections::HashMap<Uuid, herald_connections::ConnectionView> =
+            loaded.iter().map(|(id, l)| (*id, l.view.clone())).collect();
+        if !unopened.is_empty() {
+            match self.inner.connections.get_many(run.team_id, &unopened).await {
+                Ok(v) => views.extend(v),
+                Err(e) => {
+                    return (
+                        Outcome::Retry { code: "store".into(), message: e.message, after: Duration::from_secs(2) },
+                        None,
+                    );
+                }
+            }
+        }
         let mut targets: Vec<(Uuid, String, Option<String>)> = Vec::new();
         for (i, t) in p.targets.iter().enumerate() {
             let own = match &t.text {
@@ -999,7 +1015,7 @@ impl Workflows {
         // out, and the rest publish; only when every target breaks a rule does the step fail.
         let mut skipped = Vec::new();
         let made = loop {
-            let attempt = match self.inner.posts.create(&principal, new.clone(), Some(&key)).await {
+            let attempt = match self.inner.posts.create_with(&principal, new.clone(), Some(&key), Some(&loaded)).await {
                 Ok((view, _)) => Ok(view),
                 // The post was made before a crash, from a request that differs only in what
                 // time made it (`in: 2h`): it is still this step's post.
