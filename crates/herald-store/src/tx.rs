@@ -33,7 +33,7 @@ enum Inner {
 
 /// SQLite's connection inside a [`Tx`] or a [`Snapshot`], for statements run on it
 /// (`&mut SqliteTx` is an [`sqlx::Executor`]). On the writer, the first statement carries the
-/// transaction's `BEGIN IMMEDIATE` in its own trip to the connection's thread, when nothing
+/// transaction's `BEGIN IMMEDIATE` in the same trip to the connection's thread, when nothing
 /// deferred went before it: most transactions begin with a read (an `INSERT … RETURNING`, a
 /// claim), and a `BEGIN` of its own would be a trip, two thread wake-ups, while the writer is held.
 #[derive(Debug)]
@@ -182,10 +182,9 @@ impl WriterTx {
     }
 
     /// What the next statement must carry in front of it: the `BEGIN IMMEDIATE`, if not sent yet.
-    fn lead(&mut self) -> Option<&'static str> {
-        let lead = (!self.begun).then_some("BEGIN IMMEDIATE;\n");
-        self.mark_begun();
-        lead
+    /// The statement marks the transaction begun as it goes.
+    fn lead(&self) -> Option<&'static str> {
+        (!self.begun).then_some("BEGIN IMMEDIATE;\n")
     }
 
     /// COMMIT (with the deferred statements) or ROLLBACK (dropping them). If it fails the
@@ -271,6 +270,7 @@ impl<'c> Executor<'c> for &'c mut SqliteTx {
                 None => w.conn().fetch_many(query),
                 Some(lead) => match led(lead, query) {
                     Ok(q) => {
+                        w.mark_begun();
                         // The BEGIN's own result goes: SQLite reports the changes of the last
                         // statement that made any, which would count in the caller's.
                         let mut begun = false;
@@ -296,7 +296,10 @@ impl<'c> Executor<'c> for &'c mut SqliteTx {
             SqliteTx::Writer(w) => match w.lead() {
                 None => w.conn().fetch_optional(query),
                 Some(lead) => match led(lead, query) {
-                    Ok(q) => w.conn().fetch_optional(q),
+                    Ok(q) => {
+                        w.mark_begun();
+                        w.conn().fetch_optional(q)
+                    }
                     Err(e) => Box::pin(std::future::ready(Err(e))),
                 },
             },
