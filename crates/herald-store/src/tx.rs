@@ -181,10 +181,21 @@ impl WriterTx {
         }
     }
 
-    /// What the next statement must carry in front of it: the `BEGIN IMMEDIATE`, if not sent yet.
-    /// The statement marks the transaction begun as it goes.
-    fn lead(&self) -> Option<&'static str> {
-        (!self.begun).then_some("BEGIN IMMEDIATE;\n")
+    /// `query` as it goes to the connection: as it is once the transaction has begun, else with
+    /// the `BEGIN IMMEDIATE` in front of its SQL, as one multi-statement query. The `BEGIN` takes
+    /// no parameters, so the query's own (`$N` or `?`) bind as they would alone.
+    fn with_begin<'q, E: Execute<'q, Sqlite>>(&mut self, mut query: E) -> Sent<'q, E> {
+        if self.begun {
+            return Sent::Begun(query);
+        }
+        let args = match query.take_arguments() {
+            Ok(args) => args,
+            Err(e) => return Sent::Failed(sqlx::Error::Encode(e)),
+        };
+        let persistent = query.persistent() && args.is_some();
+        let sql = format!("BEGIN IMMEDIATE;\n{}", query.sql().as_str());
+        self.mark_begun();
+        Sent::Beginning(sqlx::query_with(sqlx::AssertSqlSafe(sql), args.unwrap_or_default()).persistent(persistent))
     }
 
     /// COMMIT (with the deferred statements) or ROLLBACK (dropping them). If it fails the
@@ -241,16 +252,14 @@ impl Inner {
     }
 }
 
-/// `query` with `lead` in front of its SQL, as one multi-statement query. `lead` takes no
-/// parameters, so the query's own (`$N` or `?`) bind as they would alone.
-fn led<'q, E: Execute<'q, Sqlite>>(
-    lead: &str,
-    mut query: E,
-) -> Result<sqlx::query::Query<'q, Sqlite, SqliteArguments>, sqlx::Error> {
-    let args = query.take_arguments().map_err(sqlx::Error::Encode)?;
-    let persistent = query.persistent() && args.is_some();
-    let sql = format!("{lead}{}", query.sql().as_str());
-    Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), args.unwrap_or_default()).persistent(persistent))
+/// A statement for the writer's connection (see [`WriterTx::with_begin`]).
+enum Sent<'q, E> {
+    /// The transaction has begun: the query goes as it is.
+    Begun(E),
+    /// The query with the transaction's `BEGIN` in front.
+    Beginning(sqlx::query::Query<'q, Sqlite, SqliteArguments>),
+    /// Its arguments did not encode; nothing goes.
+    Failed(sqlx::Error),
 }
 
 impl<'c> Executor<'c> for &'c mut SqliteTx {
@@ -264,25 +273,23 @@ impl<'c> Executor<'c> for &'c mut SqliteTx {
         'c: 'e,
         E: 'q + Execute<'q, Sqlite>,
     {
-        match self {
-            SqliteTx::Read(tx) => (&mut **tx).fetch_many(query),
-            SqliteTx::Writer(w) => match w.lead() {
-                None => w.conn().fetch_many(query),
-                Some(lead) => match led(lead, query) {
-                    Ok(q) => {
-                        w.mark_begun();
-                        // The BEGIN's own result goes: SQLite reports the changes of the last
-                        // statement that made any, which would count in the caller's.
-                        let mut begun = false;
-                        Box::pin(w.conn().fetch_many(q).filter(move |step| {
-                            let begin = !begun && matches!(step, Ok(Either::Left(_)));
-                            begun |= begin;
-                            std::future::ready(!begin)
-                        }))
-                    }
-                    Err(e) => Box::pin(futures::stream::once(std::future::ready(Err(e)))),
-                },
-            },
+        let w = match self {
+            SqliteTx::Read(tx) => return (&mut **tx).fetch_many(query),
+            SqliteTx::Writer(w) => w,
+        };
+        match w.with_begin(query) {
+            Sent::Begun(q) => w.conn().fetch_many(q),
+            Sent::Beginning(q) => {
+                // The BEGIN's own result goes: SQLite reports the changes of the last statement
+                // that made any, which would count in the caller's.
+                let mut begun = false;
+                Box::pin(w.conn().fetch_many(q).filter(move |step| {
+                    let begin = !begun && matches!(step, Ok(Either::Left(_)));
+                    begun |= begin;
+                    std::future::ready(!begin)
+                }))
+            }
+            Sent::Failed(e) => Box::pin(futures::stream::once(std::future::ready(Err(e)))),
         }
     }
 
@@ -291,18 +298,14 @@ impl<'c> Executor<'c> for &'c mut SqliteTx {
         'c: 'e,
         E: 'q + Execute<'q, Sqlite>,
     {
-        match self {
-            SqliteTx::Read(tx) => (&mut **tx).fetch_optional(query),
-            SqliteTx::Writer(w) => match w.lead() {
-                None => w.conn().fetch_optional(query),
-                Some(lead) => match led(lead, query) {
-                    Ok(q) => {
-                        w.mark_begun();
-                        w.conn().fetch_optional(q)
-                    }
-                    Err(e) => Box::pin(std::future::ready(Err(e))),
-                },
-            },
+        let w = match self {
+            SqliteTx::Read(tx) => return (&mut **tx).fetch_optional(query),
+            SqliteTx::Writer(w) => w,
+        };
+        match w.with_begin(query) {
+            Sent::Begun(q) => w.conn().fetch_optional(q),
+            Sent::Beginning(q) => w.conn().fetch_optional(q),
+            Sent::Failed(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 

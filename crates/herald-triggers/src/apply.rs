@@ -138,7 +138,7 @@ pub(crate) async fn apply(tx: &mut Tx, source: &SourceRow, mut items: Vec<Item>,
         })
         .map_err(store)?;
     }
-    bump_count(tx, source.id, out.new_events as i64).await?;
+    bump_count(tx, source.id, out.new_events as i64);
     Ok(out)
 }
 

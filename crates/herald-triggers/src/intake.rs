@@ -153,9 +153,9 @@ async fn commit(sources: &Sources, items: &[Incoming]) -> Result<Vec<Option<Even
         s.1 |= i.touch;
     }
     for (source, (n, touched)) in per_source {
-        crate::store::bump_count(&mut tx, source, n).await?;
+        crate::store::bump_count(&mut tx, source, n);
         if touched {
-            crate::store::touch(&mut tx, source).await?;
+            crate::store::touch(&mut tx, source);
         }
     }
     tx.commit().await?;

@@ -350,7 +350,7 @@ impl Sources {
             });
             let external = format!("fire:{}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             if insert_event(&mut tx, row, "schedule.fired", &external, &data, true).await?.is_some() {
-                crate::store::bump_count(&mut tx, row.id, 1).await?;
+                crate::store::bump_count(&mut tx, row.id, 1);
                 report.new_events = 1;
             }
         }

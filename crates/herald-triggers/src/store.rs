@@ -654,17 +654,16 @@ pub(crate) async fn insert_event(
     Ok(crate::intake::insert_events(tx, &[row], dispatch).await?.pop().flatten())
 }
 
-pub(crate) async fn bump_count(tx: &mut Tx, source: Uuid, n: i64) -> Result<(), Error> {
-    // Deferred (with the commit): nothing reads the count back here.
+/// Counts `n` new events of `source`. Deferred ([`Tx::defer`]): it goes with the commit, and
+/// fails it if it fails.
+pub(crate) fn bump_count(tx: &mut Tx, source: Uuid, n: i64) {
     if n > 0 {
         tx.defer("UPDATE sources SET event_count = event_count + $1 WHERE id = $2").bind(n).bind(source);
     }
-    Ok(())
 }
 
 /// A push source (an inbound webhook) ran, and ran well, now. Deferred, like [`bump_count`].
-pub(crate) async fn touch(tx: &mut Tx, source: Uuid) -> Result<(), Error> {
+pub(crate) fn touch(tx: &mut Tx, source: Uuid) {
     let now = Ts::now();
     tx.defer("UPDATE sources SET last_run_at = $1, last_ok_at = $2 WHERE id = $3").bind(now).bind(now).bind(source);
-    Ok(())
 }
