@@ -152,14 +152,22 @@ impl Db {
                     // Several processes may share one file (tests, `herald migrate` beside a server).
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
-                    .pragma("temp_store", "memory");
+                    .pragma("temp_store", "memory")
+                    // Named, so a profile tells the read connections' threads from the writer's.
+                    .thread_name(|n| format!("sqlite-reader-{n}"));
                 let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
-                checkpoint_with = Some(base.clone());
+                checkpoint_with = Some(base.clone().thread_name(|_| "sqlite-checkpoint".into()));
                 // The writer only checkpoints as a backstop (a WAL of 10,000 pages, ~40 MB): the
                 // checkpointer task does it beside the writer, so commits never wait for it.
-                let conn = sqlx::ConnectOptions::connect(&base.clone().pragma("wal_autocheckpoint", "10000"))
-                    .await
-                    .map_err(open_err)?;
+                let conn = sqlx::ConnectOptions::connect(
+                    &base
+                        .clone()
+                        .pragma("wal_autocheckpoint", "10000")
+                        .thread_name(|_| "sqlite-writer".into())
+                        .statement_cache_capacity(WRITER_STATEMENTS),
+                )
+                .await
+                .map_err(open_err)?;
                 let write = Writer {
                     conn: Arc::new(tokio::sync::Mutex::new(WriterConn { conn: Some(conn), open: false })),
                     door: Arc::default(),
@@ -349,6 +357,13 @@ fn writing_runtime() -> &'static tokio::runtime::Handle {
         handle
     })
 }
+
+/// Prepared statements the writer keeps (sqlx's default is 100). Its batches are generated SQL
+/// whose text varies with their size (`VALUES` rows, `IN` lists, deferred statements sent
+/// together), so 100 were evicted and parsed again all the time: SQLite's parser was 11% of the
+/// writer thread's samples. `herald bench workflows`: the writer thread's CPU per event 8–12%
+/// lower with 1,000; `herald bench deliveries`: 0.216 → 0.183 ms CPU per delivery, the same RSS.
+const WRITER_STATEMENTS: usize = 1_000;
 
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);

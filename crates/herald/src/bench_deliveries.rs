@@ -62,6 +62,62 @@ pub(crate) fn cpu() -> Duration {
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
+/// CPU time and run-queue wait of this process's threads, by kind: the name without a trailing
+/// `-N` (`tokio-rt-worker`, `herald-writer`, `sqlite-writer`, `sqlite-reader`), summed. Linux
+/// only (`/proc/self/task/*/schedstat`); empty elsewhere. Threads that end between two readings
+/// are left out of their difference.
+pub(crate) fn threads() -> std::collections::BTreeMap<String, Threads> {
+    let mut by = std::collections::BTreeMap::<String, Threads>::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(dir.join("comm")), std::fs::read_to_string(dir.join("schedstat")))
+        else {
+            continue;
+        };
+        let name = comm.trim();
+        let kind = match name.rsplit_once('-') {
+            Some((k, n)) if n.chars().all(|c| c.is_ascii_digit()) => k,
+            _ => name,
+        };
+        let f: Vec<u64> = stat.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        let t = by.entry(kind.to_string()).or_default();
+        t.ran += Duration::from_nanos(f.first().copied().unwrap_or(0));
+        t.waited += Duration::from_nanos(f.get(1).copied().unwrap_or(0));
+    }
+    by
+}
+
+/// One kind of thread's time on a CPU and waiting for one (see [`threads`]).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Threads {
+    pub ran: Duration,
+    pub waited: Duration,
+}
+
+/// `threads()` now minus `before`, as one line: each kind's CPU and run-queue wait per `per`
+/// (an event, a delivery), busiest first.
+pub(crate) fn threads_line(before: &std::collections::BTreeMap<String, Threads>, per: usize) -> String {
+    let mut kinds: Vec<(String, Threads)> = threads()
+        .into_iter()
+        .map(|(k, now)| {
+            let then = before.get(&k).copied().unwrap_or_default();
+            (k, Threads { ran: now.ran.saturating_sub(then.ran), waited: now.waited.saturating_sub(then.waited) })
+        })
+        .filter(|(_, t)| !t.ran.is_zero())
+        .collect();
+    kinds.sort_by_key(|(_, t)| std::cmp::Reverse(t.ran));
+    let per = per.max(1) as f64;
+    kinds
+        .iter()
+        .map(|(k, t)| {
+            format!("{k} {:.3}/{:.3}", t.ran.as_secs_f64() * 1000.0 / per, t.waited.as_secs_f64() * 1000.0 / per)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 struct Measured {
     per_sec: f64,
     cpu_per: Duration,
@@ -69,6 +125,8 @@ struct Measured {
     p99: Duration,
     /// How long creating every post took (through the API layer, beside the running workers).
     created_in: Duration,
+    /// CPU and run-queue wait per delivery by kind of thread (see [`threads_line`]).
+    threads: String,
 }
 
 /// The same number of requests, the same body size and concurrency, from a bare client loop.
@@ -99,6 +157,7 @@ async fn ceiling(url: &str, n: usize, concurrency: usize) -> anyhow::Result<Meas
         p50: Duration::ZERO,
         p99: Duration::ZERO,
         created_in: elapsed,
+        threads: String::new(),
     })
 }
 
@@ -154,6 +213,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     seen.arrivals.lock().expect("arrivals").clear();
     let n = args.posts * args.targets;
     let committed = Arc::new(Mutex::new(HashMap::with_capacity(n)));
+    let threads0 = threads();
     let (cpu0, start) = (cpu(), Instant::now());
     // Posts arrive from several clients at once, as from an API.
     let creators = args.clients.clamp(1, args.posts.max(1));
@@ -196,6 +256,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     }
     let elapsed = start.elapsed();
     let cpu_used = cpu() - cpu0;
+    let threads = threads_line(&threads0, n);
     stop.cancel();
     let _ = runner.await;
     let received = seen.count.load(Ordering::Relaxed) - before;
@@ -219,6 +280,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
         p50: pct(0.5),
         p99: pct(0.99),
         created_in,
+        threads,
     })
 }
 
@@ -250,6 +312,9 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
             peak_rss_mb(),
             args.posts as f64 / r.created_in.as_secs_f64()
         );
+        if !r.threads.is_empty() {
+            println!("  {backend} threads, ms of CPU/of waiting for one per delivery: {}", r.threads);
+        }
     }
     println!(
         "ceiling: the same number of POSTs from a bare keep-alive client loop with the same concurrency ({:.3} ms CPU each, \

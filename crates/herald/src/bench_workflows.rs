@@ -14,7 +14,7 @@
 
 use crate::Exit;
 use crate::bench::{Cleanup, backends, bench_db, peak_rss_mb};
-use crate::bench_deliveries::cpu;
+use crate::bench_deliveries::{cpu, threads, threads_line};
 use crate::cli::BenchWorkflowsArgs;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -318,6 +318,8 @@ struct Phase {
     timed_out: bool,
     /// SQLite's writer over the phase.
     writer: Option<herald_store::WriterStats>,
+    /// CPU and run-queue wait per event by kind of thread (see [`threads_line`]).
+    threads: String,
 }
 
 fn pct(l: &[Duration], p: f64) -> Duration {
@@ -412,6 +414,7 @@ async fn phase(w: &mut World, ctx: &Ctx<'_>, events: usize, feed: Feed) -> Resul
     let before = seen.count.load(Ordering::Relaxed);
     let (_, ended_before, _) = w.counts().await?;
     let writer0 = w.db.writer_use();
+    let threads0 = threads();
     let (cpu0, start) = (cpu(), Instant::now());
     let added = match feed {
         Feed::Fast { clients } => feed_fast(w, first, events, clients).await?,
@@ -445,6 +448,7 @@ async fn phase(w: &mut World, ctx: &Ctx<'_>, events: usize, feed: Feed) -> Resul
     let recorded_in = start.elapsed();
     let cpu_used = cpu() - cpu0;
     let writer = w.db.writer_use().zip(writer0).map(|(now, then)| now.since(&then));
+    let threads = threads_line(&threads0, events);
     let received = seen.count.load(Ordering::Relaxed) - before;
     let first: HashMap<u64, Instant> = seen.first.lock().expect("first").clone();
     let mut latency: Vec<Duration> =
@@ -476,6 +480,7 @@ async fn phase(w: &mut World, ctx: &Ctx<'_>, events: usize, feed: Feed) -> Resul
         stages,
         timed_out,
         writer,
+        threads,
     })
 }
 
@@ -656,6 +661,9 @@ pub async fn run(args: BenchWorkflowsArgs) -> Result<(), Exit> {
                     u.trips as f64 / ph.events.max(1) as f64,
                     u.waited.as_secs_f64() / ph.recorded_in.as_secs_f64()
                 );
+            }
+            if !ph.threads.is_empty() {
+                println!("  threads, ms of CPU/of waiting for one per event: {}", ph.threads);
             }
         }
     }
