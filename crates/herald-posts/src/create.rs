@@ -9,13 +9,13 @@
 //! post is written again on its own, so one post's problem is only that post's answer.
 
 use crate::model::PostState;
-use crate::store::{DeliveryRow, PostRow, Posts, insert_deliveries, store};
+use crate::store::{DeliveryRow, PostRow, Posts, insert_deliveries};
 use chrono::{DateTime, Utc};
 use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_core::{Error, ErrorCode};
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Ts, Tx, on_tx, placeholders};
+use herald_store::{Ts, Tx, placeholders};
 use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -26,6 +26,7 @@ const MAX_POSTS: usize = 100;
 const MAX_DELIVERIES: usize = 1_000;
 
 /// A checked post, ready to write.
+#[derive(Clone)]
 pub(crate) struct Prepared {
     pub row: PostRow,
     pub team: Uuid,
@@ -36,6 +37,8 @@ pub(crate) struct Prepared {
     /// Each delivery's rate bucket; `None` for a draft, which has no jobs.
     pub buckets: Option<Vec<Option<String>>>,
     pub actor: Actor,
+    /// The team's active event endpoints, read before the write (see [`crate::events::endpoints_now`]).
+    pub endpoints: Vec<(Uuid, String)>,
 }
 
 impl Prepared {
@@ -85,42 +88,46 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     if posts.is_empty() {
         return Ok(());
     }
-    // The statements whose results are read go first, and the first of them carries the
-    // transaction's BEGIN; what follows is deferred and goes with the COMMIT, in one trip (on
-    // SQLite's writer each trip is two thread wake-ups while the writer is held).
-    let mut teams: BTreeMap<Uuid, i64> = BTreeMap::new();
-    for p in posts.iter() {
-        *teams.entry(p.team).or_default() += i64::from(p.buckets.is_some());
-    }
-    let mut endpoints = BTreeMap::new();
-    for (team, sent) in &teams {
-        endpoints.insert(*team, crate::events::endpoints(tx, *team).await?);
-        if quota && *sent > 0 {
-            herald_accounts::consume_monthly(tx, *team, Quota::PostsPerMonth, *sent).await?;
+    // Only the monthly count's result is read (its first statement carries the transaction's
+    // BEGIN); everything else is deferred and goes with the COMMIT, in one trip (on SQLite's
+    // writer each trip is two thread wake-ups while the writer is held). A post whose
+    // Idempotency-Key another request took meanwhile fails the commit (see `commit`).
+    if quota {
+        let mut teams: BTreeMap<Uuid, i64> = BTreeMap::new();
+        for p in posts.iter() {
+            *teams.entry(p.team).or_default() += i64::from(p.buckets.is_some());
+        }
+        for (team, sent) in teams {
+            if sent > 0 {
+                herald_accounts::consume_monthly(tx, team, Quota::PostsPerMonth, sent).await?;
+            }
         }
     }
     let values = (0..posts.len()).map(|i| format!("({})", placeholders(1 + 16 * i, 16))).collect::<Vec<_>>().join(", ");
-    let sql = tx.backend().sql(format!(
+    let sql = format!(
         "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
          idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"
-    ));
-    let inserted = on_tx!(tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for p in posts.iter() {
-            let r = &p.row;
-            q = q.bind(r.id).bind(p.team).bind(r.author_user).bind(p.author_key).bind(&r.state).bind(&r.content)
-                .bind(r.schedule_at).bind(&r.timezone).bind(&r.campaign).bind(&r.tags).bind(&p.key).bind(&p.hash)
-                .bind(r.repeat_days).bind(r.series_id).bind(r.created_at).bind(r.updated_at);
-        }
-        q.execute(&mut *c).await.map(|r| r.rows_affected())
-    });
-    if let Err(e) = inserted {
-        return Err(match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() && posts.iter().any(|p| p.key.is_some()) => {
-                WriteError::KeyTaken
-            }
-            _ => WriteError::Other(store(e)),
-        });
+    );
+    let mut insert = tx.defer(&sql);
+    for p in posts.iter() {
+        let r = &p.row;
+        insert = insert
+            .bind(r.id)
+            .bind(p.team)
+            .bind(r.author_user)
+            .bind(p.author_key)
+            .bind(&r.state)
+            .bind(&r.content)
+            .bind(r.schedule_at)
+            .bind(&r.timezone)
+            .bind(&r.campaign)
+            .bind(&r.tags)
+            .bind(&p.key)
+            .bind(&p.hash)
+            .bind(r.repeat_days)
+            .bind(r.series_id)
+            .bind(r.created_at)
+            .bind(r.updated_at);
     }
 
     // Every post's deliveries (and, unless drafts, their jobs) in one statement each.
@@ -146,7 +153,7 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         by_team.entry(p.team).or_default().push(p);
     }
     for (team, group) in &by_team {
-        let endpoints = &endpoints[team];
+        let endpoints = &group[0].endpoints;
         for p in group {
             let data = json!({"post": p.row.id, "state": p.state(), "schedule_at": p.row.schedule_at.map(|t| t.0),
                 "targets": p.deliveries.len()});
@@ -203,5 +210,14 @@ pub(crate) fn spawn(posts: Posts) -> Creates {
 async fn commit(posts: &Posts, items: &mut [Prepared]) -> Result<(), WriteError> {
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
     write(&mut tx, items, true).await?;
-    tx.commit().await.map_err(|e| WriteError::Other(e.into()))
+    tx.commit().await.map_err(|e| taken(e, items))
+}
+
+/// A failed commit of `posts`: a unique violation is a post's Idempotency-Key taken by another
+/// request meanwhile (every other row they write has an id made here).
+pub(crate) fn taken(e: herald_store::StoreError, posts: &[Prepared]) -> WriteError {
+    match e.is_unique_violation() && posts.iter().any(|p| p.key.is_some()) {
+        true => WriteError::KeyTaken,
+        false => WriteError::Other(e.into()),
+    }
 }

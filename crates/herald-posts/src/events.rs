@@ -10,7 +10,7 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{Job, JobError, NewJob};
-use herald_store::{Ts, Tx, exec, on_read, on_tx};
+use herald_store::{Db, Ts, Tx, exec, on_read, on_tx};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -69,6 +69,15 @@ pub async fn emit(
 pub(crate) async fn endpoints(tx: &mut Tx, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
     on_tx!(tx, c => sqlx::query_as("SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2")
         .bind(team).bind(true).fetch_all(&mut *c).await)
+    .map_err(store)
+}
+
+/// The team's active endpoints, read outside a transaction: a post's create reads them before it
+/// takes SQLite's writer, which then has one trip fewer to make. An endpoint made or turned off
+/// meanwhile is a race the post might have lost or won a moment later anyway.
+pub(crate) async fn endpoints_now(db: &Db, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
+    on_read!(db, c => sqlx::query_as("SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2")
+        .bind(team).bind(true).fetch_all(c).await)
     .map_err(store)
 }
 

@@ -22,5 +22,5 @@ pub use model::*;
 pub use notify_mail::{NOTIFY_MAIL_JOB, NotifyMailHandler, Pacing};
 pub use slots::{Slot, SlotsInput};
 pub use stats::{CollectReport, DeliveryStats, PostStats, Snapshot, next_fetch};
-pub use store::{MAX_ATTEMPTS, PostQuery, Posts};
+pub use store::{MAX_ATTEMPTS, PostQuery, Posts, Staged, StagedPost};
 pub use worker::{DELIVERY_JOB, DeliveryHandler};

@@ -97,7 +97,7 @@ impl Override {
     }
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 pub(crate) struct DeliveryRow {
     pub id: Uuid,
     pub post_id: Uuid,
@@ -123,6 +123,40 @@ pub(crate) struct DeliveryRow {
 pub(crate) const DELIVERY_COLS: &str = "id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
     job_id, run_at, parts, platform_post_id, platform_url, attempts, first_attempt_at, call_started_at, last_error, \
     last_error_class, published_at";
+
+/// What [`Posts::stage`] found: the post an idempotency key made already, or a new one, checked
+/// and ready to write.
+pub enum Staged {
+    Existing(Box<PostView>),
+    Ready(Box<StagedPost>),
+}
+
+/// A new post, checked and not written yet (see [`Posts::stage`]).
+pub struct StagedPost {
+    prepared: Prepared,
+    content: Content,
+    /// Set when the post takes its connections' next free slots, which are read in the
+    /// transaction that writes it, so only [`Posts::write_staged`] can write it.
+    slot_zone: Option<herald_core::time::Tz>,
+}
+
+impl StagedPost {
+    /// The post as it will be once written.
+    pub fn view(&self) -> PostView {
+        let deliveries = self.prepared.deliveries.iter().map(|d| d.view(&self.content, Vec::new())).collect();
+        Posts::view(&self.prepared.row, deliveries)
+    }
+
+    /// How many deliveries it makes.
+    pub fn targets(&self) -> usize {
+        self.prepared.deliveries.len()
+    }
+
+    /// Whether a caller's transaction may write it ([`Posts::write_in`]).
+    pub fn writes_with_caller(&self) -> bool {
+        self.slot_zone.is_none()
+    }
+}
 
 impl DeliveryRow {
     /// A new delivery of `post` to `connection`, not yet sent and without a job.
@@ -615,6 +649,23 @@ impl Posts {
         key: Option<&str>,
         known: Option<&HashMap<Uuid, Loaded>>,
     ) -> Result<(PostView, bool), Error> {
+        match self.stage(p, new, key, known).await? {
+            Staged::Existing(view) => Ok((*view, true)),
+            Staged::Ready(post) => self.write_staged(*post).await,
+        }
+    }
+
+    /// Checks a new post as [`Posts::create_with`] does, and stops short of writing it: the post
+    /// this key made already, or the post ready to write, with [`Posts::write_staged`] or in the
+    /// caller's transaction with [`Posts::write_in`] (a workflow's publish step writes its post
+    /// with the run's commit).
+    pub async fn stage(
+        &self,
+        p: &Principal,
+        new: NewPost,
+        key: Option<&str>,
+        known: Option<&HashMap<Uuid, Loaded>>,
+    ) -> Result<Staged, Error> {
         let (team, _) = authorize(p, if new.draft { Action::WriteContent } else { Action::Publish })?;
         let hash = hex::encode(Sha256::digest(format!("{new:?}").as_bytes()));
         if let Some(key) = key {
@@ -622,7 +673,7 @@ impl Posts {
                 return Err(invalid("Idempotency-Key", "the Idempotency-Key header must be 1 to 255 characters"));
             }
             if let Some(existing) = self.by_key(team, key, &hash).await? {
-                return Ok((existing, true));
+                return Ok(Staged::Existing(Box::new(existing)));
             }
         }
         let content = Content {
@@ -668,6 +719,7 @@ impl Posts {
             _ => None,
         };
         let loaded = self.check_targets(team, &content, &targets, known).await?;
+        let endpoints = crate::events::endpoints_now(&self.db, team).await?;
         let mut buckets = Vec::with_capacity(loaded.len());
         if !new.draft {
             for l in &loaded {
@@ -687,7 +739,7 @@ impl Posts {
                 DeliveryRow::fresh(id, team, *conn, &l.view.platform, state.delivery_state(), overrides, schedule)
             })
             .collect();
-        let mut prepared = Prepared {
+        let prepared = Prepared {
             row: PostRow {
                 id,
                 author_user: p.user_id,
@@ -709,7 +761,16 @@ impl Posts {
             deliveries,
             buckets: (!new.draft).then_some(buckets),
             actor: Actor::of(p),
+            endpoints,
         };
+        Ok(Staged::Ready(Box::new(StagedPost { prepared, content, slot_zone })))
+    }
+
+    /// Writes a staged post in a transaction of its own (with other posts checked at the same
+    /// moment); `true` when another request with its key made the post first, which it answers.
+    pub async fn write_staged(&self, staged: StagedPost) -> Result<(PostView, bool), Error> {
+        let StagedPost { mut prepared, content, slot_zone } = staged;
+        let (team, key, hash) = (prepared.team, prepared.key.clone(), prepared.hash.clone());
         let written = match slot_zone {
             // Posts checked together are written together.
             None => self.creates().write(prepared).await,
@@ -719,8 +780,10 @@ impl Posts {
                 // so that no other post takes them meanwhile, and the counter is that write.
                 let mut tx = self.db.begin().await.map_err(Error::from)?;
                 self.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await?;
-                let mut run_ats = Vec::with_capacity(targets.len());
-                for (i, (conn, _)) in targets.iter().enumerate() {
+                // The deliveries are in target order.
+                let conns: Vec<Uuid> = prepared.deliveries.iter().map(|d| d.connection_id).collect();
+                let mut run_ats = Vec::with_capacity(conns.len());
+                for (i, conn) in conns.iter().enumerate() {
                     let at = crate::slots::next_free(&mut tx, *conn, tz).await?.ok_or_else(|| {
                         invalid(
                             &format!("targets[{i}].connection_id"),
@@ -734,17 +797,29 @@ impl Posts {
                 }
                 prepared.slotted(&run_ats);
                 match create::write(&mut tx, std::slice::from_mut(&mut prepared), false).await {
-                    Ok(()) => tx.commit().await.map(|_| prepared).map_err(|e| WriteError::Other(e.into())),
+                    Ok(()) => match tx.commit().await {
+                        Ok(()) => Ok(prepared),
+                        Err(e) => Err(create::taken(e, std::slice::from_ref(&prepared))),
+                    },
                     Err(e) => Err(e),
                 }
             }
         };
         let prepared = match written {
             Ok(p) => p,
-            Err(WriteError::Other(e)) => return Err(e),
+            // A write that failed as another request made the post with this key (its insert is
+            // deferred, so a later statement of the transaction may report it): that post answers.
+            Err(WriteError::Other(e)) => {
+                if let Some(key) = key.as_deref()
+                    && let Ok(Some(existing)) = self.by_key(team, key, &hash).await
+                {
+                    return Ok((existing, true));
+                }
+                return Err(e);
+            }
             // Two requests with one key raced: the other one made the post.
             Err(WriteError::KeyTaken) => {
-                return match key {
+                return match key.as_deref() {
                     Some(key) => match self.by_key(team, key, &hash).await? {
                         Some(existing) => Ok((existing, true)),
                         None => Err(conflict("another request with this Idempotency-Key is being made; retry")),
@@ -756,6 +831,18 @@ impl Posts {
         // The post as committed; no need to read it back.
         let deliveries = prepared.deliveries.iter().map(|d| d.view(&content, Vec::new())).collect();
         Ok((Self::view(&prepared.row, deliveries), false))
+    }
+
+    /// Writes staged posts in the caller's transaction, counted against their teams' monthly
+    /// quotas. Each must be one [`StagedPost::writes_with_caller`] says can. A post whose key was
+    /// taken meanwhile fails the transaction with a conflict: retried, [`Posts::stage`] finds it.
+    pub async fn write_in(tx: &mut Tx, posts: &[&StagedPost]) -> Result<(), Error> {
+        debug_assert!(posts.iter().all(|p| p.writes_with_caller()));
+        let mut prepared: Vec<Prepared> = posts.iter().map(|p| p.prepared.clone()).collect();
+        create::write(tx, &mut prepared, true).await.map_err(|e| match e {
+            WriteError::KeyTaken => conflict("another request with this Idempotency-Key made its post first; retry"),
+            WriteError::Other(e) => e,
+        })
     }
 
     fn creates(&self) -> &Creates {

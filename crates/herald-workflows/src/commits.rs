@@ -6,7 +6,8 @@
 //! each while its task waits its turn to run. Instead, runs committing at the same moment hand
 //! their first commit to one task, which writes whatever has gathered in one transaction of two
 //! statements: the runs (each unless another executor of its event stored it first), then the
-//! step runs of those it stored. No run goes on before its commit is written. If the shared
+//! step runs of those it stored, and the posts of their publish steps. No run goes on before its
+//! commit is written. If the shared
 //! transaction fails, each is written again on its own, so one run's problem is only its own.
 //!
 //! Only first commits that schedule nothing and start nothing take this way; a commit that
@@ -17,6 +18,7 @@ use crate::engine::{Record, insert_step_runs};
 use crate::store::{RunRow, Workflows};
 use chrono::Utc;
 use herald_core::{Error, ErrorCode};
+use herald_posts::{Posts, StagedPost};
 use herald_queue::{Finished, Queue};
 use herald_store::Db;
 use herald_store::group::{Group, GroupConfig};
@@ -25,8 +27,8 @@ use uuid::Uuid;
 /// The most runs one shared transaction writes (18 values each; SQLite binds at most 32,766 in
 /// a statement).
 const MAX_RUNS: usize = 200;
-/// And the most step runs (13 values each).
-const MAX_STEP_RUNS: usize = 2_000;
+/// And the most step runs (13 values each) and posts' deliveries (14 each), counted together.
+const MAX_ROWS: usize = 2_000;
 
 /// A run not stored yet, as its first commit leaves it, with the step runs that commit writes.
 pub(crate) struct FirstCommit {
@@ -35,6 +37,8 @@ pub(crate) struct FirstCommit {
     /// The `source.event` job that started a run this commit ends: recorded as succeeded with
     /// it, so the runner writes nothing more.
     pub job: Option<Finished>,
+    /// The post of the publish step this commit records, written with the run.
+    pub post: Option<Box<StagedPost>>,
 }
 
 /// Writes first commits arriving together; each answer is `false` when the run was already
@@ -44,8 +48,8 @@ pub(crate) type Commits = Group<FirstCommit, bool, Error>;
 pub(crate) fn spawn(db: Db) -> Commits {
     let config = GroupConfig {
         max_items: MAX_RUNS,
-        max_weight: MAX_STEP_RUNS,
-        weight: |c: &FirstCommit| c.records.len().max(1),
+        max_weight: MAX_ROWS,
+        weight: |c: &FirstCommit| (c.records.len() + c.post.as_ref().map_or(0, |p| p.targets())).max(1),
         stopped: || Error::new(ErrorCode::Unavailable, "the server is stopping"),
         what: "runs",
     };
@@ -67,6 +71,11 @@ async fn commit(db: &Db, items: &[FirstCommit]) -> Result<Vec<bool>, Error> {
     let steps: Vec<(Uuid, &[Record])> =
         items.iter().filter(|c| stored.contains(&c.run.id)).map(|c| (c.run.id, c.records.as_slice())).collect();
     insert_step_runs(&mut tx, &steps, Utc::now()).await?;
+    let posts: Vec<&StagedPost> =
+        items.iter().filter(|c| stored.contains(&c.run.id)).filter_map(|c| c.post.as_deref()).collect();
+    if !posts.is_empty() {
+        Posts::write_in(&mut tx, &posts).await?;
+    }
     let jobs: Vec<Finished> =
         items.iter().filter(|c| stored.contains(&c.run.id)).filter_map(|c| c.job.clone()).collect();
     if !jobs.is_empty() {

@@ -53,7 +53,7 @@ pub(crate) async fn http_step(
     // Header values may carry secrets: the step run shows their names only.
     let input = json!({"method": h.method, "url": url, "headers": headers.iter().map(|(k, _)| k).collect::<Vec<_>>()});
     if dry {
-        return (Outcome::Next { output: json!({"would_call": input}), next: None }, Some(input));
+        return (Outcome::Next { output: json!({"would_call": input}), next: None, post: None }, Some(input));
     }
     let method = Method::from_bytes(h.method.as_bytes()).unwrap_or(Method::POST);
     let mut req = match w.inner.safe.request(method, &url) {
@@ -99,7 +99,7 @@ pub(crate) async fn http_step(
     let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text.clone()));
     let code = status.as_u16();
     if status.is_success() {
-        return (Outcome::Next { output: json!({"status": code, "body": body}), next: None }, Some(input));
+        return (Outcome::Next { output: json!({"status": code, "body": body}), next: None, post: None }, Some(input));
     }
     let snippet: String = text.chars().take(300).collect();
     if code == 429 || status.is_server_error() || code == 408 {
@@ -248,6 +248,7 @@ pub(crate) async fn ai_step(
             Outcome::Next {
                 output: json!({"fallback": true, "code": code, "reason": message, "text": input}),
                 next: None,
+                post: None,
             }
         }
     };
@@ -351,5 +352,5 @@ pub(crate) async fn ai_step(
             output["variants"] = Value::Object(variants);
         }
     }
-    (Outcome::Next { output, next: None }, Some(step_input))
+    (Outcome::Next { output, next: None, post: None }, Some(step_input))
 }

@@ -1,9 +1,11 @@
 //! Running workflows durably. A run executes step by step from its cursor. Pure steps (filter,
 //! condition, template, delay arithmetic) are committed together with the next step that reaches
 //! outside (publish, http, AI, approval), and that step's result is committed before the run goes
-//! on, so a completed step never runs again. A publish step's post carries an idempotency key
-//! made of the run and the step, so even a crash between the post's commit and the run's commit
-//! makes one post. Delays and approvals end the job: the run waits as a queued job with a
+//! on, so a completed step never runs again. A publish step's post is written in the transaction
+//! of the commit that records the step, so a run and its post are stored together or not at all.
+//! The post also carries an idempotency key made of the run and the step: a post scheduled into
+//! its connections' next free slots is written on its own first (the slots are read in its
+//! transaction), and a crash before the run's commit still makes one post. Delays and approvals end the job: the run waits as a queued job with a
 //! `run_at` and holds no memory. Every commit bumps the run's `seq`; an executor whose `seq` is
 //! stale (the run was cancelled, or another job advanced it) stops.
 
@@ -16,7 +18,7 @@ use crate::template;
 use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use herald_accounts::Principal;
 use herald_core::{Error, ErrorCode, TeamRole};
-use herald_posts::{NewPost, TargetInput, Thread};
+use herald_posts::{NewPost, Posts, Staged, StagedPost, TargetInput, Thread};
 use herald_queue::{Handler, Job, JobError, NewJob};
 use herald_store::{Ts, Tx, exec, on_read};
 use herald_triggers::{EventSink, EventView};
@@ -71,8 +73,9 @@ impl RunState {
 }
 
 pub(crate) enum Outcome {
-    /// Done; go on at `next` (the following step when `None`).
-    Next { output: Value, next: Option<Option<Path>> },
+    /// Done; go on at `next` (the following step when `None`). A publish step's `post`, checked,
+    /// is written with the commit that records the step.
+    Next { output: Value, next: Option<Option<Path>>, post: Option<Box<StagedPost>> },
     /// A filter said no: the run ends `skipped`.
     Skip { output: Value, reason: String },
     /// Sleep until then, and run this step again.
@@ -90,10 +93,11 @@ fn fail(code: &str, message: impl Into<String>) -> Outcome {
 }
 
 fn next(output: Value) -> Outcome {
-    Outcome::Next { output, next: None }
+    Outcome::Next { output, next: None, post: None }
 }
 
 /// One step run to write.
+#[derive(Clone)]
 pub(crate) struct Record {
     path: String,
     step_id: String,
@@ -108,7 +112,24 @@ pub(crate) struct Record {
     finished: bool,
 }
 
+/// How a commit went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Written,
+    /// The run moved on without this executor (cancelled, or advanced by another job).
+    Lost,
+    /// The publish step's post was refused; the run was written failed at that step.
+    Refused,
+}
+
+impl From<bool> for Committed {
+    fn from(written: bool) -> Self {
+        if written { Committed::Written } else { Committed::Lost }
+    }
+}
+
 /// What a commit writes to the run.
+#[derive(Clone)]
 struct Commit {
     status: RunStatus,
     cursor: String,
@@ -184,7 +205,8 @@ pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>
 }
 
 /// Only the crash tests set it: `HERALD_FAILPOINT=workflow.after_publish` dies after a publish
-/// step's post committed and before the run records it.
+/// step, before the commit that records it (and writes its post, unless the post went into its
+/// connections' slots, which is written on its own first).
 fn failpoint_after_publish() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v == "workflow.after_publish"))
@@ -223,6 +245,8 @@ impl Workflows {
         let mut seq = row.seq;
         let mut cursor = Path::parse(&row.cursor).filter(|_| !row.cursor.is_empty());
         let mut records: Vec<Record> = Vec::new();
+        // A publish step's post, written by the commit that records the step.
+        let mut post: Option<Box<StagedPost>> = None;
         loop {
             let Some(path) = cursor.clone() else {
                 let c = Commit {
@@ -232,7 +256,10 @@ impl Workflows {
                     error: None,
                     wake: None,
                 };
-                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                return self
+                    .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                    .await
+                    .map(|w| w != Committed::Lost);
             };
             let Some(step) = path.step(&def.steps) else {
                 let c = Commit {
@@ -245,7 +272,10 @@ impl Workflows {
                     )),
                     wake: None,
                 };
-                return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                return self
+                    .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                    .await
+                    .map(|w| w != Committed::Lost);
             };
             let started_at = Utc::now();
             let key = path.display();
@@ -267,7 +297,8 @@ impl Workflows {
             };
             let here = path.display();
             match outcome {
-                Outcome::Next { output, next } => {
+                Outcome::Next { output, next, post: staged } => {
+                    post = staged;
                     if matches!(step.kind, StepKind::Publish(_)) && failpoint_after_publish() {
                         tracing::error!("failpoint workflow.after_publish: aborting before the run's commit");
                         std::process::abort();
@@ -286,8 +317,11 @@ impl Workflows {
                             error: None,
                             wake: None,
                         };
-                        if !self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await? {
-                            return Ok(false);
+                        match self.commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job).await? {
+                            Committed::Written => {}
+                            Committed::Lost => return Ok(false),
+                            // The run ended failed at this step.
+                            Committed::Refused => return Ok(true),
                         }
                     }
                 }
@@ -302,7 +336,10 @@ impl Workflows {
                         error: Some(("filtered_out".into(), reason)),
                         wake: None,
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                    return self
+                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                        .await
+                        .map(|w| w != Committed::Lost);
                 }
                 Outcome::Wait { output, until } => {
                     state.steps.insert(step.id.clone(), output.clone());
@@ -317,7 +354,10 @@ impl Workflows {
                         error: None,
                         wake: Some(until),
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                    return self
+                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                        .await
+                        .map(|w| w != Committed::Lost);
                 }
                 Outcome::Retry { code, message, after } => {
                     let policy = step.retry.unwrap_or_default();
@@ -334,7 +374,10 @@ impl Workflows {
                             error: Some((code, msg)),
                             wake: None,
                         };
-                        return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                        return self
+                            .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                            .await
+                            .map(|w| w != Committed::Lost);
                     }
                     state.attempts.insert(key, attempts);
                     rec.status = "retrying";
@@ -348,7 +391,10 @@ impl Workflows {
                         error: None,
                         wake: Some(at),
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                    return self
+                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                        .await
+                        .map(|w| w != Committed::Lost);
                 }
                 Outcome::Fail { code, message } => {
                     rec.status = "failed";
@@ -363,14 +409,20 @@ impl Workflows {
                         error: Some((code, msg)),
                         wake: None,
                     };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                    return self
+                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                        .await
+                        .map(|w| w != Committed::Lost);
                 }
                 Outcome::End { status, code, message, output } => {
                     state.steps.insert(step.id.clone(), output.clone());
                     rec.output = Some(output);
                     records.push(rec);
                     let c = Commit { status, cursor: here, wait_until: None, error: Some((code, message)), wake: None };
-                    return self.commit(&row, &mut seq, &mut stored, &state, &mut records, c, job).await;
+                    return self
+                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
+                        .await
+                        .map(|w| w != Committed::Lost);
                 }
             }
         }
@@ -384,8 +436,10 @@ impl Workflows {
         row.ok_or_else(|| Error::not_found("workflow"))
     }
 
-    /// Writes the run and its pending step runs if nobody advanced it meanwhile; `false` when
-    /// the run moved on without us (cancelled, or advanced by another job).
+    /// Writes the run, its pending step runs and a publish step's post if nobody advanced the run
+    /// meanwhile; `false` when the run moved on without us (cancelled, or advanced by another job).
+    /// A post refused as it is written (its team over the monthly quota) fails the publish step,
+    /// and the run is written failed instead, without it.
     #[allow(clippy::too_many_arguments)]
     async fn commit(
         &self,
@@ -394,6 +448,56 @@ impl Workflows {
         stored: &mut bool,
         state: &RunState,
         records: &mut Vec<Record>,
+        post: &mut Option<Box<StagedPost>>,
+        c: Commit,
+        job: Option<&Job>,
+    ) -> Result<Committed, Error> {
+        let Some(staged) = post.take() else {
+            return self.write_commit(row, seq, stored, state, records, None, c, job).await.map(Committed::from);
+        };
+        // Kept to record the publish step's failure, should its post be refused.
+        let kept = records.clone();
+        let e = match self.write_commit(row, seq, stored, state, records, Some(staged), c, job).await {
+            Err(e) if !matches!(e.code, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::Conflict) => e,
+            // Written; or a failure a retry may not meet (the job runs the step again, and a post
+            // that another executor wrote meanwhile is found by its key).
+            written => return written.map(Committed::from),
+        };
+        *records = kept;
+        let Some(rec) = records.last_mut() else { return Err(e) };
+        let mut message = e.message.clone();
+        if let Some(d) = &e.details {
+            message.push_str(&format!(" {d}"));
+        }
+        rec.status = "failed";
+        rec.output = None;
+        rec.error = Some(message.clone());
+        rec.code = Some(e.code.as_str().to_string());
+        let mut state = state.clone();
+        state.steps.remove(&rec.step_id);
+        let c = Commit {
+            status: RunStatus::Failed,
+            cursor: rec.path.clone(),
+            wait_until: None,
+            error: Some((e.code.as_str().to_string(), format!("{}: {message}", rec.step_id))),
+            wake: None,
+        };
+        match self.write_commit(row, seq, stored, &state, records, None, c, job).await? {
+            true => Ok(Committed::Refused),
+            false => Ok(Committed::Lost),
+        }
+    }
+
+    /// [`Workflows::commit`], for one try.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_commit(
+        &self,
+        row: &RunRow,
+        seq: &mut i64,
+        stored: &mut bool,
+        state: &RunState,
+        records: &mut Vec<Record>,
+        post: Option<Box<StagedPost>>,
         c: Commit,
         job: Option<&Job>,
     ) -> Result<bool, Error> {
@@ -418,6 +522,7 @@ impl Workflows {
                 run: after,
                 records: std::mem::take(records),
                 job: job.filter(|_| c.status.is_final()).map(Job::succeeded),
+                post,
             };
             let db = &self.inner.db;
             if !self.inner.commits.get_or_init(|| crate::commits::spawn(db.clone())).write(first).await? {
@@ -455,6 +560,9 @@ impl Workflows {
             return Ok(false);
         }
         insert_step_runs(&mut tx, &[(row.id, records.as_slice())], now).await?;
+        if let Some(p) = &post {
+            Posts::write_in(&mut tx, &[p]).await?;
+        }
         records.clear();
         if let Some(at) = c.wake {
             enqueue_run(&mut tx, row.id, Some(at)).await?;
@@ -547,7 +655,7 @@ impl Workflows {
             StepKind::Condition { when, .. } => {
                 let then = cond::eval(when, vars);
                 let output = json!({"branch": if then { "then" } else { "else" }});
-                (Outcome::Next { output, next: Some(path.enter(then, &def.steps)) }, None)
+                (Outcome::Next { output, next: Some(path.enter(then, &def.steps)), post: None }, None)
             }
             StepKind::Template { template: src, per_platform } => {
                 let text = match render(src) {
@@ -1015,18 +1123,25 @@ impl Workflows {
         // out, and the rest publish; only when every target breaks a rule does the step fail.
         let mut skipped = Vec::new();
         let made = loop {
-            let attempt = match self.inner.posts.create_with(&principal, new.clone(), Some(&key), Some(&loaded)).await {
-                Ok((view, _)) => Ok(view),
+            let attempt = match self.inner.posts.stage(&principal, new.clone(), Some(&key), Some(&loaded)).await {
+                // Into its connections' next free slots, which only a transaction of its own reads.
+                Ok(Staged::Ready(post)) if !post.writes_with_caller() => {
+                    self.inner.posts.write_staged(*post).await.map(|(view, _)| Staged::Existing(Box::new(view)))
+                }
+                // Made already; or to be written with the commit that records this step.
+                staged => staged,
+            };
+            let attempt = match attempt {
                 // The post was made before a crash, from a request that differs only in what
                 // time made it (`in: 2h`): it is still this step's post.
                 Err(e) if e.code == ErrorCode::Conflict => {
                     match self.inner.posts.by_idempotency_key(run.team_id, &key).await {
-                        Ok(Some(v)) => Ok(v),
+                        Ok(Some(v)) => Ok(Staged::Existing(Box::new(v))),
                         Ok(None) => Err(e),
                         Err(e2) => Err(e2),
                     }
                 }
-                Err(e) => Err(e),
+                other => other,
             };
             let bad: Vec<Value> = match &attempt {
                 Err(e) if e.code == ErrorCode::ValidationFailed => {
@@ -1044,7 +1159,11 @@ impl Workflows {
             skipped.extend(bad);
         };
         match made {
-            Ok(view) => {
+            Ok(made) => {
+                let view = match &made {
+                    Staged::Existing(v) => (**v).clone(),
+                    Staged::Ready(p) => p.view(),
+                };
                 let deliveries: Vec<Value> = view
                     .deliveries
                     .iter()
@@ -1054,7 +1173,10 @@ impl Workflows {
                 if !skipped.is_empty() {
                     output["skipped"] = Value::Array(skipped);
                 }
-                (next(output), Some(request))
+                match made {
+                    Staged::Existing(_) => (next(output), Some(request)),
+                    Staged::Ready(post) => (Outcome::Next { output, next: None, post: Some(post) }, Some(request)),
+                }
             }
             Err(e) => match e.code {
                 ErrorCode::Internal | ErrorCode::Unavailable => (
@@ -1104,7 +1226,7 @@ impl Workflows {
                 finished_at: Some(Utc::now()),
             };
             match outcome {
-                Outcome::Next { output, next } => {
+                Outcome::Next { output, next, .. } => {
                     if let Some(w) = output.get("would_post") {
                         would_post.push(w.clone());
                     }

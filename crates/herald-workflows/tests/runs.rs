@@ -1,6 +1,6 @@
 //! Workflow runs with the real queue runner, against the Telegram and Discord fakes: events go
-//! through filter, template and publish exactly once; a crash between a post and the run's commit
-//! makes no second post; delays survive a restart; approvals wait, take edits, reject and expire;
+//! through filter, template and publish exactly once; a run found without the post it made makes
+//! no second post; a post over the monthly quota fails its run; delays survive a restart; approvals wait, take edits, reject and expire;
 //! validation names its paths; a dry run posts nothing.
 
 use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
@@ -265,9 +265,10 @@ async fn an_event_goes_through_filter_template_and_publish_once() {
         let (tg, dc) = w.messages().await;
         assert_eq!((tg.len(), dc.len()), (1, 1), "no second post: {tg:?} {dc:?}");
 
-        // Its steps are all quick, so the run was stored by its first commit, with the post. A
-        // crash before that commit leaves the post and no run; the event's job runs again and
-        // starts the run with the same id, so the publish step finds its post.
+        // Its steps are all quick, so the run was stored by its first commit, with the post. Were
+        // the run lost and its post kept (a post written into its slots on its own, then a
+        // crash), the event's job runs again and starts the run with the same id, so the publish
+        // step finds its post.
         let seen = w.sources.event(&w.owner, event).await.unwrap();
         exec(&w.db, "DELETE FROM workflow_runs WHERE id = $1", run.id).await;
         w.workflows.on_event(w.team, &seen, None).await.unwrap();
@@ -370,6 +371,54 @@ async fn a_burst_of_events_is_written_together_and_each_runs_once() {
             .fetch_one(c).await)
         .unwrap();
         assert_eq!((succeeded, attempts), (24, 24));
+        w.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_over_the_monthly_quota_fails_its_run_and_leaves_nothing_half_written() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let wf = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({
+                    "name": "quota", "sources": [w.source],
+                    "steps": [
+                        {"type": "template", "template": "Item {{item.n}}"},
+                        {"type": "publish", "targets": [{"connection": w.tg_conn}]},
+                        {"type": "template", "id": "after", "template": "after {{ steps.publish.post_id }}"}
+                    ]
+                }),
+            )
+            .await
+            .unwrap();
+        exec(&w.db, "UPDATE teams SET quota_posts_month = 1 WHERE id = $1", w.team).await;
+        // The first post fits the quota: it is written with the run's commit.
+        let first = w.event(json!({"item": {"n": 1}})).await;
+        let run = w.wait(w.run_of(wf.id, first).await.id, over).await;
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+        // The second is refused as it is written: the publish step fails with the quota's code,
+        // and the run with it, written without the post or anything after the step.
+        let second = w.event(json!({"item": {"n": 2}})).await;
+        let run = w.wait(w.run_of(wf.id, second).await.id, over).await;
+        assert_eq!(run.status, RunStatus::Failed, "{run:#?}");
+        assert_eq!(run.error_code.as_deref(), Some("quota_exceeded"), "{run:#?}");
+        let steps = run.steps.as_ref().unwrap();
+        assert_eq!(steps.iter().map(|s| s.status.as_str()).collect::<Vec<_>>(), ["succeeded", "failed"], "{run:#?}");
+        assert_eq!(steps[1].error_code.as_deref(), Some("quota_exceeded"));
+        assert!(steps[1].output.is_none(), "{run:#?}");
+        let posts: i64 = herald_store::on_read!(w.db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM posts WHERE team_id = $1").bind(w.team).fetch_one(c).await)
+        .unwrap();
+        let deliveries: i64 = herald_store::on_read!(w.db, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE team_id = $1").bind(w.team).fetch_one(c).await)
+        .unwrap();
+        assert_eq!((posts, deliveries), (1, 1), "only the first post and its delivery");
+        let (tg, _) = w.messages_when(|tg, _| !tg.is_empty()).await;
+        assert_eq!(tg, ["Item 1"]);
         w.stop().await;
     })
     .await;

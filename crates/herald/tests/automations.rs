@@ -602,7 +602,7 @@ async fn clip_video_to_telegram_and_vk_one_too_large_cancel_and_retry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_between_its_post_and_its_commit_resumes_without_a_second_post() {
+async fn a_run_killed_after_its_publish_step_and_before_its_commit_posts_once() {
     let tg = telegram::start().await;
     let node = Node::new("herald-run-crash", &[("HERALD_TELEGRAM_API_BASE", tg.url.clone())]);
     let mut p = node.start(Some("workflow.after_publish"));
@@ -629,8 +629,8 @@ async fn a_run_killed_between_its_post_and_its_commit_resumes_without_a_second_p
     let code = p.wait_exit(Duration::from_secs(30));
     assert_ne!(code, 0, "the failpoint aborts:\n{}", p.log());
     assert!(p.log().contains("failpoint workflow.after_publish"), "{}", p.log());
-    // The post committed and the run did not record it: resuming runs the publish step again,
-    // which finds the post it made by its key instead of making a second.
+    // The post is written with the commit that records its step, so neither was: resuming runs
+    // the publish step again, and it makes the one post.
     let _p = node.start(None);
     let runs = node.finished_runs(wf["id"].as_str().unwrap(), 1).await;
     assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
