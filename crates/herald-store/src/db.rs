@@ -361,9 +361,10 @@ fn writing_runtime() -> &'static tokio::runtime::Handle {
 /// Prepared statements the writer keeps (sqlx's default is 100). Its batches are generated SQL
 /// whose text varies with their size (`VALUES` rows, `IN` lists, deferred statements sent
 /// together), so 100 were evicted and parsed again all the time: SQLite's parser was 11% of the
-/// writer thread's samples. `herald bench workflows`: the writer thread's CPU per event 8–12%
-/// lower with 1,000; `herald bench deliveries`: 0.216 → 0.183 ms CPU per delivery, the same RSS.
-const WRITER_STATEMENTS: usize = 1_000;
+/// writer thread's samples. `herald bench workflows`: the writer thread's CPU per event was 8–12%
+/// lower with 1,000, but peak RSS rose from 102 MB to 147–156 MB (big batch statements are big
+/// programs); 250 keeps most of the gain (about 5% above 1,000's CPU) at 114 MB.
+const WRITER_STATEMENTS: usize = 250;
 
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
