@@ -1,11 +1,12 @@
 //! Running workflows durably. A run executes step by step from its cursor. Pure steps (filter,
 //! condition, template, delay arithmetic) are committed together with the next step that reaches
 //! outside (publish, http, AI, approval), and that step's result is committed before the run goes
-//! on, so a completed step never runs again. A publish step's post is written in the transaction
-//! of the commit that records the step, so a run and its post are stored together or not at all.
-//! The post also carries an idempotency key made of the run and the step: a post scheduled into
-//! its connections' next free slots is written on its own first (the slots are read in its
-//! transaction), and a crash before the run's commit still makes one post. Delays and approvals end the job: the run waits as a queued job with a
+//! on, so a completed step never runs again. On SQLite a publish step's post is written in the
+//! transaction of the commit that records the step, so a run and its post are stored together or
+//! not at all. The post also carries an idempotency key made of the run and the step: on
+//! PostgreSQL, and for a post scheduled into its connections' next free slots (read in its own
+//! transaction), the post is written on its own first, and a crash before the run's commit still
+//! makes one post. Delays and approvals end the job: the run waits as a queued job with a
 //! `run_at` and holds no memory. Every commit bumps the run's `seq`; an executor whose `seq` is
 //! stale (the run was cancelled, or another job advanced it) stops.
 
@@ -20,7 +21,7 @@ use herald_accounts::Principal;
 use herald_core::{Error, ErrorCode, TeamRole};
 use herald_posts::{NewPost, Posts, Staged, StagedPost, TargetInput, Thread};
 use herald_queue::{Handler, Job, JobError, NewJob};
-use herald_store::{Ts, Tx, exec, on_read};
+use herald_store::{Backend, Ts, Tx, exec, on_read};
 use herald_triggers::{EventSink, EventView};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -90,6 +91,14 @@ pub(crate) enum Outcome {
 
 fn fail(code: &str, message: impl Into<String>) -> Outcome {
     Outcome::Fail { code: code.into(), message: message.into() }
+}
+
+/// An error's message with its details, for a step run's error.
+fn with_details(e: &Error) -> String {
+    match &e.details {
+        Some(d) => format!("{} {d}", e.message),
+        None => e.message.clone(),
+    }
 }
 
 fn next(output: Value) -> Outcome {
@@ -205,8 +214,8 @@ pub(crate) async fn enqueue_run(tx: &mut Tx, run: Uuid, at: Option<DateTime<Utc>
 }
 
 /// Only the crash tests set it: `HERALD_FAILPOINT=workflow.after_publish` dies after a publish
-/// step, before the commit that records it (and writes its post, unless the post went into its
-/// connections' slots, which is written on its own first).
+/// step, before the commit that records it (which on SQLite writes its post too; on PostgreSQL
+/// and for a post into its connections' slots, the post is written on its own first).
 fn failpoint_after_publish() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v == "workflow.after_publish"))
@@ -465,10 +474,7 @@ impl Workflows {
         };
         *records = kept;
         let Some(rec) = records.last_mut() else { return Err(e) };
-        let mut message = e.message.clone();
-        if let Some(d) = &e.details {
-            message.push_str(&format!(" {d}"));
-        }
+        let message = with_details(&e);
         rec.status = "failed";
         rec.output = None;
         rec.error = Some(message.clone());
@@ -1125,7 +1131,11 @@ impl Workflows {
         let made = loop {
             let attempt = match self.inner.posts.stage(&principal, new.clone(), Some(&key), Some(&loaded)).await {
                 // Into its connections' next free slots, which only a transaction of its own reads.
-                Ok(Staged::Ready(post)) if !post.writes_with_caller() => {
+                // And on PostgreSQL, whose transactions run side by side, posts written together
+                // (their own group commit) go beside the runs' commits rather than queue in them.
+                Ok(Staged::Ready(post))
+                    if !post.writes_with_caller() || self.inner.db.backend() == Backend::Postgres =>
+                {
                     self.inner.posts.write_staged(*post).await.map(|(view, _)| Staged::Existing(Box::new(view)))
                 }
                 // Made already; or to be written with the commit that records this step.
@@ -1184,10 +1194,7 @@ impl Workflows {
                     Some(request),
                 ),
                 code => {
-                    let mut message = e.message.clone();
-                    if let Some(d) = &e.details {
-                        message.push_str(&format!(" {d}"));
-                    }
+                    let message = with_details(&e);
                     (fail(code.as_str(), message), Some(request))
                 }
             },

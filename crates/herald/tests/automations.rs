@@ -629,8 +629,8 @@ async fn a_run_killed_after_its_publish_step_and_before_its_commit_posts_once() 
     let code = p.wait_exit(Duration::from_secs(30));
     assert_ne!(code, 0, "the failpoint aborts:\n{}", p.log());
     assert!(p.log().contains("failpoint workflow.after_publish"), "{}", p.log());
-    // The post is written with the commit that records its step, so neither was: resuming runs
-    // the publish step again, and it makes the one post.
+    // On SQLite the post is written with the commit that records its step, so neither was (on
+    // PostgreSQL the post was, and the step finds it by its key): resuming makes the one post.
     let _p = node.start(None);
     let runs = node.finished_runs(wf["id"].as_str().unwrap(), 1).await;
     assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
