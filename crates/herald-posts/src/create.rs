@@ -84,7 +84,7 @@ impl From<Error> for WriteError {
 
 /// Writes `posts` in the caller's transaction; `quota` counts them against their teams' monthly
 /// limits (the slot path counts first, itself).
-pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> Result<(), WriteError> {
+pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> Result<(), Error> {
     if posts.is_empty() {
         return Ok(());
     }

@@ -64,10 +64,13 @@ pub async fn emit(
     emit_to(tx, &endpoints, team, kind, subject, message, data).await
 }
 
+/// A team's active endpoints with the event types each wants (JSON).
+const ACTIVE_ENDPOINTS: &str = "SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2";
+
 /// The team's active endpoints with the event types each wants (JSON), for [`emit_to`]; a batch
 /// that emits many events for one team reads them once.
 pub(crate) async fn endpoints(tx: &mut Tx, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
-    on_tx!(tx, c => sqlx::query_as("SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2")
+    on_tx!(tx, c => sqlx::query_as(ACTIVE_ENDPOINTS)
         .bind(team).bind(true).fetch_all(&mut *c).await)
     .map_err(store)
 }
@@ -76,7 +79,7 @@ pub(crate) async fn endpoints(tx: &mut Tx, team: Uuid) -> Result<Vec<(Uuid, Stri
 /// takes SQLite's writer, which then has one trip fewer to make. An endpoint made or turned off
 /// meanwhile is a race the post might have lost or won a moment later anyway.
 pub(crate) async fn endpoints_now(db: &Db, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
-    on_read!(db, c => sqlx::query_as("SELECT id, events FROM event_endpoints WHERE team_id = $1 AND active = $2")
+    on_read!(db, c => sqlx::query_as(ACTIVE_ENDPOINTS)
         .bind(team).bind(true).fetch_all(c).await)
     .map_err(store)
 }

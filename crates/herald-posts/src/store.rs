@@ -143,8 +143,7 @@ pub struct StagedPost {
 impl StagedPost {
     /// The post as it will be once written.
     pub fn view(&self) -> PostView {
-        let deliveries = self.prepared.deliveries.iter().map(|d| d.view(&self.content, Vec::new())).collect();
-        Posts::view(&self.prepared.row, deliveries)
+        written_view(&self.prepared, &self.content)
     }
 
     /// How many deliveries it makes.
@@ -156,6 +155,12 @@ impl StagedPost {
     pub fn writes_with_caller(&self) -> bool {
         self.slot_zone.is_none()
     }
+}
+
+/// A post as its write leaves it (nothing attempted yet), without reading it back.
+fn written_view(prepared: &Prepared, content: &Content) -> PostView {
+    let deliveries = prepared.deliveries.iter().map(|d| d.view(content, Vec::new())).collect();
+    Posts::view(&prepared.row, deliveries)
 }
 
 impl DeliveryRow {
@@ -801,7 +806,7 @@ impl Posts {
                         Ok(()) => Ok(prepared),
                         Err(e) => Err(create::taken(e, std::slice::from_ref(&prepared))),
                     },
-                    Err(e) => Err(e),
+                    Err(e) => Err(WriteError::Other(e)),
                 }
             }
         };
@@ -829,8 +834,7 @@ impl Posts {
             }
         };
         // The post as committed; no need to read it back.
-        let deliveries = prepared.deliveries.iter().map(|d| d.view(&content, Vec::new())).collect();
-        Ok((Self::view(&prepared.row, deliveries), false))
+        Ok((written_view(&prepared, &content), false))
     }
 
     /// Writes staged posts in the caller's transaction, counted against their teams' monthly
@@ -839,10 +843,7 @@ impl Posts {
     pub async fn write_in(tx: &mut Tx, posts: &[&StagedPost]) -> Result<(), Error> {
         debug_assert!(posts.iter().all(|p| p.writes_with_caller()));
         let mut prepared: Vec<Prepared> = posts.iter().map(|p| p.prepared.clone()).collect();
-        create::write(tx, &mut prepared, true).await.map_err(|e| match e {
-            WriteError::KeyTaken => conflict("another request with this Idempotency-Key made its post first; retry"),
-            WriteError::Other(e) => e,
-        })
+        create::write(tx, &mut prepared, true).await
     }
 
     fn creates(&self) -> &Creates {

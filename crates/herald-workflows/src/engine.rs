@@ -256,7 +256,8 @@ impl Workflows {
         let mut records: Vec<Record> = Vec::new();
         // A publish step's post, written by the commit that records the step.
         let mut post: Option<Box<StagedPost>> = None;
-        loop {
+        // Steps run until one ends the run or makes it wait; that commit ends this drive.
+        let last = loop {
             let Some(path) = cursor.clone() else {
                 let c = Commit {
                     status: RunStatus::Succeeded,
@@ -265,10 +266,7 @@ impl Workflows {
                     error: None,
                     wake: None,
                 };
-                return self
-                    .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                    .await
-                    .map(|w| w != Committed::Lost);
+                break c;
             };
             let Some(step) = path.step(&def.steps) else {
                 let c = Commit {
@@ -281,10 +279,7 @@ impl Workflows {
                     )),
                     wake: None,
                 };
-                return self
-                    .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                    .await
-                    .map(|w| w != Committed::Lost);
+                break c;
             };
             let started_at = Utc::now();
             let key = path.display();
@@ -345,10 +340,7 @@ impl Workflows {
                         error: Some(("filtered_out".into(), reason)),
                         wake: None,
                     };
-                    return self
-                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                        .await
-                        .map(|w| w != Committed::Lost);
+                    break c;
                 }
                 Outcome::Wait { output, until } => {
                     state.steps.insert(step.id.clone(), output.clone());
@@ -363,10 +355,7 @@ impl Workflows {
                         error: None,
                         wake: Some(until),
                     };
-                    return self
-                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                        .await
-                        .map(|w| w != Committed::Lost);
+                    break c;
                 }
                 Outcome::Retry { code, message, after } => {
                     let policy = step.retry.unwrap_or_default();
@@ -383,10 +372,7 @@ impl Workflows {
                             error: Some((code, msg)),
                             wake: None,
                         };
-                        return self
-                            .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                            .await
-                            .map(|w| w != Committed::Lost);
+                        break c;
                     }
                     state.attempts.insert(key, attempts);
                     rec.status = "retrying";
@@ -400,10 +386,7 @@ impl Workflows {
                         error: None,
                         wake: Some(at),
                     };
-                    return self
-                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                        .await
-                        .map(|w| w != Committed::Lost);
+                    break c;
                 }
                 Outcome::Fail { code, message } => {
                     rec.status = "failed";
@@ -418,23 +401,19 @@ impl Workflows {
                         error: Some((code, msg)),
                         wake: None,
                     };
-                    return self
-                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                        .await
-                        .map(|w| w != Committed::Lost);
+                    break c;
                 }
                 Outcome::End { status, code, message, output } => {
                     state.steps.insert(step.id.clone(), output.clone());
                     rec.output = Some(output);
                     records.push(rec);
                     let c = Commit { status, cursor: here, wait_until: None, error: Some((code, message)), wake: None };
-                    return self
-                        .commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, c, job)
-                        .await
-                        .map(|w| w != Committed::Lost);
+                    break c;
                 }
             }
-        }
+        };
+        let committed = self.commit(&row, &mut seq, &mut stored, &state, &mut records, &mut post, last, job).await?;
+        Ok(committed != Committed::Lost)
     }
 
     pub(crate) async fn workflow_row(&self, id: Uuid) -> Result<WorkflowRow, Error> {
