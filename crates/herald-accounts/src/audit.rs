@@ -59,10 +59,7 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
     if events.is_empty() {
         return Ok(());
     }
-    let values = (0..events.len())
-        .map(|i| format!("({})", herald_store::placeholders(1 + 11 * i, 11)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = herald_store::value_rows(1, events.len(), 11);
     // Deferred: it goes with the transaction's next read or its commit, and fails the commit if
     // it fails.
     let sql = format!(

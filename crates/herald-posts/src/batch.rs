@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
-use herald_store::placeholders;
 use herald_store::{Backend, Ts, Tx, on_read, on_tx};
+use herald_store::{placeholders, value_rows};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -301,7 +301,7 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
     }
     let now = Ts::now();
     // The time twice; then four per delivery: id, parts, platform id, URL.
-    let rows = (0..items.len()).map(|i| format!("({})", placeholders(3 + 4 * i, 4))).collect::<Vec<_>>().join(", ");
+    let rows = value_rows(3, items.len(), 4);
     // Nothing here reads a result: the statements go with the next read (or the commit).
     let sql = format!(
         "UPDATE deliveries SET state = 'published', parts = v.column2, platform_post_id = v.column3, \
@@ -317,19 +317,14 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
             .bind(s.platform_url.as_deref());
     }
 
-    let values = (0..items.len())
-        .map(|i| {
-            let b = 5 * i;
-            format!("(${}, ${}, ${}, ${}, ${}, 'published')", b + 1, b + 2, b + 3, b + 4, b + 5)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
     let sql = format!(
-        "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) VALUES {values}"
+        "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) VALUES {}",
+        value_rows(1, items.len(), 6)
     );
     let mut insert = tx.defer(&sql);
     for s in items {
-        insert = insert.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms);
+        insert =
+            insert.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms).bind("published");
     }
 
     let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();

@@ -15,7 +15,7 @@ use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_core::{Error, ErrorCode};
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Ts, Tx, placeholders};
+use herald_store::{Ts, Tx, value_rows};
 use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -103,7 +103,7 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
             }
         }
     }
-    let values = (0..posts.len()).map(|i| format!("({})", placeholders(1 + 16 * i, 16))).collect::<Vec<_>>().join(", ");
+    let values = value_rows(1, posts.len(), 16);
     let sql = format!(
         "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
          idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"

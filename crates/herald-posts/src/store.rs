@@ -12,7 +12,7 @@ use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
-use herald_store::{Backend, Db, StoreError, Ts, Tx, exec, on_read, on_tx, placeholders};
+use herald_store::{Backend, Db, StoreError, Ts, Tx, exec, on_read, on_tx, placeholders, value_rows};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -420,7 +420,7 @@ pub(crate) async fn insert_deliveries(
         }
     }
     // Fourteen per delivery, the last two its creation time.
-    let values = (0..rows.len()).map(|i| format!("({})", placeholders(1 + 14 * i, 14))).collect::<Vec<_>>().join(", ");
+    let values = value_rows(1, rows.len(), 14);
     // Deferred: the ids are made here, so nothing waits for the statement's result.
     let sql = format!(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \

@@ -25,7 +25,34 @@ pub use wakeups::Wakeups;
 
 /// `$first, $first+1, …` for an `IN (…)` list of `n` values; both backends take `$N` parameters.
 pub fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    let mut out = String::with_capacity(n * 6);
+    push_placeholders(&mut out, first, n);
+    out
+}
+
+/// `($first, …), (…), …`: `rows` rows of `per_row` parameters each, for a multi-row `VALUES`.
+/// Batch writes build these on the writer's path, so it is one string, not one per parameter.
+pub fn value_rows(first: usize, rows: usize, per_row: usize) -> String {
+    let mut out = String::with_capacity(rows * (per_row * 6 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        push_placeholders(&mut out, first + r * per_row, per_row);
+        out.push(')');
+    }
+    out
+}
+
+fn push_placeholders(out: &mut String, first: usize, n: usize) {
+    use std::fmt::Write;
+    for i in first..first + n {
+        if i > first {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "${i}");
+    }
 }
 
 /// Rewrites a statement whose `$N` parameters appear in order, each once (`$1`, `$2`, … as
@@ -78,7 +105,16 @@ pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
 
 #[cfg(test)]
 mod tests {
-    use super::anonymous_params;
+    use super::{anonymous_params, placeholders, value_rows};
+
+    #[test]
+    fn placeholders_number_from_the_first_and_rows_go_on_from_each_other() {
+        assert_eq!(placeholders(3, 3), "$3, $4, $5");
+        assert_eq!(placeholders(1, 0), "");
+        assert_eq!(value_rows(2, 2, 3), "($2, $3, $4), ($5, $6, $7)");
+        assert_eq!(value_rows(1, 1, 1), "($1)");
+        assert_eq!(value_rows(1, 0, 4), "");
+    }
 
     #[test]
     fn parameters_in_order_become_anonymous_and_others_stay_as_written() {

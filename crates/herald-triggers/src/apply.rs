@@ -6,7 +6,7 @@ use crate::feed::Item;
 use crate::model::Settings;
 use crate::store::{SourceRow, bump_count, insert_event, store};
 use herald_core::Error;
-use herald_store::{Ts, Tx, exec, on_tx, placeholders};
+use herald_store::{Ts, Tx, exec, on_tx, placeholders, value_rows};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -123,11 +123,10 @@ pub(crate) async fn apply(tx: &mut Tx, source: &SourceRow, mut items: Vec<Item>,
         fresh.push((key, print, event));
     }
     for chunk in fresh.chunks(200) {
-        let values: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(i * 5 + 1, 5))).collect();
         let sql = tx.backend().sql(format!(
             "INSERT INTO source_items (source_id, item_key, fingerprint, event_id, seen_at) VALUES {} \
              ON CONFLICT (source_id, item_key) DO NOTHING",
-            values.join(", ")
+            value_rows(1, chunk.len(), 5)
         ));
         on_tx!(tx, c => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));

@@ -14,7 +14,7 @@ use crate::store::{Sources, store};
 use herald_core::Error;
 use herald_queue::NewJob;
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Ts, Tx, on_tx, placeholders};
+use herald_store::{Ts, Tx, on_tx, value_rows};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -45,7 +45,7 @@ pub(crate) async fn insert_events(
     }
     let received_at = Ts::now();
     let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
-    let values = (0..rows.len()).map(|i| format!("({})", placeholders(1 + 7 * i, 7))).collect::<Vec<_>>().join(", ");
+    let values = value_rows(1, rows.len(), 7);
     let sql = tx.backend().sql(format!(
         "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES {values} \
          ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id"
@@ -159,5 +159,7 @@ async fn commit(sources: &Sources, items: &[Incoming]) -> Result<Vec<Option<Even
         }
     }
     tx.commit().await?;
+    // Their jobs will want them in a moment.
+    sources.recent.put(items.iter().zip(&out).filter_map(|(i, e)| Some((i.team, e.clone()?))));
     Ok(out)
 }

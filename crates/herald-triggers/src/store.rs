@@ -60,6 +60,37 @@ pub struct Sources {
     /// Writes manual events and webhooks that arrive together in one transaction; started with
     /// the first.
     intake: Arc<OnceLock<Intake>>,
+    /// Events the intake wrote lately, for their `source.event` jobs (see [`Recent`]).
+    pub(crate) recent: Arc<Recent>,
+}
+
+/// Events the intake wrote, by id, with their team, until their `source.event` job takes them:
+/// nearly always that job runs in this process a moment later, and takes its event from here
+/// rather than read it back (one read fewer per event). Only what the intake wrote comes here,
+/// and nothing changes those events, so a copy is as good as the row. A job that finds nothing
+/// (run after a restart, on another node, or again) reads the row. Bounded: when full, it
+/// forgets everything (entries whose jobs ran on another node would otherwise stay).
+#[derive(Default)]
+pub(crate) struct Recent(std::sync::Mutex<std::collections::HashMap<Uuid, (Uuid, EventView)>>);
+
+/// The most events [`Recent`] holds (a few MB at most).
+const RECENT_MAX: usize = 4096;
+
+impl Recent {
+    /// Keeps events, each with its team.
+    pub(crate) fn put(&self, events: impl IntoIterator<Item = (Uuid, EventView)>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (team, e) in events {
+            if map.len() >= RECENT_MAX {
+                map.clear();
+            }
+            map.insert(e.id, (team, e));
+        }
+    }
+
+    fn take(&self, id: Uuid) -> Option<(Uuid, EventView)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id)
+    }
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -170,7 +201,7 @@ impl Sources {
     pub fn new(db: Db, vault: Vault, safe: SafeClient, trusted: HttpClient, config: TriggerConfig) -> Sources {
         let mut config = config;
         config.public_url = config.public_url.map(|u| u.trim_end_matches('/').to_string());
-        Sources { db, vault, safe, trusted, config: Arc::new(config), intake: Arc::default() }
+        Sources { db, vault, safe, trusted, config: Arc::new(config), intake: Arc::default(), recent: Arc::default() }
     }
 
     pub fn db(&self) -> &Db {
@@ -552,8 +583,12 @@ impl Sources {
         row.map(EventRow::view).ok_or_else(|| Error::not_found("event"))
     }
 
-    /// An event by id, whatever its team (for the dispatch job).
+    /// An event by id, whatever its team, for its dispatch job: taken from [`Recent`] when the
+    /// intake wrote it lately (so only once), else read.
     pub async fn event_by_id(&self, id: Uuid) -> Result<Option<(Uuid, EventView)>, Error> {
+        if let Some(found) = self.recent.take(id) {
+            return Ok(Some(found));
+        }
         let sql = format!("SELECT team_id, {EVENT_COLS} FROM events WHERE id = $1");
         #[derive(sqlx::FromRow)]
         struct Row {
@@ -666,4 +701,43 @@ pub(crate) fn bump_count(tx: &mut Tx, source: Uuid, n: i64) {
 pub(crate) fn touch(tx: &mut Tx, source: Uuid) {
     let now = Ts::now();
     tx.defer("UPDATE sources SET last_run_at = $1, last_ok_at = $2 WHERE id = $3").bind(now).bind(now).bind(source);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RECENT_MAX, Recent};
+    use crate::model::EventView;
+    use uuid::Uuid;
+
+    fn event() -> EventView {
+        EventView {
+            id: Uuid::now_v7(),
+            source_id: Uuid::now_v7(),
+            kind: "manual".into(),
+            external_id: "x".into(),
+            data: serde_json::json!({"item": {"title": "t"}}),
+            received_at: chrono::Utc::now(),
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn a_recent_event_is_taken_once_with_its_team_and_a_full_cache_starts_over() {
+        let recent = Recent::default();
+        let (team, e) = (Uuid::now_v7(), event());
+        recent.put([(team, e.clone())]);
+        let (t, got) = recent.take(e.id).expect("kept");
+        assert_eq!((t, got.id, got.data), (team, e.id, e.data));
+        assert!(recent.take(e.id).is_none(), "taken once: a job run again reads the row");
+
+        let first = event();
+        recent.put([(team, first.clone())]);
+        recent.put((1..RECENT_MAX).map(|_| (team, event())));
+        assert!(recent.take(first.id).is_some(), "{RECENT_MAX} fit");
+        recent.put((0..2).map(|_| (team, event())));
+        let last = event();
+        recent.put([(team, last.clone())]);
+        assert!(recent.take(last.id).is_some(), "after a clear, new events are kept");
+        assert!(recent.0.lock().unwrap().len() < RECENT_MAX, "a full cache forgets what it held");
+    }
 }

@@ -170,10 +170,7 @@ pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], no
     // 13 values a row; SQLite binds at most 32,766 in a statement.
     const COLS: usize = 13;
     for chunk in rows.chunks(1000) {
-        let values = (0..chunk.len())
-            .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = herald_store::value_rows(1, chunk.len(), COLS);
         // Deferred: it goes with the commit (in one trip on SQLite), and fails it if it fails.
         let sql = format!(
             "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \

@@ -611,10 +611,7 @@ impl Workflows {
             return Ok(Vec::new());
         }
         const COLS: usize = 18;
-        let values = (0..rows.len())
-            .map(|i| format!("({})", herald_store::placeholders(1 + COLS * i, COLS)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = herald_store::value_rows(1, rows.len(), COLS);
         let sql = tx
             .backend()
             .sql(format!("INSERT INTO workflow_runs ({RUN_COLS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"));

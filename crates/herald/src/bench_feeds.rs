@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use herald_accounts::{Accounts, AccountsConfig};
 use herald_http::guard::{Cidr, GuardConfig};
 use herald_http::{HttpClient, SafeClient};
-use herald_store::{Db, Ts, on_read, on_tx, placeholders};
+use herald_store::{Db, Ts, on_read, on_tx, value_rows};
 use herald_triggers::{Poller, Sources, TriggerConfig};
 use herald_vault::{MasterKey, Vault};
 use serde::{Deserialize, Serialize};
@@ -390,10 +390,9 @@ async fn insert_sources(
                 (Uuid::now_v7(), format!("bench feed {i}"), config.to_string(), Ts(due))
             })
             .collect();
-        let values: Vec<String> = (0..rows.len()).map(|r| format!("({})", placeholders(r * COLS + 1, COLS))).collect();
         let sql = format!(
             "INSERT INTO sources (id, team_id, kind, name, config, active, next_run_at, created_at, updated_at) VALUES {}",
-            values.join(", ")
+            value_rows(1, rows.len(), COLS)
         );
         let mut tx = db.begin().await?;
         on_tx!(tx, c => {

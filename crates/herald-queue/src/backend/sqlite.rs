@@ -202,23 +202,35 @@ pub(crate) async fn block_bucket(
 
 /// Completions as one JSON parameter: a batch of any size in one statement.
 fn completions_json(rows: &[CompletionRow], now: DateTime<Utc>) -> String {
-    let input: Vec<serde_json::Value> = rows
+    // Serialized straight from borrowed fields: no JSON tree built and dropped per batch (this
+    // runs on the writer's path, once per claimed job).
+    #[derive(serde::Serialize)]
+    struct Completion<'a> {
+        id: uuid::fmt::Simple,
+        attempt: i32,
+        state: &'a str,
+        refund: i32,
+        run_at: Option<i64>,
+        finished_at: Option<i64>,
+        started_at: i64,
+        outcome: &'a str,
+        error: Option<&'a str>,
+    }
+    let input: Vec<Completion<'_>> = rows
         .iter()
-        .map(|c| {
-            serde_json::json!({
-                "id": c.id.0.simple().to_string(),
-                "attempt": c.attempt,
-                "state": c.state,
-                "refund": c.attempt_refund,
-                "run_at": c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64),
-                "finished_at": c.finished.then(|| to_micros(c.finished_at)),
-                "started_at": to_micros(c.started_at),
-                "outcome": c.outcome,
-                "error": c.error,
-            })
+        .map(|c| Completion {
+            id: c.id.0.simple(),
+            attempt: c.attempt,
+            state: c.state,
+            refund: c.attempt_refund,
+            run_at: c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64),
+            finished_at: c.finished.then(|| to_micros(c.finished_at)),
+            started_at: to_micros(c.started_at),
+            outcome: c.outcome,
+            error: c.error.as_deref(),
         })
         .collect();
-    serde_json::Value::Array(input).to_string()
+    serde_json::to_string(&input).unwrap_or_default()
 }
 
 /// [`complete`] for runs with no bucket to block, queued in `tx` ([`Tx::defer`]) to go with
@@ -314,19 +326,29 @@ pub(crate) async fn complete(
 /// Inserts many jobs without unique keys in one statement.
 /// Inserts jobs without unique keys in one statement, deferred in `tx` ([`Tx::defer`]).
 pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: DateTime<Utc>) {
-    let input: Vec<serde_json::Value> = jobs
+    // As in `completions_json`: serialized from borrowed fields, with no JSON tree between.
+    #[derive(serde::Serialize)]
+    struct Insert<'a> {
+        id: uuid::fmt::Simple,
+        queue: &'a str,
+        kind: &'a str,
+        payload: String,
+        priority: i16,
+        max_attempts: i32,
+        run_at: i64,
+        bucket_key: Option<&'a str>,
+    }
+    let input: Vec<Insert<'_>> = jobs
         .iter()
-        .map(|(id, j)| {
-            serde_json::json!({
-                "id": id.0.simple().to_string(),
-                "queue": j.queue,
-                "kind": j.kind,
-                "payload": j.payload.to_string(),
-                "priority": j.priority,
-                "max_attempts": j.max_attempts,
-                "run_at": to_micros(j.run_at.unwrap_or(now)),
-                "bucket_key": j.bucket_key,
-            })
+        .map(|(id, j)| Insert {
+            id: id.0.simple(),
+            queue: &j.queue,
+            kind: &j.kind,
+            payload: j.payload.to_string(),
+            priority: j.priority,
+            max_attempts: j.max_attempts,
+            run_at: to_micros(j.run_at.unwrap_or(now)),
+            bucket_key: j.bucket_key.as_deref(),
         })
         .collect();
     tx.defer(
@@ -336,7 +358,7 @@ pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: Dat
          FROM json_each($2)",
     )
     .bind(to_micros(now))
-    .bind(serde_json::Value::Array(input).to_string());
+    .bind(serde_json::to_string(&input).unwrap_or_default());
 }
 
 #[allow(clippy::too_many_arguments)]
