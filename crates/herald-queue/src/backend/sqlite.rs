@@ -323,7 +323,6 @@ pub(crate) async fn complete(
     Ok(kept.len())
 }
 
-/// Inserts many jobs without unique keys in one statement.
 /// Inserts jobs without unique keys in one statement, deferred in `tx` ([`Tx::defer`]).
 pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: DateTime<Utc>) {
     // As in `completions_json`: serialized from borrowed fields, with no JSON tree between.
