@@ -141,7 +141,7 @@ impl Sources {
             data,
             touch: true,
         };
-        let stored = self.intake().write(incoming).await?;
+        let stored = self.receive(incoming).await?;
         Ok(stored.map_or(Received::Duplicate, |e| Received::Stored(e.id)))
     }
 }

@@ -159,7 +159,5 @@ async fn commit(sources: &Sources, items: &[Incoming]) -> Result<Vec<Option<Even
         }
     }
     tx.commit().await?;
-    // Their jobs will want them in a moment.
-    sources.recent.put(items.iter().zip(&out).filter_map(|(i, e)| Some((i.team, e.clone()?))));
     Ok(out)
 }

@@ -61,7 +61,7 @@ pub struct Sources {
     /// the first.
     intake: Arc<OnceLock<Intake>>,
     /// Events the intake wrote lately, for their `source.event` jobs (see [`Recent`]).
-    pub(crate) recent: Arc<Recent>,
+    recent: Arc<Recent>,
 }
 
 /// Events the intake wrote, by id, with their team, until their `source.event` job takes them:
@@ -77,15 +77,13 @@ pub(crate) struct Recent(std::sync::Mutex<std::collections::HashMap<Uuid, (Uuid,
 const RECENT_MAX: usize = 4096;
 
 impl Recent {
-    /// Keeps events, each with its team.
-    pub(crate) fn put(&self, events: impl IntoIterator<Item = (Uuid, EventView)>) {
+    /// Keeps an event of `team`.
+    fn put(&self, team: Uuid, e: EventView) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for (team, e) in events {
-            if map.len() >= RECENT_MAX {
-                map.clear();
-            }
-            map.insert(e.id, (team, e));
+        if map.len() >= RECENT_MAX {
+            map.clear();
         }
+        map.insert(e.id, (team, e));
     }
 
     fn take(&self, id: Uuid) -> Option<(Uuid, EventView)> {
@@ -565,14 +563,22 @@ impl Sources {
             touch: false,
         };
         let external = incoming.external_id.clone();
-        match self.intake().write(incoming).await? {
+        match self.receive(incoming).await? {
             Some(event) => Ok(event),
             None => Err(Error::new(ErrorCode::Conflict, format!("this source already has an event `{external}`"))),
         }
     }
 
-    pub(crate) fn intake(&self) -> &Intake {
-        self.intake.get_or_init(|| intake::spawn(self.clone()))
+    /// Stores a manual event or an inbound webhook through the intake (`None`: the source had
+    /// it already), and keeps it for its `source.event` job ([`Recent`]). Kept here, on the
+    /// caller's task, rather than by the intake, whose loop holds SQLite's writer.
+    pub(crate) async fn receive(&self, incoming: Incoming) -> Result<Option<EventView>, Error> {
+        let team = incoming.team;
+        let stored = self.intake.get_or_init(|| intake::spawn(self.clone())).write(incoming).await?;
+        if let Some(e) = &stored {
+            self.recent.put(team, e.clone());
+        }
+        Ok(stored)
     }
 
     pub async fn event(&self, p: &Principal, id: Uuid) -> Result<EventView, Error> {
@@ -725,18 +731,18 @@ mod tests {
     fn a_recent_event_is_taken_once_with_its_team_and_a_full_cache_starts_over() {
         let recent = Recent::default();
         let (team, e) = (Uuid::now_v7(), event());
-        recent.put([(team, e.clone())]);
+        recent.put(team, e.clone());
         let (t, got) = recent.take(e.id).expect("kept");
         assert_eq!((t, got.id, got.data), (team, e.id, e.data));
         assert!(recent.take(e.id).is_none(), "taken once: a job run again reads the row");
 
         let first = event();
-        recent.put([(team, first.clone())]);
-        recent.put((1..RECENT_MAX).map(|_| (team, event())));
+        recent.put(team, first.clone());
+        (1..RECENT_MAX).for_each(|_| recent.put(team, event()));
         assert!(recent.take(first.id).is_some(), "{RECENT_MAX} fit");
-        recent.put((0..2).map(|_| (team, event())));
+        (0..2).for_each(|_| recent.put(team, event()));
         let last = event();
-        recent.put([(team, last.clone())]);
+        recent.put(team, last.clone());
         assert!(recent.take(last.id).is_some(), "after a clear, new events are kept");
         assert!(recent.0.lock().unwrap().len() < RECENT_MAX, "a full cache forgets what it held");
     }
