@@ -25,6 +25,9 @@ use std::process::ExitCode;
 /// (`herald bench deliveries`, `herald bench workflows`, interleaved with glibc's). An earlier
 /// trial without `no_thp` peaked at 146–153 MB RSS, past the 150 MB budget; with it, `bench
 /// deliveries` over both backends peaked at 103 MB, against glibc's 119 MB in the same run.
+/// `override` also gives it the C code's `malloc` and `free` (the bundled SQLite's, on the writer's
+/// thread), which otherwise still went to glibc; see `.cargo/config.toml` for the rest of that
+/// change and the herald README for its figures.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
