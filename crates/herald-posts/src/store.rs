@@ -259,7 +259,8 @@ pub struct PostQuery {
     pub limit: Option<i64>,
 }
 
-/// The state a post is in, given its deliveries'.
+/// The state a post is in, given its deliveries'. It depends only on which states are present,
+/// not on how many deliveries are in each ([`refresh_posts`] reads each state once).
 pub(crate) fn rollup(
     current: PostState,
     schedule_at: Option<DateTime<Utc>>,
@@ -309,7 +310,7 @@ pub(crate) async fn refresh_posts(
         state: String,
         schedule_at: Option<Ts>,
         repeat_days: Option<i64>,
-        /// One row per delivery (none for a post without any).
+        /// One row per state its deliveries are in (none for a post without any).
         delivery_state: Option<String>,
     }
     // On PostgreSQL the posts' row locks come first, taken in one order: deliveries finishing
@@ -325,8 +326,11 @@ pub(crate) async fn refresh_posts(
         })
         .map_err(store)?;
     }
+    // The rollup only asks which states a post's deliveries are in, so each state comes once:
+    // a row per (post, state), not per delivery. Each row is a message from SQLite's connection
+    // thread, on the writer's path.
     let sql = tx.backend().sql(format!(
-        "SELECT p.id, p.team_id, p.state, p.schedule_at, p.repeat_days, d.state AS delivery_state \
+        "SELECT DISTINCT p.id, p.team_id, p.state, p.schedule_at, p.repeat_days, d.state AS delivery_state \
          FROM posts p LEFT JOIN deliveries d ON d.post_id = p.id WHERE p.id IN ({list})"
     ));
     let rows: Vec<P> = on_tx!(tx, c => {

@@ -153,6 +153,10 @@ impl Db {
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true)
                     .pragma("temp_store", "memory")
+                    // A connection's thread hands rows over through a channel of this size and
+                    // waits whenever it is full; with sqlx's 50, a claim or a batch read of
+                    // hundreds of rows went back and forth between the two threads.
+                    .row_buffer_size(1024)
                     // Named, so a profile tells the read connections' threads from the writer's.
                     .thread_name(|n| format!("sqlite-reader-{n}"));
                 let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
