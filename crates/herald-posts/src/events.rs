@@ -10,9 +10,10 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{Job, JobError, NewJob};
-use herald_store::{Db, Ts, Tx, exec, on_read, on_tx};
+use herald_store::{Ts, Tx, exec, on_read, on_tx};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -75,13 +76,24 @@ pub(crate) async fn endpoints(tx: &mut Tx, team: Uuid) -> Result<Vec<(Uuid, Stri
     .map_err(store)
 }
 
-/// The team's active endpoints, read outside a transaction: a post's create reads them before it
-/// takes SQLite's writer, which then has one trip fewer to make. An endpoint made or turned off
-/// meanwhile is a race the post might have lost or won a moment later anyway.
-pub(crate) async fn endpoints_now(db: &Db, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
-    on_read!(db, c => sqlx::query_as(ACTIVE_ENDPOINTS)
-        .bind(team).bind(true).fetch_all(c).await)
-    .map_err(store)
+/// The [`Tx::changed`] topic of writes to `event_endpoints`.
+pub(crate) const CHANGED: &str = "event_endpoints";
+
+/// The team's active endpoints, read outside a transaction and kept for a moment
+/// ([`Posts::endpoints`]): a post's create reads them before it takes SQLite's writer, which then
+/// has one trip fewer to make. An endpoint made or turned off meanwhile is a race the post might
+/// have lost or won a moment later anyway; on this node the change shows at once.
+pub(crate) async fn endpoints_now(posts: &Posts, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
+    let db = &posts.db;
+    let kept = posts
+        .endpoints
+        .get_or_load(team, async {
+            on_read!(db, c => sqlx::query_as(ACTIVE_ENDPOINTS).bind(team).bind(true).fetch_all(c).await)
+                .map(Arc::new)
+                .map_err(store)
+        })
+        .await?;
+    Ok(kept.as_ref().clone())
 }
 
 /// [`emit`] to endpoints already read in this transaction.
@@ -238,6 +250,7 @@ impl Posts {
         let secret = herald_platforms::webhook::generate_secret();
         let sealed = self.accounts.vault().seal(&secret, &vault_binding(team, id));
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         exec!(
             tx,
             "INSERT INTO event_endpoints (id, team_id, url, secret, events, active, created_by, created_at) \
@@ -284,6 +297,7 @@ impl Posts {
         let (team, _) = authorize(p, Action::ManageTeam)?;
         let view = self.endpoint(team, id).await?;
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         exec!(tx, "DELETE FROM event_endpoints WHERE team_id = $1 AND id = $2", team, id).map_err(store)?;
         audit::record(&mut tx, &Actor::of(p), Event::new(Some(team), "webhook.deleted").target("webhook", id)).await?;
         tx.commit().await.map_err(Error::from)?;
@@ -377,6 +391,7 @@ impl herald_queue::Handler for EventHandler {
             Ok(_) => Ok(()),
             Err(e) if e.code.as_deref() == Some("gone") => {
                 let mut tx = self.posts.db.begin().await.map_err(|e| JobError::retry(Error::from(e)))?;
+                tx.changed(CHANGED);
                 exec!(
                     tx,
                     "UPDATE event_endpoints SET active = $3, disabled_reason = $4 WHERE team_id = $1 AND id = $2",

@@ -12,7 +12,7 @@ use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
-use herald_store::{Backend, Db, StoreError, Ts, Tx, exec, on_read, on_tx, placeholders, value_rows};
+use herald_store::{Backend, Db, ReadCache, StoreError, Ts, Tx, exec, on_read, on_tx, placeholders, value_rows};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -35,6 +35,9 @@ pub struct Posts {
     pub(crate) public_media: Option<herald_media::PublicMedia>,
     /// Group commit for new posts, started with the first.
     creates: Arc<OnceLock<Creates>>,
+    /// Each team's active event endpoints, read once a second rather than once a post (see
+    /// [`herald_store::cache`]); every write to them marks [`crate::events::CHANGED`].
+    pub(crate) endpoints: ReadCache<Uuid, Arc<Vec<(Uuid, String)>>>,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -543,6 +546,7 @@ impl Posts {
     pub fn new(accounts: Accounts, connections: Connections, queue: Queue, media: herald_media::MediaStore) -> Posts {
         Posts {
             db: accounts.db().clone(),
+            endpoints: ReadCache::new(accounts.db(), crate::events::CHANGED),
             accounts,
             connections,
             queue,
@@ -675,13 +679,37 @@ impl Posts {
         key: Option<&str>,
         known: Option<&HashMap<Uuid, Loaded>>,
     ) -> Result<Staged, Error> {
+        self.stage_keyed(p, new, key, true, known).await
+    }
+
+    /// [`Posts::stage`] for a key the caller knows no post holds yet, so it is not looked up:
+    /// always [`Staged::Ready`]. Should a post hold it after all, its write fails with a
+    /// conflict (the key is unique in its team), and nothing is written twice.
+    pub async fn stage_new(
+        &self,
+        p: &Principal,
+        new: NewPost,
+        key: &str,
+        known: Option<&HashMap<Uuid, Loaded>>,
+    ) -> Result<Staged, Error> {
+        self.stage_keyed(p, new, Some(key), false, known).await
+    }
+
+    async fn stage_keyed(
+        &self,
+        p: &Principal,
+        new: NewPost,
+        key: Option<&str>,
+        look_up: bool,
+        known: Option<&HashMap<Uuid, Loaded>>,
+    ) -> Result<Staged, Error> {
         let (team, _) = authorize(p, if new.draft { Action::WriteContent } else { Action::Publish })?;
         let hash = hex::encode(Sha256::digest(format!("{new:?}").as_bytes()));
         if let Some(key) = key {
             if key.is_empty() || key.len() > 255 {
                 return Err(invalid("Idempotency-Key", "the Idempotency-Key header must be 1 to 255 characters"));
             }
-            if let Some(existing) = self.by_key(team, key, &hash).await? {
+            if look_up && let Some(existing) = self.by_key(team, key, &hash).await? {
                 return Ok(Staged::Existing(Box::new(existing)));
             }
         }
@@ -728,7 +756,7 @@ impl Posts {
             _ => None,
         };
         let loaded = self.check_targets(team, &content, &targets, known).await?;
-        let endpoints = crate::events::endpoints_now(&self.db, team).await?;
+        let endpoints = crate::events::endpoints_now(self, team).await?;
         let mut buckets = Vec::with_capacity(loaded.len());
         if !new.draft {
             for l in &loaded {

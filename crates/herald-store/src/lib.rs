@@ -6,6 +6,7 @@
 //! jobs) commit or roll back together.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 mod db;
 mod error;
 pub mod group;
@@ -16,6 +17,7 @@ mod tx;
 mod url;
 mod wakeups;
 
+pub use cache::ReadCache;
 pub use db::{Backend, Db, Pools, StoreOptions, Writer, WriterStats};
 pub use error::StoreError;
 pub use portable::Ts;

@@ -407,6 +407,16 @@ impl Tx {
         }
     }
 
+    /// Says this transaction changes rows that [`crate::ReadCache`]s of `topic` keep: their
+    /// values go out of date now (a read racing the commit is not kept) and again when it commits.
+    pub fn changed(&mut self, topic: &str) {
+        let count = self.wakeups.changes(topic);
+        count.fetch_add(1, Ordering::SeqCst);
+        self.after_commit(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+
     /// Runs `f` after a successful commit (metrics, in-process signals). Never runs on rollback.
     pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
         self.after_commit.push(Box::new(f));

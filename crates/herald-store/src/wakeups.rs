@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -8,6 +9,8 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Wakeups {
     channels: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Counts of changes by topic, for [`crate::ReadCache`] (see [`crate::Tx::changed`]).
+    changes: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl Wakeups {
@@ -22,5 +25,12 @@ impl Wakeups {
         let n = self.channel(name);
         n.notify_waiters();
         n.notify_one();
+    }
+
+    /// The count of changes to `topic` in this process: a kept value read before the count moved
+    /// is out of date.
+    pub fn changes(&self, topic: &str) -> Arc<AtomicU64> {
+        let mut map = self.changes.lock().expect("wakeups lock");
+        map.entry(topic.to_string()).or_default().clone()
     }
 }

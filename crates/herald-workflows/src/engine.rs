@@ -137,6 +137,15 @@ impl From<bool> for Committed {
     }
 }
 
+/// How a step runs: for a dry run (every step but publish and http), or for real, in a run
+/// that its first commit may not have stored yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Dry,
+    Live { stored: bool },
+}
+use Mode::{Dry, Live};
+
 /// What a commit writes to the run.
 #[derive(Clone)]
 struct Commit {
@@ -282,7 +291,8 @@ impl Workflows {
             let key = path.display();
             let attempts = state.attempts.get(&key).copied().unwrap_or(0) + 1;
             let vars = state.vars(&input, row.id, row.workflow_id);
-            let (outcome, step_input) = self.exec(&row, wf, &def, &path, step, &mut state, &vars, false).await;
+            let (outcome, step_input) =
+                self.exec(&row, wf, &def, &path, step, &mut state, &vars, Live { stored }).await;
             let mut rec = Record {
                 path: key.clone(),
                 step_id: step.id.clone(),
@@ -617,8 +627,9 @@ impl Workflows {
         step: &Step,
         state: &mut RunState,
         vars: &Value,
-        dry: bool,
+        mode: Mode,
     ) -> (Outcome, Option<Value>) {
+        let dry = mode == Dry;
         let render = |src: &str| template::render(src, vars);
         match &step.kind {
             StepKind::Filter { when } => {
@@ -684,7 +695,7 @@ impl Workflows {
                 }
                 self.approval_step(run, wf, path, step, a, state, vars).await
             }
-            StepKind::Publish(p) => self.publish_step(run, wf, path, p, state, vars, dry).await,
+            StepKind::Publish(p) => self.publish_step(run, wf, path, p, state, vars, mode).await,
             StepKind::Http(h) => crate::effects::http_step(self, run, path, h, vars, dry).await,
             StepKind::AiRewrite(a) => {
                 crate::effects::ai_step(self, run, path, step.retry.unwrap_or_default(), a, state, vars).await
@@ -933,8 +944,9 @@ impl Workflows {
         p: &Publish,
         state: &RunState,
         vars: &Value,
-        dry: bool,
+        mode: Mode,
     ) -> (Outcome, Option<Value>) {
+        let dry = mode == Dry;
         let render = |src: &str| template::render(src, vars);
         let text = match &p.text {
             Some(src) => match render(src) {
@@ -1105,7 +1117,17 @@ impl Workflows {
         // out, and the rest publish; only when every target breaks a rule does the step fail.
         let mut skipped = Vec::new();
         let made = loop {
-            let attempt = match self.inner.posts.stage(&principal, new.clone(), Some(&key), Some(&loaded)).await {
+            // A run not stored yet has made no post: its first commit writes the run with the
+            // post, or the run was stored already and that commit writes neither. So its key
+            // is not looked up first (a read per event); a post written on its own that finds
+            // the key taken is a conflict, which the lookup below answers.
+            let staged = match mode {
+                Live { stored: false } => {
+                    self.inner.posts.stage_new(&principal, new.clone(), &key, Some(&loaded)).await
+                }
+                _ => self.inner.posts.stage(&principal, new.clone(), Some(&key), Some(&loaded)).await,
+            };
+            let attempt = match staged {
                 // Into its connections' next free slots, which only a transaction of its own reads.
                 // And on PostgreSQL, whose transactions run side by side, posts written together
                 // (their own group commit) go beside the runs' commits rather than queue in them.
@@ -1255,7 +1277,7 @@ impl Workflows {
         state: &mut RunState,
         vars: &Value,
     ) -> (Outcome, Option<Value>) {
-        Box::pin(self.exec(run, wf, def, path, step, state, vars, true)).await
+        Box::pin(self.exec(run, wf, def, path, step, state, vars, Dry)).await
     }
 
     /// Starts the runs an event calls for (once per workflow and event) and advances them. With
@@ -1275,7 +1297,7 @@ impl Workflows {
         // executor got there first) is read back and goes on from where it is.
         let (mut unstored, mut fresh, mut again) = (Vec::new(), Vec::new(), Vec::new());
         let mut tx = None;
-        for wf in &wfs {
+        for wf in wfs.iter() {
             let def = self.definition(wf.id, wf.version).await?;
             if def.starts_unstored() {
                 let row = RunRow {

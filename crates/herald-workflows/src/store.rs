@@ -10,7 +10,7 @@ use herald_connections::Connections;
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
 use herald_posts::Posts;
-use herald_store::{Db, StoreError, Ts, Tx, exec, on_read};
+use herald_store::{Db, ReadCache, StoreError, Ts, Tx, exec, on_read};
 use herald_vault::Vault;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -67,7 +67,13 @@ pub(crate) struct Inner {
     pub defs: Mutex<HashMap<(Uuid, i64), Arc<Definition>>>,
     /// Writes first commits that arrive together in one transaction; started with the first.
     pub commits: std::sync::OnceLock<crate::commits::Commits>,
+    /// Each source's active workflows, read once a second rather than once an event (see
+    /// [`herald_store::cache`]); every write to workflows or their sources marks [`CHANGED`].
+    pub by_source: ReadCache<(Uuid, Uuid), Arc<Vec<WorkflowRow>>>,
 }
+
+/// The [`Tx::changed`] topic of writes to `workflows` and `workflow_sources`.
+pub(crate) const CHANGED: &str = "workflows";
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
     StoreError::Sqlx(e).into()
@@ -266,7 +272,6 @@ impl Workflows {
         config.public_url = config.public_url.map(|u| u.trim_end_matches('/').to_string());
         Workflows {
             inner: Arc::new(Inner {
-                db,
                 posts,
                 connections,
                 safe,
@@ -275,6 +280,8 @@ impl Workflows {
                 config,
                 defs: Mutex::new(HashMap::new()),
                 commits: std::sync::OnceLock::new(),
+                by_source: ReadCache::new(&db, CHANGED),
+                db,
             }),
         }
     }
@@ -322,15 +329,22 @@ impl Workflows {
     }
 
     /// The team's active workflows that `source` starts.
-    pub(crate) async fn source_workflows(&self, team: Uuid, source: Uuid) -> Result<Vec<WorkflowRow>, Error> {
-        let cols = WORKFLOW_COLS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT {cols} FROM workflow_sources s JOIN workflows w ON w.id = s.workflow_id \
-             WHERE s.source_id = $1 AND w.team_id = $2 AND w.active = $3 ORDER BY w.id"
-        );
-        on_read!(self.inner.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(source).bind(team).bind(true).fetch_all(c).await)
-        .map_err(store)
+    /// The source's active workflows, from [`Inner::by_source`].
+    pub(crate) async fn source_workflows(&self, team: Uuid, source: Uuid) -> Result<Arc<Vec<WorkflowRow>>, Error> {
+        self.inner
+            .by_source
+            .get_or_load((team, source), async {
+                let cols = WORKFLOW_COLS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ");
+                let sql = format!(
+                    "SELECT {cols} FROM workflow_sources s JOIN workflows w ON w.id = s.workflow_id \
+                     WHERE s.source_id = $1 AND w.team_id = $2 AND w.active = $3 ORDER BY w.id"
+                );
+                on_read!(self.inner.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(source).bind(team).bind(true).fetch_all(c).await)
+                .map(Arc::new)
+                .map_err(store)
+            })
+            .await
     }
 
     /// A version's definition, parsed once per process.
@@ -365,6 +379,7 @@ impl Workflows {
     }
 
     async fn set_sources(tx: &mut Tx, workflow: Uuid, def: &Definition) -> Result<(), Error> {
+        tx.changed(CHANGED);
         exec!(tx, "DELETE FROM workflow_sources WHERE workflow_id = $1", workflow).map_err(store)?;
         let mut seen = std::collections::HashSet::new();
         for s in def.sources.iter().filter(|s| seen.insert(**s)) {
@@ -400,6 +415,7 @@ impl Workflows {
         let id = Uuid::now_v7();
         let now = Ts::now();
         let mut tx = self.inner.db.begin().await?;
+        tx.changed(CHANGED);
         let inserted = exec!(
             tx,
             "INSERT INTO workflows (id, team_id, name, active, version, created_by, created_at, updated_at) \
@@ -479,6 +495,7 @@ impl Workflows {
         }
         let version = if same { row.version } else { row.version + 1 };
         let mut tx = self.inner.db.begin().await?;
+        tx.changed(CHANGED);
         let changed = exec!(
             tx,
             "UPDATE workflows SET name = $3, active = $4, version = $5, updated_at = $6 WHERE id = $1 AND version = $2",
@@ -521,6 +538,7 @@ impl Workflows {
         self.row(team, id).await?;
         if let Some(active) = patch.active {
             let mut tx = self.inner.db.begin().await?;
+            tx.changed(CHANGED);
             exec!(tx, "UPDATE workflows SET active = $2, updated_at = $3 WHERE id = $1", id, active, Ts::now())
                 .map_err(store)?;
             audit::record(
@@ -539,6 +557,7 @@ impl Workflows {
         let (team, _) = authorize(p, Action::DeleteContent)?;
         let view = self.get(p, id).await?;
         let mut tx = self.inner.db.begin().await?;
+        tx.changed(CHANGED);
         exec!(tx, "DELETE FROM workflows WHERE id = $1 AND team_id = $2", id, team).map_err(store)?;
         exec!(tx, "UPDATE teams SET error_workflow = NULL WHERE id = $1 AND error_workflow = $2", team, id)
             .map_err(store)?;
