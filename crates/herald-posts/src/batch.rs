@@ -17,7 +17,7 @@ use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
 use herald_store::{Backend, Ts, Tx, on_read, on_tx};
-use herald_store::{placeholders, value_rows};
+use herald_store::{Ids, value_rows};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -175,16 +175,11 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     if ids.is_empty() {
         return Ok(Starting::default());
     }
-    let sql = posts
-        .db
-        .backend()
-        .sql(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id IN ({})", placeholders(1, ids.len())));
-    let rows: Vec<DeliveryRow> = on_read!(posts.db, c => {
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
-        for id in ids { q = q.bind(*id); }
-        q.fetch_all(c).await
-    })
-    .map_err(store)?;
+    let backend = posts.db.backend();
+    let sql = backend.sql(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id {}", backend.in_ids(1)));
+    let rows: Vec<DeliveryRow> =
+        on_read!(posts.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(Ids(ids)).fetch_all(c).await)
+            .map_err(store)?;
     let mut out: HashMap<Uuid, Start> = ids.iter().map(|id| (*id, Start::Done)).collect();
     let live: Vec<DeliveryRow> = rows.into_iter().filter(|d| !d.state().is_final()).collect();
     if live.is_empty() {
@@ -195,15 +190,12 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     post_ids.sort_unstable();
     post_ids.dedup();
     let cols = POST_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ");
-    let sql = posts.db.backend().sql(format!(
-        "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id IN ({})",
-        placeholders(1, post_ids.len())
+    let sql = backend.sql(format!(
+        "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id {}",
+        backend.in_ids(1)
     ));
-    let post_rows: Vec<PostWithPolicy> = on_read!(posts.db, c => {
-        let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
-        for id in &post_ids { q = q.bind(*id); }
-        q.fetch_all(c).await
-    })
+    let post_rows: Vec<PostWithPolicy> = on_read!(posts.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(Ids(&post_ids)).fetch_all(c).await)
     .map_err(store)?;
     let by_post: HashMap<Uuid, PostWithPolicy> = post_rows.into_iter().map(|p| (p.post.id, p)).collect();
 
@@ -268,14 +260,12 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
     let sql = tx.backend().sql(format!(
         "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2), \
          attempts = attempts + 1, updated_at = $3 \
-         WHERE state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL AND id IN ({}) RETURNING id",
-        placeholders(4, go.len())
+         WHERE state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL AND id {} RETURNING id",
+        tx.backend().in_ids(4)
     ));
-    let marked: Vec<Uuid> = on_tx!(tx, c => {
-        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(Ts(now)).bind(Ts(now)).bind(Ts(now));
-        for d in go { q = q.bind(d.id); }
-        q.fetch_all(&mut *c).await
-    })
+    let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
+    let marked: Vec<Uuid> = on_tx!(tx, c => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&ids)).fetch_all(&mut *c).await)
     .map_err(store)?;
     // The only change a start makes to a post: a scheduled one starts publishing.
     let mut started_posts: Vec<Uuid> = go.iter().filter(|d| marked.contains(&d.id)).map(|d| d.post_id).collect();
@@ -283,13 +273,10 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
     started_posts.dedup();
     if !started_posts.is_empty() {
         let sql = format!(
-            "UPDATE posts SET state = 'publishing', updated_at = $1 WHERE state = 'scheduled' AND id IN ({})",
-            placeholders(2, started_posts.len())
+            "UPDATE posts SET state = 'publishing', updated_at = $1 WHERE state = 'scheduled' AND id {}",
+            tx.backend().in_ids(2)
         );
-        let mut update = tx.defer(&sql).bind(Ts(now));
-        for id in &started_posts {
-            update = update.bind(*id);
-        }
+        tx.defer(&sql).bind(Ts(now)).bind(Ids(&started_posts));
     }
     Ok(marked)
 }
@@ -300,6 +287,64 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
         return Ok(());
     }
     let now = Ts::now();
+    if tx.backend() == Backend::Sqlite {
+        defer_record_sqlite(tx, items, now);
+    } else {
+        defer_record_values(tx, items, now);
+    }
+    let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();
+    refresh_posts(tx, &post_ids).await?;
+    let jobs: Vec<Finished> = items.iter().map(|s| s.job.clone()).collect();
+    Queue::complete_in(tx, &jobs).await.map_err(Error::from)?;
+    Ok(())
+}
+
+/// The outcomes and attempts as two statements whose text is the same whatever their number (the
+/// rows go as one JSON parameter): SQLite's writer compiles them once and keeps them.
+fn defer_record_sqlite(tx: &mut Tx, items: &[Success], now: Ts) {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: uuid::fmt::Simple,
+        attempt: uuid::fmt::Simple,
+        parts: &'a str,
+        platform_id: Option<&'a str>,
+        url: Option<&'a str>,
+        part: i64,
+        started_at: i64,
+        ms: i64,
+    }
+    let input: Vec<Row<'_>> = items
+        .iter()
+        .map(|s| Row {
+            id: s.delivery.simple(),
+            attempt: Uuid::now_v7().simple(),
+            parts: &s.parts,
+            platform_id: s.platform_post_id.as_deref(),
+            url: s.platform_url.as_deref(),
+            part: s.part,
+            started_at: herald_store::to_micros(s.started),
+            ms: s.ms,
+        })
+        .collect();
+    let input = serde_json::to_string(&input).unwrap_or_default();
+    tx.defer(
+        "UPDATE deliveries SET state = 'published', parts = v.value ->> 'parts', platform_post_id = v.value ->> 'platform_id', \
+         platform_url = v.value ->> 'url', call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
+         published_at = $1, updated_at = $2 FROM jsonb_each($3) AS v WHERE deliveries.id = unhex(v.value ->> 'id')",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(input.clone());
+    tx.defer(
+        "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) \
+         SELECT unhex(value ->> 'attempt'), unhex(value ->> 'id'), value ->> 'part', value ->> 'started_at', value ->> 'ms', \
+                'published' \
+         FROM jsonb_each($1)",
+    )
+    .bind(input);
+}
+
+fn defer_record_values(tx: &mut Tx, items: &[Success], now: Ts) {
     // The time twice; then four per delivery: id, parts, platform id, URL.
     let rows = value_rows(3, items.len(), 4);
     // Nothing here reads a result: the statements go with the next read (or the commit).
@@ -326,10 +371,4 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
         insert =
             insert.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms).bind("published");
     }
-
-    let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();
-    refresh_posts(tx, &post_ids).await?;
-    let jobs: Vec<Finished> = items.iter().map(|s| s.job.clone()).collect();
-    Queue::complete_in(tx, &jobs).await.map_err(Error::from)?;
-    Ok(())
 }

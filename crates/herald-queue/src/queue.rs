@@ -235,13 +235,17 @@ impl Queue {
                 TxConn::Postgres(c) => postgres::unclaim(c, id).await?,
             }
         }
-        for (key, (tokens, limited)) in left {
-            if !limited {
-                continue;
-            }
-            match tx.conn().await? {
-                TxConn::Sqlite(c) => sqlite::store_tokens(c, &key, tokens, now).await?,
-                TxConn::Postgres(c) => postgres::store_tokens(c, &key, tokens, now).await?,
+        let levels: Vec<(String, f64)> =
+            left.into_iter().filter(|(_, (_, limited))| *limited).map(|(key, (tokens, _))| (key, tokens)).collect();
+        if tx.backend() == Backend::Sqlite {
+            // One statement, sent with the COMMIT: a claim of deliveries to five connections was
+            // five more trips to SQLite's writer thread, each holding the writer.
+            sqlite::defer_store_tokens(tx, &levels, now);
+            return Ok(());
+        }
+        for (key, tokens) in levels {
+            if let TxConn::Postgres(c) = tx.conn().await? {
+                postgres::store_tokens(c, &key, tokens, now).await?;
             }
         }
         Ok(())

@@ -20,7 +20,7 @@ mod wakeups;
 pub use cache::ReadCache;
 pub use db::{Backend, Db, Pools, StoreOptions, Writer, WriterStats};
 pub use error::StoreError;
-pub use portable::Ts;
+pub use portable::{Ids, Ts};
 pub use tx::{Deferred, Snapshot, SqliteTx, Tx, TxConn};
 pub use url::DatabaseUrl;
 pub use wakeups::Wakeups;

@@ -113,3 +113,47 @@ macro_rules! exec {
         }
     };
 }
+
+/// Ids bound as one parameter, for `id {in_ids}` (see [`Backend::in_ids`]): on SQLite a JSON
+/// array of hex strings, on PostgreSQL a `uuid[]`. The statement's text is then the same however
+/// many ids there are, so each connection compiles it once and keeps it, where an `IN ($1, $2, …)`
+/// list was compiled again for every length (on SQLite, on the single writer's thread).
+///
+/// [`Backend::in_ids`]: crate::Backend::in_ids
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a>(pub &'a [uuid::Uuid]);
+
+impl Type<Sqlite> for Ids<'_> {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for Ids<'_> {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        let mut json = String::with_capacity(2 + self.0.len() * 35);
+        json.push('[');
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push('"');
+            json.push_str(id.simple().encode_lower(&mut uuid::Uuid::encode_buffer()));
+            json.push('"');
+        }
+        json.push(']');
+        <String as Encode<'_, Sqlite>>::encode(json, buf)
+    }
+}
+
+impl Type<Postgres> for Ids<'_> {
+    fn type_info() -> PgTypeInfo {
+        <Vec<uuid::Uuid> as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for Ids<'_> {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <&[uuid::Uuid] as Encode<'_, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}

@@ -176,7 +176,11 @@ pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], no
             rows.push((*run, r));
         }
     }
-    // 13 values a row; SQLite binds at most 32,766 in a statement.
+    if tx.backend() == Backend::Sqlite {
+        defer_step_runs_sqlite(tx, &rows, now);
+        return Ok(());
+    }
+    // 13 values a row; PostgreSQL binds at most 65,535 in a statement.
     const COLS: usize = 13;
     for chunk in rows.chunks(1000) {
         let values = herald_store::value_rows(1, chunk.len(), COLS);
@@ -207,6 +211,59 @@ pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], no
         }
     }
     Ok(())
+}
+
+/// [`insert_step_runs`] on SQLite: the rows go as one JSON parameter, so the statement's text is
+/// the same whatever their number, and SQLite's writer compiles it once (see
+/// `herald_posts::store::defer_insert_deliveries_sqlite`).
+fn defer_step_runs_sqlite(tx: &mut Tx, rows: &[(Uuid, &Record)], now: DateTime<Utc>) {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: uuid::fmt::Simple,
+        run: uuid::fmt::Simple,
+        path: &'a str,
+        step: &'a str,
+        kind: &'a str,
+        status: &'a str,
+        input: Option<String>,
+        output: Option<String>,
+        error: Option<&'a str>,
+        code: Option<&'a str>,
+        attempts: u32,
+        started_at: i64,
+        finished_at: Option<i64>,
+    }
+    let input: Vec<Row<'_>> = rows
+        .iter()
+        .map(|(run, r)| Row {
+            id: Uuid::now_v7().simple(),
+            run: run.simple(),
+            path: &r.path,
+            step: &r.step_id,
+            kind: r.kind,
+            status: r.status,
+            input: r.input.as_ref().map(Value::to_string),
+            output: r.output.as_ref().map(Value::to_string),
+            error: r.error.as_deref(),
+            code: r.code.as_deref(),
+            attempts: r.attempts,
+            started_at: herald_store::to_micros(r.started_at),
+            finished_at: r.finished.then(|| herald_store::to_micros(now)),
+        })
+        .collect();
+    // `WHERE true`: without a WHERE, SQLite would read `ON CONFLICT` as a join's `ON`.
+    tx.defer(
+        "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
+         attempts, started_at, finished_at) \
+         SELECT unhex(value ->> 'id'), unhex(value ->> 'run'), value ->> 'path', value ->> 'step', value ->> 'kind', \
+                value ->> 'status', value ->> 'input', value ->> 'output', value ->> 'error', value ->> 'code', \
+                value ->> 'attempts', value ->> 'started_at', value ->> 'finished_at' \
+         FROM jsonb_each($1) WHERE true \
+         ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
+         output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
+         attempts = excluded.attempts, finished_at = excluded.finished_at",
+    )
+    .bind(serde_json::to_string(&input).unwrap_or_default());
 }
 
 /// Enqueues a job that advances `run` (at `at`, or now).

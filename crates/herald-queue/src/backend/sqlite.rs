@@ -140,14 +140,18 @@ pub(crate) async fn bucket(pool: &SqlitePool, key: &str) -> Result<Option<Bucket
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(conn: &mut SqliteTx, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE rate_buckets SET tokens = ?2, updated_at = ?3 WHERE key = ?1")
-        .bind(key)
-        .bind(tokens)
-        .bind(to_micros(at))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// Stores buckets' new levels in one statement, deferred in `tx` ([`Tx::defer`]).
+pub(crate) fn defer_store_tokens(tx: &mut Tx, levels: &[(String, f64)], at: DateTime<Utc>) {
+    if levels.is_empty() {
+        return;
+    }
+    let input: Vec<(&str, f64)> = levels.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+    tx.defer(
+        "UPDATE rate_buckets SET tokens = v.value ->> 1, updated_at = $1 \
+         FROM jsonb_each($2) AS v WHERE rate_buckets.key = v.value ->> 0",
+    )
+    .bind(to_micros(at))
+    .bind(serde_json::to_string(&input).unwrap_or_default());
 }
 
 /// Puts a just-claimed job back, as if the claim had not happened.
