@@ -59,14 +59,67 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
     if events.is_empty() {
         return Ok(());
     }
-    let values = herald_store::value_rows(1, events.len(), 11);
+    let now = Ts::now();
     // Deferred: it goes with the transaction's next read or its commit, and fails the commit if
     // it fails.
+    if tx.backend() == herald_store::Backend::Sqlite {
+        defer_sqlite(tx, events, now);
+    } else {
+        defer_values(tx, events, now);
+    }
+    log(events);
+    Ok(())
+}
+
+/// The events as one JSON parameter: the statement's text is the same whatever their number, so
+/// SQLite's writer compiles it once and keeps it.
+fn defer_sqlite(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: uuid::fmt::Simple,
+        team: Option<uuid::fmt::Simple>,
+        user: Option<uuid::fmt::Simple>,
+        key: Option<uuid::fmt::Simple>,
+        actor: &'a str,
+        action: &'a str,
+        kind: Option<&'a str>,
+        target: Option<&'a str>,
+        ip: Option<&'a str>,
+        details: String,
+    }
+    let input: Vec<Row<'_>> = events
+        .iter()
+        .map(|(actor, e)| Row {
+            id: Uuid::now_v7().simple(),
+            team: e.team.map(Uuid::simple),
+            user: actor.user.map(Uuid::simple),
+            key: actor.key.map(Uuid::simple),
+            actor: &actor.label,
+            action: e.action,
+            kind: e.target.as_ref().map(|(t, _)| *t),
+            target: e.target.as_ref().map(|(_, id)| id.as_str()),
+            ip: actor.ip.as_deref(),
+            details: e.details.to_string(),
+        })
+        .collect();
+    tx.defer(
+        "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
+         details, created_at) \
+         SELECT unhex(value ->> 'id'), unhex(value ->> 'team'), unhex(value ->> 'user'), unhex(value ->> 'key'), \
+                value ->> 'actor', value ->> 'action', value ->> 'kind', value ->> 'target', value ->> 'ip', \
+                value ->> 'details', $1 \
+         FROM jsonb_each($2)",
+    )
+    .bind(now)
+    .bind(serde_json::to_string(&input).unwrap_or_default());
+}
+
+fn defer_values(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {
+    let values = herald_store::value_rows(1, events.len(), 11);
     let sql = format!(
         "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
          details, created_at) VALUES {values}"
     );
-    let now = Ts::now();
     let mut insert = tx.defer(&sql);
     for (actor, e) in events {
         let (kind, id) = match &e.target {
@@ -86,6 +139,9 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
             .bind(e.details.to_string())
             .bind(now);
     }
+}
+
+fn log(events: &[(&Actor, Event<'_>)]) {
     for (actor, e) in events {
         tracing::info!(
             target: "herald::audit",
@@ -97,7 +153,6 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
             "audit"
         );
     }
-    Ok(())
 }
 
 /// Filters for reading the log; newest first, paged by `before` (an event id).

@@ -15,7 +15,7 @@ use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_core::{Error, ErrorCode};
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Ts, Tx, value_rows};
+use herald_store::{Backend, Ts, Tx, value_rows};
 use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -103,31 +103,10 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
             }
         }
     }
-    let values = value_rows(1, posts.len(), 16);
-    let sql = format!(
-        "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
-         idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"
-    );
-    let mut insert = tx.defer(&sql);
-    for p in posts.iter() {
-        let r = &p.row;
-        insert = insert
-            .bind(r.id)
-            .bind(p.team)
-            .bind(r.author_user)
-            .bind(p.author_key)
-            .bind(&r.state)
-            .bind(&r.content)
-            .bind(r.schedule_at)
-            .bind(&r.timezone)
-            .bind(&r.campaign)
-            .bind(&r.tags)
-            .bind(&p.key)
-            .bind(&p.hash)
-            .bind(r.repeat_days)
-            .bind(r.series_id)
-            .bind(r.created_at)
-            .bind(r.updated_at);
+    if tx.backend() == Backend::Sqlite {
+        defer_insert_posts_sqlite(tx, posts);
+    } else {
+        defer_insert_posts_values(tx, posts);
     }
 
     // Every post's deliveries (and, unless drafts, their jobs) in one statement each.
@@ -176,6 +155,93 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         .collect();
     audit::record_many(tx, &lines).await?;
     Ok(())
+}
+
+/// The posts as one JSON parameter: the statement's text is the same whatever their number, so
+/// SQLite's writer compiles it once and keeps it.
+fn defer_insert_posts_sqlite(tx: &mut Tx, posts: &[Prepared]) {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: uuid::fmt::Simple,
+        team: uuid::fmt::Simple,
+        user: Option<uuid::fmt::Simple>,
+        key_id: Option<uuid::fmt::Simple>,
+        state: &'a str,
+        content: &'a str,
+        schedule_at: Option<i64>,
+        timezone: Option<&'a str>,
+        campaign: Option<&'a str>,
+        tags: &'a str,
+        key: Option<&'a str>,
+        hash: &'a str,
+        repeat_days: Option<i64>,
+        series: Option<uuid::fmt::Simple>,
+        created_at: i64,
+        updated_at: i64,
+    }
+    let input: Vec<Row<'_>> = posts
+        .iter()
+        .map(|p| {
+            let r = &p.row;
+            Row {
+                id: r.id.simple(),
+                team: p.team.simple(),
+                user: r.author_user.map(Uuid::simple),
+                key_id: p.author_key.map(Uuid::simple),
+                state: &r.state,
+                content: &r.content,
+                schedule_at: r.schedule_at.map(|t| herald_store::to_micros(t.0)),
+                timezone: r.timezone.as_deref(),
+                campaign: r.campaign.as_deref(),
+                tags: &r.tags,
+                key: p.key.as_deref(),
+                hash: &p.hash,
+                repeat_days: r.repeat_days,
+                series: r.series_id.map(Uuid::simple),
+                created_at: herald_store::to_micros(r.created_at.0),
+                updated_at: herald_store::to_micros(r.updated_at.0),
+            }
+        })
+        .collect();
+    tx.defer(
+        "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
+         idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) \
+         SELECT unhex(value ->> 'id'), unhex(value ->> 'team'), unhex(value ->> 'user'), unhex(value ->> 'key_id'), \
+                value ->> 'state', value ->> 'content', value ->> 'schedule_at', value ->> 'timezone', value ->> 'campaign', \
+                value ->> 'tags', value ->> 'key', value ->> 'hash', value ->> 'repeat_days', unhex(value ->> 'series'), \
+                value ->> 'created_at', value ->> 'updated_at' \
+         FROM jsonb_each($1)",
+    )
+    .bind(serde_json::to_string(&input).unwrap_or_default());
+}
+
+fn defer_insert_posts_values(tx: &mut Tx, posts: &[Prepared]) {
+    let values = value_rows(1, posts.len(), 16);
+    let sql = format!(
+        "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
+         idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"
+    );
+    let mut insert = tx.defer(&sql);
+    for p in posts.iter() {
+        let r = &p.row;
+        insert = insert
+            .bind(r.id)
+            .bind(p.team)
+            .bind(r.author_user)
+            .bind(p.author_key)
+            .bind(&r.state)
+            .bind(&r.content)
+            .bind(r.schedule_at)
+            .bind(&r.timezone)
+            .bind(&r.campaign)
+            .bind(&r.tags)
+            .bind(&p.key)
+            .bind(&p.hash)
+            .bind(r.repeat_days)
+            .bind(r.series_id)
+            .bind(r.created_at)
+            .bind(r.updated_at);
+    }
 }
 
 /// Writes posts checked at the same moment in one transaction (see the module comment).

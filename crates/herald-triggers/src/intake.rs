@@ -14,7 +14,7 @@ use crate::store::{Sources, store};
 use herald_core::Error;
 use herald_queue::NewJob;
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Ts, Tx, on_tx, value_rows};
+use herald_store::{Ts, Tx, TxConn, value_rows};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -45,19 +45,64 @@ pub(crate) async fn insert_events(
     }
     let received_at = Ts::now();
     let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
-    let values = value_rows(1, rows.len(), 7);
-    let sql = tx.backend().sql(format!(
-        "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES {values} \
-         ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id"
-    ));
-    let stored: Vec<Uuid> = on_tx!(tx, c => {
-        let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
-        for (id, r) in ids.iter().zip(rows) {
-            q = q.bind(*id).bind(r.team).bind(r.source).bind(r.kind).bind(r.external_id).bind(r.data.to_string())
-                .bind(received_at);
+    let stored: Vec<Uuid> = match tx.conn().await.map_err(store)? {
+        // The rows as one JSON parameter: the statement's text is the same whatever their
+        // number, so SQLite's writer compiles it once and keeps it.
+        TxConn::Sqlite(c) => {
+            #[derive(serde::Serialize)]
+            struct Row<'a> {
+                id: uuid::fmt::Simple,
+                team: uuid::fmt::Simple,
+                source: uuid::fmt::Simple,
+                kind: &'a str,
+                external_id: &'a str,
+                data: String,
+            }
+            let input: Vec<Row<'_>> = ids
+                .iter()
+                .zip(rows)
+                .map(|(id, r)| Row {
+                    id: id.simple(),
+                    team: r.team.simple(),
+                    source: r.source.simple(),
+                    kind: r.kind,
+                    external_id: r.external_id,
+                    data: r.data.to_string(),
+                })
+                .collect();
+            // `WHERE true`: without a WHERE, SQLite would read `ON CONFLICT` as a join's `ON`.
+            sqlx::query_scalar(
+                "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) \
+                 SELECT unhex(value ->> 'id'), unhex(value ->> 'team'), unhex(value ->> 'source'), value ->> 'kind', \
+                        value ->> 'external_id', value ->> 'data', ?1 \
+                 FROM jsonb_each(?2) WHERE true \
+                 ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id",
+            )
+            .bind(received_at)
+            .bind(serde_json::to_string(&input).unwrap_or_default())
+            .fetch_all(&mut *c)
+            .await
         }
-        q.fetch_all(&mut *c).await
-    })
+        TxConn::Postgres(c) => {
+            let sql = format!(
+                "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES {} \
+                 ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id",
+                value_rows(1, rows.len(), 7)
+            );
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
+            for (id, r) in ids.iter().zip(rows) {
+                q = q
+                    .bind(*id)
+                    .bind(r.team)
+                    .bind(r.source)
+                    .bind(r.kind)
+                    .bind(r.external_id)
+                    .bind(r.data.to_string())
+                    .bind(received_at);
+            }
+            q.fetch_all(&mut *c).await
+        }
+    }
     .map_err(store)?;
 
     let out: Vec<Option<EventView>> = ids

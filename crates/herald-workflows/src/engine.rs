@@ -137,12 +137,16 @@ impl From<bool> for Committed {
     }
 }
 
-/// How a step runs: for a dry run (every step but publish and http), or for real, in a run
-/// that its first commit may not have stored yet.
+/// How a step runs: for a dry run (every step but publish and http), or for real.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Dry,
-    Live { stored: bool },
+    /// `fresh`: a run not stored yet, driven by the first try of its event's job, so none of its
+    /// steps can have made a post yet: its first commit writes the run with its post (or, when
+    /// the run was stored already, neither), and that commit has not been tried before.
+    Live {
+        fresh: bool,
+    },
 }
 use Mode::{Dry, Live};
 
@@ -303,14 +307,24 @@ impl Workflows {
             return Ok(());
         }
         let wf = self.workflow_row(row.workflow_id).await?;
-        self.drive(row, &wf, true, None).await.map(|_| ())
+        self.drive(row, &wf, true, false, None).await.map(|_| ())
     }
 
     /// Advances a run from `row`: as read or as just stored, or (`stored` false) not stored yet,
     /// and then its first commit stores it. `false` when another executor stored or advanced the
     /// run first, and this one left it to them. `job`: the `source.event` job that started this
     /// run, whose success a final first commit records (see [`Workflows::on_event`]).
-    async fn drive(&self, row: RunRow, wf: &WorkflowRow, mut stored: bool, job: Option<&Job>) -> Result<bool, Error> {
+    /// Runs steps from the run's cursor until a commit ends the drive. `first_try`: the run is
+    /// driven by the first try of its event's job, so nothing it did can have been written yet
+    /// (see [`Mode::Live`]).
+    async fn drive(
+        &self,
+        row: RunRow,
+        wf: &WorkflowRow,
+        mut stored: bool,
+        first_try: bool,
+        job: Option<&Job>,
+    ) -> Result<bool, Error> {
         let def = self.definition(row.workflow_id, row.version).await?;
         let input: Value = serde_json::from_str(&row.input).unwrap_or(Value::Null);
         let mut state: RunState = serde_json::from_str(&row.state).unwrap_or_default();
@@ -349,7 +363,7 @@ impl Workflows {
             let attempts = state.attempts.get(&key).copied().unwrap_or(0) + 1;
             let vars = state.vars(&input, row.id, row.workflow_id);
             let (outcome, step_input) =
-                self.exec(&row, wf, &def, &path, step, &mut state, &vars, Live { stored }).await;
+                self.exec(&row, wf, &def, &path, step, &mut state, &vars, Live { fresh: !stored && first_try }).await;
             let mut rec = Record {
                 path: key.clone(),
                 step_id: step.id.clone(),
@@ -1174,14 +1188,12 @@ impl Workflows {
         // out, and the rest publish; only when every target breaks a rule does the step fail.
         let mut skipped = Vec::new();
         let made = loop {
-            // A run not stored yet has made no post: its first commit writes the run with the
-            // post, or the run was stored already and that commit writes neither. So its key
-            // is not looked up first (a read per event); a post written on its own that finds
-            // the key taken is a conflict, which the lookup below answers.
+            // A fresh run has made no post (see [`Mode::Live`]), so its key is not looked up
+            // first (a read per event). Were a post holding it after all, a post written on its
+            // own finds the key taken, a conflict the lookup below answers; one written with
+            // the run's commit fails that commit, and the job's next try looks the key up.
             let staged = match mode {
-                Live { stored: false } => {
-                    self.inner.posts.stage_new(&principal, new.clone(), &key, Some(&loaded)).await
-                }
+                Live { fresh: true } => self.inner.posts.stage_new(&principal, new.clone(), &key, Some(&loaded)).await,
                 _ => self.inner.posts.stage(&principal, new.clone(), Some(&key), Some(&loaded)).await,
             };
             let attempt = match staged {
@@ -1379,15 +1391,17 @@ impl Workflows {
         if let Some(tx) = tx {
             tx.commit().await?;
         }
+        // Nothing of a run can have been written before its event's job first runs.
+        let first_try = job.is_some_and(|j| j.attempt <= 1);
         // The job is done once the run is over, so it may only ride along with a lone run.
         let job = job.filter(|_| wfs.len() == 1);
         for (run, wf) in unstored {
-            if !self.drive(run, wf, false, job).await? {
+            if !self.drive(run, wf, false, first_try, job).await? {
                 again.push(wf.id);
             }
         }
         for (run, wf) in fresh {
-            self.drive(run, wf, true, None).await?;
+            self.drive(run, wf, true, false, None).await?;
         }
         for wf in again {
             let found: Option<(Uuid,)> = on_read!(self.inner.db, c => sqlx::query_as(

@@ -10,7 +10,7 @@ use herald_connections::Connections;
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
 use herald_posts::Posts;
-use herald_store::{Db, ReadCache, StoreError, Ts, Tx, exec, on_read};
+use herald_store::{Db, ReadCache, StoreError, Ts, Tx, TxConn, exec, on_read};
 use herald_vault::Vault;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -629,6 +629,9 @@ impl Workflows {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        if let TxConn::Sqlite(c) = tx.conn().await.map_err(store)? {
+            return store_runs_sqlite(c, rows).await;
+        }
         const COLS: usize = 18;
         let values = herald_store::value_rows(1, rows.len(), COLS);
         let sql = tx
@@ -1022,4 +1025,68 @@ fn rank(r: herald_core::TeamRole) -> u8 {
 pub(crate) fn token_hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// [`Workflows::store_runs`] on SQLite: the runs as one JSON parameter, so the statement's text is
+/// the same whatever their number, and SQLite's writer compiles it once and keeps it.
+async fn store_runs_sqlite(c: &mut herald_store::SqliteTx, rows: &[&RunRow]) -> Result<Vec<Uuid>, Error> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: uuid::fmt::Simple,
+        team: uuid::fmt::Simple,
+        workflow: uuid::fmt::Simple,
+        version: i64,
+        event: Option<uuid::fmt::Simple>,
+        trigger: &'a str,
+        rerun_of: Option<uuid::fmt::Simple>,
+        status: &'a str,
+        input: &'a str,
+        state: &'a str,
+        cursor: &'a str,
+        seq: i64,
+        wait_until: Option<i64>,
+        error: Option<&'a str>,
+        error_code: Option<&'a str>,
+        created_at: i64,
+        updated_at: i64,
+        finished_at: Option<i64>,
+    }
+    let micros = |t: Ts| herald_store::to_micros(t.0);
+    let input: Vec<Row<'_>> = rows
+        .iter()
+        .map(|r| Row {
+            id: r.id.simple(),
+            team: r.team_id.simple(),
+            workflow: r.workflow_id.simple(),
+            version: r.version,
+            event: r.event_id.map(Uuid::simple),
+            trigger: &r.trigger,
+            rerun_of: r.rerun_of.map(Uuid::simple),
+            status: &r.status,
+            input: &r.input,
+            state: &r.state,
+            cursor: &r.cursor,
+            seq: r.seq,
+            wait_until: r.wait_until.map(micros),
+            error: r.error.as_deref(),
+            error_code: r.error_code.as_deref(),
+            created_at: micros(r.created_at),
+            updated_at: micros(r.updated_at),
+            finished_at: r.finished_at.map(micros),
+        })
+        .collect();
+    // `WHERE true`: without a WHERE, SQLite would read `ON CONFLICT` as a join's `ON`.
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO workflow_runs ({RUN_COLS}) \
+         SELECT unhex(value ->> 'id'), unhex(value ->> 'team'), unhex(value ->> 'workflow'), value ->> 'version', \
+                unhex(value ->> 'event'), value ->> 'trigger', unhex(value ->> 'rerun_of'), value ->> 'status', \
+                value ->> 'input', value ->> 'state', value ->> 'cursor', value ->> 'seq', value ->> 'wait_until', \
+                value ->> 'error', value ->> 'error_code', value ->> 'created_at', value ->> 'updated_at', \
+                value ->> 'finished_at' \
+         FROM jsonb_each(?1) WHERE true ON CONFLICT DO NOTHING RETURNING id"
+    )))
+    .bind(serde_json::to_string(&input).unwrap_or_default())
+    .fetch_all(&mut *c)
+    .await
+    .map_err(store)
 }
