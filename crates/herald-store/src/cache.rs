@@ -93,8 +93,8 @@ mod tests {
     use crate::testing::TestDb;
     use std::sync::atomic::AtomicU32;
 
-    fn counter(reads: &AtomicU32) -> impl Future<Output = Result<u32, ()>> + '_ {
-        async move { Ok(reads.fetch_add(1, Ordering::SeqCst) + 1) }
+    async fn counter(reads: &AtomicU32) -> Result<u32, ()> {
+        Ok(reads.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
     #[tokio::test]
