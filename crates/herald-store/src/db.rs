@@ -18,6 +18,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// `IN …` over the [`Ids`](crate::Ids) bound as parameter `$n`, for `WHERE id {in_ids}`.
+    pub fn in_ids(self, n: usize) -> String {
+        match self {
+            Backend::Sqlite => format!("IN (SELECT unhex(value) FROM jsonb_each(${n}))"),
+            Backend::Postgres => format!("= ANY(${n})"),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
@@ -29,14 +37,6 @@ impl Backend {
     /// parameters in order, each once, in the form this backend binds fastest: anonymous `?` on
     /// SQLite (see [`anonymous_params`](crate::anonymous_params)), as written on PostgreSQL.
     /// Debug builds check the order; release builds keep a statement out of order as it is.
-    /// `IN …` over the [`Ids`](crate::Ids) bound as parameter `$n`, for `WHERE id {in_ids}`.
-    pub fn in_ids(self, n: usize) -> String {
-        match self {
-            Backend::Sqlite => format!("IN (SELECT unhex(value) FROM jsonb_each(${n}))"),
-            Backend::Postgres => format!("= ANY(${n})"),
-        }
-    }
-
     pub fn sql(self, sql: String) -> String {
         match self {
             Backend::Postgres => sql,
