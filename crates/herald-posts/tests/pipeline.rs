@@ -596,6 +596,40 @@ async fn failures_reach_the_team_as_signed_events_and_notifications() {
         assert!(kinds.contains(&"delivery.failed") && kinds.contains(&"post.failed"), "{kinds:?}");
         w.posts.mark_read(&w.owner, notes[0].id).await.unwrap();
         assert_eq!(w.posts.notifications(w.team, true).await.unwrap().len(), notes.len() - 1);
+
+        // A team's endpoints are kept for a second between posts (read for `post.created`);
+        // adding or deleting one through this process applies to the very next post all the same
+        // (and a job for a deleted endpoint finds it gone and sends nothing).
+        let created_at = |path: &str| {
+            hooks.data().deliveries.iter().filter(|d| d.path == path && d.body["type"] == "post.created").count()
+        };
+        let wait_created = |n: usize| async move {
+            for _ in 0..400 {
+                if created_at("/events") >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("post.created reached /events {} times, not {n}", created_at("/events"));
+        };
+        let later = w
+            .posts
+            .create_endpoint(
+                &w.owner,
+                herald_posts::NewEndpoint { url: format!("{}/later", hooks.url), events: vec![] },
+            )
+            .await
+            .unwrap();
+        w.posts.create(&w.owner, post("second", &[tg_conn]), None).await.unwrap();
+        wait_created(2).await;
+        w.posts.delete_endpoint(&w.owner, later.id).await.unwrap();
+        w.posts.create(&w.owner, post("third", &[tg_conn]), None).await.unwrap();
+        wait_created(3).await;
+        assert_eq!(
+            created_at("/later"),
+            1,
+            "an endpoint added a moment ago hears of the next post, and not after its deletion"
+        );
         w.stop().await;
     })
     .await;

@@ -16,7 +16,7 @@ use herald_store::testing::each_backend;
 use herald_testkit::{FakeServer, discord, telegram};
 use herald_triggers::{Kind, NewEvent, NewSource, Sources, TriggerConfig};
 use herald_vault::{MasterKey, Vault};
-use herald_workflows::{Decision, ManualRun, RunStatus, RunView, WorkflowConfig, Workflows};
+use herald_workflows::{Decision, ManualRun, RunQuery, RunStatus, RunView, WorkflowConfig, WorkflowPatch, Workflows};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -716,6 +716,60 @@ async fn ai_rewrites_per_platform_within_the_budget_and_failures_reach_the_error
         assert!(failed.error.as_deref().unwrap().contains("myspace"), "{failed:?}");
         let dc = w.messages_when(|_, dc| dc.iter().any(|m| m.starts_with("Run failed"))).await.1;
         assert_eq!(dc.last().unwrap(), "Run failed: template_error in broken");
+        w.stop().await;
+    })
+    .await;
+}
+
+/// A source's workflows are kept for a second between events; pausing, resuming or adding a
+/// workflow through this process applies to the very next event all the same.
+#[tokio::test]
+async fn a_paused_resumed_or_new_workflow_applies_to_the_next_event_at_once() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let workflow = |name: &str| {
+            json!({
+                "name": name, "sources": [w.source],
+                "steps": [
+                    {"type": "template", "template": "{{ item.title }}"},
+                    {"type": "publish", "targets": [{"connection": w.tg_conn}]}
+                ]
+            })
+        };
+        let a = w.workflows.create(&w.owner, workflow("a")).await.unwrap();
+        let r = &w;
+        // Each event is handed on here directly too, so its runs exist once this returns
+        // (the runner's own try of the event's job makes no second run).
+        let send = |title: &'static str| async move {
+            let id = r.event(json!({"item": {"title": title}})).await;
+            let view = r.sources.event(&r.owner, id).await.unwrap();
+            r.workflows.on_event(r.team, &view, None).await.unwrap();
+            id
+        };
+        let ran = |wf: Uuid, event: Uuid| async move {
+            let q = RunQuery { workflow: Some(wf), ..Default::default() };
+            r.workflows.runs(&r.owner, &q).await.unwrap().runs.iter().any(|run| run.event_id == Some(event))
+        };
+
+        let first = send("first").await;
+        assert!(ran(a.id, first).await, "an active workflow runs");
+
+        w.workflows.patch(&w.owner, a.id, WorkflowPatch { active: Some(false) }).await.unwrap();
+        let paused = send("paused").await;
+        assert!(!ran(a.id, paused).await, "a workflow paused a moment ago does not run");
+
+        let b = w.workflows.create(&w.owner, workflow("b")).await.unwrap();
+        let added = send("added").await;
+        assert!(ran(b.id, added).await, "a workflow added a moment ago runs");
+        assert!(!ran(a.id, added).await);
+
+        w.workflows.patch(&w.owner, a.id, WorkflowPatch { active: Some(true) }).await.unwrap();
+        let resumed = send("resumed").await;
+        assert!(ran(a.id, resumed).await, "a workflow resumed a moment ago runs");
+
+        w.workflows.delete(&w.owner, b.id).await.unwrap();
+        let deleted = send("deleted").await;
+        assert!(ran(a.id, deleted).await);
         w.stop().await;
     })
     .await;
