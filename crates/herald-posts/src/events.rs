@@ -83,17 +83,16 @@ pub(crate) const CHANGED: &str = "event_endpoints";
 /// ([`Posts::endpoints`]): a post's create reads them before it takes SQLite's writer, which then
 /// has one trip fewer to make. An endpoint made or turned off meanwhile is a race the post might
 /// have lost or won a moment later anyway; on this node the change shows at once.
-pub(crate) async fn endpoints_now(posts: &Posts, team: Uuid) -> Result<Vec<(Uuid, String)>, Error> {
+pub(crate) async fn endpoints_now(posts: &Posts, team: Uuid) -> Result<Arc<Vec<(Uuid, String)>>, Error> {
     let db = &posts.db;
-    let kept = posts
+    posts
         .endpoints
         .get_or_load(team, async {
             on_read!(db, c => sqlx::query_as(ACTIVE_ENDPOINTS).bind(team).bind(true).fetch_all(c).await)
                 .map(Arc::new)
                 .map_err(store)
         })
-        .await?;
-    Ok(kept.as_ref().clone())
+        .await
 }
 
 /// [`emit`] to endpoints already read in this transaction.

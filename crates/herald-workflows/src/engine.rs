@@ -314,9 +314,8 @@ impl Workflows {
     /// and then its first commit stores it. `false` when another executor stored or advanced the
     /// run first, and this one left it to them. `job`: the `source.event` job that started this
     /// run, whose success a final first commit records (see [`Workflows::on_event`]).
-    /// Runs steps from the run's cursor until a commit ends the drive. `first_try`: the run is
-    /// driven by the first try of its event's job, so nothing it did can have been written yet
-    /// (see [`Mode::Live`]).
+    /// `first_try`: driven by the first try of its event's job, so nothing of the run can have
+    /// been written yet (see [`Mode::Live`]).
     async fn drive(
         &self,
         row: RunRow,

@@ -328,8 +328,7 @@ impl Workflows {
         row.ok_or_else(|| Error::not_found("workflow"))
     }
 
-    /// The team's active workflows that `source` starts.
-    /// The source's active workflows, from [`Inner::by_source`].
+    /// The team's active workflows that `source` starts, from [`Inner::by_source`].
     pub(crate) async fn source_workflows(&self, team: Uuid, source: Uuid) -> Result<Arc<Vec<WorkflowRow>>, Error> {
         self.inner
             .by_source
