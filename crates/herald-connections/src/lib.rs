@@ -15,10 +15,11 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Accounts, Principal, Quota, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_platforms::{Adapter, Connection, Credentials, ErrorClass, Net, PlatformError};
-use herald_store::{Db, StoreError, Ts, exec, on_read, on_tx};
+use herald_store::{Db, Ids, ReadCache, StoreError, Ts, exec, on_read, on_tx};
 use herald_vault::{Vault, binding};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -116,7 +117,7 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct Row {
     id: Uuid,
     platform: String,
@@ -179,7 +180,14 @@ pub struct Connections {
     net: Net,
     /// Buckets this process already sized, so pacing a busy connection costs no write.
     paced: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (f64, f64)>>>,
+    /// Each team's rows (credentials still sealed), read once a second rather than once a post,
+    /// for checking content against them; see [`Connections::load_many_kept`].
+    kept: ReadCache<Uuid, Arc<Vec<Row>>>,
 }
+
+/// The [`herald_store::Tx::changed`] topic of writes to `connections`: every transaction that
+/// writes the table marks it.
+const CHANGED: &str = "connections";
 
 /// A connection loaded for a delivery: the decrypted credentials live only in this value.
 #[derive(Debug, Clone)]
@@ -194,6 +202,7 @@ impl Connections {
         Connections {
             db: accounts.db().clone(),
             vault: accounts.vault().clone(),
+            kept: ReadCache::new(accounts.db(), CHANGED),
             accounts,
             net,
             paced: Default::default(),
@@ -239,6 +248,7 @@ impl Connections {
         let sealed = self.vault.seal(&verified.credentials.0.to_string(), &aad(team, id));
         let settings = verified.settings.to_string();
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         self.check_quota(&mut tx, team).await?;
         exec!(
             tx,
@@ -337,16 +347,45 @@ impl Connections {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = self.db.backend().sql(format!(
-            "SELECT {COLS} FROM connections WHERE team_id = $1 AND id IN ({})",
-            herald_store::placeholders(2, ids.len())
-        ));
-        on_read!(self.db, c => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(team);
-            for id in &ids { q = q.bind(*id); }
-            q.fetch_all(c).await
-        })
-        .map_err(store)
+        let backend = self.db.backend();
+        let sql =
+            backend.sql(format!("SELECT {COLS} FROM connections WHERE team_id = $1 AND id {}", backend.in_ids(2)));
+        on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(team).bind(Ids(&ids)).fetch_all(c).await)
+            .map_err(store)
+    }
+
+    /// [`load_many`](Self::load_many) for checking content against connections (a post's
+    /// create, a workflow's publish step), from the team's rows as read at most a second ago:
+    /// a change made through this process shows at once, one made elsewhere (another node, the
+    /// CLI on the same SQLite file) within the second. Never for calling a platform: a delivery
+    /// loads the row as it is now, since another node may have just rotated its credentials.
+    pub async fn load_many_kept(&self, team: Uuid, ids: &[Uuid]) -> Result<HashMap<Uuid, Loaded>, Error> {
+        let rows = self.team_rows_kept(team).await?;
+        Ok(rows
+            .iter()
+            .filter(|row| ids.contains(&row.id))
+            .filter_map(|row| Some((row.id, self.open(team, row.clone()).ok()?)))
+            .collect())
+    }
+
+    /// [`list`](Self::list) from the team's rows as read at most a second ago (see
+    /// [`load_many_kept`](Self::load_many_kept)).
+    pub async fn list_kept(&self, team: Uuid, platform: Option<&str>) -> Result<Vec<ConnectionView>, Error> {
+        let rows = self.team_rows_kept(team).await?;
+        Ok(rows.iter().filter(|r| platform.is_none_or(|p| r.platform == p)).map(Row::view).collect())
+    }
+
+    /// All the team's rows, oldest first, kept for a second.
+    async fn team_rows_kept(&self, team: Uuid) -> Result<Arc<Vec<Row>>, Error> {
+        let db = &self.db;
+        self.kept
+            .get_or_load(team, async {
+                let sql = format!("SELECT {COLS} FROM connections WHERE team_id = $1 ORDER BY created_at, id");
+                on_read!(db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(team).fetch_all(c).await)
+                    .map(Arc::new)
+                    .map_err(store)
+            })
+            .await
     }
 
     /// Renames, re-configures or re-authorises a connection. New settings or credentials are checked
@@ -371,6 +410,7 @@ impl Connections {
             loaded.connection.credentials = Credentials(c);
         }
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         if let Some(name) = &name {
             exec!(
                 tx,
@@ -421,6 +461,7 @@ impl Connections {
     pub async fn delete_in(&self, team: Uuid, actor: &Actor, id: Uuid) -> Result<ConnectionView, Error> {
         let view = self.get(team, id).await?;
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         let n = exec!(tx, "DELETE FROM connections WHERE team_id = $1 AND id = $2", team, id).map_err(store)?;
         if n == 0 {
             return Err(Error::not_found("connection"));
@@ -453,6 +494,7 @@ impl Connections {
             Ok(verified) => {
                 let sealed = self.vault.seal(&verified.credentials.0.to_string(), &aad(team, id));
                 let mut tx = self.db.begin().await.map_err(Error::from)?;
+                tx.changed(CHANGED);
                 exec!(
                     tx,
                     "UPDATE connections SET account = $3, settings = $4, credentials = $5, status = 'active', \
@@ -498,6 +540,7 @@ impl Connections {
             _ => Status::Error,
         };
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         let before: Option<String> =
             on_tx!(tx, c => sqlx::query_scalar("SELECT status FROM connections WHERE team_id = $1 AND id = $2")
             .bind(team).bind(id).fetch_optional(&mut *c).await)
@@ -534,6 +577,7 @@ impl Connections {
     pub async fn store_credentials(&self, team: Uuid, id: Uuid, credentials: &Credentials) -> Result<(), Error> {
         let sealed = self.vault.seal(&credentials.0.to_string(), &aad(team, id));
         let mut tx = self.db.begin().await.map_err(Error::from)?;
+        tx.changed(CHANGED);
         exec!(tx, "UPDATE connections SET credentials = $3 WHERE team_id = $1 AND id = $2", team, id, &sealed)
             .map_err(store)?;
         tx.commit().await.map_err(Error::from)

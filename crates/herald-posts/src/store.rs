@@ -633,7 +633,11 @@ impl Posts {
     }
 
     /// Loads every target (but those in `known`, loaded already) and checks the content against
-    /// each platform's rules; one 422 lists every broken rule of every target.
+    /// each platform's rules; one 422 lists every broken rule of every target. The rows come from
+    /// the team's kept for a second ([`Connections::load_many_kept`]): the delivery loads its
+    /// connection afresh before it calls the platform.
+    ///
+    /// [`Connections::load_many_kept`]: herald_connections::Connections::load_many_kept
     async fn check_targets(
         &self,
         team: Uuid,
@@ -656,7 +660,7 @@ impl Posts {
             }
         }
         if !ids.is_empty() {
-            opened.extend(self.connections.load_many(team, &ids).await?);
+            opened.extend(self.connections.load_many_kept(team, &ids).await?);
         }
         for (i, (id, o)) in targets.iter().enumerate() {
             let l = match opened.remove(id) {

@@ -498,6 +498,18 @@ async fn validation_idempotent_creates_threads_and_failures() {
         let v = w.wait(waits.id, |v| v.deliveries[0].attempt_log.iter().any(|a| a.outcome == "auth")).await;
         assert_eq!(v.deliveries[0].state, DeliveryState::Pending);
         assert_eq!(w.connections.get(w.team, tg_conn).await.unwrap().status, herald_connections::Status::NeedsReauth);
+
+        // A create checks its targets against the team's connections as read up to a second ago;
+        // one deleted through this process is gone for the very next create.
+        let extra =
+            w.connect("mastodon", json!({"access_token": mastodon::TOKEN}), json!({"instance_url": md.url})).await;
+        let mut draft = post("a draft", &[extra]);
+        draft.draft = true;
+        w.posts.create(&w.owner, draft.clone(), None).await.unwrap();
+        w.connections.delete_in(w.team, &Actor::system(), extra).await.unwrap();
+        let e = w.posts.create(&w.owner, draft, None).await.unwrap_err();
+        assert_eq!(e.code, herald_core::ErrorCode::ValidationFailed, "{e}");
+        assert!(e.message.contains("no connection") || e.to_string().contains("no connection"), "{e:?}");
         w.stop().await;
     })
     .await;

@@ -9,7 +9,7 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
-use herald_store::{Db, StoreError, Ts, Tx, exec, on_read};
+use herald_store::{Db, ReadCache, StoreError, Ts, Tx, exec, on_read};
 use herald_vault::Vault;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -62,7 +62,13 @@ pub struct Sources {
     intake: Arc<OnceLock<Intake>>,
     /// Events the intake wrote lately, for their `source.event` jobs (see [`Recent`]).
     recent: Arc<Recent>,
+    /// The (team, source) pairs a manual event was lately added to, so the next one does not
+    /// read the source again: kept a second, or until a source is deleted in this process.
+    live: ReadCache<(Uuid, Uuid), ()>,
 }
+
+/// The [`herald_store::Tx::changed`] topic of deleting a source.
+const DELETED: &str = "sources_deleted";
 
 /// Events the intake wrote, by id, with their team, until their `source.event` job takes them:
 /// nearly always that job runs in this process a moment later, and takes its event from here
@@ -199,7 +205,17 @@ impl Sources {
     pub fn new(db: Db, vault: Vault, safe: SafeClient, trusted: HttpClient, config: TriggerConfig) -> Sources {
         let mut config = config;
         config.public_url = config.public_url.map(|u| u.trim_end_matches('/').to_string());
-        Sources { db, vault, safe, trusted, config: Arc::new(config), intake: Arc::default(), recent: Arc::default() }
+        let live = ReadCache::new(&db, DELETED);
+        Sources {
+            db,
+            vault,
+            safe,
+            trusted,
+            config: Arc::new(config),
+            intake: Arc::default(),
+            recent: Arc::default(),
+            live,
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -518,6 +534,7 @@ impl Sources {
         let row = self.team_row(team, id).await?;
         let view = self.view(row.clone(), None);
         let mut tx = self.db.begin().await?;
+        tx.changed(DELETED);
         if matches!(row.websub_state.as_str(), "pending" | "subscribed") {
             exec!(
                 tx,
@@ -546,7 +563,9 @@ impl Sources {
     /// A manual event (any kind of source takes them; scripts and tests use it).
     pub async fn add_event(&self, p: &Principal, id: Uuid, new: NewEvent) -> Result<EventView, Error> {
         let (team, _) = authorize(p, Action::WriteContent)?;
-        let row = self.team_row(team, id).await?;
+        // Only that the source is the team's (and not deleted) matters here. One deleted through
+        // another process (another node, the CLI) can still take events for up to a second.
+        self.live.get_or_load((team, id), async { self.team_row(team, id).await.map(drop) }).await?;
         let external = new.external_id.unwrap_or_else(|| Uuid::now_v7().to_string());
         if external.is_empty() || external.len() > 500 {
             return Err(invalid("external_id", "external_id must be 1 to 500 characters"));
@@ -554,14 +573,8 @@ impl Sources {
         if serde_json::to_vec(&new.data).map(|v| v.len()).unwrap_or(0) > MAX_HOOK_BYTES {
             return Err(Error::new(ErrorCode::PayloadTooLarge, "an event's data is at most 1 MiB"));
         }
-        let incoming = Incoming {
-            team: row.team_id,
-            source: row.id,
-            kind: "manual",
-            external_id: external,
-            data: new.data,
-            touch: false,
-        };
+        let incoming =
+            Incoming { team, source: id, kind: "manual", external_id: external, data: new.data, touch: false };
         let external = incoming.external_id.clone();
         match self.receive(incoming).await? {
             Some(event) => Ok(event),

@@ -1025,10 +1025,10 @@ impl Workflows {
             },
             None => state.text.clone().unwrap_or_default(),
         };
-        // The targets: named connections (loaded in one query, and handed to the post's create so
-        // it does not read them again), and every connection of a named platform.
+        // The targets: named connections (from the team's rows kept for a second, handed to the
+        // post's create so it does not read them again), and every connection of a named platform.
         let named: Vec<Uuid> = p.targets.iter().filter_map(|t| t.connection).collect();
-        let loaded = match self.inner.connections.load_many(run.team_id, &named).await {
+        let loaded = match self.inner.connections.load_many_kept(run.team_id, &named).await {
             Ok(l) => l,
             Err(e) => {
                 return (
@@ -1070,7 +1070,7 @@ impl Workflows {
                 (None, Some(pl)) => self
                     .inner
                     .connections
-                    .list(run.team_id, Some(pl))
+                    .list_kept(run.team_id, Some(pl))
                     .await
                     .map(|vs| vs.into_iter().map(|v| (v.id, v.platform)).collect()),
                 _ => Ok(vec![]),

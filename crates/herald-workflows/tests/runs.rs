@@ -724,7 +724,7 @@ async fn ai_rewrites_per_platform_within_the_budget_and_failures_reach_the_error
 /// A source's workflows are kept for a second between events; pausing, resuming or adding a
 /// workflow through this process applies to the very next event all the same.
 #[tokio::test]
-async fn a_paused_resumed_or_new_workflow_applies_to_the_next_event_at_once() {
+async fn changes_to_workflows_connections_and_sources_apply_to_the_next_event_at_once() {
     each_backend(|db| async move {
         let w = World::new(db).await;
         let workflow = |name: &str| {
@@ -770,6 +770,23 @@ async fn a_paused_resumed_or_new_workflow_applies_to_the_next_event_at_once() {
         w.workflows.delete(&w.owner, b.id).await.unwrap();
         let deleted = send("deleted").await;
         assert!(ran(a.id, deleted).await);
+
+        // So do the connections a publish step reads (kept a second too): one deleted a moment
+        // ago is missing for the next run.
+        let accounts = Accounts::new(w.db.clone(), w.vault.clone(), AccountsConfig::default());
+        let connections = Connections::new(accounts, w.net.clone());
+        connections.delete_in(w.team, &Actor::system(), w.tg_conn).await.unwrap();
+        let unconnected = send("unconnected").await;
+        let q = RunQuery { workflow: Some(a.id), ..Default::default() };
+        let runs = w.workflows.runs(&w.owner, &q).await.unwrap().runs;
+        let run = runs.iter().find(|r| r.event_id == Some(unconnected)).expect("a run");
+        assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+        assert_eq!(run.error_code.as_deref(), Some("connection_missing"), "{run:?}");
+
+        // And a source deleted a moment ago takes no more events.
+        w.sources.delete(&w.owner, w.source).await.unwrap();
+        let e = w.sources.add_event(&w.owner, w.source, NewEvent { external_id: None, data: json!({}) }).await;
+        assert_eq!(e.unwrap_err().code, ErrorCode::NotFound);
         w.stop().await;
     })
     .await;
