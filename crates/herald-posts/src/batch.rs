@@ -47,6 +47,7 @@ pub(crate) enum Start {
 pub(crate) struct Success {
     pub delivery: Uuid,
     pub post: Uuid,
+    pub team: Uuid,
     /// JSON array of the published parts; the first names the post.
     pub parts: String,
     pub platform_post_id: Option<String>,
@@ -134,9 +135,9 @@ async fn round(posts: &Posts, asks: Vec<Ask>) {
         }
     }
     let ids: Vec<Uuid> = starts.iter().map(|(id, _)| *id).collect();
-    let result = match load_starts(posts, &ids).await {
-        Ok(starting) => write_round(posts, starting, &items).await,
-        Err(e) => Err(e),
+    let result = match (load_starts(posts, &ids).await, endpoints(posts, &items).await) {
+        (Ok(starting), Ok(endpoints)) => write_round(posts, starting, &items, &endpoints).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
     };
     let (mut started, recorded) = match result {
         Ok(started) => (started, Ok(())),
@@ -227,8 +228,25 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     Ok(Starting { out, go, posts: by_post, connections })
 }
 
+/// The event endpoints of the successes' teams, read before the transaction (kept a second: see
+/// [`crate::events::endpoints_now`]), so a post that reaches its end state costs the writer no read.
+async fn endpoints(posts: &Posts, items: &[Success]) -> Result<HashMap<Uuid, Arc<Vec<(Uuid, String)>>>, Error> {
+    let mut out = HashMap::new();
+    for s in items {
+        if !out.contains_key(&s.team) {
+            out.insert(s.team, crate::events::endpoints_now(posts, s.team).await?);
+        }
+    }
+    Ok(out)
+}
+
 /// Marks the starts in flight and records the successes, in one transaction.
-async fn write_round(posts: &Posts, starting: Starting, items: &[Success]) -> Result<HashMap<Uuid, Start>, Error> {
+async fn write_round(
+    posts: &Posts,
+    starting: Starting,
+    items: &[Success],
+    endpoints: &HashMap<Uuid, Arc<Vec<(Uuid, String)>>>,
+) -> Result<HashMap<Uuid, Start>, Error> {
     let Starting { mut out, go, posts: by_post, connections } = starting;
     if go.is_empty() && items.is_empty() {
         return Ok(out);
@@ -236,7 +254,7 @@ async fn write_round(posts: &Posts, starting: Starting, items: &[Success]) -> Re
     let now = Utc::now();
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
     let marked = mark(&mut tx, &go, now).await?;
-    record(&mut tx, items).await?;
+    record(&mut tx, items, endpoints).await?;
     tx.commit().await.map_err(Error::from)?;
 
     for d in go {
@@ -282,7 +300,11 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
 }
 
 /// Records the outcomes, the attempts, the posts' new states and the jobs' successes.
-async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
+async fn record(
+    tx: &mut Tx,
+    items: &[Success],
+    endpoints: &HashMap<Uuid, Arc<Vec<(Uuid, String)>>>,
+) -> Result<(), Error> {
     if items.is_empty() {
         return Ok(());
     }
@@ -293,7 +315,7 @@ async fn record(tx: &mut Tx, items: &[Success]) -> Result<(), Error> {
         defer_record_values(tx, items, now);
     }
     let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();
-    refresh_posts(tx, &post_ids).await?;
+    refresh_posts(tx, &post_ids, endpoints).await?;
     let jobs: Vec<Finished> = items.iter().map(|s| s.job.clone()).collect();
     Queue::complete_in(tx, &jobs).await.map_err(Error::from)?;
     Ok(())

@@ -292,15 +292,17 @@ pub(crate) fn rollup(
 
 /// Recomputes and stores the post's state inside `tx`.
 pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, Error> {
-    let states = refresh_posts(tx, &[post]).await?;
+    let states = refresh_posts(tx, &[post], &Default::default()).await?;
     states.get(&post).copied().ok_or_else(|| Error::not_found("post"))
 }
 
 /// Recomputes and stores the states of several posts inside `tx`, emitting an event for each post
-/// that reached an end state.
+/// that reached an end state: to the team's endpoints in `endpoints` (read before the transaction,
+/// [`crate::events::endpoints_now`]), else as read in `tx`.
 pub(crate) async fn refresh_posts(
     tx: &mut Tx,
     ids: &[Uuid],
+    endpoints: &std::collections::HashMap<Uuid, Arc<Vec<(Uuid, String)>>>,
 ) -> Result<std::collections::HashMap<Uuid, PostState>, Error> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
@@ -369,16 +371,17 @@ pub(crate) async fn refresh_posts(
         let sql = format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id {}", tx.backend().in_ids(3));
         tx.defer(&sql).bind(state).bind(now).bind(Ids(&ids));
     }
-    let mut endpoints: std::collections::HashMap<Uuid, Vec<(Uuid, String)>> = Default::default();
+    let mut read: std::collections::HashMap<Uuid, Arc<Vec<(Uuid, String)>>> = Default::default();
     for (p, next) in changed {
         if matches!(
             next,
             PostState::Published | PostState::PartiallyPublished | PostState::Failed | PostState::Cancelled
         ) {
-            let to = match endpoints.entry(p.team_id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(crate::events::endpoints(tx, p.team_id).await?)
+            let to = match (endpoints.get(&p.team_id), read.entry(p.team_id)) {
+                (Some(known), _) => known,
+                (None, std::collections::hash_map::Entry::Occupied(e)) => e.into_mut(),
+                (None, std::collections::hash_map::Entry::Vacant(e)) => {
+                    e.insert(Arc::new(crate::events::endpoints(tx, p.team_id).await?))
                 }
             };
             let kind = format!("post.{}", next.as_str());

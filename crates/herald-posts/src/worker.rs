@@ -318,6 +318,7 @@ impl DeliveryHandler {
         let success = Success {
             delivery: d.id,
             post: d.post_id,
+            team: d.team_id,
             parts: Value::Array(done.to_vec()).to_string(),
             platform_post_id: done[0]["id"].as_str().map(str::to_string),
             platform_url: done[0]["url"].as_str().map(str::to_string),

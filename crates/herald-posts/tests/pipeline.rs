@@ -632,16 +632,33 @@ async fn failures_reach_the_team_as_signed_events_and_notifications() {
             )
             .await
             .unwrap();
-        w.posts.create(&w.owner, post("second", &[tg_conn]), None).await.unwrap();
+        let (second, _) = w.posts.create(&w.owner, post("second", &[tg_conn]), None).await.unwrap();
         wait_created(2).await;
         w.posts.delete_endpoint(&w.owner, later.id).await.unwrap();
-        w.posts.create(&w.owner, post("third", &[tg_conn]), None).await.unwrap();
+        let (third, _) = w.posts.create(&w.owner, post("third", &[tg_conn]), None).await.unwrap();
         wait_created(3).await;
         assert_eq!(
             created_at("/later"),
             1,
             "an endpoint added a moment ago hears of the next post, and not after its deletion"
         );
+
+        // A delivery recorded with others (the usual way) tells the endpoints its post published.
+        for p in [second.id, third.id] {
+            assert_eq!(w.wait(p, finished).await.state, PostState::Published);
+            let heard = || {
+                hooks.data().deliveries.iter().any(|d| {
+                    d.path == "/events" && d.body["type"] == "post.published" && d.body["data"]["post"] == json!(p)
+                })
+            };
+            for _ in 0..400 {
+                if heard() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert!(heard(), "post.published for {p} reached /events");
+        }
         w.stop().await;
     })
     .await;
