@@ -233,8 +233,8 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
 async fn endpoints(posts: &Posts, items: &[Success]) -> Result<HashMap<Uuid, Arc<Vec<(Uuid, String)>>>, Error> {
     let mut out = HashMap::new();
     for s in items {
-        if !out.contains_key(&s.team) {
-            out.insert(s.team, crate::events::endpoints_now(posts, s.team).await?);
+        if let std::collections::hash_map::Entry::Vacant(e) = out.entry(s.team) {
+            e.insert(crate::events::endpoints_now(posts, s.team).await?);
         }
     }
     Ok(out)
