@@ -377,17 +377,18 @@ pub(crate) async fn refresh_posts(
             next,
             PostState::Published | PostState::PartiallyPublished | PostState::Failed | PostState::Cancelled
         ) {
-            let to = match (endpoints.get(&p.team_id), read.entry(p.team_id)) {
-                (Some(known), _) => known,
-                (None, std::collections::hash_map::Entry::Occupied(e)) => e.into_mut(),
-                (None, std::collections::hash_map::Entry::Vacant(e)) => {
-                    e.insert(Arc::new(crate::events::endpoints(tx, p.team_id).await?))
+            let to = match endpoints.get(&p.team_id).or(read.get(&p.team_id)) {
+                Some(known) => known.clone(),
+                None => {
+                    let now_read = Arc::new(crate::events::endpoints(tx, p.team_id).await?);
+                    read.insert(p.team_id, now_read.clone());
+                    now_read
                 }
             };
             let kind = format!("post.{}", next.as_str());
             let message = format!("post {} is {}", p.id, next.as_str().replace('_', " "));
             let data = json!({"post": p.id, "state": next});
-            crate::events::emit_to(tx, to, p.team_id, &kind, ("post", p.id), &message, data).await?;
+            crate::events::emit_to(tx, &to, p.team_id, &kind, ("post", p.id), &message, data).await?;
             if next != PostState::Cancelled && p.repeat_days.is_some_and(|d| d > 0) {
                 crate::slots::schedule_repeat(tx, p.id).await?;
             }

@@ -88,6 +88,17 @@ fn post(text: &str, targets: &[Uuid]) -> NewPost {
     NewPost::now(text, targets)
 }
 
+/// Whether `cond` holds within 10 s, polled every 25 ms.
+async fn eventually(cond: impl Fn() -> bool) -> bool {
+    for _ in 0..400 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    cond()
+}
+
 fn finished(v: &PostView) -> bool {
     v.deliveries.iter().all(|d| d.state.is_final())
 }
@@ -616,13 +627,8 @@ async fn failures_reach_the_team_as_signed_events_and_notifications() {
             hooks.data().deliveries.iter().filter(|d| d.path == path && d.body["type"] == "post.created").count()
         };
         let wait_created = |n: usize| async move {
-            for _ in 0..400 {
-                if created_at("/events") >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            panic!("post.created reached /events {} times, not {n}", created_at("/events"));
+            let reached = eventually(|| created_at("/events") >= n).await;
+            assert!(reached, "post.created reached /events {} times, not {n}", created_at("/events"));
         };
         let later = w
             .posts
@@ -651,13 +657,7 @@ async fn failures_reach_the_team_as_signed_events_and_notifications() {
                     d.path == "/events" && d.body["type"] == "post.published" && d.body["data"]["post"] == json!(p)
                 })
             };
-            for _ in 0..400 {
-                if heard() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            assert!(heard(), "post.published for {p} reached /events");
+            assert!(eventually(heard).await, "post.published for {p} reached /events");
         }
         w.stop().await;
     })
