@@ -491,6 +491,23 @@ fn outgoing(
     out
 }
 
+/// Deliveries not sent yet whose time passed before the cutoff. `d.state IN (…'publishing')`
+/// repeats the `deliveries_live` index's term (SQLite uses a partial index only then), so the
+/// sweep reads live deliveries instead of every delivery ever made.
+const OVERDUE: &str = "SELECT COUNT(*) FROM deliveries d JOIN posts p ON p.id = d.post_id \
+     WHERE d.state IN ('pending', 'scheduled', 'publishing') AND d.state <> 'publishing' \
+     AND p.state <> 'draft' AND COALESCE(d.run_at, p.created_at) < $1";
+
+/// Live deliveries whose job is gone, dead or cancelled (through `deliveries_live` too).
+fn stuck_sql() -> String {
+    format!(
+        "SELECT {} FROM deliveries d JOIN posts p ON p.id = d.post_id LEFT JOIN jobs j ON j.id = d.job_id \
+         WHERE d.state IN ('pending', 'scheduled', 'publishing') AND p.state <> 'draft' \
+         AND (j.id IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 500",
+        DELIVERY_COLS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
+    )
+}
+
 /// What one sweep found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sweep {
@@ -507,11 +524,8 @@ impl Posts {
     /// the team's late limit), and settles deliveries whose job ended without recording anything.
     pub async fn sweep(&self, after: std::time::Duration) -> Result<Sweep, Error> {
         let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
-        let overdue: i64 = on_read!(self.db, c => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries d JOIN posts p ON p.id = d.post_id \
-             WHERE d.state IN ('pending', 'scheduled') AND p.state <> 'draft' AND COALESCE(d.run_at, p.created_at) < $1")
-            .bind(Ts(cutoff)).fetch_one(c).await)
-        .map_err(store)?;
+        let overdue: i64 =
+            on_read!(self.db, c => sqlx::query_scalar(OVERDUE).bind(Ts(cutoff)).fetch_one(c).await).map_err(store)?;
         metrics::gauge!("herald_deliveries_overdue").set(overdue as f64);
         if overdue > 0 {
             tracing::warn!(
@@ -520,12 +534,7 @@ impl Posts {
                 after.as_secs()
             );
         }
-        let sql = format!(
-            "SELECT {} FROM deliveries d JOIN posts p ON p.id = d.post_id LEFT JOIN jobs j ON j.id = d.job_id \
-             WHERE d.state IN ('pending', 'scheduled', 'publishing') AND p.state <> 'draft' \
-             AND (j.id IS NULL OR j.state IN ('dead', 'cancelled')) LIMIT 500",
-            DELIVERY_COLS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
-        );
+        let sql = stuck_sql();
         let stuck: Vec<DeliveryRow> =
             on_read!(self.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(c).await)
                 .map_err(store)?;
@@ -552,5 +561,27 @@ impl Posts {
             )?;
         }
         Ok(Sweep { overdue, settled: stuck.len() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_store::testing::TestDb;
+
+    /// The sweep runs every minute over a table that keeps every delivery ever made: both of its
+    /// queries must read the small `deliveries_live` index, not scan the table.
+    #[tokio::test]
+    async fn the_sweep_reads_only_live_deliveries() {
+        let t = TestDb::sqlite().await;
+        for sql in [OVERDUE.to_string(), stuck_sql()] {
+            let plan: Vec<(i64, i64, i64, String)> = on_read!(t.db, c => sqlx::query_as(
+                sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).bind(0_i64).fetch_all(c).await)
+            .unwrap();
+            let plan: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+            assert!(plan.iter().any(|s| s.contains("d USING INDEX deliveries_live")), "{sql}\n{plan:#?}");
+            assert!(!plan.iter().any(|s| s.starts_with("SCAN d") && !s.contains("INDEX")), "{plan:#?}");
+        }
+        t.destroy().await;
     }
 }

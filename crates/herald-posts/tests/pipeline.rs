@@ -702,6 +702,13 @@ async fn late_deliveries_follow_the_team_policy_and_the_sweep_settles_orphans() 
         let mut b = post("died mid-call", &[tg_conn]);
         b.schedule_at = Some("2099-01-01T00:00:00Z".into());
         let (b, _) = w.posts.create(&w.owner, b, None).await.unwrap();
+        // A delivery past its time (its job still waits for 2099, so nothing runs it) is overdue.
+        assert_eq!(w.posts.sweep(Duration::from_secs(300)).await.unwrap().overdue, 0);
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE deliveries SET run_at = $2 WHERE id = $1", a.deliveries[0].id, two_hours_ago)
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(w.posts.sweep(Duration::from_secs(300)).await.unwrap().overdue, 1);
         let mut tx = db.begin().await.unwrap();
         herald_store::exec!(
             tx,
@@ -729,7 +736,8 @@ async fn late_deliveries_follow_the_team_policy_and_the_sweep_settles_orphans() 
         let b = w.posts.get(w.team, b.id).await.unwrap();
         assert_eq!(a.deliveries[0].state, DeliveryState::Failed);
         assert_eq!(b.deliveries[0].state, DeliveryState::Unconfirmed);
-        assert_eq!(w.posts.sweep(Duration::from_secs(300)).await.unwrap().settled, 0, "settled once");
+        let again = w.posts.sweep(Duration::from_secs(300)).await.unwrap();
+        assert_eq!((again.settled, again.overdue), (0, 0), "settled once, and a failed delivery is not overdue");
         w.stop().await;
     })
     .await;
