@@ -118,6 +118,23 @@ pub(crate) fn threads_line(before: &std::collections::BTreeMap<String, Threads>,
         .join(", ")
 }
 
+/// SQLite's writer over a phase of `elapsed` that did `per` units of work (events, deliveries),
+/// as one line: how much of the phase it was held, by how many transactions, their trips to the
+/// connection's thread, and how many tasks waited for it on average.
+pub(crate) fn writer_line(u: &herald_store::WriterStats, elapsed: Duration, per: usize, unit: &str) -> String {
+    let tx = u.transactions.max(1) as f64;
+    format!(
+        "SQLite's writer: held {:.0}% of the run by {} transactions ({:.2} ms and {:.2} trips each, \
+         {:.2} trips per {unit}), {:.1} waiting for it on average",
+        100.0 * u.held.as_secs_f64() / elapsed.as_secs_f64(),
+        u.transactions,
+        u.held.as_secs_f64() * 1000.0 / tx,
+        u.trips as f64 / tx,
+        u.trips as f64 / per.max(1) as f64,
+        u.waited.as_secs_f64() / elapsed.as_secs_f64()
+    )
+}
+
 struct Measured {
     per_sec: f64,
     cpu_per: Duration,
@@ -127,6 +144,8 @@ struct Measured {
     created_in: Duration,
     /// CPU and run-queue wait per delivery by kind of thread (see [`threads_line`]).
     threads: String,
+    /// SQLite's writer over the run (see [`writer_line`]); empty on PostgreSQL and for the ceiling.
+    writer: String,
 }
 
 /// The same number of requests, the same body size and concurrency, from a bare client loop.
@@ -158,6 +177,7 @@ async fn ceiling(url: &str, n: usize, concurrency: usize) -> anyhow::Result<Meas
         p99: Duration::ZERO,
         created_in: elapsed,
         threads: String::new(),
+        writer: String::new(),
     })
 }
 
@@ -214,6 +234,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     let n = args.posts * args.targets;
     let committed = Arc::new(Mutex::new(HashMap::with_capacity(n)));
     let threads0 = threads();
+    let writer0 = db.writer_use();
     let (cpu0, start) = (cpu(), Instant::now());
     // Posts arrive from several clients at once, as from an API.
     let creators = args.clients.clamp(1, args.posts.max(1));
@@ -257,6 +278,11 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
     let elapsed = start.elapsed();
     let cpu_used = cpu() - cpu0;
     let threads = threads_line(&threads0, n);
+    let writer = db
+        .writer_use()
+        .zip(writer0)
+        .map(|(now, then)| writer_line(&now.since(&then), elapsed, n, "delivery"))
+        .unwrap_or_default();
     stop.cancel();
     let _ = runner.await;
     let received = seen.count.load(Ordering::Relaxed) - before;
@@ -281,6 +307,7 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
         p99: pct(0.99),
         created_in,
         threads,
+        writer,
     })
 }
 
@@ -314,6 +341,9 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
         );
         if !r.threads.is_empty() {
             println!("  {backend} threads, ms of CPU/of waiting for one per delivery: {}", r.threads);
+        }
+        if !r.writer.is_empty() {
+            println!("  {backend} {}", r.writer);
         }
     }
     println!(

@@ -651,16 +651,7 @@ pub async fn run(args: BenchWorkflowsArgs) -> Result<(), Exit> {
                 .collect();
             println!("  where the time went, p50/p99 ms: {}", stages.join(", "));
             if let Some(u) = ph.writer {
-                println!(
-                    "  SQLite's writer: held {:.0}% of the run by {} transactions ({:.2} ms and {:.2} trips each, \
-                     {:.2} trips per event), {:.1} waiting for it on average",
-                    100.0 * u.held.as_secs_f64() / ph.recorded_in.as_secs_f64(),
-                    u.transactions,
-                    u.held.as_secs_f64() * 1000.0 / u.transactions.max(1) as f64,
-                    u.trips as f64 / u.transactions.max(1) as f64,
-                    u.trips as f64 / ph.events.max(1) as f64,
-                    u.waited.as_secs_f64() / ph.recorded_in.as_secs_f64()
-                );
+                println!("  {}", crate::bench_deliveries::writer_line(&u, ph.recorded_in, ph.events, "event"));
             }
             if !ph.threads.is_empty() {
                 println!("  threads, ms of CPU/of waiting for one per event: {}", ph.threads);
