@@ -296,6 +296,24 @@ pub(crate) async fn refresh_post(tx: &mut Tx, post: Uuid) -> Result<PostState, E
     states.get(&post).copied().ok_or_else(|| Error::not_found("post"))
 }
 
+/// Each post of `$1` with the states its deliveries are in: a row per (post, state), not per
+/// delivery, since the rollup only asks which states are present (each row is a message from
+/// SQLite's connection thread, on the writer's path). On PostgreSQL the ids bound the deliveries'
+/// side too: its generic plan for the bare join hashed a sequential scan of every delivery ever
+/// made, once per round. SQLite's plan looks each post's deliveries up by `deliveries_post` as it
+/// is.
+fn rollup_sql(backend: Backend) -> String {
+    let in_ids = backend.in_ids(1);
+    let deliveries_too = match backend {
+        Backend::Postgres => format!(" AND d.post_id {in_ids}"),
+        Backend::Sqlite => String::new(),
+    };
+    backend.sql(format!(
+        "SELECT DISTINCT p.id, p.team_id, p.state, p.schedule_at, p.repeat_days, d.state AS delivery_state \
+         FROM posts p LEFT JOIN deliveries d ON d.post_id = p.id{deliveries_too} WHERE p.id {in_ids}"
+    ))
+}
+
 /// Recomputes and stores the states of several posts inside `tx`, emitting an event for each post
 /// that reached an end state: to the team's endpoints in `endpoints` (read before the transaction,
 /// [`crate::events::endpoints_now`]), else as read in `tx`.
@@ -328,13 +346,7 @@ pub(crate) async fn refresh_posts(
             .map(|r| r.rows_affected()))
         .map_err(store)?;
     }
-    // The rollup only asks which states a post's deliveries are in, so each state comes once:
-    // a row per (post, state), not per delivery. Each row is a message from SQLite's connection
-    // thread, on the writer's path.
-    let sql = tx.backend().sql(format!(
-        "SELECT DISTINCT p.id, p.team_id, p.state, p.schedule_at, p.repeat_days, d.state AS delivery_state \
-         FROM posts p LEFT JOIN deliveries d ON d.post_id = p.id WHERE p.id {in_ids}"
-    ));
+    let sql = rollup_sql(tx.backend());
     let rows: Vec<P> =
         on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(Ids(&ids)).fetch_all(&mut *c).await)
             .map_err(store)?;
@@ -1400,5 +1412,43 @@ mod tests {
         assert_eq!(rollup(PostState::Publishing, None, &[D::Unconfirmed, D::Failed]), PostState::Failed);
         assert_eq!(rollup(PostState::Scheduled, later, &[D::Cancelled, D::Cancelled]), PostState::Cancelled);
         assert_eq!(rollup(PostState::Draft, None, &[D::Pending]), PostState::Draft);
+    }
+
+    /// Every round of deliveries runs the rollup. PostgreSQL plans a prepared statement once for
+    /// any ids (a generic plan); that plan must look the posts' deliveries up by index, never
+    /// scan every delivery ever made. (Without the ids on the deliveries' side it hashed a
+    /// sequential scan of them.)
+    #[tokio::test]
+    async fn the_rollups_generic_plan_on_postgresql_reads_deliveries_by_index() {
+        let Some(t) = herald_store::testing::TestDb::postgres().await else { return };
+        let herald_store::Pools::Postgres(pool) = t.db.pools() else { unreachable!("a PostgreSQL test database") };
+        let mut c = pool.acquire().await.unwrap();
+        // Rows as a busy server has them, unanalysed; their teams and connections need not exist.
+        for sql in [
+            "SET session_replication_role = replica",
+            "INSERT INTO posts (id, team_id, state, content, created_at, updated_at) \
+             SELECT gen_random_uuid(), gen_random_uuid(), 'published', '{}', now(), now() FROM generate_series(1, 1000)",
+            "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
+             created_at, updated_at) SELECT gen_random_uuid(), p.id, p.team_id, gen_random_uuid(), 'webhook', \
+             'published', '{}', gen_random_uuid()::text, now(), now() FROM posts p, generate_series(1, 5)",
+            "SET plan_cache_mode = force_generic_plan",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *c).await.unwrap();
+        }
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM posts ORDER BY id LIMIT 3").fetch_all(&mut *c).await.unwrap();
+        let prepare = format!("PREPARE rollup(uuid[]) AS {}", rollup_sql(Backend::Postgres));
+        sqlx::query(sqlx::AssertSqlSafe(prepare)).execute(&mut *c).await.unwrap();
+        let list = ids.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ");
+        let plan: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE rollup(ARRAY[{list}]::uuid[])")))
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan on deliveries"), "{plan}");
+        assert!(plan.contains("deliveries_post"), "{plan}");
+        drop(c);
+        t.destroy().await;
     }
 }
