@@ -11,6 +11,7 @@
 //! Anything out of the ordinary (a retry, a call left in flight, a late delivery, a connection to
 //! re-authorise, a failure) takes the one-by-one path in `worker.rs`, which explains itself.
 
+use crate::events::Endpoints;
 use crate::store::{DELIVERY_COLS, DeliveryRow, POST_COLS, PostRow, Posts, refresh_posts, store};
 use chrono::{DateTime, Utc};
 use herald_connections::{Loaded, Status};
@@ -230,7 +231,7 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
 
 /// The event endpoints of the successes' teams, read before the transaction (kept a second: see
 /// [`crate::events::endpoints_now`]), so a post that reaches its end state costs the writer no read.
-async fn endpoints(posts: &Posts, items: &[Success]) -> Result<HashMap<Uuid, Arc<Vec<(Uuid, String)>>>, Error> {
+async fn endpoints(posts: &Posts, items: &[Success]) -> Result<HashMap<Uuid, Endpoints>, Error> {
     let mut out = HashMap::new();
     for s in items {
         if let std::collections::hash_map::Entry::Vacant(e) = out.entry(s.team) {
@@ -245,7 +246,7 @@ async fn write_round(
     posts: &Posts,
     starting: Starting,
     items: &[Success],
-    endpoints: &HashMap<Uuid, Arc<Vec<(Uuid, String)>>>,
+    endpoints: &HashMap<Uuid, Endpoints>,
 ) -> Result<HashMap<Uuid, Start>, Error> {
     let Starting { mut out, go, posts: by_post, connections } = starting;
     if go.is_empty() && items.is_empty() {
@@ -300,11 +301,7 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
 }
 
 /// Records the outcomes, the attempts, the posts' new states and the jobs' successes.
-async fn record(
-    tx: &mut Tx,
-    items: &[Success],
-    endpoints: &HashMap<Uuid, Arc<Vec<(Uuid, String)>>>,
-) -> Result<(), Error> {
+async fn record(tx: &mut Tx, items: &[Success], endpoints: &HashMap<Uuid, Endpoints>) -> Result<(), Error> {
     if items.is_empty() {
         return Ok(());
     }

@@ -38,7 +38,7 @@ pub(crate) struct Prepared {
     pub buckets: Option<Vec<Option<String>>>,
     pub actor: Actor,
     /// The team's active event endpoints, read before the write (see [`crate::events::endpoints_now`]).
-    pub endpoints: std::sync::Arc<Vec<(Uuid, String)>>,
+    pub endpoints: crate::events::Endpoints,
 }
 
 impl Prepared {

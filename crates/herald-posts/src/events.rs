@@ -79,11 +79,14 @@ pub(crate) async fn endpoints(tx: &mut Tx, team: Uuid) -> Result<Vec<(Uuid, Stri
 /// The [`Tx::changed`] topic of writes to `event_endpoints`.
 pub(crate) const CHANGED: &str = "event_endpoints";
 
+/// A team's active event endpoints: each one's id and the events it takes.
+pub(crate) type Endpoints = Arc<Vec<(Uuid, String)>>;
+
 /// The team's active endpoints, read outside a transaction and kept for a moment
 /// ([`Posts::endpoints`]): a post's create reads them before it takes SQLite's writer, which then
 /// has one trip fewer to make. An endpoint made or turned off meanwhile is a race the post might
 /// have lost or won a moment later anyway; on this node the change shows at once.
-pub(crate) async fn endpoints_now(posts: &Posts, team: Uuid) -> Result<Arc<Vec<(Uuid, String)>>, Error> {
+pub(crate) async fn endpoints_now(posts: &Posts, team: Uuid) -> Result<Endpoints, Error> {
     let db = &posts.db;
     posts
         .endpoints

@@ -37,7 +37,7 @@ pub struct Posts {
     creates: Arc<OnceLock<Creates>>,
     /// Each team's active event endpoints, read once a second rather than once a post (see
     /// [`herald_store::cache`]); every write to them marks [`crate::events::CHANGED`].
-    pub(crate) endpoints: ReadCache<Uuid, Arc<Vec<(Uuid, String)>>>,
+    pub(crate) endpoints: ReadCache<Uuid, crate::events::Endpoints>,
 }
 
 pub(crate) fn store(e: sqlx::Error) -> Error {
@@ -320,7 +320,7 @@ fn rollup_sql(backend: Backend) -> String {
 pub(crate) async fn refresh_posts(
     tx: &mut Tx,
     ids: &[Uuid],
-    endpoints: &std::collections::HashMap<Uuid, Arc<Vec<(Uuid, String)>>>,
+    endpoints: &std::collections::HashMap<Uuid, crate::events::Endpoints>,
 ) -> Result<std::collections::HashMap<Uuid, PostState>, Error> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
@@ -383,7 +383,7 @@ pub(crate) async fn refresh_posts(
         let sql = format!("UPDATE posts SET state = $1, updated_at = $2 WHERE id {}", tx.backend().in_ids(3));
         tx.defer(&sql).bind(state).bind(now).bind(Ids(&ids));
     }
-    let mut read: std::collections::HashMap<Uuid, Arc<Vec<(Uuid, String)>>> = Default::default();
+    let mut read: std::collections::HashMap<Uuid, crate::events::Endpoints> = Default::default();
     for (p, next) in changed {
         if matches!(
             next,

@@ -343,7 +343,7 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
             println!("  {backend} threads, ms of CPU/of waiting for one per delivery: {}", r.threads);
         }
         if !r.writer.is_empty() {
-            println!("  {backend} {}", r.writer);
+            println!("  {}", r.writer);
         }
     }
     println!(
