@@ -12,6 +12,7 @@
 //! re-authorise, a failure) takes the one-by-one path in `worker.rs`, which explains itself.
 
 use crate::events::Endpoints;
+use crate::model::PostState;
 use crate::store::{DELIVERY_COLS, DeliveryRow, POST_COLS, PostRow, Posts, refresh_posts, store};
 use chrono::{DateTime, Utc};
 use herald_connections::{Loaded, Status};
@@ -254,7 +255,8 @@ async fn write_round(
     }
     let now = Utc::now();
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
-    let marked = mark(&mut tx, &go, now).await?;
+    let scheduled = |post: &Uuid| by_post.get(post).is_some_and(|p| p.post.state == PostState::Scheduled.as_str());
+    let marked = mark(&mut tx, &go, scheduled, now).await?;
     record(&mut tx, items, endpoints).await?;
     tx.commit().await.map_err(Error::from)?;
 
@@ -272,7 +274,14 @@ async fn write_round(
 }
 
 /// Marks deliveries in flight (and a scheduled post publishing); returns those it marked.
-async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec<Uuid>, Error> {
+/// `scheduled` tells the posts read as scheduled: only those can need the change, and a post
+/// published now (never scheduled) costs no statement.
+async fn mark(
+    tx: &mut Tx,
+    go: &[DeliveryRow],
+    scheduled: impl Fn(&Uuid) -> bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, Error> {
     if go.is_empty() {
         return Ok(Vec::new());
     }
@@ -287,7 +296,8 @@ async fn mark(tx: &mut Tx, go: &[DeliveryRow], now: DateTime<Utc>) -> Result<Vec
         .bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&ids)).fetch_all(&mut *c).await)
     .map_err(store)?;
     // The only change a start makes to a post: a scheduled one starts publishing.
-    let mut started_posts: Vec<Uuid> = go.iter().filter(|d| marked.contains(&d.id)).map(|d| d.post_id).collect();
+    let mut started_posts: Vec<Uuid> =
+        go.iter().filter(|d| marked.contains(&d.id) && scheduled(&d.post_id)).map(|d| d.post_id).collect();
     started_posts.sort_unstable();
     started_posts.dedup();
     if !started_posts.is_empty() {

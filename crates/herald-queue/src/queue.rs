@@ -130,6 +130,15 @@ impl Job {
     }
 }
 
+/// What [`Queue::claim_and_look_ahead`] took.
+pub(crate) struct Claimed {
+    pub jobs: Vec<Job>,
+    /// When the queue's next job not yet due comes due (`Some(None)`: none is waiting); `None`
+    /// when the claim could not tell (SQLite, where [`Queue::next_due`] reads it from a reader
+    /// connection instead of holding the writer).
+    pub next_due: Option<Option<DateTime<Utc>>>,
+}
+
 /// A rate bucket: `capacity` tokens, refilled at `refill_per_sec`; each claim of a job tagged
 /// with the bucket takes one. `None` capacity means unlimited, though it can still be blocked.
 #[derive(Debug, Clone, Serialize)]
@@ -182,11 +191,26 @@ impl Queue {
     /// Claims up to `limit` due jobs of `queue` for `worker`, leased for `lease`, honouring rate
     /// buckets. Highest priority (lowest number) first, then oldest `run_at`.
     pub async fn claim(&self, queue: &str, limit: usize, worker: &str, lease: Duration) -> Result<Vec<Job>> {
+        Ok(self.claim_and_look_ahead(queue, limit, worker, lease).await?.jobs)
+    }
+
+    /// As [`Queue::claim`], and on PostgreSQL also when the queue's next job not yet due comes
+    /// due, found by the claim's own statement (see [`Claimed::next_due`]).
+    pub(crate) async fn claim_and_look_ahead(
+        &self,
+        queue: &str,
+        limit: usize,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Claimed> {
         let mut tx = self.db.begin().await?;
         let now = Utc::now();
-        let mut jobs = match tx.conn().await? {
-            TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
-            TxConn::Postgres(c) => postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?,
+        let (mut jobs, next_due) = match tx.conn().await? {
+            TxConn::Sqlite(c) => (sqlite::claim(c, queue, limit, worker, now + lease, now).await?, None),
+            TxConn::Postgres(c) => {
+                let (jobs, next) = postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?;
+                (jobs, Some(next))
+            }
         };
         jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
         if jobs.iter().any(|j| j.bucket_key.is_some()) {
@@ -198,7 +222,7 @@ impl Queue {
             let wait = job.started_at.map(|s| (s - due).to_std().unwrap_or_default()).unwrap_or_default();
             metrics::claimed(&job.kind, wait);
         }
-        Ok(jobs)
+        Ok(Claimed { jobs, next_due })
     }
 
     /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
@@ -209,8 +233,8 @@ impl Queue {
         let (buckets, now) = match tx.conn().await? {
             TxConn::Sqlite(c) => (sqlite::buckets(c, &keys).await?, now),
             TxConn::Postgres(c) => {
-                let b = postgres::buckets(c, &keys).await?;
-                (b, postgres::now(c).await?)
+                let (b, server_now) = postgres::buckets(c, &keys).await?;
+                (b, server_now.unwrap_or(now))
             }
         };
         let mut left: HashMap<String, (f64, bool)> =
@@ -243,10 +267,8 @@ impl Queue {
             sqlite::defer_store_tokens(tx, &levels, now);
             return Ok(());
         }
-        for (key, tokens) in levels {
-            if let TxConn::Postgres(c) = tx.conn().await? {
-                postgres::store_tokens(c, &key, tokens, now).await?;
-            }
+        if let TxConn::Postgres(c) = tx.conn().await? {
+            postgres::store_tokens(c, &levels, now).await?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 use crate::job::{Job, JobId};
-use crate::queue::{Completion, Queue, RunResult};
+use crate::queue::{Claimed, Completion, Queue, RunResult};
 use crate::{JobError, WAKE_CHANNEL, metrics};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -252,10 +252,10 @@ impl Dispatcher {
             let wanted = permits.len();
             let claim = {
                 let (queue, name, config) = (self.queue.clone(), self.name.clone(), self.config.clone());
-                async move { queue.claim(&name, wanted, &config.worker_id, config.lease).await }
+                async move { queue.claim_and_look_ahead(&name, wanted, &config.worker_id, config.lease).await }
             };
-            let jobs = match self.queue.db().writing(claim).await {
-                Ok(jobs) => jobs,
+            let Claimed { jobs, next_due } = match self.queue.db().writing(claim).await {
+                Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::error!(queue = %self.name, error = %e, "claiming jobs failed; retrying in 1s");
                     drop(permits);
@@ -278,7 +278,11 @@ impl Dispatcher {
                 continue;
             }
             let now = Utc::now();
-            let nap = match self.queue.next_due(&self.name).await {
+            let next_due = match next_due {
+                Some(known) => Ok(known),
+                None => self.queue.next_due(&self.name).await,
+            };
+            let nap = match next_due {
                 Ok(Some(t)) if t > now => (t - now).to_std().unwrap_or_default().min(self.config.poll_interval),
                 _ => self.config.poll_interval,
             };

@@ -35,10 +35,6 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
-pub(crate) async fn now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
-    Ok(sqlx::query_scalar("SELECT now()").fetch_one(&mut *conn).await?)
-}
-
 pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
@@ -110,6 +106,9 @@ pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Resul
     Ok(id.map(JobId))
 }
 
+/// Claims due jobs, and in the same statement finds when the queue's next future job comes due:
+/// the runner naps until then, and a query of its own after each claim was one more round trip
+/// per claim. A claim that takes nothing still answers one row, with the job columns NULL.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH picked AS ( \
@@ -122,22 +121,26 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
                      AND LEAST(b.capacity, b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * b.refill_per_sec) < 1)))) \
            ORDER BY j.priority, j.run_at \
            LIMIT $2 \
-           FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
-           locked_until = now() + make_interval(secs => $4), started_at = now() \
-         FROM picked WHERE jobs.id = picked.id \
-         RETURNING {}",
+           FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+           UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
+             locked_until = now() + make_interval(secs => $4), started_at = now() \
+           FROM picked WHERE jobs.id = picked.id \
+           RETURNING {}), \
+         upcoming AS (SELECT MIN(run_at) AS due FROM jobs WHERE state = 'pending' AND queue = $1 AND run_at > now()) \
+         SELECT claimed.*, upcoming.due FROM upcoming LEFT JOIN claimed ON true",
         JOB_COLS.split(", ").map(|c| format!("jobs.{c}")).collect::<Vec<_>>().join(", ")
     )
 });
 
+/// The jobs claimed, and when the queue's next job not yet due comes due.
 pub(crate) async fn claim(
     conn: &mut PgConnection,
     queue: &str,
     limit: usize,
     worker: &str,
     lease_secs: f64,
-) -> Result<Vec<Job>> {
+) -> Result<(Vec<Job>, Option<DateTime<Utc>>)> {
     let rows = sqlx::query(AssertSqlSafe(CLAIM.as_str()))
         .bind(queue)
         .bind(limit as i64)
@@ -145,7 +148,17 @@ pub(crate) async fn claim(
         .bind(lease_secs)
         .fetch_all(&mut *conn)
         .await?;
-    rows.iter().map(job_from_row).collect()
+    let next = match rows.first() {
+        Some(r) => r.try_get(JOB_COLS.split(", ").count())?,
+        None => None,
+    };
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<Uuid>, _>(0)?.is_some() {
+            jobs.push(job_from_row(row)?);
+        }
+    }
+    Ok((jobs, next))
 }
 
 const BUCKET_COLS: &str = "key, capacity, refill_per_sec, tokens, updated_at, blocked_until";
@@ -161,15 +174,17 @@ fn bucket_from_row(row: &PgRow) -> Result<Bucket> {
     })
 }
 
-/// Loads and locks the buckets, in key order so concurrent claimers never deadlock.
-pub(crate) async fn buckets(conn: &mut PgConnection, keys: &[String]) -> Result<Vec<Bucket>> {
+/// Loads and locks the buckets, in key order so concurrent claimers never deadlock, with the
+/// server's clock read in the same statement (the time their levels are reckoned at).
+pub(crate) async fn buckets(conn: &mut PgConnection, keys: &[String]) -> Result<(Vec<Bucket>, Option<DateTime<Utc>>)> {
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = ANY($1) ORDER BY key FOR UPDATE"
+        "SELECT {BUCKET_COLS}, now() FROM rate_buckets WHERE key = ANY($1) ORDER BY key FOR UPDATE"
     )))
     .bind(keys)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(bucket_from_row).collect()
+    let now = rows.first().map(|r| r.try_get(6)).transpose()?;
+    Ok((rows.iter().map(bucket_from_row).collect::<Result<_>>()?, now))
 }
 
 pub(crate) async fn bucket(pool: &PgPool, key: &str) -> Result<Option<Bucket>> {
@@ -180,13 +195,21 @@ pub(crate) async fn bucket(pool: &PgPool, key: &str) -> Result<Option<Bucket>> {
     row.as_ref().map(bucket_from_row).transpose()
 }
 
-pub(crate) async fn store_tokens(conn: &mut PgConnection, key: &str, tokens: f64, at: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE key = $1")
-        .bind(key)
-        .bind(tokens)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
+/// Stores buckets' new levels, all in one statement.
+pub(crate) async fn store_tokens(conn: &mut PgConnection, levels: &[(String, f64)], at: DateTime<Utc>) -> Result<()> {
+    if levels.is_empty() {
+        return Ok(());
+    }
+    let (keys, tokens): (Vec<&str>, Vec<f64>) = levels.iter().map(|(k, t)| (k.as_str(), *t)).unzip();
+    sqlx::query(
+        "UPDATE rate_buckets SET tokens = v.tokens, updated_at = $3 \
+         FROM UNNEST($1::text[], $2::float8[]) AS v(key, tokens) WHERE rate_buckets.key = v.key",
+    )
+    .bind(keys)
+    .bind(tokens)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
