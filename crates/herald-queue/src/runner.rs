@@ -479,7 +479,7 @@ async fn listen_loop(queue: Queue, stop: CancellationToken) {
         loop {
             tokio::select! {
                 msg = listener.recv() => match msg {
-                    Ok(_) => queue.db().wakeups().ring(WAKE_CHANNEL),
+                    Ok(n) => queue.db().wakeups().ring_from(WAKE_CHANNEL, n.payload()),
                     Err(e) => {
                         tracing::warn!(error = %e, "job wake-up listener lost its connection; reconnecting");
                         break;

@@ -433,7 +433,11 @@ impl Tx {
             Inner::Postgres(mut tx) => {
                 // NOTIFY inside the transaction is delivered at commit, and not at all on rollback.
                 for channel in &notify {
-                    sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(&mut *tx).await?;
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(channel)
+                        .bind(wakeups.node())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?
             }
