@@ -148,8 +148,9 @@ pub(crate) async fn claim(
         .bind(lease_secs)
         .fetch_all(&mut *conn)
         .await?;
+    // The look-ahead is the last column of every row.
     let next = match rows.first() {
-        Some(r) => r.try_get(JOB_COLS.split(", ").count())?,
+        Some(r) => r.try_get(r.len() - 1)?,
         None => None,
     };
     let mut jobs = Vec::with_capacity(rows.len());
