@@ -120,9 +120,25 @@ pub struct LinkDecision {
 }
 
 /// What an approval link shows: the proposal, who may decide, and until when. Reading it decides
-/// nothing (link scanners open links).
-pub async fn approval_show(State(state): State<AppState>, Path(token): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(state.workflows.approval_by_token(&token).await?).into_response())
+/// nothing (link scanners open links). A browser gets a page that reads the same JSON and decides
+/// with a button; the page itself is the same for every token, so it tells nothing about one.
+pub async fn approval_show(State(state): State<AppState>, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let private = [(header::REFERRER_POLICY, "no-referrer"), (header::CACHE_CONTROL, "no-store")];
+    if wants_html(&headers) {
+        let page = crate::router::page("approve a post", include_str!("pages/approve.html"));
+        return (private, page).into_response();
+    }
+    match state.workflows.approval_by_token(&token).await {
+        Ok(approval) => (private, Json(approval)).into_response(),
+        Err(e) => (private, ApiError(e)).into_response(),
+    }
+}
+
+/// A browser's navigation (its `Accept` names `text/html`), not an API call.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| {
+        a.split(',').any(|m| m.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("text/html"))
+    })
 }
 
 /// Decides through the link: the token is the credential, and works once.

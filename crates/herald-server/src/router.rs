@@ -94,7 +94,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A small page in the shared shell (title, viewport, style).
-fn page(title: &str, body: &str) -> axum::response::Html<String> {
+pub(crate) fn page(title: &str, body: &str) -> axum::response::Html<String> {
     axum::response::Html(include_str!("pages/shell.html").replace("{title}", title).replace("{body}", body))
 }
 

@@ -541,6 +541,79 @@ async fn approvals_wait_take_edits_reject_and_expire() {
     .await;
 }
 
+/// The one-time link from the `approval.requested` webhook: it shows the approval, decides it once
+/// with an edit, and nothing else opens it.
+#[tokio::test]
+async fn the_approval_link_shows_and_decides_once() {
+    each_backend(|db| async move {
+        let w = World::new(db).await;
+        let (_, _, posts) = services(&w.db, &w.net, &w.vault, None);
+        let hook = herald_posts::NewEndpoint {
+            url: "https://hooks.example/herald".into(),
+            events: vec!["approval.requested".into()],
+        };
+        posts.create_endpoint(&w.owner, hook).await.unwrap();
+        let wf = w
+            .workflows
+            .create(
+                &w.owner,
+                json!({"name": "by link", "sources": [w.source], "steps": [
+                    {"type": "template", "template": "Draft: {{ payload.text }}"},
+                    {"type": "approval", "role": "editor", "timeout": "1h"},
+                    {"type": "publish", "targets": [{"connection": w.tg_conn}, {"connection": w.dc_conn}]}
+                ]}),
+            )
+            .await
+            .unwrap();
+        let event = w.event(json!({"payload": {"text": "linked"}})).await;
+        let run = w.run_of(wf.id, event).await;
+        w.wait(run.id, |r| r.status == RunStatus::Waiting).await;
+
+        // The link travels only in the webhook's data.
+        let payloads: Vec<String> = herald_store::on_read!(w.db, c => sqlx::query_scalar(
+            "SELECT CAST(payload AS TEXT) FROM jobs WHERE kind = 'event.deliver'").fetch_all(c).await)
+        .unwrap();
+        let links: Vec<String> = payloads
+            .iter()
+            .map(|p| serde_json::from_str::<Value>(p).unwrap())
+            .filter(|p| p["type"] == "approval.requested")
+            .map(|p| p["data"]["link"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(links.len(), 1, "{payloads:?}");
+        let token = links[0].strip_prefix("https://herald.example/approve/").expect("the link is under the public URL");
+        assert!(token.len() >= 43, "32 random bytes: {token}");
+
+        // Opening it decides nothing; a wrong token finds nothing.
+        let shown = w.workflows.approval_by_token(token).await.unwrap();
+        assert_eq!((shown.status.as_str(), shown.proposal["text"].as_str()), ("pending", Some("Draft: linked")));
+        let again = w.workflows.approval_by_token(token).await.unwrap();
+        assert_eq!(again.status, "pending");
+        let wrong = format!("{}x", &token[..token.len() - 1]);
+        assert_eq!(w.workflows.approval_by_token(&wrong).await.unwrap_err().code, ErrorCode::NotFound);
+        let edit = || Decision {
+            text: None,
+            targets: [("discord".to_string(), "Edited through the link".to_string())].into(),
+            comment: Some("from my phone".into()),
+        };
+        assert_eq!(w.workflows.decide_by_token(&wrong, true, edit()).await.unwrap_err().code, ErrorCode::NotFound);
+
+        let decided = w.workflows.decide_by_token(token, true, edit()).await.unwrap();
+        assert_eq!(decided.status, "approved");
+        assert_eq!((decided.decided_via.as_deref(), decided.decided_by), (Some("link"), None));
+        assert_eq!(decided.comment.as_deref(), Some("from my phone"));
+        // Once only: the same link cannot decide again, either way.
+        let e = w.workflows.decide_by_token(token, false, Decision::default()).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+
+        let done = w.wait(run.id, over).await;
+        assert_eq!(done.status, RunStatus::Succeeded, "{done:#?}");
+        let (tg, dc) = w.messages_when(|tg, dc| !tg.is_empty() && !dc.is_empty()).await;
+        assert_eq!((tg, dc), (vec!["Draft: linked".to_string()], vec!["Edited through the link".to_string()]));
+        w.stop().await;
+    })
+    .await;
+}
+
 async fn futures_join(w: &World, workflows: &[Uuid], event: Uuid) -> Vec<RunView> {
     let mut out = Vec::new();
     for wf in workflows {
