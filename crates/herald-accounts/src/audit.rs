@@ -71,47 +71,33 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
     Ok(())
 }
 
-/// The events as one JSON parameter: the statement's text is the same whatever their number, so
-/// SQLite's writer compiles it once and keeps it.
+/// The events as one JSONB parameter ([`herald_store::jsonb`]): the statement's text is the same
+/// whatever their number, so SQLite's writer compiles it once and keeps it.
 fn defer_sqlite(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        id: uuid::fmt::Simple,
-        team: Option<uuid::fmt::Simple>,
-        user: Option<uuid::fmt::Simple>,
-        key: Option<uuid::fmt::Simple>,
-        actor: &'a str,
-        action: &'a str,
-        kind: Option<&'a str>,
-        target: Option<&'a str>,
-        ip: Option<&'a str>,
-        details: String,
+    let mut input = herald_store::jsonb::Rows::default();
+    for (actor, e) in events {
+        input
+            .id(Uuid::now_v7())
+            .opt_id(e.team)
+            .opt_id(actor.user)
+            .opt_id(actor.key)
+            .text(&actor.label)
+            .text(e.action)
+            .opt_text(e.target.as_ref().map(|(t, _)| *t))
+            .opt_text(e.target.as_ref().map(|(_, id)| id.as_str()))
+            .opt_text(actor.ip.as_deref())
+            .text(&e.details.to_string())
+            .end_row();
     }
-    let input: Vec<Row<'_>> = events
-        .iter()
-        .map(|(actor, e)| Row {
-            id: Uuid::now_v7().simple(),
-            team: e.team.map(Uuid::simple),
-            user: actor.user.map(Uuid::simple),
-            key: actor.key.map(Uuid::simple),
-            actor: &actor.label,
-            action: e.action,
-            kind: e.target.as_ref().map(|(t, _)| *t),
-            target: e.target.as_ref().map(|(_, id)| id.as_str()),
-            ip: actor.ip.as_deref(),
-            details: e.details.to_string(),
-        })
-        .collect();
     tx.defer(
         "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
          details, created_at) \
-         SELECT unhex(value ->> 'id'), unhex(value ->> 'team'), unhex(value ->> 'user'), unhex(value ->> 'key'), \
-                value ->> 'actor', value ->> 'action', value ->> 'kind', value ->> 'target', value ->> 'ip', \
-                value ->> 'details', $1 \
+         SELECT unhex(value ->> 0), unhex(value ->> 1), unhex(value ->> 2), unhex(value ->> 3), value ->> 4, \
+                value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, $1 \
          FROM jsonb_each($2)",
     )
     .bind(now)
-    .bind(serde_json::to_string(&input).unwrap_or_default());
+    .bind(input.finish());
 }
 
 fn defer_values(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {

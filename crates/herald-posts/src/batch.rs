@@ -230,27 +230,34 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
         return Ok(Starting { out, ..Starting::default() });
     }
 
-    let mut post_ids: Vec<Uuid> = live.iter().map(|d| d.post_id).collect();
-    post_ids.sort_unstable();
-    post_ids.dedup();
-    let cols = POST_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ");
-    let sql = backend.sql(format!(
-        "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id {}",
-        backend.in_ids(1)
-    ));
-    let post_rows: Vec<PostWithPolicy> = on_read!(posts.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(Ids(&post_ids)).fetch_all(c).await)
-    .map_err(store)?;
-    let by_post: HashMap<Uuid, PostWithPolicy> = post_rows.into_iter().map(|p| (p.post.id, p)).collect();
-
-    let mut by_team: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-    for d in &live {
-        by_team.entry(d.team_id).or_default().push(d.connection_id);
-    }
-    let mut connections: HashMap<Uuid, Loaded> = HashMap::new();
-    for (team, conns) in by_team {
-        connections.extend(posts.connections.load_many(team, &conns).await?);
-    }
+    // The posts and the connections side by side: each is a round trip (to PostgreSQL, or to a
+    // reader's thread), and the calls wait for both.
+    let read_posts = async {
+        let mut post_ids: Vec<Uuid> = live.iter().map(|d| d.post_id).collect();
+        post_ids.sort_unstable();
+        post_ids.dedup();
+        let cols = POST_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = backend.sql(format!(
+            "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id {}",
+            backend.in_ids(1)
+        ));
+        let rows: Vec<PostWithPolicy> = on_read!(posts.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(Ids(&post_ids)).fetch_all(c).await)
+        .map_err(store)?;
+        Ok::<_, Error>(rows.into_iter().map(|p| (p.post.id, p)).collect::<HashMap<Uuid, PostWithPolicy>>())
+    };
+    let read_connections = async {
+        let mut by_team: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for d in &live {
+            by_team.entry(d.team_id).or_default().push(d.connection_id);
+        }
+        let mut connections: HashMap<Uuid, Loaded> = HashMap::new();
+        for (team, conns) in by_team {
+            connections.extend(posts.connections.load_many(team, &conns).await?);
+        }
+        Ok::<_, Error>(connections)
+    };
+    let (by_post, connections) = tokio::try_join!(read_posts, read_connections)?;
 
     // The usual way: a first try, due within the team's late limit, to a healthy connection.
     let now = Utc::now();
@@ -370,45 +377,34 @@ async fn record(tx: &mut Tx, items: &[Success], endpoints: &HashMap<Uuid, Endpoi
 }
 
 /// The outcomes and attempts as two statements whose text is the same whatever their number (the
-/// rows go as one JSON parameter): SQLite's writer compiles them once and keeps them.
+/// rows go as one JSONB parameter, see [`herald_store::jsonb`]): SQLite's writer compiles them
+/// once and keeps them.
 fn defer_record_sqlite(tx: &mut Tx, items: &[Success], now: Ts) {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        id: uuid::fmt::Simple,
-        attempt: uuid::fmt::Simple,
-        parts: &'a str,
-        platform_id: Option<&'a str>,
-        url: Option<&'a str>,
-        part: i64,
-        started_at: i64,
-        ms: i64,
+    // Per row: the delivery, the attempt's id, parts, platform id, URL, part, started, duration.
+    let mut rows = herald_store::jsonb::Rows::default();
+    for s in items {
+        rows.id(s.delivery)
+            .id(Uuid::now_v7())
+            .text(&s.parts)
+            .opt_text(s.platform_post_id.as_deref())
+            .opt_text(s.platform_url.as_deref())
+            .int(s.part)
+            .int(herald_store::to_micros(s.started))
+            .int(s.ms)
+            .end_row();
     }
-    let input: Vec<Row<'_>> = items
-        .iter()
-        .map(|s| Row {
-            id: s.delivery.simple(),
-            attempt: Uuid::now_v7().simple(),
-            parts: &s.parts,
-            platform_id: s.platform_post_id.as_deref(),
-            url: s.platform_url.as_deref(),
-            part: s.part,
-            started_at: herald_store::to_micros(s.started),
-            ms: s.ms,
-        })
-        .collect();
-    let input = serde_json::to_string(&input).unwrap_or_default();
+    let input = rows.finish();
     tx.defer(
-        "UPDATE deliveries SET state = 'published', parts = v.value ->> 'parts', platform_post_id = v.value ->> 'platform_id', \
-         platform_url = v.value ->> 'url', call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
-         published_at = $1, updated_at = $2 FROM jsonb_each($3) AS v WHERE deliveries.id = unhex(v.value ->> 'id')",
+        "UPDATE deliveries SET state = 'published', parts = v.value ->> 2, platform_post_id = v.value ->> 3, \
+         platform_url = v.value ->> 4, call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
+         published_at = $1, updated_at = $2 FROM jsonb_each($3) AS v WHERE deliveries.id = unhex(v.value ->> 0)",
     )
     .bind(now)
     .bind(now)
     .bind(input.clone());
     tx.defer(
         "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) \
-         SELECT unhex(value ->> 'attempt'), unhex(value ->> 'id'), value ->> 'part', value ->> 'started_at', value ->> 'ms', \
-                'published' \
+         SELECT unhex(value ->> 1), unhex(value ->> 0), value ->> 5, value ->> 6, value ->> 7, 'published' \
          FROM jsonb_each($1)",
     )
     .bind(input);

@@ -157,62 +157,40 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     Ok(())
 }
 
-/// The posts as one JSON parameter: the statement's text is the same whatever their number, so
-/// SQLite's writer compiles it once and keeps it.
+/// The posts as one JSONB parameter ([`herald_store::jsonb`]): the statement's text is the same
+/// whatever their number, so SQLite's writer compiles it once and keeps it.
 fn defer_insert_posts_sqlite(tx: &mut Tx, posts: &[Prepared]) {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        id: uuid::fmt::Simple,
-        team: uuid::fmt::Simple,
-        user: Option<uuid::fmt::Simple>,
-        key_id: Option<uuid::fmt::Simple>,
-        state: &'a str,
-        content: &'a str,
-        schedule_at: Option<i64>,
-        timezone: Option<&'a str>,
-        campaign: Option<&'a str>,
-        tags: &'a str,
-        key: Option<&'a str>,
-        hash: &'a str,
-        repeat_days: Option<i64>,
-        series: Option<uuid::fmt::Simple>,
-        created_at: i64,
-        updated_at: i64,
+    let mut input = herald_store::jsonb::Rows::default();
+    for p in posts {
+        let r = &p.row;
+        input
+            .id(r.id)
+            .id(p.team)
+            .opt_id(r.author_user)
+            .opt_id(p.author_key)
+            .text(&r.state)
+            .text(&r.content)
+            .opt_int(r.schedule_at.map(|t| herald_store::to_micros(t.0)))
+            .opt_text(r.timezone.as_deref())
+            .opt_text(r.campaign.as_deref())
+            .text(&r.tags)
+            .opt_text(p.key.as_deref())
+            .text(&p.hash)
+            .opt_int(r.repeat_days)
+            .opt_id(r.series_id)
+            .int(herald_store::to_micros(r.created_at.0))
+            .int(herald_store::to_micros(r.updated_at.0))
+            .end_row();
     }
-    let input: Vec<Row<'_>> = posts
-        .iter()
-        .map(|p| {
-            let r = &p.row;
-            Row {
-                id: r.id.simple(),
-                team: p.team.simple(),
-                user: r.author_user.map(Uuid::simple),
-                key_id: p.author_key.map(Uuid::simple),
-                state: &r.state,
-                content: &r.content,
-                schedule_at: r.schedule_at.map(|t| herald_store::to_micros(t.0)),
-                timezone: r.timezone.as_deref(),
-                campaign: r.campaign.as_deref(),
-                tags: &r.tags,
-                key: p.key.as_deref(),
-                hash: &p.hash,
-                repeat_days: r.repeat_days,
-                series: r.series_id.map(Uuid::simple),
-                created_at: herald_store::to_micros(r.created_at.0),
-                updated_at: herald_store::to_micros(r.updated_at.0),
-            }
-        })
-        .collect();
     tx.defer(
         "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
          idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) \
-         SELECT unhex(value ->> 'id'), unhex(value ->> 'team'), unhex(value ->> 'user'), unhex(value ->> 'key_id'), \
-                value ->> 'state', value ->> 'content', value ->> 'schedule_at', value ->> 'timezone', value ->> 'campaign', \
-                value ->> 'tags', value ->> 'key', value ->> 'hash', value ->> 'repeat_days', unhex(value ->> 'series'), \
-                value ->> 'created_at', value ->> 'updated_at' \
+         SELECT unhex(value ->> 0), unhex(value ->> 1), unhex(value ->> 2), unhex(value ->> 3), value ->> 4, value ->> 5, \
+                value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12, \
+                unhex(value ->> 13), value ->> 14, value ->> 15 \
          FROM jsonb_each($1)",
     )
-    .bind(serde_json::to_string(&input).unwrap_or_default());
+    .bind(input.finish());
 }
 
 fn defer_insert_posts_values(tx: &mut Tx, posts: &[Prepared]) {

@@ -465,54 +465,39 @@ pub(crate) async fn insert_deliveries(
     Ok(())
 }
 
-/// [`insert_deliveries`] on SQLite: the rows go as one JSON parameter, so the statement's text is
-/// the same whatever their number. SQLite's writer then compiles it once and keeps it, where a
-/// `VALUES` list of fourteen parameters a row was parsed again for every batch (statement
-/// compiling was 8% of the writer thread's samples in `herald bench workflows`).
+/// [`insert_deliveries`] on SQLite: the rows go as one JSONB parameter ([`herald_store::jsonb`]),
+/// so the statement's text is the same whatever their number. SQLite's writer then compiles it
+/// once and keeps it, where a `VALUES` list of fourteen parameters a row was parsed again for
+/// every batch (statement compiling was 8% of the writer thread's samples in `herald bench
+/// workflows`).
 fn defer_insert_deliveries_sqlite(tx: &mut Tx, now: Ts, rows: &[DeliveryRow]) {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        id: uuid::fmt::Simple,
-        post: uuid::fmt::Simple,
-        team: uuid::fmt::Simple,
-        connection: uuid::fmt::Simple,
-        platform: &'a str,
-        state: &'a str,
-        content: &'a str,
-        key: &'a str,
-        job: Option<uuid::fmt::Simple>,
-        run_at: Option<i64>,
-        parts: &'a str,
-        attempts: i64,
+    let mut input = herald_store::jsonb::Rows::default();
+    for d in rows {
+        input
+            .id(d.id)
+            .id(d.post_id)
+            .id(d.team_id)
+            .id(d.connection_id)
+            .text(&d.platform)
+            .text(&d.state)
+            .text(&d.content)
+            .text(&d.idempotency_key)
+            .opt_id(d.job_id)
+            .opt_int(d.run_at.map(|t| herald_store::to_micros(t.0)))
+            .text(&d.parts)
+            .int(d.attempts)
+            .end_row();
     }
-    let input: Vec<Row<'_>> = rows
-        .iter()
-        .map(|d| Row {
-            id: d.id.simple(),
-            post: d.post_id.simple(),
-            team: d.team_id.simple(),
-            connection: d.connection_id.simple(),
-            platform: &d.platform,
-            state: &d.state,
-            content: &d.content,
-            key: &d.idempotency_key,
-            job: d.job_id.map(Uuid::simple),
-            run_at: d.run_at.map(|t| herald_store::to_micros(t.0)),
-            parts: &d.parts,
-            attempts: d.attempts,
-        })
-        .collect();
     tx.defer(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
          job_id, run_at, parts, attempts, created_at, updated_at) \
-         SELECT unhex(value ->> 'id'), unhex(value ->> 'post'), unhex(value ->> 'team'), unhex(value ->> 'connection'), \
-                value ->> 'platform', value ->> 'state', value ->> 'content', value ->> 'key', unhex(value ->> 'job'), \
-                value ->> 'run_at', value ->> 'parts', value ->> 'attempts', $1, $2 \
+         SELECT unhex(value ->> 0), unhex(value ->> 1), unhex(value ->> 2), unhex(value ->> 3), value ->> 4, \
+                value ->> 5, value ->> 6, value ->> 7, unhex(value ->> 8), value ->> 9, value ->> 10, value ->> 11, $1, $2 \
          FROM jsonb_each($3)",
     )
     .bind(now)
     .bind(now)
-    .bind(serde_json::to_string(&input).unwrap_or_default());
+    .bind(input.finish());
 }
 
 /// `schedule_at` asking for each target's next free posting slot.

@@ -10,6 +10,7 @@ pub mod cache;
 mod db;
 mod error;
 pub mod group;
+pub mod jsonb;
 mod migrations;
 mod portable;
 pub mod testing;

@@ -114,10 +114,11 @@ macro_rules! exec {
     };
 }
 
-/// Ids bound as one parameter, for `id {in_ids}` (see [`Backend::in_ids`]): on SQLite a JSON
-/// array of hex strings, on PostgreSQL a `uuid[]`. The statement's text is then the same however
-/// many ids there are, so each connection compiles it once and keeps it, where an `IN ($1, $2, …)`
-/// list was compiled again for every length (on SQLite, on the single writer's thread).
+/// Ids bound as one parameter, for `id {in_ids}` (see [`Backend::in_ids`]): on SQLite a JSONB
+/// array of hex strings ([`crate::jsonb::ids`]), on PostgreSQL a `uuid[]`. The statement's text is
+/// then the same however many ids there are, so each connection compiles it once and keeps it,
+/// where an `IN ($1, $2, …)` list was compiled again for every length (on SQLite, on the single
+/// writer's thread).
 ///
 /// [`Backend::in_ids`]: crate::Backend::in_ids
 #[derive(Debug, Clone, Copy)]
@@ -125,24 +126,13 @@ pub struct Ids<'a>(pub &'a [uuid::Uuid]);
 
 impl Type<Sqlite> for Ids<'_> {
     fn type_info() -> SqliteTypeInfo {
-        <String as Type<Sqlite>>::type_info()
+        <Vec<u8> as Type<Sqlite>>::type_info()
     }
 }
 
 impl Encode<'_, Sqlite> for Ids<'_> {
     fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
-        let mut json = String::with_capacity(2 + self.0.len() * 35);
-        json.push('[');
-        for (i, id) in self.0.iter().enumerate() {
-            if i > 0 {
-                json.push(',');
-            }
-            json.push('"');
-            json.push_str(id.simple().encode_lower(&mut uuid::Uuid::encode_buffer()));
-            json.push('"');
-        }
-        json.push(']');
-        <String as Encode<'_, Sqlite>>::encode(json, buf)
+        <Vec<u8> as Encode<'_, Sqlite>>::encode(crate::jsonb::ids(self.0), buf)
     }
 }
 

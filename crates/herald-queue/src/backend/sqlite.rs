@@ -204,64 +204,51 @@ pub(crate) async fn block_bucket(
     Ok(())
 }
 
-/// Completions as one JSON parameter: a batch of any size in one statement.
-fn completions_json(rows: &[CompletionRow], now: DateTime<Utc>) -> String {
-    // Serialized straight from borrowed fields: no JSON tree built and dropped per batch (this
-    // runs on the writer's path, once per claimed job).
-    #[derive(serde::Serialize)]
-    struct Completion<'a> {
-        id: uuid::fmt::Simple,
-        attempt: i32,
-        state: &'a str,
-        refund: i32,
-        run_at: Option<i64>,
-        finished_at: Option<i64>,
-        started_at: i64,
-        outcome: &'a str,
-        error: Option<&'a str>,
+/// Completions as one JSONB parameter ([`herald_store::jsonb`]): a batch of any size in one
+/// statement. Per row: id, attempt, state, refund, run_at, finished_at, started_at, outcome, error.
+fn completions_jsonb(rows: &[CompletionRow], now: DateTime<Utc>) -> Vec<u8> {
+    let mut out = herald_store::jsonb::Rows::default();
+    for c in rows {
+        out.id(c.id.0)
+            .int(c.attempt.into())
+            .text(c.state)
+            .int(c.attempt_refund.into())
+            .opt_int(c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64))
+            .opt_int(c.finished.then(|| to_micros(c.finished_at)))
+            .int(to_micros(c.started_at))
+            .text(c.outcome)
+            .opt_text(c.error.as_deref())
+            .end_row();
     }
-    let input: Vec<Completion<'_>> = rows
-        .iter()
-        .map(|c| Completion {
-            id: c.id.0.simple(),
-            attempt: c.attempt,
-            state: c.state,
-            refund: c.attempt_refund,
-            run_at: c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64),
-            finished_at: c.finished.then(|| to_micros(c.finished_at)),
-            started_at: to_micros(c.started_at),
-            outcome: c.outcome,
-            error: c.error.as_deref(),
-        })
-        .collect();
-    serde_json::to_string(&input).unwrap_or_default()
+    out.finish()
 }
+
+/// The completions' columns by name, from [`completions_jsonb`]'s rows.
+const COMPLETIONS: &str = "SELECT unhex(value ->> 0) AS id, value ->> 1 AS attempt, value ->> 2 AS state, \
+     value ->> 3 AS refund, value ->> 4 AS run_at, value ->> 5 AS finished_at, value ->> 6 AS started_at, \
+     value ->> 7 AS outcome, value ->> 8 AS error";
 
 /// [`complete`] for runs with no bucket to block, queued in `tx` ([`Tx::defer`]) to go with
 /// whatever follows: the attempts of the runs that still hold their lease, then the runs.
 pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], now: DateTime<Utc>) {
     debug_assert!(rows.iter().all(|c| c.block_bucket.is_none()));
-    let input = completions_json(rows, now);
+    let input = completions_jsonb(rows, now);
     // The attempts first, while the lease still tells which runs are ours.
-    tx.defer(
+    tx.defer(&format!(
         "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
-         SELECT jobs.id, jobs.attempt, $1, i.value ->> 'started_at', i.value ->> 'finished_at', i.value ->> 'outcome', \
-                i.value ->> 'error' \
-         FROM jsonb_each($2) AS i JOIN jobs ON jobs.id = unhex(i.value ->> 'id') \
-         WHERE jobs.state = 'running' AND jobs.locked_by = $3 AND jobs.attempt = i.value ->> 'attempt'",
-    )
+         SELECT jobs.id, jobs.attempt, $1, i.started_at, i.finished_at, i.outcome, i.error \
+         FROM ({COMPLETIONS} FROM jsonb_each($2)) AS i JOIN jobs ON jobs.id = i.id \
+         WHERE jobs.state = 'running' AND jobs.locked_by = $3 AND jobs.attempt = i.attempt"
+    ))
     .bind(worker)
     .bind(input.clone())
     .bind(worker);
-    tx.defer(
+    tx.defer(&format!(
         "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
            finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
-         FROM (SELECT unhex(value ->> 'id') AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state, \
-                      value ->> 'refund' AS refund, value ->> 'run_at' AS run_at, value ->> 'finished_at' AS finished_at, \
-                      value ->> 'error' AS error \
-               FROM jsonb_each($1)) AS i \
-         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = $2 AND jobs.attempt = i.attempt",
-    )
+         FROM ({COMPLETIONS} FROM jsonb_each($1)) AS i \
+         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = $2 AND jobs.attempt = i.attempt"
+    ))
     .bind(input)
     .bind(worker);
 }
@@ -279,20 +266,18 @@ pub(crate) async fn complete(
     now: DateTime<Utc>,
 ) -> Result<usize> {
     let hex = |id: JobId| id.0.simple().to_string();
-    let applied: Vec<Uuid> = sqlx::query_scalar(
+    let sql = format!(
         "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
            finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
-         FROM (SELECT unhex(value ->> 'id') AS id, value ->> 'attempt' AS attempt, value ->> 'state' AS state, \
-                      value ->> 'refund' AS refund, value ->> 'run_at' AS run_at, value ->> 'finished_at' AS finished_at, \
-                      value ->> 'error' AS error \
-               FROM jsonb_each(?1)) AS i \
+         FROM ({COMPLETIONS} FROM jsonb_each(?1)) AS i \
          WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = ?2 AND jobs.attempt = i.attempt \
-         RETURNING jobs.id",
-    )
-    .bind(completions_json(rows, now))
-    .bind(worker)
-    .fetch_all(&mut *conn)
-    .await?;
+         RETURNING jobs.id"
+    );
+    let applied: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(completions_jsonb(rows, now))
+        .bind(worker)
+        .fetch_all(&mut *conn)
+        .await?;
     // A completion that matched nothing lost its lease (reaped or cancelled); the reaper already
     // recorded that run.
     let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
@@ -331,41 +316,29 @@ pub(crate) async fn complete(
     Ok(kept.len())
 }
 
-/// Inserts jobs without unique keys in one statement, deferred in `tx` ([`Tx::defer`]).
+/// Inserts jobs without unique keys in one statement, deferred in `tx` ([`Tx::defer`]); the rows
+/// go as one JSONB parameter ([`herald_store::jsonb`]).
 pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: DateTime<Utc>) {
-    // As in `completions_json`: serialized from borrowed fields, with no JSON tree between.
-    #[derive(serde::Serialize)]
-    struct Insert<'a> {
-        id: uuid::fmt::Simple,
-        queue: &'a str,
-        kind: &'a str,
-        payload: String,
-        priority: i16,
-        max_attempts: i32,
-        run_at: i64,
-        bucket_key: Option<&'a str>,
+    let mut rows = herald_store::jsonb::Rows::default();
+    for (id, j) in jobs {
+        rows.id(id.0)
+            .text(&j.queue)
+            .text(&j.kind)
+            .text(&j.payload.to_string())
+            .int(j.priority.into())
+            .int(j.max_attempts.into())
+            .int(to_micros(j.run_at.unwrap_or(now)))
+            .opt_text(j.bucket_key.as_deref())
+            .end_row();
     }
-    let input: Vec<Insert<'_>> = jobs
-        .iter()
-        .map(|(id, j)| Insert {
-            id: id.0.simple(),
-            queue: &j.queue,
-            kind: &j.kind,
-            payload: j.payload.to_string(),
-            priority: j.priority,
-            max_attempts: j.max_attempts,
-            run_at: to_micros(j.run_at.unwrap_or(now)),
-            bucket_key: j.bucket_key.as_deref(),
-        })
-        .collect();
     tx.defer(
         "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key) \
-         SELECT unhex(value ->> 'id'), value ->> 'queue', value ->> 'kind', value ->> 'payload', value ->> 'priority', \
-                'pending', 0, value ->> 'max_attempts', value ->> 'run_at', $1, value ->> 'bucket_key' \
+         SELECT unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, 'pending', 0, value ->> 5, \
+                value ->> 6, $1, value ->> 7 \
          FROM jsonb_each($2)",
     )
     .bind(to_micros(now))
-    .bind(serde_json::to_string(&input).unwrap_or_default());
+    .bind(rows.finish());
 }
 
 #[allow(clippy::too_many_arguments)]
