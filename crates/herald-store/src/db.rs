@@ -63,6 +63,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// A PostgreSQL connection idle for longer than this is pinged before it is used again.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
 /// The pools behind a [`Db`]. SQLite has one writer at a time, so all writes share a single
 /// connection and queue for it in process, instead of spinning on `SQLITE_BUSY`; reads use their
 /// own pool and run beside the writer thanks to WAL.
@@ -214,6 +217,19 @@ impl Db {
                 let pool = PgPoolOptions::new()
                     .max_connections(opts.max_connections.max(2))
                     .acquire_timeout(opts.connect_timeout)
+                    // sqlx pings every connection it hands out: a round trip to the server before
+                    // each transaction and each read (about fifteen per workflow event). Only one
+                    // that sat idle long enough for the server or a middlebox to have dropped it
+                    // is checked; a broken one is closed and the next one taken.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > PING_IF_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await
                     .map_err(unreachable)?;
@@ -410,4 +426,43 @@ fn spawn_checkpointer(db: &Db, options: SqliteConnectOptions) {
         }
         let _ = sqlx::Connection::close(conn).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDb;
+
+    /// Connections are not pinged each time they are handed out, yet one the server dropped while
+    /// it sat idle is found out and replaced, not handed to a transaction to fail it.
+    #[tokio::test]
+    async fn a_postgres_connection_dropped_while_idle_is_replaced() {
+        let Some(t) = TestDb::postgres().await else { return };
+        let pid = || async {
+            crate::on_read!(t.db, c => sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(c).await)
+        };
+        let before = pid().await.unwrap();
+        // The server ends every connection of this database (a restart, an idle timeout, a proxy).
+        let url = t.url();
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!ended.is_empty() && ended.iter().all(|e| *e), "the pool's connections were ended");
+        let _ = sqlx::Connection::close(admin).await;
+        tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(300)).await;
+
+        // Reads and a write transaction all find a live connection.
+        let after = pid().await.expect("a read after the server dropped the idle connections");
+        assert_ne!(after, before);
+        let mut tx = t.db.begin().await.unwrap();
+        let one: i32 = crate::on_tx!(tx, c => sqlx::query_scalar("SELECT 1").fetch_one(&mut *c).await).unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(one, 1);
+        t.destroy().await;
+    }
 }
