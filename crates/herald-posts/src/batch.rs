@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
-use herald_store::{Backend, Ts, Tx, on_read, on_tx};
+use herald_store::{Backend, Pools, Ts, Tx, on_read, on_tx};
 use herald_store::{Ids, value_rows};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -302,11 +302,17 @@ async fn write_round(
         return Ok(out);
     }
     let now = Utc::now();
-    let mut tx = posts.db.begin().await.map_err(Error::from)?;
     let scheduled = |post: &Uuid| by_post.get(post).is_some_and(|p| p.post.state == PostState::Scheduled.as_str());
-    let marked = mark(&mut tx, &go, scheduled, now).await?;
-    record(&mut tx, items, endpoints).await?;
-    tx.commit().await.map_err(Error::from)?;
+    let marked = match &posts.db.pools() {
+        Pools::Postgres(pool) if items.is_empty() => mark_alone(pool, &go, scheduled, now).await?,
+        _ => {
+            let mut tx = posts.db.begin().await.map_err(Error::from)?;
+            let marked = mark(&mut tx, &go, scheduled, now).await?;
+            record(&mut tx, items, endpoints).await?;
+            tx.commit().await.map_err(Error::from)?;
+            marked
+        }
+    };
 
     for d in go {
         if !marked.contains(&d.id) {
@@ -356,6 +362,41 @@ async fn mark(
         tx.defer(&sql).bind(Ts(now)).bind(Ids(&started_posts));
     }
     Ok(marked)
+}
+
+/// [`mark`] for a round of starts alone on PostgreSQL: one statement, which the server runs as a
+/// transaction of its own, where `BEGIN`, the mark and `COMMIT` were three round trips before
+/// every call could go.
+async fn mark_alone(
+    pool: &sqlx::PgPool,
+    go: &[DeliveryRow],
+    scheduled: impl Fn(&Uuid) -> bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, Error> {
+    if go.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
+    let mut started: Vec<Uuid> = go.iter().filter(|d| scheduled(&d.post_id)).map(|d| d.post_id).collect();
+    started.sort_unstable();
+    started.dedup();
+    sqlx::query_scalar(
+        "WITH marked AS ( \
+           UPDATE deliveries SET state = 'publishing', call_started_at = $1, \
+                  first_attempt_at = COALESCE(first_attempt_at, $1), attempts = attempts + 1, updated_at = $1 \
+           WHERE state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL AND id = ANY($2) \
+           RETURNING id, post_id), \
+         started AS ( \
+           UPDATE posts SET state = 'publishing', updated_at = $1 \
+           WHERE state = 'scheduled' AND id = ANY($3) AND id IN (SELECT post_id FROM marked)) \
+         SELECT id FROM marked",
+    )
+    .bind(now)
+    .bind(&ids)
+    .bind(&started)
+    .fetch_all(pool)
+    .await
+    .map_err(store)
 }
 
 /// Records the outcomes, the attempts, the posts' new states and the jobs' successes.
@@ -436,5 +477,81 @@ fn defer_record_values(tx: &mut Tx, items: &[Success], now: Ts) {
     for s in items {
         insert =
             insert.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms).bind("published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_accounts::{Accounts, AccountsConfig};
+
+    /// A round of starts alone on PostgreSQL is one statement: it marks only deliveries not in
+    /// flight, and moves to `publishing` only a post read as scheduled whose delivery it marked.
+    #[tokio::test]
+    async fn a_round_of_starts_alone_on_postgresql_marks_in_one_statement() {
+        let Some(t) = herald_store::testing::TestDb::postgres().await else { return };
+        let accounts = Accounts::new(
+            t.db.clone(),
+            herald_vault::Vault::new(&[herald_vault::MasterKey::generate()]),
+            AccountsConfig::default(),
+        );
+        let mut tx = t.db.begin().await.unwrap();
+        let (_, team) = accounts.create_user(&mut tx, "m@example.com", "M", "pw-123456789", false).await.unwrap();
+        tx.commit().await.unwrap();
+        let Pools::Postgres(pool) = t.db.pools() else { unreachable!("a PostgreSQL test database") };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        for post in [a, b] {
+            sqlx::query(
+                "INSERT INTO posts (id, team_id, state, content, created_at, updated_at) \
+                 VALUES ($1, $2, 'scheduled', '{}', now(), now())",
+            )
+            .bind(post)
+            .bind(team)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        // a1 is due, a2's call is already in flight, b1 is due but its post was not read as scheduled.
+        let (a1, a2, b1) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        for (id, post, in_flight) in [(a1, a, false), (a2, a, true), (b1, b, false)] {
+            sqlx::query(
+                "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, \
+                 idempotency_key, call_started_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 'webhook', 'pending', '{}', $5, CASE WHEN $6 THEN now() END, now(), now())",
+            )
+            .bind(id)
+            .bind(post)
+            .bind(team)
+            .bind(Uuid::now_v7())
+            .bind(id.to_string())
+            .bind(in_flight)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        let rows: Vec<DeliveryRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {DELIVERY_COLS} FROM deliveries ORDER BY id")))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let now = Utc::now();
+        let mut marked = mark_alone(pool, &rows, |p| *p == a, now).await.unwrap();
+        marked.sort_unstable();
+        assert_eq!(marked, [a1, b1], "ids are v7: made in this order");
+
+        let state = |sql: &'static str, id: Uuid| async move {
+            sqlx::query_scalar::<_, String>(sql).bind(id).fetch_one(pool).await.unwrap()
+        };
+        let delivery =
+            "SELECT state || '/' || attempts || '/' || (call_started_at IS NOT NULL) FROM deliveries WHERE id = $1";
+        assert_eq!(state(delivery, a1).await, "publishing/1/true");
+        assert_eq!(state(delivery, a2).await, "pending/0/true", "a call in flight is not marked again");
+        assert_eq!(state(delivery, b1).await, "publishing/1/true");
+        let post = "SELECT state FROM posts WHERE id = $1";
+        assert_eq!(state(post, a).await, "publishing");
+        assert_eq!(state(post, b).await, "scheduled", "only posts read as scheduled are moved");
+        // Marked once: a second round finds nothing to mark.
+        assert!(mark_alone(pool, &rows, |p| *p == a, now).await.unwrap().is_empty());
+        t.destroy().await;
     }
 }
