@@ -203,20 +203,28 @@ impl Queue {
         worker: &str,
         lease: Duration,
     ) -> Result<Claimed> {
-        let mut tx = self.db.begin().await?;
-        let now = Utc::now();
-        let (mut jobs, next_due) = match tx.conn().await? {
-            TxConn::Sqlite(c) => (sqlite::claim(c, queue, limit, worker, now + lease, now).await?, None),
-            TxConn::Postgres(c) => {
-                let (jobs, next) = postgres::claim(c, queue, limit, worker, lease.as_secs_f64()).await?;
+        let (jobs, next_due) = match self.db.pools() {
+            // One statement, tokens and all (see `postgres::claim`).
+            Pools::Postgres(pool) => {
+                let (mut jobs, next) = postgres::claim(pool, queue, limit, worker, lease.as_secs_f64()).await?;
+                jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
                 (jobs, Some(next))
             }
+            Pools::Sqlite { .. } => {
+                let mut tx = self.db.begin().await?;
+                let now = Utc::now();
+                let mut jobs = match tx.conn().await? {
+                    TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
+                    TxConn::Postgres(_) => unreachable!("a SQLite database's transaction"),
+                };
+                jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
+                if jobs.iter().any(|j| j.bucket_key.is_some()) {
+                    self.take_tokens(&mut tx, &mut jobs, now).await?;
+                }
+                tx.commit().await?;
+                (jobs, None)
+            }
         };
-        jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
-        if jobs.iter().any(|j| j.bucket_key.is_some()) {
-            self.take_tokens(&mut tx, &mut jobs, now).await?;
-        }
-        tx.commit().await?;
         for job in &jobs {
             let due = job.run_at.max(job.created_at);
             let wait = job.started_at.map(|s| (s - due).to_std().unwrap_or_default()).unwrap_or_default();
@@ -226,17 +234,13 @@ impl Queue {
     }
 
     /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
+    /// (SQLite's claim; PostgreSQL's does this in its one statement.)
     async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
         let mut keys: Vec<String> = jobs.iter().filter_map(|j| j.bucket_key.clone()).collect();
         keys.sort();
         keys.dedup();
-        let (buckets, now) = match tx.conn().await? {
-            TxConn::Sqlite(c) => (sqlite::buckets(c, &keys).await?, now),
-            TxConn::Postgres(c) => {
-                let (b, server_now) = postgres::buckets(c, &keys).await?;
-                (b, server_now.unwrap_or(now))
-            }
-        };
+        let TxConn::Sqlite(c) = tx.conn().await? else { unreachable!("a SQLite database's transaction") };
+        let buckets = sqlite::buckets(c, &keys).await?;
         let mut left: HashMap<String, (f64, bool)> =
             buckets.iter().map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some()))).collect();
         let mut keep = Vec::with_capacity(jobs.len());
@@ -254,22 +258,14 @@ impl Queue {
         }
         *jobs = keep;
         for id in put_back {
-            match tx.conn().await? {
-                TxConn::Sqlite(c) => sqlite::unclaim(c, id).await?,
-                TxConn::Postgres(c) => postgres::unclaim(c, id).await?,
-            }
+            let TxConn::Sqlite(c) = tx.conn().await? else { unreachable!("a SQLite database's transaction") };
+            sqlite::unclaim(c, id).await?;
         }
         let levels: Vec<(String, f64)> =
             left.into_iter().filter(|(_, (_, limited))| *limited).map(|(key, (tokens, _))| (key, tokens)).collect();
-        if tx.backend() == Backend::Sqlite {
-            // One statement, sent with the COMMIT: a claim of deliveries to five connections was
-            // five more trips to SQLite's writer thread, each holding the writer.
-            sqlite::defer_store_tokens(tx, &levels, now);
-            return Ok(());
-        }
-        if let TxConn::Postgres(c) = tx.conn().await? {
-            postgres::store_tokens(c, &levels, now).await?;
-        }
+        // One statement, sent with the COMMIT: a claim of deliveries to five connections was
+        // five more trips to SQLite's writer thread, each holding the writer.
+        sqlite::defer_store_tokens(tx, &levels, now);
         Ok(())
     }
 

@@ -294,6 +294,34 @@ async fn rate_buckets_limit_claims_across_claimers() {
     .await;
 }
 
+/// Claimers racing for one bucket take no more tokens than it has, all told: each waits for the
+/// other's level before taking its own.
+#[tokio::test]
+async fn racing_claimers_never_take_more_tokens_than_a_bucket_has() {
+    each_backend(|db| async move {
+        let q = Queue::new(db.clone());
+        q.set_bucket("telegram:1", 5.0, 0.0).await.unwrap();
+        for _ in 0..40 {
+            add(&db, noop().bucket("telegram:1")).await;
+        }
+        let claimers: Vec<_> = (0..4)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move { q.claim("default", 3, &format!("w{i}"), LEASE).await.unwrap().len() })
+            })
+            .collect();
+        let mut taken = 0;
+        for c in claimers {
+            taken += c.await.unwrap();
+        }
+        assert_eq!(taken, 5, "five tokens, five claims across every claimer");
+        assert!(q.claim("default", 40, "late", LEASE).await.unwrap().is_empty());
+        let b = q.bucket("telegram:1").await.unwrap().unwrap();
+        assert!((0.0..1.0).contains(&b.tokens), "{b:?}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn cancel_stops_pending_jobs_only() {
     each_backend(|db| async move {

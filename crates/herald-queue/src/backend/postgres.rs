@@ -106,13 +106,25 @@ pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Resul
     Ok(id.map(JobId))
 }
 
-/// Claims due jobs, and in the same statement finds when the queue's next future job comes due:
-/// the runner naps until then, and a query of its own after each claim was one more round trip
-/// per claim. A claim that takes nothing still answers one row, with the job columns NULL.
+/// Claims due jobs, takes their rate buckets' tokens, and finds when the queue's next future job
+/// comes due, all in one statement, which the server runs as a transaction of its own. Before, a
+/// claim was `BEGIN`, the claim, the buckets' read, their new levels and `COMMIT`: five round
+/// trips before a job could start. A claim that takes nothing still answers one row, with the job
+/// columns NULL.
+///
+/// - `candidates`: due jobs in claim order, locked and skipped if another claimer holds them; a
+///   job whose bucket is blocked or has less than a token left is not one.
+/// - `buckets`: the candidates' limited buckets, locked in key order (so concurrent claimers never
+///   deadlock), with their level now: refilled since their last update, at most their capacity.
+///   Waiting for another claimer's lock, it reads the level that claimer left.
+/// - `picked`: per bucket, as many candidates as it has whole tokens, in claim order; jobs without
+///   a limited bucket all go. The others stay pending, as they were.
+/// - `taken`: each bucket's level less what was taken. (A bucket nothing was taken from keeps its
+///   row: its level reckons the same from there.)
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH picked AS ( \
-           SELECT j.id FROM jobs AS j \
+        "WITH candidates AS ( \
+           SELECT j.id, j.bucket_key, j.priority, j.run_at FROM jobs AS j \
            WHERE j.state = 'pending' AND j.queue = $1 AND j.run_at <= now() \
              AND (j.bucket_key IS NULL OR NOT EXISTS ( \
                SELECT 1 FROM rate_buckets AS b WHERE b.key = j.bucket_key AND ( \
@@ -121,7 +133,25 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
                      AND LEAST(b.capacity, b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * b.refill_per_sec) < 1)))) \
            ORDER BY j.priority, j.run_at \
            LIMIT $2 \
-           FOR UPDATE SKIP LOCKED), \
+           FOR UPDATE OF j SKIP LOCKED), \
+         buckets AS ( \
+           SELECT b.key, \
+             LEAST(b.capacity, b.tokens + GREATEST(EXTRACT(EPOCH FROM now() - b.updated_at), 0) \
+               * COALESCE(b.refill_per_sec, 0)) AS level \
+           FROM rate_buckets AS b \
+           WHERE b.capacity IS NOT NULL AND b.key IN (SELECT bucket_key FROM candidates) \
+           ORDER BY b.key \
+           FOR UPDATE OF b), \
+         ranked AS ( \
+           SELECT c.id, c.bucket_key, k.level, \
+             row_number() OVER (PARTITION BY c.bucket_key ORDER BY c.priority, c.run_at, c.id) AS n \
+           FROM candidates AS c LEFT JOIN buckets AS k ON k.key = c.bucket_key), \
+         picked AS (SELECT id, bucket_key, level FROM ranked WHERE level IS NULL OR n <= level), \
+         taken AS ( \
+           UPDATE rate_buckets SET tokens = used.level - used.n, updated_at = now() \
+           FROM (SELECT bucket_key, MIN(level) AS level, COUNT(*) AS n FROM picked \
+                 WHERE level IS NOT NULL GROUP BY bucket_key) AS used \
+           WHERE rate_buckets.key = used.bucket_key), \
          claimed AS ( \
            UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, locked_by = $3, \
              locked_until = now() + make_interval(secs => $4), started_at = now() \
@@ -135,7 +165,7 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
 
 /// The jobs claimed, and when the queue's next job not yet due comes due.
 pub(crate) async fn claim(
-    conn: &mut PgConnection,
+    conn: &PgPool,
     queue: &str,
     limit: usize,
     worker: &str,
@@ -146,7 +176,7 @@ pub(crate) async fn claim(
         .bind(limit as i64)
         .bind(worker)
         .bind(lease_secs)
-        .fetch_all(&mut *conn)
+        .fetch_all(conn)
         .await?;
     // The look-ahead is the last column of every row.
     let next = match rows.first() {
@@ -175,53 +205,12 @@ fn bucket_from_row(row: &PgRow) -> Result<Bucket> {
     })
 }
 
-/// Loads and locks the buckets, in key order so concurrent claimers never deadlock, with the
-/// server's clock read in the same statement (the time their levels are reckoned at).
-pub(crate) async fn buckets(conn: &mut PgConnection, keys: &[String]) -> Result<(Vec<Bucket>, Option<DateTime<Utc>>)> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {BUCKET_COLS}, now() FROM rate_buckets WHERE key = ANY($1) ORDER BY key FOR UPDATE"
-    )))
-    .bind(keys)
-    .fetch_all(&mut *conn)
-    .await?;
-    let now = rows.first().map(|r| r.try_get(6)).transpose()?;
-    Ok((rows.iter().map(bucket_from_row).collect::<Result<_>>()?, now))
-}
-
 pub(crate) async fn bucket(pool: &PgPool, key: &str) -> Result<Option<Bucket>> {
     let row = sqlx::query(AssertSqlSafe(format!("SELECT {BUCKET_COLS} FROM rate_buckets WHERE key = $1")))
         .bind(key)
         .fetch_optional(pool)
         .await?;
     row.as_ref().map(bucket_from_row).transpose()
-}
-
-/// Stores buckets' new levels, all in one statement.
-pub(crate) async fn store_tokens(conn: &mut PgConnection, levels: &[(String, f64)], at: DateTime<Utc>) -> Result<()> {
-    if levels.is_empty() {
-        return Ok(());
-    }
-    let (keys, tokens): (Vec<&str>, Vec<f64>) = levels.iter().map(|(k, t)| (k.as_str(), *t)).unzip();
-    sqlx::query(
-        "UPDATE rate_buckets SET tokens = v.tokens, updated_at = $3 \
-         FROM UNNEST($1::text[], $2::float8[]) AS v(key, tokens) WHERE rate_buckets.key = v.key",
-    )
-    .bind(keys)
-    .bind(tokens)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-pub(crate) async fn unclaim(conn: &mut PgConnection, id: JobId) -> Result<()> {
-    sqlx::query(
-        "UPDATE jobs SET state = 'pending', attempt = attempt - 1, locked_by = NULL, locked_until = NULL WHERE id = $1",
-    )
-    .bind(id.0)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 pub(crate) async fn set_bucket(
