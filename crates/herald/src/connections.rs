@@ -65,7 +65,22 @@ fn settings(raw: &str) -> Result<Value, Exit> {
 }
 
 pub(crate) fn failed(e: herald_core::Error) -> Exit {
-    Exit::Failure(anyhow!("{} ({})", e.message, e.code))
+    let problems = e.details.as_ref().map(problems).unwrap_or_default();
+    Exit::Failure(anyhow!("{} ({}){problems}", e.message, e.code))
+}
+
+/// A validation error's problems, one per line (`  steps[2].template: …`), from its
+/// `details.problems`; empty when it has none.
+fn problems(details: &Value) -> String {
+    let mut out = String::new();
+    for p in details["problems"].as_array().into_iter().flatten() {
+        let message = p["message"].as_str().unwrap_or_default();
+        match p["path"].as_str() {
+            Some(path) if !path.is_empty() => out.push_str(&format!("\n  {path}: {message}")),
+            _ => out.push_str(&format!("\n  {message}")),
+        }
+    }
+    out
 }
 
 fn to_value(v: ConnectionView) -> Value {
@@ -134,7 +149,8 @@ pub(crate) async fn call(
     if !status.is_success() {
         let code = v["error"]["code"].as_str().unwrap_or("http_error");
         let message = v["error"]["message"].as_str().unwrap_or(text.as_str());
-        return Err(Exit::Failure(anyhow!("{message} ({code}, HTTP {})", status.as_u16())));
+        let problems = problems(&v["error"]["details"]);
+        return Err(Exit::Failure(anyhow!("{message} ({code}, HTTP {}){problems}", status.as_u16())));
     }
     Ok(match v {
         Value::Array(items) => items,

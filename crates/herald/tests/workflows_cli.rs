@@ -61,12 +61,19 @@ fn apply_export_and_run_workflows_from_yaml() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "unchanged AmpFlow v2");
 
-    // A bad file: the problem's path, and a failing exit.
-    std::fs::write(defs.join("bad.yaml"), "name: Bad\nsteps:\n  - type: template\n    template: \"{{ oops\"\n")
-        .unwrap();
+    // A bad file: every problem with its path, and a failing exit.
+    std::fs::write(
+        defs.join("bad.yaml"),
+        "name: Bad\nsteps:\n  - type: template\n    template: \"{{ oops\"\n  - type: approval\n    timeout: 1h\n",
+    )
+    .unwrap();
     let (code, _, err) = run(&dir, &apply, "");
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("bad.yaml") && err.contains("steps[0].template"), "{err}");
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(
+        err.contains("\n  steps[0].template: ") && err.contains("\n  steps[1]: "),
+        "each problem on its line: {err}"
+    );
 
     // The list, and a dry run that shows what would be posted.
     let (code, out, _) = run(&dir, &["workflows", "list", "--team", &team], "");
