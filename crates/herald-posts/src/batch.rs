@@ -233,9 +233,7 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     // The posts and the connections side by side: each is a round trip (to PostgreSQL, or to a
     // reader's thread), and the calls wait for both.
     let read_posts = async {
-        let mut post_ids: Vec<Uuid> = live.iter().map(|d| d.post_id).collect();
-        post_ids.sort_unstable();
-        post_ids.dedup();
+        let post_ids = posts_of(live.iter());
         let cols = POST_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ");
         let sql = backend.sql(format!(
             "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id {}",
@@ -303,7 +301,7 @@ async fn write_round(
     }
     let now = Utc::now();
     let scheduled = |post: &Uuid| by_post.get(post).is_some_and(|p| p.post.state == PostState::Scheduled.as_str());
-    let marked = match &posts.db.pools() {
+    let marked = match posts.db.pools() {
         Pools::Postgres(pool) if items.is_empty() => mark_alone(pool, &go, scheduled, now).await?,
         _ => {
             let mut tx = posts.db.begin().await.map_err(Error::from)?;
@@ -350,10 +348,7 @@ async fn mark(
         .bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&ids)).fetch_all(&mut *c).await)
     .map_err(store)?;
     // The only change a start makes to a post: a scheduled one starts publishing.
-    let mut started_posts: Vec<Uuid> =
-        go.iter().filter(|d| marked.contains(&d.id) && scheduled(&d.post_id)).map(|d| d.post_id).collect();
-    started_posts.sort_unstable();
-    started_posts.dedup();
+    let started_posts = posts_of(go.iter().filter(|d| marked.contains(&d.id) && scheduled(&d.post_id)));
     if !started_posts.is_empty() {
         let sql = format!(
             "UPDATE posts SET state = 'publishing', updated_at = $1 WHERE state = 'scheduled' AND id {}",
@@ -377,9 +372,7 @@ async fn mark_alone(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
-    let mut started: Vec<Uuid> = go.iter().filter(|d| scheduled(&d.post_id)).map(|d| d.post_id).collect();
-    started.sort_unstable();
-    started.dedup();
+    let started = posts_of(go.iter().filter(|d| scheduled(&d.post_id)));
     sqlx::query_scalar(
         "WITH marked AS ( \
            UPDATE deliveries SET state = 'publishing', call_started_at = $1, \
@@ -397,6 +390,14 @@ async fn mark_alone(
     .fetch_all(pool)
     .await
     .map_err(store)
+}
+
+/// The posts of `deliveries`, each once.
+fn posts_of<'a>(deliveries: impl Iterator<Item = &'a DeliveryRow>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = deliveries.map(|d| d.post_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Records the outcomes, the attempts, the posts' new states and the jobs' successes.

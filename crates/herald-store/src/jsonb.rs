@@ -39,8 +39,7 @@ impl Rows {
     }
 
     pub fn int(&mut self, n: i64) -> &mut Self {
-        let mut digits = [0u8; 20];
-        element(&mut self.row, INT, format_int(&mut digits, n));
+        element(&mut self.row, INT, itoa::Buffer::new().format(n).as_bytes());
         self
     }
 
@@ -53,8 +52,7 @@ impl Rows {
 
     /// A UUID as 32 hex digits, for `unhex(value ->> N)`.
     pub fn id(&mut self, id: uuid::Uuid) -> &mut Self {
-        let mut buf = [0u8; 32];
-        element(&mut self.row, TEXT_RAW, id.simple().encode_lower(&mut buf).as_bytes());
+        hex_id(&mut self.row, id);
         self
     }
 
@@ -79,21 +77,28 @@ impl Rows {
     /// The array of the rows, as JSONB.
     pub fn finish(self) -> Vec<u8> {
         debug_assert!(self.row.is_empty(), "a row was begun and not ended");
-        let mut out = Vec::with_capacity(self.rows.len() + 9);
-        element(&mut out, ARRAY, &self.rows);
-        out
+        array(&self.rows)
     }
 }
 
 /// An array of ids as hex text, for `SELECT unhex(value) FROM jsonb_each(…)`.
 pub fn ids(ids: &[uuid::Uuid]) -> Vec<u8> {
     let mut items = Vec::with_capacity(ids.len() * 34);
-    let mut buf = [0u8; 32];
     for id in ids {
-        element(&mut items, TEXT_RAW, id.simple().encode_lower(&mut buf).as_bytes());
+        hex_id(&mut items, *id);
     }
+    array(&items)
+}
+
+/// An id as 32 hex digits of raw text.
+fn hex_id(out: &mut Vec<u8>, id: uuid::Uuid) {
+    element(out, TEXT_RAW, id.simple().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+}
+
+/// The array of the elements already written in `items`.
+fn array(items: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(items.len() + 5);
-    element(&mut out, ARRAY, &items);
+    element(&mut out, ARRAY, items);
     out
 }
 
@@ -114,25 +119,6 @@ fn element(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
         }
     }
     out.extend_from_slice(payload);
-}
-
-/// `n` in decimal, as RFC 8259 writes integers.
-fn format_int(buf: &mut [u8; 20], n: i64) -> &[u8] {
-    let mut i = buf.len();
-    let mut v = n.unsigned_abs();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        i -= 1;
-        buf[i] = b'-';
-    }
-    &buf[i..]
 }
 
 #[cfg(test)]

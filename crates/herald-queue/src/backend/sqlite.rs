@@ -4,7 +4,7 @@ use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
 use herald_store::SqliteTx;
-use herald_store::{Tx, from_micros, to_micros};
+use herald_store::{Backend, Tx, from_micros, to_micros};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqlitePool};
 use std::sync::LazyLock;
@@ -205,8 +205,8 @@ pub(crate) async fn block_bucket(
 }
 
 /// Completions as one JSONB parameter ([`herald_store::jsonb`]): a batch of any size in one
-/// statement. Per row: id, attempt, state, refund, run_at, finished_at, started_at, outcome, error.
-fn completions_jsonb(rows: &[CompletionRow], now: DateTime<Utc>) -> Vec<u8> {
+/// statement. Per row, in [`COMPLETIONS`]' order.
+fn completions_jsonb<'a>(rows: impl IntoIterator<Item = &'a CompletionRow>, now: DateTime<Utc>) -> Vec<u8> {
     let mut out = herald_store::jsonb::Rows::default();
     for c in rows {
         out.id(c.id.0)
@@ -216,6 +216,7 @@ fn completions_jsonb(rows: &[CompletionRow], now: DateTime<Utc>) -> Vec<u8> {
             .opt_int(c.delay_secs.map(|s| to_micros(now) + (s * 1e6) as i64))
             .opt_int(c.finished.then(|| to_micros(c.finished_at)))
             .int(to_micros(c.started_at))
+            .int(to_micros(c.finished_at))
             .text(c.outcome)
             .opt_text(c.error.as_deref())
             .end_row();
@@ -223,10 +224,42 @@ fn completions_jsonb(rows: &[CompletionRow], now: DateTime<Utc>) -> Vec<u8> {
     out.finish()
 }
 
-/// The completions' columns by name, from [`completions_jsonb`]'s rows.
+/// The columns of [`completions_jsonb`]'s rows, by name: the job's (`finished_at` is NULL while
+/// it goes on) and its run's (`ran_from`, `ran_to`).
 const COMPLETIONS: &str = "SELECT unhex(value ->> 0) AS id, value ->> 1 AS attempt, value ->> 2 AS state, \
-     value ->> 3 AS refund, value ->> 4 AS run_at, value ->> 5 AS finished_at, value ->> 6 AS started_at, \
-     value ->> 7 AS outcome, value ->> 8 AS error";
+     value ->> 3 AS refund, value ->> 4 AS run_at, value ->> 5 AS finished_at, value ->> 6 AS ran_from, \
+     value ->> 7 AS ran_to, value ->> 8 AS outcome, value ->> 9 AS error";
+
+/// Applies completions ($1) of `worker`'s runs ($2) that still hold their lease.
+static APPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
+           finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
+         FROM ({COMPLETIONS} FROM jsonb_each($1)) AS i \
+         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = $2 AND jobs.attempt = i.attempt"
+    )
+});
+
+/// Records the runs of completions ($2) as `worker`'s ($1) attempts.
+static RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
+         SELECT i.id, i.attempt, $1, i.ran_from, i.ran_to, i.outcome, i.error FROM ({COMPLETIONS} FROM jsonb_each($2)) AS i"
+    )
+});
+
+/// [`RECORD`] for the runs that still hold their lease (of `worker`, $3).
+static RECORD_IF_HELD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} JOIN jobs ON jobs.id = i.id WHERE jobs.state = 'running' AND jobs.locked_by = $3 AND jobs.attempt = i.attempt",
+        RECORD.as_str()
+    )
+});
+
+/// The statements above with SQLite's `?` parameters, for running without [`Tx::defer`].
+static APPLY_RETURNING: LazyLock<String> =
+    LazyLock::new(|| Backend::Sqlite.sql(format!("{} RETURNING jobs.id", APPLY.as_str())));
+static RECORD_NOW: LazyLock<String> = LazyLock::new(|| Backend::Sqlite.sql(RECORD.clone()));
 
 /// [`complete`] for runs with no bucket to block, queued in `tx` ([`Tx::defer`]) to go with
 /// whatever follows: the attempts of the runs that still hold their lease, then the runs.
@@ -234,46 +267,19 @@ pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], 
     debug_assert!(rows.iter().all(|c| c.block_bucket.is_none()));
     let input = completions_jsonb(rows, now);
     // The attempts first, while the lease still tells which runs are ours.
-    tx.defer(&format!(
-        "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
-         SELECT jobs.id, jobs.attempt, $1, i.started_at, i.finished_at, i.outcome, i.error \
-         FROM ({COMPLETIONS} FROM jsonb_each($2)) AS i JOIN jobs ON jobs.id = i.id \
-         WHERE jobs.state = 'running' AND jobs.locked_by = $3 AND jobs.attempt = i.attempt"
-    ))
-    .bind(worker)
-    .bind(input.clone())
-    .bind(worker);
-    tx.defer(&format!(
-        "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
-           finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
-         FROM ({COMPLETIONS} FROM jsonb_each($1)) AS i \
-         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = $2 AND jobs.attempt = i.attempt"
-    ))
-    .bind(input)
-    .bind(worker);
+    tx.defer(&RECORD_IF_HELD).bind(worker).bind(input.clone()).bind(worker);
+    tx.defer(&APPLY).bind(input).bind(worker);
 }
 
 /// Applies a batch of completions in two statements, whatever its size: the batch travels as
-/// one JSON parameter, because each statement is a round trip to SQLite's connection thread.
-///
-/// Every batch here is read with `jsonb_each`, not `json_each`: it hands each element on as
-/// JSONB, which `->>` reads in place, where `json_each` turned each element back into text for
-/// every `->>` to parse again (2% of `herald bench deliveries`' samples, all on the writer).
+/// one JSONB parameter, because each statement is a round trip to SQLite's connection thread.
 pub(crate) async fn complete(
     conn: &mut SqliteTx,
     worker: &str,
     rows: &[CompletionRow],
     now: DateTime<Utc>,
 ) -> Result<usize> {
-    let hex = |id: JobId| id.0.simple().to_string();
-    let sql = format!(
-        "UPDATE jobs SET state = i.state, attempt = jobs.attempt - i.refund, run_at = COALESCE(i.run_at, jobs.run_at), \
-           finished_at = i.finished_at, last_error = COALESCE(i.error, jobs.last_error), locked_by = NULL, locked_until = NULL \
-         FROM ({COMPLETIONS} FROM jsonb_each(?1)) AS i \
-         WHERE jobs.id = i.id AND jobs.state = 'running' AND jobs.locked_by = ?2 AND jobs.attempt = i.attempt \
-         RETURNING jobs.id"
-    );
-    let applied: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    let applied: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(APPLY_RETURNING.as_str()))
         .bind(completions_jsonb(rows, now))
         .bind(worker)
         .fetch_all(&mut *conn)
@@ -283,29 +289,11 @@ pub(crate) async fn complete(
     let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
     let kept: Vec<&CompletionRow> = rows.iter().filter(|c| applied.contains(&c.id.0)).collect();
     if !kept.is_empty() {
-        let attempts: Vec<serde_json::Value> = kept
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "id": hex(c.id),
-                    "attempt": c.attempt,
-                    "started_at": to_micros(c.started_at),
-                    "finished_at": to_micros(c.finished_at),
-                    "outcome": c.outcome,
-                    "error": c.error,
-                })
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
-             SELECT unhex(value ->> 'id'), value ->> 'attempt', ?2, value ->> 'started_at', value ->> 'finished_at', \
-                    value ->> 'outcome', value ->> 'error' \
-             FROM jsonb_each(?1)",
-        )
-        .bind(serde_json::Value::Array(attempts).to_string())
-        .bind(worker)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(AssertSqlSafe(RECORD_NOW.as_str()))
+            .bind(worker)
+            .bind(completions_jsonb(kept.iter().copied(), now))
+            .execute(&mut *conn)
+            .await?;
     }
     for c in &kept {
         if let (Some(key), Some(secs)) = (&c.block_bucket, c.delay_secs) {
