@@ -1,15 +1,23 @@
 use crate::backend::{postgres, sqlite};
+use crate::handoff::{Lanes, Ticket};
 use crate::job::{Enqueued, JobId, NewJob};
+use crate::queue::{grant_tokens, take_one};
 use crate::{QueueError, WAKE_CHANNEL, metrics};
+use chrono::{DateTime, Utc};
 use herald_store::{Backend, Tx, TxConn};
+use std::collections::BTreeMap;
 
 /// Adds a job inside the caller's transaction: it exists only if the transaction commits, and
-/// workers are woken at commit. With a unique key, a live job holding it is returned instead.
+/// workers are woken at commit (or, when this process works its queue, it is handed to a free
+/// slot and starts at commit: see `handoff`). With a unique key, a live job holding it is
+/// returned instead.
 pub async fn enqueue(tx: &mut Tx, job: NewJob) -> Result<Enqueued, QueueError> {
     let id = JobId::new();
+    let now = Utc::now();
+    let ticket = tickets(tx, std::slice::from_ref(&job), now).await?.pop().flatten();
     let inserted = match tx.conn().await? {
-        TxConn::Sqlite(c) => sqlite::insert(c, id, &job, chrono::Utc::now()).await?,
-        TxConn::Postgres(c) => postgres::insert(c, id, &job).await?,
+        TxConn::Sqlite(c) => sqlite::insert(c, id, &job, now, ticket.as_ref()).await?,
+        TxConn::Postgres(c) => postgres::insert(c, id, &job, ticket.as_ref()).await?,
     };
     if !inserted {
         let key = job.unique_key.as_deref().unwrap_or_default();
@@ -21,8 +29,11 @@ pub async fn enqueue(tx: &mut Tx, job: NewJob) -> Result<Enqueued, QueueError> {
         // (PostgreSQL) or we hold the only write lock (SQLite).
         return Ok(Enqueued::Existing(existing.unwrap_or(id)));
     }
-    tx.notify(WAKE_CHANNEL);
-    tx.after_commit(move || metrics::enqueued(&job.kind, 1));
+    count_at_commit(tx, std::slice::from_ref(&job));
+    match ticket {
+        Some(t) => hand_at_commit(tx, vec![(t.job(id, &job), t)]),
+        None => tx.notify(WAKE_CHANNEL),
+    }
     Ok(Enqueued::New(id))
 }
 
@@ -35,19 +46,67 @@ pub async fn enqueue_many(tx: &mut Tx, jobs: Vec<NewJob>) -> Result<Vec<Enqueued
         }
         return Ok(out);
     }
-    let with_ids: Vec<(JobId, &NewJob)> = jobs.iter().map(|j| (JobId::new(), j)).collect();
+    let now = Utc::now();
+    let tickets = tickets(tx, &jobs, now).await?;
+    let rows: Vec<(JobId, &NewJob, Option<Ticket>)> =
+        jobs.iter().zip(tickets).map(|(j, t)| (JobId::new(), j, t)).collect();
     // On SQLite the insert goes with the transaction's next statement (ids are made here).
     if tx.backend() == Backend::Sqlite {
-        sqlite::defer_insert_many(tx, &with_ids, chrono::Utc::now());
+        sqlite::defer_insert_many(tx, &rows, now);
     } else if let TxConn::Postgres(c) = tx.conn().await? {
-        postgres::insert_many(c, &with_ids).await?;
+        postgres::insert_many(c, &rows).await?;
     }
-    let out = with_ids.iter().map(|(id, _)| Enqueued::New(*id)).collect();
+    let out = rows.iter().map(|(id, _, _)| Enqueued::New(*id)).collect();
+    let handed: Vec<_> = rows.into_iter().filter_map(|(id, j, t)| t.map(|t| (t.job(id, j), t))).collect();
+    count_at_commit(tx, &jobs);
+    if handed.len() < jobs.len() {
+        tx.notify(WAKE_CHANNEL);
+    }
+    if !handed.is_empty() {
+        hand_at_commit(tx, handed);
+    }
+    Ok(out)
+}
+
+/// Which of `jobs` are handed to this node's runner: those due now for a queue it works, while
+/// it has slots free, and, of those drawing on a rate bucket, as many as the bucket has tokens
+/// (taken here, in the caller's transaction, as a claim would take them).
+async fn tickets(tx: &mut Tx, jobs: &[NewJob], now: DateTime<Utc>) -> Result<Vec<Option<Ticket>>, QueueError> {
+    let lanes = tx.local::<Lanes>();
+    let mut out: Vec<Option<Ticket>> = jobs.iter().map(|j| lanes.reserve(j, now)).collect();
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for (j, _) in jobs.iter().zip(&out).filter(|(_, t)| t.is_some()) {
+        if let Some(key) = &j.bucket_key {
+            *want.entry(key.clone()).or_default() += 1;
+        }
+    }
+    if !want.is_empty() {
+        let mut left = grant_tokens(tx, &want, now).await?;
+        for (j, t) in jobs.iter().zip(out.iter_mut()).filter(|(_, t)| t.is_some()) {
+            if !take_one(&mut left, j.bucket_key.as_deref()) {
+                *t = None; // no token: it waits for a claim, and its slot is free again
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Counts the jobs once they commit. (Workers are woken only for jobs not handed over: a handed
+/// job has its worker, and a wake-up would send the others to claim nothing.)
+fn count_at_commit(tx: &mut Tx, jobs: &[NewJob]) {
     let mut counts: std::collections::HashMap<String, u64> = Default::default();
-    for j in &jobs {
+    for j in jobs {
         *counts.entry(j.kind.clone()).or_default() += 1;
     }
-    tx.notify(WAKE_CHANNEL);
     tx.after_commit(move || counts.iter().for_each(|(k, n)| metrics::enqueued(k, *n)));
-    Ok(out)
+}
+
+/// Starts the handed jobs when the transaction commits; dropped unstarted (freeing their slots)
+/// when it does not.
+fn hand_at_commit(tx: &mut Tx, handed: Vec<(crate::Job, Ticket)>) {
+    tx.after_commit(move || {
+        for (job, ticket) in handed {
+            ticket.start(job);
+        }
+    });
 }

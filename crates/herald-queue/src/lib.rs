@@ -3,7 +3,9 @@
 //!
 //! - [`enqueue`] inside the caller's [`Tx`]: a rolled-back transaction leaves no job.
 //! - A [`Runner`] claims due jobs in batches under a lease, runs their [`Handler`], sends
-//!   heartbeats while they run, and records every attempt. Completions are written in batches,
+//!   heartbeats while they run, and records every attempt. A job enqueued in this process for a
+//!   queue its runner works, due now and with no rate bucket, is handed to a free slot instead:
+//!   written claimed and started at commit, with no claim. Completions are written in batches,
 //!   or by a handler in the transaction of its own work ([`Queue::complete_in`]).
 //! - Failures retry with exponential backoff and jitter, then go `dead`; a rate-limited run waits
 //!   for its not-before time without spending an attempt.
@@ -17,6 +19,7 @@
 mod backend;
 mod enqueue;
 mod error;
+mod handoff;
 mod job;
 mod metrics;
 mod queue;

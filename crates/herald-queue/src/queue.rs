@@ -4,7 +4,7 @@ use crate::{QueueError, metrics};
 use chrono::{DateTime, Utc};
 use herald_store::{Backend, Db, Pools, Tx, TxConn};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 type Result<T> = std::result::Result<T, QueueError>;
@@ -164,6 +164,58 @@ impl Bucket {
     }
 }
 
+/// Takes from each bucket in `want` up to as many tokens as wanted, inside `tx`, as a claim
+/// takes them: a bucket blocked now gives none, a key with no bucket (or one with no capacity)
+/// gives all. Answers what each key gave.
+pub(crate) async fn grant_tokens(
+    tx: &mut Tx,
+    want: &BTreeMap<String, usize>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, usize>> {
+    if want.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<String> = want.keys().cloned().collect();
+    let buckets = match tx.conn().await? {
+        TxConn::Postgres(c) => return postgres::grant_tokens(c, want).await,
+        TxConn::Sqlite(c) => sqlite::buckets(c, &keys).await?,
+    };
+    let mut granted: HashMap<String, usize> = want.iter().map(|(k, n)| (k.clone(), *n)).collect();
+    let mut levels = Vec::new();
+    for b in buckets {
+        let n = want.get(&b.key).copied().unwrap_or(0);
+        let given = if b.blocked_until.is_some_and(|t| t > now) {
+            0
+        } else if b.capacity.is_none() {
+            n
+        } else {
+            let level = b.level(now);
+            let given = (level.max(0.0).floor() as usize).min(n);
+            if given > 0 {
+                levels.push((b.key.clone(), level - given as f64));
+            }
+            given
+        };
+        granted.insert(b.key, given);
+    }
+    // One statement, sent with the COMMIT: a claim of deliveries to five connections was
+    // five more trips to SQLite's writer thread, each holding the writer.
+    sqlite::defer_store_tokens(tx, &levels, now);
+    Ok(granted)
+}
+
+/// Counts one job against what its bucket gave; `false` when the bucket has nothing left.
+pub(crate) fn take_one(left: &mut HashMap<String, usize>, key: Option<&str>) -> bool {
+    match key.and_then(|k| left.get_mut(k)) {
+        Some(0) => false,
+        Some(n) => {
+            *n -= 1;
+            true
+        }
+        None => true,
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Depth {
     pub queue: String,
@@ -236,36 +288,21 @@ impl Queue {
     /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
     /// (SQLite's claim; PostgreSQL's does this in its one statement.)
     async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
-        let mut keys: Vec<String> = jobs.iter().filter_map(|j| j.bucket_key.clone()).collect();
-        keys.sort();
-        keys.dedup();
-        let TxConn::Sqlite(c) = tx.conn().await? else { unreachable!("a SQLite database's transaction") };
-        let buckets = sqlite::buckets(c, &keys).await?;
-        let mut left: HashMap<String, (f64, bool)> =
-            buckets.iter().map(|b| (b.key.clone(), (b.level(now), b.capacity.is_some()))).collect();
+        let mut want: BTreeMap<String, usize> = BTreeMap::new();
+        for key in jobs.iter().filter_map(|j| j.bucket_key.as_ref()) {
+            *want.entry(key.clone()).or_default() += 1;
+        }
+        let mut left = grant_tokens(tx, &want, now).await?;
         let mut keep = Vec::with_capacity(jobs.len());
         let mut put_back = Vec::new();
         for job in jobs.drain(..) {
-            let ok = match job.bucket_key.as_ref().and_then(|k| left.get_mut(k)) {
-                Some((tokens, _)) if *tokens >= 1.0 => {
-                    *tokens -= 1.0;
-                    true
-                }
-                Some(_) => false,
-                None => true, // no bucket row: unlimited
-            };
-            if ok { keep.push(job) } else { put_back.push(job.id) }
+            if take_one(&mut left, job.bucket_key.as_deref()) { keep.push(job) } else { put_back.push(job.id) }
         }
         *jobs = keep;
         for id in put_back {
             let TxConn::Sqlite(c) = tx.conn().await? else { unreachable!("a SQLite database's transaction") };
             sqlite::unclaim(c, id).await?;
         }
-        let levels: Vec<(String, f64)> =
-            left.into_iter().filter(|(_, (_, limited))| *limited).map(|(key, (tokens, _))| (key, tokens)).collect();
-        // One statement, sent with the COMMIT: a claim of deliveries to five connections was
-        // five more trips to SQLite's writer thread, each holding the writer.
-        sqlite::defer_store_tokens(tx, &levels, now);
         Ok(())
     }
 

@@ -1,3 +1,4 @@
+use crate::handoff::{Lane, Lanes, Start};
 use crate::job::{Job, JobId};
 use crate::queue::{Claimed, Completion, Queue, RunResult};
 use crate::{JobError, WAKE_CHANNEL, metrics};
@@ -74,6 +75,9 @@ pub struct RunnerConfig {
     pub prune_interval: Duration,
     /// How long running jobs may finish after shutdown begins before they are released.
     pub shutdown_grace: Duration,
+    /// Whether jobs this process enqueues start in a free slot as they commit, unclaimed (see
+    /// the crate's docs). Off, every job waits for a claim.
+    pub handoff: bool,
 }
 
 impl Default for RunnerConfig {
@@ -89,6 +93,7 @@ impl Default for RunnerConfig {
             retention_count: Some(100_000),
             prune_interval: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
+            handoff: true,
         }
     }
 }
@@ -141,12 +146,15 @@ impl Runner {
             .map(|(name, concurrency)| {
                 let d = Dispatcher {
                     queue: queue.clone(),
-                    registry: registry.clone(),
                     config: config.clone(),
                     name: name.clone(),
                     concurrency: (*concurrency).max(1),
-                    running: running.clone(),
-                    done: done_tx.clone(),
+                    starter: Starter {
+                        registry: registry.clone(),
+                        running: running.clone(),
+                        done: done_tx.clone(),
+                        runtime: tokio::runtime::Handle::current(),
+                    },
                 };
                 tokio::spawn(d.run(shutdown.clone()))
             })
@@ -192,12 +200,22 @@ impl Runner {
 
 struct Dispatcher {
     queue: Queue,
-    registry: Arc<Registry>,
     config: Arc<RunnerConfig>,
     name: String,
     concurrency: usize,
+    starter: Starter,
+}
+
+/// Starts claimed and handed jobs: each runs in a task of its own, and its result goes to the
+/// completer unless its handler recorded it.
+#[derive(Clone)]
+struct Starter {
+    registry: Arc<Registry>,
     running: Running,
     done: mpsc::UnboundedSender<Done>,
+    /// The runner's runtime. A handed job starts from whatever commits it, which on SQLite may
+    /// be a group commit on the writer's own thread; its job must not run there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Dispatcher {
@@ -205,6 +223,25 @@ impl Dispatcher {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         // Jobs claimed but not yet recorded as finished: bounded, so `running` rows stay few.
         let unrecorded = Arc::new(Semaphore::new((self.concurrency * 4).max(1000)));
+        // Jobs this process enqueues for this queue take free slots as they commit.
+        let lane = self.config.handoff.then(|| {
+            let lane = Arc::new(Lane {
+                worker: self.config.worker_id.clone(),
+                lease: self.config.lease,
+                slots: slots.clone(),
+                unrecorded: unrecorded.clone(),
+                start: Box::new(self.starter.clone()),
+            });
+            self.queue.db().wakeups().local::<Lanes>().open(&self.name, lane.clone());
+            lane
+        });
+        self.dispatch(shutdown, slots, unrecorded).await;
+        if let Some(lane) = lane {
+            self.queue.db().wakeups().local::<Lanes>().close(&self.name, &lane);
+        }
+    }
+
+    async fn dispatch(&self, shutdown: CancellationToken, slots: Arc<Semaphore>, unrecorded: Arc<Semaphore>) {
         let wake = self.queue.db().wakeups().channel(WAKE_CHANNEL);
         // Under load, wait a moment for several slots so one claim takes many jobs.
         let batch_target = (self.concurrency / 2).clamp(1, self.config.batch_size);
@@ -269,7 +306,7 @@ impl Dispatcher {
             for job in jobs {
                 let slot = permits.pop().expect("one slot per claimed job");
                 let pending = backlog.pop().expect("one backlog permit per claimed job");
-                self.spawn(job, slot, pending);
+                self.starter.spawn(job, slot, pending);
             }
             drop(permits);
             drop(backlog);
@@ -293,7 +330,15 @@ impl Dispatcher {
             }
         }
     }
+}
 
+impl Start for Starter {
+    fn start(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
+        self.spawn(job, slot, unrecorded);
+    }
+}
+
+impl Starter {
     fn spawn(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
         let id = job.id;
         let started_at = job.started_at.unwrap_or_else(Utc::now);
@@ -305,7 +350,7 @@ impl Dispatcher {
         let handler = self.registry.get(&job.kind).cloned();
         let running = self.running.clone();
         let done = self.done.clone();
-        let task = tokio::spawn(async move {
+        let task = self.runtime.spawn(async move {
             let clock = Instant::now();
             let result = run_one(handler.as_deref(), &job).await;
             let run_time = clock.elapsed();

@@ -603,3 +603,108 @@ async fn a_handler_records_its_jobs_success_in_the_transaction_of_its_work() {
     })
     .await;
 }
+
+/// Holds its job running until the test opens the gate.
+struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Handler for Gated {
+    async fn run(&self, _job: &Job) -> Result<(), JobError> {
+        self.gate.acquire().await.expect("gate open").forget();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_job_enqueued_where_its_queue_is_worked_starts_at_commit_without_a_claim() {
+    each_backend(|db| async move {
+        let q = Queue::new(db.clone());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut registry = Registry::default();
+        registry.register("test.gated", Gated { gate: gate.clone() });
+        // One slot, and a poll too slow to matter: only the hand-off starts a job at once.
+        let config = RunnerConfig {
+            queues: vec![("default".into(), 1)],
+            poll_interval: Duration::from_secs(30),
+            ..fast_config()
+        };
+        let worker = config.worker_id.clone();
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn(Runner::new(q.clone(), registry, config).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await; // the first (empty) claim is done
+
+        // A rolled-back transaction gives its slot back.
+        let mut tx = db.begin().await.unwrap();
+        enqueue(&mut tx, NewJob::new("test.gated", json!({}))).await.unwrap();
+        tx.rollback().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        let handed = enqueue(&mut tx, NewJob::new("test.gated", json!({}))).await.unwrap().id();
+        tx.commit().await.unwrap();
+        // Written claimed: no claim stands between the commit and the run.
+        let job = q.get(handed).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Running, "handed over as it committed");
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.locked_by.as_deref(), Some(worker.as_str()));
+        assert!(job.locked_until.is_some());
+        assert_eq!(job.started_at, Some(job.created_at), "started as it was made");
+
+        // The only slot is taken: the next job waits for a claim, as do jobs not due yet.
+        let waits = add(&db, NewJob::new("test.gated", json!({}))).await;
+        assert_eq!(state(&q, waits).await, JobState::Pending);
+        let later =
+            add(&db, NewJob::new("test.gated", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))).await;
+        assert_eq!(state(&q, later).await, JobState::Pending);
+
+        gate.add_permits(2);
+        wait_until_finished(&q, &[handed, waits]).await;
+        let attempts = q.attempts(handed).await.unwrap();
+        assert_eq!(attempts.len(), 1, "one run, recorded like a claimed one");
+        assert_eq!((attempts[0].outcome.as_str(), attempts[0].worker.as_str()), ("succeeded", worker.as_str()));
+
+        // A job drawing on a rate bucket is handed over with a token, taken as it is made; with
+        // none left, it waits for a claim (and the bucket's refill).
+        q.set_bucket("b1", 1.0, 0.0001).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let ids = enqueue_many(&mut tx, vec![NewJob::new("test.gated", json!({})).bucket("b1")]).await.unwrap();
+        tx.commit().await.unwrap();
+        let with_token = ids[0].id();
+        assert_eq!(state(&q, with_token).await, JobState::Running);
+        assert!(q.bucket("b1").await.unwrap().unwrap().tokens < 1.0, "its token was taken");
+        gate.add_permits(1);
+        wait_until_finished(&q, &[with_token]).await;
+        let without = add(&db, NewJob::new("test.gated", json!({})).bucket("b1")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let j = q.get(without).await.unwrap().unwrap();
+        assert_eq!((j.state, j.attempt), (JobState::Pending, 0), "no token, no start");
+        shutdown.cancel();
+        runner.await.unwrap();
+        assert_eq!(state(&q, later).await, JobState::Pending, "not run before its time");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_the_hand_off_off_every_job_waits_for_a_claim() {
+    each_backend(|db| async move {
+        let q = Queue::new(db.clone());
+        let mut registry = Registry::default();
+        registry.register("test.slow", Slow);
+        let config = RunnerConfig { handoff: false, poll_interval: Duration::from_secs(30), ..fast_config() };
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn(Runner::new(q.clone(), registry, config).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut tx = db.begin().await.unwrap();
+        let ids = enqueue_many(&mut tx, vec![NewJob::new("test.slow", json!({"ms": 1}))]).await.unwrap();
+        tx.commit().await.unwrap();
+        let id = ids[0].id();
+        wait_until_finished(&q, &[id]).await;
+        let job = q.get(id).await.unwrap().unwrap();
+        assert!(job.started_at > Some(job.created_at), "claimed after it was made: {job:?}");
+        shutdown.cancel();
+        runner.await.unwrap();
+    })
+    .await;
+}

@@ -417,6 +417,11 @@ impl Tx {
         });
     }
 
+    /// This process's one `T` for the database (see [`Wakeups::local`]).
+    pub fn local<T: std::any::Any + Send + Sync + Default>(&self) -> Arc<T> {
+        self.wakeups.local::<T>()
+    }
+
     /// Runs `f` after a successful commit (metrics, in-process signals). Never runs on rollback.
     pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
         self.after_commit.push(Box::new(f));

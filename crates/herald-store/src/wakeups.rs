@@ -1,3 +1,4 @@
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,9 @@ pub struct Wakeups {
     channels: Mutex<HashMap<String, Arc<Notify>>>,
     /// Counts of changes by topic, for [`crate::ReadCache`] (see [`crate::Tx::changed`]).
     changes: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// One value of each type other crates keep per database in this process (the job runner's
+    /// hand-off lanes), reached from any [`crate::Tx`] without threading it through callers.
+    locals: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Default for Wakeups {
@@ -21,6 +25,7 @@ impl Default for Wakeups {
             node: uuid::Uuid::now_v7().simple().to_string(),
             channels: Mutex::default(),
             changes: Mutex::default(),
+            locals: Mutex::default(),
         }
     }
 }
@@ -58,6 +63,13 @@ impl Wakeups {
     pub fn changes(&self, topic: &str) -> Arc<AtomicU64> {
         let mut map = self.changes.lock().expect("wakeups lock");
         map.entry(topic.to_string()).or_default().clone()
+    }
+
+    /// This process's one `T` for this database, made on first use.
+    pub fn local<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut map = self.locals.lock().expect("wakeups lock");
+        let any = map.entry(TypeId::of::<T>()).or_insert_with(|| Arc::new(T::default())).clone();
+        any.downcast::<T>().expect("kept under its own type id")
     }
 }
 

@@ -1,5 +1,6 @@
 use super::{CompletionRow, Expired, JOB_COLS, LEASE_EXPIRED, RELEASED};
 use crate::QueueError;
+use crate::handoff::Ticket;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
@@ -35,10 +36,16 @@ fn job_from_row(row: &PgRow) -> Result<Job> {
     })
 }
 
-pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob) -> Result<bool> {
+/// Inserts one job; `false` when a live job already holds its unique key. With a ticket it is
+/// written claimed by the local runner (see `handoff`).
+pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob, ticket: Option<&Ticket>) -> Result<bool> {
+    // `$10` is the worker a handed job is claimed for (null for a pending one), `$11` its lease.
     let done = sqlx::query(
-        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, COALESCE($7, now()), now(), $8, $9) \
+        "INSERT INTO jobs (id, queue, kind, payload, priority, max_attempts, run_at, bucket_key, unique_key, \
+           state, attempt, locked_by, locked_until, started_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, now()), $8, $9, \
+           CASE WHEN $10::text IS NULL THEN 'pending' ELSE 'running' END, CASE WHEN $10::text IS NULL THEN 0 ELSE 1 END, \
+           $10, now() + make_interval(secs => $11::float8), CASE WHEN $10::text IS NULL THEN NULL ELSE now() END, now()) \
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING",
     )
     .bind(id.0)
@@ -50,13 +57,16 @@ pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob) -> 
     .bind(job.run_at)
     .bind(&job.bucket_key)
     .bind(&job.unique_key)
+    .bind(ticket.map(Ticket::worker))
+    .bind(ticket.map(|t| t.lease().as_secs_f64()))
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Inserts many jobs without unique keys in one statement.
-pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob)]) -> Result<()> {
+/// Inserts many jobs without unique keys in one statement; those with a ticket are written
+/// claimed by the local runner (see `handoff`).
+pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob, Option<Ticket>)]) -> Result<()> {
     let mut ids = Vec::with_capacity(jobs.len());
     let mut queues = Vec::with_capacity(jobs.len());
     let mut kinds = Vec::with_capacity(jobs.len());
@@ -65,7 +75,9 @@ pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob
     let mut max_attempts = Vec::with_capacity(jobs.len());
     let mut run_ats = Vec::with_capacity(jobs.len());
     let mut buckets = Vec::with_capacity(jobs.len());
-    for (id, j) in jobs {
+    let mut workers = Vec::with_capacity(jobs.len());
+    let mut leases = Vec::with_capacity(jobs.len());
+    for (id, j, ticket) in jobs {
         ids.push(id.0);
         queues.push(j.queue.as_str());
         kinds.push(j.kind.as_str());
@@ -74,12 +86,19 @@ pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob
         max_attempts.push(j.max_attempts);
         run_ats.push(j.run_at);
         buckets.push(j.bucket_key.as_deref());
+        workers.push(ticket.as_ref().map(Ticket::worker));
+        leases.push(ticket.as_ref().map(|t| t.lease().as_secs_f64()));
     }
     sqlx::query(
-        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key) \
-         SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority, 'pending', 0, t.max_attempts, COALESCE(t.run_at, now()), now(), t.bucket_key \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[], $7::timestamptz[], $8::text[]) \
-           AS t(id, queue, kind, payload, priority, max_attempts, run_at, bucket_key)",
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, \
+           locked_by, locked_until, started_at) \
+         SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority, \
+           CASE WHEN t.worker IS NULL THEN 'pending' ELSE 'running' END, CASE WHEN t.worker IS NULL THEN 0 ELSE 1 END, \
+           t.max_attempts, COALESCE(t.run_at, now()), now(), t.bucket_key, \
+           t.worker, now() + make_interval(secs => t.lease), CASE WHEN t.worker IS NULL THEN NULL ELSE now() END \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[], $7::timestamptz[], $8::text[], \
+                     $9::text[], $10::float8[]) \
+           AS t(id, queue, kind, payload, priority, max_attempts, run_at, bucket_key, worker, lease)",
     )
     // Unnamed, so it is planned for this batch's real size: a cached generic plan guesses
     // UNNEST yields 10 rows and picks a nested loop that is quadratic in the batch.
@@ -92,6 +111,8 @@ pub(crate) async fn insert_many(conn: &mut PgConnection, jobs: &[(JobId, &NewJob
     .bind(max_attempts)
     .bind(run_ats)
     .bind(buckets)
+    .bind(workers)
+    .bind(leases)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -104,6 +125,40 @@ pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Resul
             .fetch_optional(&mut *conn)
             .await?;
     Ok(id.map(JobId))
+}
+
+/// Takes up to the wanted number of tokens from each bucket, as the claim below takes them
+/// (blocked: none; no bucket or no capacity: all), locking the buckets in key order until the
+/// transaction ends. Answers what each key gave.
+pub(crate) async fn grant_tokens(
+    conn: &mut PgConnection,
+    want: &std::collections::BTreeMap<String, usize>,
+) -> Result<std::collections::HashMap<String, usize>> {
+    let keys: Vec<&str> = want.keys().map(String::as_str).collect();
+    let counts: Vec<i64> = want.values().map(|n| *n as i64).collect();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH want AS (SELECT * FROM UNNEST($1::text[], $2::int8[]) AS w(key, n)), \
+         buckets AS ( \
+           SELECT b.key, b.capacity, b.blocked_until, \
+             LEAST(b.capacity, b.tokens + GREATEST(EXTRACT(EPOCH FROM now() - b.updated_at), 0) \
+               * COALESCE(b.refill_per_sec, 0)) AS level \
+           FROM rate_buckets AS b WHERE b.key = ANY($1) ORDER BY b.key FOR UPDATE OF b), \
+         granted AS ( \
+           SELECT w.key, k.capacity, k.level, \
+             CASE WHEN k.blocked_until IS NOT NULL AND k.blocked_until > now() THEN 0 \
+                  WHEN k.key IS NULL OR k.capacity IS NULL THEN w.n \
+                  ELSE LEAST(w.n, GREATEST(floor(k.level), 0))::int8 END AS n \
+           FROM want AS w LEFT JOIN buckets AS k ON k.key = w.key), \
+         taken AS ( \
+           UPDATE rate_buckets SET tokens = g.level - g.n, updated_at = now() \
+           FROM granted AS g WHERE rate_buckets.key = g.key AND g.capacity IS NOT NULL AND g.n > 0) \
+         SELECT key, n FROM granted",
+    )
+    .bind(keys)
+    .bind(counts)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(k, n)| (k, n.max(0) as usize)).collect())
 }
 
 /// Claims due jobs, takes their rate buckets' tokens, and finds when the queue's next future job

@@ -1,5 +1,6 @@
 use super::{CompletionRow, Expired, JOB_COLS, LEASE_EXPIRED, RELEASED};
 use crate::QueueError;
+use crate::handoff::Ticket;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
@@ -41,12 +42,21 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
     })
 }
 
-/// Inserts one job; `false` when a live job already holds its unique key.
-pub(crate) async fn insert(conn: &mut SqliteTx, id: JobId, job: &NewJob, now: DateTime<Utc>) -> Result<bool> {
+/// Inserts one job; `false` when a live job already holds its unique key. With a ticket it is
+/// written claimed by the local runner (see `handoff`).
+pub(crate) async fn insert(
+    conn: &mut SqliteTx,
+    id: JobId,
+    job: &NewJob,
+    now: DateTime<Utc>,
+    ticket: Option<&Ticket>,
+) -> Result<bool> {
     let run_at = job.run_at.unwrap_or(now);
+    let (state, attempt) = if ticket.is_some() { ("running", 1) } else { ("pending", 0) };
     let done = sqlx::query(
-        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, unique_key) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?8, ?9, ?10) \
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, \
+           unique_key, locked_by, locked_until, started_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
          ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('pending', 'running') DO NOTHING",
     )
     .bind(id.0)
@@ -54,14 +64,23 @@ pub(crate) async fn insert(conn: &mut SqliteTx, id: JobId, job: &NewJob, now: Da
     .bind(&job.kind)
     .bind(job.payload.to_string())
     .bind(job.priority)
+    .bind(state)
+    .bind(attempt)
     .bind(job.max_attempts)
     .bind(to_micros(run_at))
     .bind(to_micros(now))
     .bind(&job.bucket_key)
     .bind(&job.unique_key)
+    .bind(ticket.map(Ticket::worker))
+    .bind(ticket.map(|t| to_micros(lease_end(t))))
+    .bind(ticket.map(|t| to_micros(t.now())))
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+fn lease_end(t: &Ticket) -> DateTime<Utc> {
+    t.now() + chrono::TimeDelta::from_std(t.lease()).unwrap_or_default()
 }
 
 pub(crate) async fn live_id_for_key(conn: &mut SqliteTx, key: &str) -> Result<Option<JobId>> {
@@ -306,9 +325,9 @@ pub(crate) async fn complete(
 
 /// Inserts jobs without unique keys in one statement, deferred in `tx` ([`Tx::defer`]); the rows
 /// go as one JSONB parameter ([`herald_store::jsonb`]).
-pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: DateTime<Utc>) {
+pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob, Option<Ticket>)], now: DateTime<Utc>) {
     let mut rows = herald_store::jsonb::Rows::default();
-    for (id, j) in jobs {
+    for (id, j, ticket) in jobs {
         rows.id(id.0)
             .text(&j.queue)
             .text(&j.kind)
@@ -317,14 +336,21 @@ pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob)], now: Dat
             .int(j.max_attempts.into())
             .int(to_micros(j.run_at.unwrap_or(now)))
             .opt_text(j.bucket_key.as_deref())
+            .opt_text(ticket.as_ref().map(Ticket::worker))
+            .opt_int(ticket.as_ref().map(|t| to_micros(lease_end(t))))
             .end_row();
     }
+    // A row with a worker (8) and its lease's end (9) is a handed job (see `handoff`), claimed
+    // and started as it is made.
     tx.defer(
-        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key) \
-         SELECT unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, 'pending', 0, value ->> 5, \
-                value ->> 6, $1, value ->> 7 \
-         FROM jsonb_each($2)",
+        "INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, bucket_key, \
+           locked_by, locked_until, started_at) \
+         SELECT unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, \
+                iif(value ->> 8 IS NULL, 'pending', 'running'), value ->> 8 IS NOT NULL, value ->> 5, \
+                value ->> 6, $1, value ->> 7, value ->> 8, value ->> 9, iif(value ->> 8 IS NULL, NULL, $2) \
+         FROM jsonb_each($3)",
     )
+    .bind(to_micros(now))
     .bind(to_micros(now))
     .bind(rows.finish());
 }
