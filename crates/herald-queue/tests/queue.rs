@@ -628,6 +628,7 @@ async fn a_job_enqueued_where_its_queue_is_worked_starts_at_commit_without_a_cla
         let config = RunnerConfig {
             queues: vec![("default".into(), 1)],
             poll_interval: Duration::from_secs(30),
+            handoff: Some(true), // on SQLite it is off unless asked for
             ..fast_config()
         };
         let worker = config.worker_id.clone();
@@ -692,7 +693,7 @@ async fn with_the_hand_off_off_every_job_waits_for_a_claim() {
         let q = Queue::new(db.clone());
         let mut registry = Registry::default();
         registry.register("test.slow", Slow);
-        let config = RunnerConfig { handoff: false, poll_interval: Duration::from_secs(30), ..fast_config() };
+        let config = RunnerConfig { handoff: Some(false), poll_interval: Duration::from_secs(30), ..fast_config() };
         let shutdown = CancellationToken::new();
         let runner = tokio::spawn(Runner::new(q.clone(), registry, config).run(shutdown.clone()));
         tokio::time::sleep(Duration::from_millis(200)).await;
