@@ -14,7 +14,7 @@ use crate::store::{Sources, store};
 use herald_core::Error;
 use herald_queue::NewJob;
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Ts, Tx, TxConn, value_rows};
+use herald_store::{Backend, Ts, Tx, TxConn, value_rows};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -201,6 +201,13 @@ async fn commit(sources: &Sources, items: &[Incoming]) -> Result<Vec<Option<Even
         crate::store::bump_count(&mut tx, source, n);
         if touched {
             crate::store::touch(&mut tx, source);
+        }
+    }
+    if tx.backend() == Backend::Postgres {
+        for (i, e) in items.iter().zip(&out) {
+            if let Some(e) = e {
+                sources.keep_recent(i.team, e);
+            }
         }
     }
     tx.commit().await?;

@@ -9,7 +9,7 @@ use herald_accounts::audit::{self, Actor, Event};
 use herald_accounts::{Principal, authorize};
 use herald_core::{Action, Error, ErrorCode};
 use herald_http::{HttpClient, SafeClient};
-use herald_store::{Db, ReadCache, StoreError, Ts, Tx, exec, on_read};
+use herald_store::{Backend, Db, ReadCache, StoreError, Ts, Tx, exec, on_read};
 use herald_vault::Vault;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -583,15 +583,25 @@ impl Sources {
     }
 
     /// Stores a manual event or an inbound webhook through the intake (`None`: the source had
-    /// it already), and keeps it for its `source.event` job ([`Recent`]). Kept here, on the
-    /// caller's task, rather than by the intake, whose loop holds SQLite's writer.
+    /// it already), and keeps it for its `source.event` job ([`Recent`]). On SQLite it is kept
+    /// here, on the caller's task, rather than by the intake, whose loop holds SQLite's writer;
+    /// on PostgreSQL the intake keeps it before its commit, which may start the job at once
+    /// (the queue's hand-off), before this task runs again.
     pub(crate) async fn receive(&self, incoming: Incoming) -> Result<Option<EventView>, Error> {
         let team = incoming.team;
         let stored = self.intake.get_or_init(|| intake::spawn(self.clone())).write(incoming).await?;
-        if let Some(e) = &stored {
+        if let Some(e) = &stored
+            && self.db.backend() == Backend::Sqlite
+        {
             self.recent.put(team, e.clone());
         }
         Ok(stored)
+    }
+
+    /// Keeps events for their jobs ahead of the commit that writes them (see [`Sources::receive`]).
+    /// Should the commit fail, nothing asks for them: no job of theirs exists.
+    pub(crate) fn keep_recent(&self, team: Uuid, e: &EventView) {
+        self.recent.put(team, e.clone());
     }
 
     pub async fn event(&self, p: &Principal, id: Uuid) -> Result<EventView, Error> {
