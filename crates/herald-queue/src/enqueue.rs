@@ -47,14 +47,24 @@ pub async fn enqueue_many(tx: &mut Tx, jobs: Vec<NewJob>) -> Result<Vec<Enqueued
         return Ok(out);
     }
     let now = Utc::now();
-    let tickets = tickets(tx, &jobs, now).await?;
-    let rows: Vec<(JobId, &NewJob, Option<Ticket>)> =
-        jobs.iter().zip(tickets).map(|(j, t)| (JobId::new(), j, t)).collect();
+    let mut rows: Vec<(JobId, &NewJob, Option<Ticket>)>;
     // On SQLite the insert goes with the transaction's next statement (ids are made here).
     if tx.backend() == Backend::Sqlite {
+        let tickets = tickets(tx, &jobs, now).await?;
+        rows = jobs.iter().zip(tickets).map(|(j, t)| (JobId::new(), j, t)).collect();
         sqlite::defer_insert_many(tx, &rows, now);
-    } else if let TxConn::Postgres(c) = tx.conn().await? {
-        postgres::insert_many(c, &rows).await?;
+    } else {
+        // PostgreSQL's insert takes the buckets' tokens itself, and answers which jobs got one.
+        let lanes = tx.local::<Lanes>();
+        rows = jobs.iter().map(|j| (JobId::new(), j, lanes.reserve(j, now))).collect();
+        let TxConn::Postgres(c) = tx.conn().await? else { unreachable!("a PostgreSQL transaction") };
+        let handed: std::collections::HashSet<uuid::Uuid> =
+            postgres::insert_many(c, &rows).await?.into_iter().collect();
+        for (id, _, t) in rows.iter_mut().filter(|(_, _, t)| t.is_some()) {
+            if !handed.contains(&id.0) {
+                *t = None; // no token: it waits for a claim, and its slot is free again
+            }
+        }
     }
     let out = rows.iter().map(|(id, _, _)| Enqueued::New(*id)).collect();
     let handed: Vec<_> = rows.into_iter().filter_map(|(id, j, t)| t.map(|t| (t.job(id, j), t))).collect();

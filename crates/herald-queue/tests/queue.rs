@@ -709,3 +709,45 @@ async fn with_the_hand_off_off_every_job_waits_for_a_claim() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_batch_hands_over_as_many_jobs_of_a_bucket_as_it_has_tokens() {
+    each_backend(|db| async move {
+        let q = Queue::new(db.clone());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut registry = Registry::default();
+        registry.register("test.gated", Gated { gate: gate.clone() });
+        let config = RunnerConfig { poll_interval: Duration::from_secs(30), handoff: Some(true), ..fast_config() };
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn(Runner::new(q.clone(), registry, config).run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        q.set_bucket("two", 2.0, 0.0001).await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        let jobs = vec![
+            NewJob::new("test.gated", json!({"n": 1})).bucket("two"),
+            NewJob::new("test.gated", json!({"n": 2})),
+            NewJob::new("test.gated", json!({"n": 3})).bucket("two"),
+            NewJob::new("test.gated", json!({"n": 4})).bucket("two"),
+        ];
+        let ids: Vec<JobId> = enqueue_many(&mut tx, jobs).await.unwrap().into_iter().map(|e| e.id()).collect();
+        tx.commit().await.unwrap();
+        let mut states = Vec::new();
+        for id in &ids {
+            states.push(state(&q, *id).await);
+        }
+        use JobState::{Pending, Running};
+        assert_eq!(
+            states,
+            [Running, Running, Running, Pending],
+            "two tokens: the bucket's first two, and the job without one"
+        );
+        assert!(q.bucket("two").await.unwrap().unwrap().tokens < 0.01, "both tokens were taken");
+        gate.add_permits(3);
+        wait_until_finished(&q, &ids[..3]).await;
+        shutdown.cancel();
+        runner.await.unwrap();
+        assert_eq!(state(&q, ids[3]).await, Pending, "it waits for a token");
+    })
+    .await;
+}
