@@ -21,7 +21,7 @@ use herald_queue::{Finished, Queue};
 use herald_store::{Backend, Pools, Ts, Tx, on_read, on_tx};
 use herald_store::{Ids, value_rows};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -325,6 +325,9 @@ async fn write_round(
     Ok(out)
 }
 
+/// The deliveries a start may mark in flight: not finished, and no call of theirs in flight.
+const MARKABLE: &str = "state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL";
+
 /// Marks deliveries in flight (and a scheduled post publishing); returns those it marked.
 /// `scheduled` tells the posts read as scheduled: only those can need the change, and a post
 /// published now (never scheduled) costs no statement.
@@ -340,7 +343,7 @@ async fn mark(
     let sql = tx.backend().sql(format!(
         "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2), \
          attempts = attempts + 1, updated_at = $3 \
-         WHERE state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL AND id {} RETURNING id",
+         WHERE {MARKABLE} AND id {} RETURNING id",
         tx.backend().in_ids(4)
     ));
     let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
@@ -373,23 +376,26 @@ async fn mark_alone(
     }
     let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
     let started = posts_of(go.iter().filter(|d| scheduled(&d.post_id)));
-    sqlx::query_scalar(
-        "WITH marked AS ( \
-           UPDATE deliveries SET state = 'publishing', call_started_at = $1, \
-                  first_attempt_at = COALESCE(first_attempt_at, $1), attempts = attempts + 1, updated_at = $1 \
-           WHERE state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL AND id = ANY($2) \
-           RETURNING id, post_id), \
-         started AS ( \
-           UPDATE posts SET state = 'publishing', updated_at = $1 \
-           WHERE state = 'scheduled' AND id = ANY($3) AND id IN (SELECT post_id FROM marked)) \
-         SELECT id FROM marked",
-    )
-    .bind(now)
-    .bind(&ids)
-    .bind(&started)
-    .fetch_all(pool)
-    .await
-    .map_err(store)
+    static MARK_ALONE: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH marked AS ( \
+               UPDATE deliveries SET state = 'publishing', call_started_at = $1, \
+                      first_attempt_at = COALESCE(first_attempt_at, $1), attempts = attempts + 1, updated_at = $1 \
+               WHERE {MARKABLE} AND id = ANY($2) \
+               RETURNING id, post_id), \
+             started AS ( \
+               UPDATE posts SET state = 'publishing', updated_at = $1 \
+               WHERE state = 'scheduled' AND id = ANY($3) AND id IN (SELECT post_id FROM marked)) \
+             SELECT id FROM marked"
+        )
+    });
+    sqlx::query_scalar(sqlx::AssertSqlSafe(MARK_ALONE.as_str()))
+        .bind(now)
+        .bind(&ids)
+        .bind(&started)
+        .fetch_all(pool)
+        .await
+        .map_err(store)
 }
 
 /// The posts of `deliveries`, each once.

@@ -11,16 +11,12 @@
 //! gives the slot back.
 
 use crate::job::{Job, JobId, JobState, NewJob};
+use crate::runner::Starter;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// Starts a handed job on the runner that owns the lane.
-pub(crate) trait Start: Send + Sync {
-    fn start(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit);
-}
 
 /// The runner's open lanes by queue, one set per database in this process
 /// (see [`herald_store::Tx::local`]).
@@ -60,7 +56,7 @@ pub(crate) struct Lane {
     pub(crate) lease: Duration,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) unrecorded: Arc<Semaphore>,
-    pub(crate) start: Box<dyn Start>,
+    pub(crate) start: Starter,
 }
 
 /// A slot held for one job until its transaction commits (then it starts) or ends otherwise
@@ -113,6 +109,6 @@ impl Ticket {
     /// Starts `job` on the runner (call after the commit that wrote it).
     pub(crate) fn start(self, job: Job) {
         crate::metrics::claimed(&job.kind, Duration::ZERO);
-        self.lane.start.start(job, self.slot, self.unrecorded);
+        self.lane.start.spawn(job, self.slot, self.unrecorded);
     }
 }

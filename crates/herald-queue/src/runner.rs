@@ -1,4 +1,4 @@
-use crate::handoff::{Lane, Lanes, Start};
+use crate::handoff::{Lane, Lanes};
 use crate::job::{Job, JobId};
 use crate::queue::{Claimed, Completion, Queue, RunResult};
 use crate::{JobError, WAKE_CHANNEL, metrics};
@@ -212,7 +212,7 @@ struct Dispatcher {
 /// Starts claimed and handed jobs: each runs in a task of its own, and its result goes to the
 /// completer unless its handler recorded it.
 #[derive(Clone)]
-struct Starter {
+pub(crate) struct Starter {
     registry: Arc<Registry>,
     running: Running,
     done: mpsc::UnboundedSender<Done>,
@@ -234,7 +234,7 @@ impl Dispatcher {
                 lease: self.config.lease,
                 slots: slots.clone(),
                 unrecorded: unrecorded.clone(),
-                start: Box::new(self.starter.clone()),
+                start: self.starter.clone(),
             });
             self.queue.db().wakeups().local::<Lanes>().open(&self.name, lane.clone());
             lane
@@ -336,14 +336,8 @@ impl Dispatcher {
     }
 }
 
-impl Start for Starter {
-    fn start(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
-        self.spawn(job, slot, unrecorded);
-    }
-}
-
 impl Starter {
-    fn spawn(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
+    pub(crate) fn spawn(&self, job: Job, slot: OwnedSemaphorePermit, unrecorded: OwnedSemaphorePermit) {
         let id = job.id;
         let started_at = job.started_at.unwrap_or_else(Utc::now);
         // Registered before the task exists, so a fast job finds itself in the map.

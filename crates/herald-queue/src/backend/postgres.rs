@@ -64,13 +64,43 @@ pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob, tic
     Ok(done.rows_affected() == 1)
 }
 
+static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[], \
+                                $7::timestamptz[], $8::text[], $9::text[], $10::float8[]) WITH ORDINALITY \
+             AS t(id, queue, kind, payload, priority, max_attempts, run_at, bucket_key, worker, lease, ord)), \
+         want AS ( \
+           SELECT bucket_key AS key, COUNT(*) AS n FROM input \
+           WHERE worker IS NOT NULL AND bucket_key IS NOT NULL GROUP BY bucket_key), \
+         {GRANT}, \
+         handed AS ( \
+           SELECT r.id FROM ( \
+             SELECT id, bucket_key, row_number() OVER (PARTITION BY bucket_key ORDER BY ord) AS rank \
+             FROM input WHERE worker IS NOT NULL) AS r \
+           LEFT JOIN granted AS g ON g.key = r.bucket_key \
+           WHERE r.bucket_key IS NULL OR r.rank <= g.n), \
+         inserted AS ( \
+           INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, \
+             bucket_key, locked_by, locked_until, started_at) \
+           SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority, \
+             CASE WHEN h.id IS NULL THEN 'pending' ELSE 'running' END, CASE WHEN h.id IS NULL THEN 0 ELSE 1 END, \
+             t.max_attempts, COALESCE(t.run_at, now()), now(), t.bucket_key, \
+             CASE WHEN h.id IS NULL THEN NULL ELSE t.worker END, \
+             CASE WHEN h.id IS NULL THEN NULL ELSE now() + make_interval(secs => t.lease) END, \
+             CASE WHEN h.id IS NULL THEN NULL ELSE now() END \
+           FROM input AS t LEFT JOIN handed AS h ON h.id = t.id) \
+         SELECT id FROM handed"
+    )
+});
+
 /// Inserts many jobs without unique keys in one statement. Those with a ticket are written
 /// claimed by the local runner (see `handoff`), if their rate bucket has a token for them, taken
 /// by the same statement as `grant_tokens` takes it; the others are written pending. Answers the
 /// ids of the jobs written claimed.
 ///
 /// - `input`: the rows, numbered in the caller's order; `worker` is null for a job without a ticket.
-/// - `want`, `buckets`, `granted`, `taken`: `grant_tokens`, for the ticketed jobs' buckets.
+/// - `want`, then [`GRANT`], for the ticketed jobs' buckets.
 /// - `handed`: per bucket, the first ticketed jobs, as many as it granted; jobs without a
 ///   bucket all go.
 pub(crate) async fn insert_many(
@@ -99,61 +129,22 @@ pub(crate) async fn insert_many(
         workers.push(ticket.as_ref().map(Ticket::worker));
         leases.push(ticket.as_ref().map(|t| t.lease().as_secs_f64()));
     }
-    let handed: Vec<Uuid> = sqlx::query_scalar(
-        "WITH input AS ( \
-           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[], \
-                                $7::timestamptz[], $8::text[], $9::text[], $10::float8[]) WITH ORDINALITY \
-             AS t(id, queue, kind, payload, priority, max_attempts, run_at, bucket_key, worker, lease, ord)), \
-         want AS ( \
-           SELECT bucket_key AS key, COUNT(*) AS n FROM input \
-           WHERE worker IS NOT NULL AND bucket_key IS NOT NULL GROUP BY bucket_key), \
-         buckets AS ( \
-           SELECT b.key, b.capacity, b.blocked_until, \
-             LEAST(b.capacity, b.tokens + GREATEST(EXTRACT(EPOCH FROM now() - b.updated_at), 0) \
-               * COALESCE(b.refill_per_sec, 0)) AS level \
-           FROM rate_buckets AS b WHERE b.key IN (SELECT key FROM want) ORDER BY b.key FOR UPDATE OF b), \
-         granted AS ( \
-           SELECT w.key, k.capacity, k.level, \
-             CASE WHEN k.blocked_until IS NOT NULL AND k.blocked_until > now() THEN 0 \
-                  WHEN k.key IS NULL OR k.capacity IS NULL THEN w.n \
-                  ELSE LEAST(w.n, GREATEST(floor(k.level), 0))::int8 END AS n \
-           FROM want AS w LEFT JOIN buckets AS k ON k.key = w.key), \
-         taken AS ( \
-           UPDATE rate_buckets SET tokens = g.level - g.n, updated_at = now() \
-           FROM granted AS g WHERE rate_buckets.key = g.key AND g.capacity IS NOT NULL AND g.n > 0), \
-         handed AS ( \
-           SELECT r.id FROM ( \
-             SELECT id, bucket_key, row_number() OVER (PARTITION BY bucket_key ORDER BY ord) AS rank \
-             FROM input WHERE worker IS NOT NULL) AS r \
-           LEFT JOIN granted AS g ON g.key = r.bucket_key \
-           WHERE r.bucket_key IS NULL OR r.rank <= g.n), \
-         inserted AS ( \
-           INSERT INTO jobs (id, queue, kind, payload, priority, state, attempt, max_attempts, run_at, created_at, \
-             bucket_key, locked_by, locked_until, started_at) \
-           SELECT t.id, t.queue, t.kind, t.payload::jsonb, t.priority, \
-             CASE WHEN h.id IS NULL THEN 'pending' ELSE 'running' END, CASE WHEN h.id IS NULL THEN 0 ELSE 1 END, \
-             t.max_attempts, COALESCE(t.run_at, now()), now(), t.bucket_key, \
-             CASE WHEN h.id IS NULL THEN NULL ELSE t.worker END, \
-             CASE WHEN h.id IS NULL THEN NULL ELSE now() + make_interval(secs => t.lease) END, \
-             CASE WHEN h.id IS NULL THEN NULL ELSE now() END \
-           FROM input AS t LEFT JOIN handed AS h ON h.id = t.id) \
-         SELECT id FROM handed",
-    )
-    // Unnamed, so it is planned for this batch's real size: a cached generic plan guesses
-    // UNNEST yields 10 rows and picks a nested loop that is quadratic in the batch.
-    .persistent(false)
-    .bind(ids)
-    .bind(queues)
-    .bind(kinds)
-    .bind(payloads)
-    .bind(priorities)
-    .bind(max_attempts)
-    .bind(run_ats)
-    .bind(buckets)
-    .bind(workers)
-    .bind(leases)
-    .fetch_all(&mut *conn)
-    .await?;
+    let handed: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(INSERT_MANY.as_str()))
+        // Unnamed, so it is planned for this batch's real size: a cached generic plan guesses
+        // UNNEST yields 10 rows and picks a nested loop that is quadratic in the batch.
+        .persistent(false)
+        .bind(ids)
+        .bind(queues)
+        .bind(kinds)
+        .bind(payloads)
+        .bind(priorities)
+        .bind(max_attempts)
+        .bind(run_ats)
+        .bind(buckets)
+        .bind(workers)
+        .bind(leases)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(handed)
 }
 
@@ -166,37 +157,44 @@ pub(crate) async fn live_id_for_key(conn: &mut PgConnection, key: &str) -> Resul
     Ok(id.map(JobId))
 }
 
-/// Takes up to the wanted number of tokens from each bucket, as the claim below takes them
-/// (blocked: none; no bucket or no capacity: all), locking the buckets in key order until the
-/// transaction ends. Answers what each key gave.
+/// The CTEs that take tokens for a `want(key, n)` CTE, as the claim below takes them, shared by
+/// [`grant_tokens`] and [`insert_many`]:
+/// - `buckets`: the wanted buckets, locked in key order until the transaction ends, with their
+///   level now;
+/// - `granted`: what each key gives: none when blocked, all with no bucket or no capacity, else
+///   at most its whole tokens;
+/// - `taken`: the levels less what was given.
+const GRANT: &str = "buckets AS ( \
+       SELECT b.key, b.capacity, b.blocked_until, \
+         LEAST(b.capacity, b.tokens + GREATEST(EXTRACT(EPOCH FROM now() - b.updated_at), 0) \
+           * COALESCE(b.refill_per_sec, 0)) AS level \
+       FROM rate_buckets AS b WHERE b.key IN (SELECT key FROM want) ORDER BY b.key FOR UPDATE OF b), \
+     granted AS ( \
+       SELECT w.key, k.capacity, k.level, \
+         CASE WHEN k.blocked_until IS NOT NULL AND k.blocked_until > now() THEN 0 \
+              WHEN k.key IS NULL OR k.capacity IS NULL THEN w.n \
+              ELSE LEAST(w.n, GREATEST(floor(k.level), 0))::int8 END AS n \
+       FROM want AS w LEFT JOIN buckets AS k ON k.key = w.key), \
+     taken AS ( \
+       UPDATE rate_buckets SET tokens = g.level - g.n, updated_at = now() \
+       FROM granted AS g WHERE rate_buckets.key = g.key AND g.capacity IS NOT NULL AND g.n > 0)";
+
+static GRANT_ALONE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH want AS (SELECT * FROM UNNEST($1::text[], $2::int8[]) AS w(key, n)), {GRANT} SELECT key, n FROM granted"
+    )
+});
+
+/// Takes up to the wanted number of tokens from each bucket (see [`GRANT`]). Answers what each
+/// key gave.
 pub(crate) async fn grant_tokens(
     conn: &mut PgConnection,
     want: &std::collections::BTreeMap<String, usize>,
 ) -> Result<std::collections::HashMap<String, usize>> {
     let keys: Vec<&str> = want.keys().map(String::as_str).collect();
     let counts: Vec<i64> = want.values().map(|n| *n as i64).collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "WITH want AS (SELECT * FROM UNNEST($1::text[], $2::int8[]) AS w(key, n)), \
-         buckets AS ( \
-           SELECT b.key, b.capacity, b.blocked_until, \
-             LEAST(b.capacity, b.tokens + GREATEST(EXTRACT(EPOCH FROM now() - b.updated_at), 0) \
-               * COALESCE(b.refill_per_sec, 0)) AS level \
-           FROM rate_buckets AS b WHERE b.key = ANY($1) ORDER BY b.key FOR UPDATE OF b), \
-         granted AS ( \
-           SELECT w.key, k.capacity, k.level, \
-             CASE WHEN k.blocked_until IS NOT NULL AND k.blocked_until > now() THEN 0 \
-                  WHEN k.key IS NULL OR k.capacity IS NULL THEN w.n \
-                  ELSE LEAST(w.n, GREATEST(floor(k.level), 0))::int8 END AS n \
-           FROM want AS w LEFT JOIN buckets AS k ON k.key = w.key), \
-         taken AS ( \
-           UPDATE rate_buckets SET tokens = g.level - g.n, updated_at = now() \
-           FROM granted AS g WHERE rate_buckets.key = g.key AND g.capacity IS NOT NULL AND g.n > 0) \
-         SELECT key, n FROM granted",
-    )
-    .bind(keys)
-    .bind(counts)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as(AssertSqlSafe(GRANT_ALONE.as_str())).bind(keys).bind(counts).fetch_all(&mut *conn).await?;
     Ok(rows.into_iter().map(|(k, n)| (k, n.max(0) as usize)).collect())
 }
 
