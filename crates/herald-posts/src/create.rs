@@ -9,7 +9,7 @@
 //! post is written again on its own, so one post's problem is only that post's answer.
 
 use crate::model::PostState;
-use crate::store::{DeliveryRow, PostRow, Posts, insert_deliveries};
+use crate::store::{DeliveryRow, PostRow, Posts, defer_insert_deliveries, enqueue_delivery_jobs};
 use chrono::{DateTime, Utc};
 use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
@@ -103,28 +103,29 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
             }
         }
     }
+    // The jobs first: on PostgreSQL their insert answers which were handed over, so it is a
+    // statement of its own. Everything after it is deferred: the posts, deliveries, events and
+    // audit lines go with the commit, on PostgreSQL as one statement (plain inserts deferred one
+    // after another fold into one, see `Tx::defer`).
+    let now = posts[0].row.created_at;
+    let mut sent: Vec<&mut Prepared> = posts.iter_mut().filter(|p| p.buckets.is_some()).collect();
+    let counts: Vec<usize> = sent.iter().map(|p| p.deliveries.len()).collect();
+    let mut rows: Vec<DeliveryRow> = sent.iter_mut().flat_map(|p| std::mem::take(&mut p.deliveries)).collect();
+    let buckets: Vec<Option<String>> = sent.iter().flat_map(|p| p.buckets.iter().flatten().cloned()).collect();
+    let result = enqueue_delivery_jobs(tx, &mut rows, &buckets).await;
+    // Hand each post its rows back (with their job ids), whatever happened.
+    let mut rows = rows.into_iter();
+    for (p, n) in sent.iter_mut().zip(counts) {
+        p.deliveries = rows.by_ref().take(n).collect();
+    }
+    result?;
     if tx.backend() == Backend::Sqlite {
         defer_insert_posts_sqlite(tx, posts);
     } else {
         defer_insert_posts_values(tx, posts);
     }
-
-    // Every post's deliveries (and, unless drafts, their jobs) in one statement each.
-    let now = posts[0].row.created_at;
-    let (mut drafts, mut sent): (Vec<&mut Prepared>, Vec<&mut Prepared>) =
-        posts.iter_mut().partition(|p| p.buckets.is_none());
-    for (group, jobs) in [(&mut drafts, false), (&mut sent, true)] {
-        let counts: Vec<usize> = group.iter().map(|p| p.deliveries.len()).collect();
-        let mut rows: Vec<DeliveryRow> = group.iter_mut().flat_map(|p| std::mem::take(&mut p.deliveries)).collect();
-        let buckets: Vec<Option<String>> = group.iter().flat_map(|p| p.buckets.iter().flatten().cloned()).collect();
-        let result = insert_deliveries(tx, now, &mut rows, jobs.then_some(buckets.as_slice())).await;
-        // Hand each post its rows back (with their job ids), whatever happened.
-        let mut rows = rows.into_iter();
-        for (p, n) in group.iter_mut().zip(counts) {
-            p.deliveries = rows.by_ref().take(n).collect();
-        }
-        result?;
-    }
+    let rows: Vec<&DeliveryRow> = posts.iter().flat_map(|p| &p.deliveries).collect();
+    defer_insert_deliveries(tx, now, &rows);
 
     // Events, once per team for its endpoints.
     let mut by_team: BTreeMap<Uuid, Vec<&Prepared>> = BTreeMap::new();

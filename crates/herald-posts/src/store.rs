@@ -417,35 +417,55 @@ pub(crate) async fn insert_deliveries(
     rows: &mut [DeliveryRow],
     buckets: Option<&[Option<String>]>,
 ) -> Result<(), Error> {
+    if let Some(buckets) = buckets {
+        enqueue_delivery_jobs(tx, rows, buckets).await?;
+    }
+    defer_insert_deliveries(tx, now, &rows.iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Enqueues a job for each of `rows` (with its rate bucket), in one statement, and notes their
+/// ids in the rows.
+pub(crate) async fn enqueue_delivery_jobs(
+    tx: &mut Tx,
+    rows: &mut [DeliveryRow],
+    buckets: &[Option<String>],
+) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
     }
-    if let Some(buckets) = buckets {
-        // Deliveries made in this transaction: no job can hold their keys yet, so the jobs go
-        // without them, in one statement.
-        let jobs = rows
-            .iter()
-            .zip(buckets)
-            .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) })
-            .collect();
-        let enqueued = herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
-        for (d, e) in rows.iter_mut().zip(enqueued) {
-            d.job_id = Some(e.id().0);
-        }
+    // Deliveries made in this transaction: no job can hold their keys yet, so the jobs go
+    // without them, in one statement.
+    let jobs = rows
+        .iter()
+        .zip(buckets)
+        .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) })
+        .collect();
+    let enqueued = herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
+    for (d, e) in rows.iter_mut().zip(enqueued) {
+        d.job_id = Some(e.id().0);
+    }
+    Ok(())
+}
+
+/// Inserts deliveries in one statement, deferred ([`Tx::defer`]): the ids are made here, so
+/// nothing waits for its result.
+pub(crate) fn defer_insert_deliveries(tx: &mut Tx, now: Ts, rows: &[&DeliveryRow]) {
+    if rows.is_empty() {
+        return;
     }
     if tx.backend() == Backend::Sqlite {
         defer_insert_deliveries_sqlite(tx, now, rows);
-        return Ok(());
+        return;
     }
     // Fourteen per delivery, the last two its creation time.
     let values = value_rows(1, rows.len(), 14);
-    // Deferred: the ids are made here, so nothing waits for the statement's result.
     let sql = format!(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
          job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
     );
     let mut insert = tx.defer(&sql);
-    for d in rows.iter() {
+    for d in rows {
         insert = insert
             .bind(d.id)
             .bind(d.post_id)
@@ -462,15 +482,14 @@ pub(crate) async fn insert_deliveries(
             .bind(now)
             .bind(now);
     }
-    Ok(())
 }
 
-/// [`insert_deliveries`] on SQLite: the rows go as one JSONB parameter ([`herald_store::jsonb`]),
+/// [`defer_insert_deliveries`] on SQLite: the rows go as one JSONB parameter ([`herald_store::jsonb`]),
 /// so the statement's text is the same whatever their number. SQLite's writer then compiles it
 /// once and keeps it, where a `VALUES` list of fourteen parameters a row was parsed again for
 /// every batch (statement compiling was 8% of the writer thread's samples in `herald bench
 /// workflows`).
-fn defer_insert_deliveries_sqlite(tx: &mut Tx, now: Ts, rows: &[DeliveryRow]) {
+fn defer_insert_deliveries_sqlite(tx: &mut Tx, now: Ts, rows: &[&DeliveryRow]) {
     let mut input = herald_store::jsonb::Rows::default();
     for d in rows {
         input

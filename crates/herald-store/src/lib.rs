@@ -65,6 +65,13 @@ fn push_placeholders(out: &mut String, first: usize, n: usize) {
 /// writer (`herald bench deliveries`: a third of the writer's time). `None` when the parameters
 /// are not in that order, or there are none.
 pub fn anonymous_params(sql: &str) -> Option<String> {
+    params_in_order(sql, |out, _| out.push('?')).map(|(sql, _)| sql)
+}
+
+/// Rewrites a statement's `$N` parameters, which must appear in order, each once (outside quoted
+/// text), with `write` (given each one's number); also says how many there were. `None` when the
+/// parameters are not in that order, or there are none.
+pub(crate) fn params_in_order(sql: &str, mut write: impl FnMut(&mut String, usize)) -> Option<(String, usize)> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let (mut next, mut last, mut i) = (1usize, 0usize, 0usize);
@@ -79,9 +86,9 @@ pub fn anonymous_params(sql: &str) -> Option<String> {
                 if sql[i + 1..end].parse::<usize>().ok()? != next {
                     return None;
                 }
-                next += 1;
                 out.push_str(&sql[last..i]);
-                out.push('?');
+                write(&mut out, next);
+                next += 1;
                 (last, i) = (end, end);
                 continue;
             }
@@ -93,7 +100,7 @@ pub fn anonymous_params(sql: &str) -> Option<String> {
         return None;
     }
     out.push_str(&sql[last..]);
-    Some(out)
+    Some((out, next - 1))
 }
 
 /// Microseconds since the Unix epoch, UTC: how SQLite stores every time.

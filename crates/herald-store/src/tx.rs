@@ -11,6 +11,7 @@ use sqlx::{
     Arguments, Either, Encode, Execute, Executor, PgConnection, Postgres, Sqlite, SqliteConnection, Transaction, Type,
 };
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -67,8 +68,81 @@ enum Pending {
     /// One multi-statement string with its arguments in order: SQLite runs it in one trip to
     /// the connection's thread, binding each statement's `?` parameters after the last one's.
     Sqlite { sql: String, args: SqliteArguments, error: Option<String> },
-    /// PostgreSQL takes one statement per message; each is sent in turn.
-    Postgres { statements: Vec<(String, PgArguments)>, error: Option<String> },
+    /// PostgreSQL takes one statement per message; each is sent in turn, except that plain
+    /// inserts queued one after another go as one (see [`PgDeferred`]).
+    Postgres { statements: Vec<PgDeferred>, error: Option<String> },
+}
+
+/// A deferred PostgreSQL statement: one, or plain inserts queued one after another, sent as one
+/// statement of data-modifying `WITH` parts (each insert a round trip less). That is safe for
+/// them alone: an `INSERT … VALUES` reads no table, so it does not matter that the parts run
+/// with one snapshot; foreign keys and unique indexes are still checked, at the statement's end.
+/// Anything else (an update, an insert that selects, upserts, or returns) goes as written.
+struct PgDeferred {
+    /// The parts, each with its parameters numbered after the previous ones'.
+    parts: Vec<String>,
+    args: PgArguments,
+    /// Parameters the parts take; a part joins only while the sum fits PostgreSQL's limit.
+    params: usize,
+    plain_inserts: bool,
+}
+
+impl PgDeferred {
+    /// PostgreSQL's limit on a statement's parameters.
+    const MAX_PARAMS: usize = 65_535;
+
+    fn new(sql: &str) -> PgDeferred {
+        // Parts join only after one whose parameters are numbered as `defer` asks.
+        let params = crate::params_in_order(sql, |_, _| ()).map(|(_, n)| n);
+        PgDeferred {
+            parts: vec![sql.to_string()],
+            args: PgArguments::default(),
+            params: params.unwrap_or(0),
+            plain_inserts: params.is_some() && plain_insert(sql),
+        }
+    }
+
+    /// Adds `sql` as the last part, if both are plain inserts whose parameters fit together.
+    fn fold(&mut self, sql: &str) -> bool {
+        if !self.plain_inserts || !plain_insert(sql) {
+            return false;
+        }
+        let offset = self.params;
+        let Some((shifted, n)) = crate::params_in_order(sql, |out, k| {
+            let _ = write!(out, "${}", k + offset);
+        }) else {
+            return false;
+        };
+        if offset + n > Self::MAX_PARAMS {
+            return false;
+        }
+        self.parts.push(shifted);
+        self.params += n;
+        true
+    }
+
+    fn sql(&self) -> String {
+        match self.parts.as_slice() {
+            [one] => one.clone(),
+            [first @ .., last] => {
+                let mut sql = String::from("WITH ");
+                for (i, part) in first.iter().enumerate() {
+                    let _ = write!(sql, "{}deferred_{i} AS ({part}) ", if i > 0 { ", " } else { "" });
+                }
+                sql.push_str(last);
+                sql
+            }
+            [] => String::new(),
+        }
+    }
+}
+
+/// `INSERT INTO t (…) VALUES …`, and nothing more: it reads no table and returns nothing.
+fn plain_insert(sql: &str) -> bool {
+    let upper = sql.trim_start().to_ascii_uppercase();
+    upper.starts_with("INSERT INTO ")
+        && upper.contains(" VALUES ")
+        && !["SELECT", "ON CONFLICT", "RETURNING", "WITH", "DEFAULT VALUES"].iter().any(|w| upper.contains(w))
 }
 
 impl Pending {
@@ -109,7 +183,7 @@ impl Deferred<'_> {
         let failed = match &mut *self.pending {
             Pending::Sqlite { args, error, .. } => args.add(value).err().map(|e| (e, error)),
             Pending::Postgres { statements, error } => match statements.last_mut() {
-                Some((_, args)) => args.add(value).err().map(|e| (e, error)),
+                Some(s) => s.args.add(value).err().map(|e| (e, error)),
                 None => None,
             },
         };
@@ -369,7 +443,11 @@ impl Tx {
                 }
                 queued.push_str(";\n");
             }
-            Pending::Postgres { statements, .. } => statements.push((sql.to_string(), PgArguments::default())),
+            Pending::Postgres { statements, .. } => {
+                if !statements.last_mut().is_some_and(|last| last.fold(sql)) {
+                    statements.push(PgDeferred::new(sql));
+                }
+            }
         }
         Deferred { pending: &mut self.pending }
     }
@@ -383,8 +461,8 @@ impl Tx {
                 if let Some(e) = error {
                     return Err(sqlx::Error::Encode(e.into()));
                 }
-                for (sql, args) in statements {
-                    sqlx::query_with(sqlx::AssertSqlSafe(sql), args).execute(&mut **tx).await?;
+                for s in statements {
+                    sqlx::query_with(sqlx::AssertSqlSafe(s.sql()), s.args).execute(&mut **tx).await?;
                 }
             }
             _ => {}
@@ -593,6 +671,76 @@ mod tests {
             tx.defer("INSERT INTO queued (n, label) VALUES ($1, $2)").bind(6_i64).bind("six");
             tx.commit().await.unwrap();
             assert_eq!(rows().await.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 6]);
+        })
+        .await;
+    }
+
+    /// On PostgreSQL, plain inserts deferred one after another go as one statement; anything
+    /// else goes as written.
+    #[test]
+    fn deferred_plain_inserts_fold_into_one_postgresql_statement() {
+        let mut d = super::PgDeferred::new("INSERT INTO parent (id, label) VALUES ($1, $2)");
+        assert!(d.fold("INSERT INTO child (id, parent) VALUES ($1, $2), ($3, '$9 stays')"));
+        assert_eq!(
+            d.sql(),
+            "WITH deferred_0 AS (INSERT INTO parent (id, label) VALUES ($1, $2)) \
+             INSERT INTO child (id, parent) VALUES ($3, $4), ($5, '$9 stays')"
+        );
+        for other in [
+            "UPDATE parent SET label = $1 WHERE id = $2",
+            "INSERT INTO child (id, parent) SELECT $1, id FROM parent",
+            "INSERT INTO parent (id, label) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO parent (id, label) VALUES ($1, $2) RETURNING id",
+            "INSERT INTO parent (id, label) VALUES ($2, $1)",
+        ] {
+            assert!(!d.fold(other), "{other}");
+        }
+        assert!(!super::PgDeferred::new("UPDATE parent SET label = $1").fold("INSERT INTO t (a) VALUES ($1)"));
+        // A statement whose parameters are not in order takes no parts after it.
+        assert!(!super::PgDeferred::new("INSERT INTO t (a, b) VALUES ($1, $1)").fold("INSERT INTO t (a) VALUES ($1)"));
+        let mut full = super::PgDeferred::new(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 65_000, 1)));
+        assert!(!full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 536, 1))), "over 65,535");
+        assert!(full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 535, 1))));
+    }
+
+    /// Folded inserts are still checked as they were one by one: a child's foreign key sees its
+    /// parent inserted in an earlier part, a missing parent or a duplicate key fails the commit.
+    #[tokio::test]
+    async fn folded_inserts_check_foreign_keys_and_unique_keys() {
+        each_backend(|db| async move {
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "CREATE TABLE parent (id BIGINT PRIMARY KEY, label TEXT NOT NULL)").unwrap();
+            exec!(tx, "CREATE TABLE child (id BIGINT PRIMARY KEY, parent BIGINT NOT NULL REFERENCES parent (id))")
+                .unwrap();
+            tx.commit().await.unwrap();
+            let count = |table: &'static str| {
+                let db = db.clone();
+                async move {
+                    let sql = format!("SELECT COUNT(*) FROM {table}");
+                    on_read!(db, c => sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(c).await)
+                        .unwrap()
+                }
+            };
+
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO parent (id, label) VALUES ($1, $2)").bind(1_i64).bind("one");
+            tx.defer("INSERT INTO child (id, parent) VALUES ($1, $2), ($3, $4)")
+                .bind(10_i64)
+                .bind(1_i64)
+                .bind(11_i64)
+                .bind(1_i64);
+            tx.commit().await.unwrap();
+            assert_eq!((count("parent").await, count("child").await), (1, 2));
+
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO parent (id, label) VALUES ($1, $2)").bind(2_i64).bind("two");
+            tx.defer("INSERT INTO child (id, parent) VALUES ($1, $2)").bind(20_i64).bind(3_i64);
+            assert!(tx.commit().await.is_err(), "a child of a parent nobody made fails");
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO child (id, parent) VALUES ($1, $2)").bind(30_i64).bind(1_i64);
+            tx.defer("INSERT INTO parent (id, label) VALUES ($1, $2)").bind(1_i64).bind("one again");
+            assert!(tx.commit().await.is_err(), "a duplicate key in a later part fails");
+            assert_eq!((count("parent").await, count("child").await), (1, 2), "neither failed commit left a row");
         })
         .await;
     }

@@ -260,7 +260,12 @@ async fn pipeline(backend: &str, args: &BenchDeliveriesArgs, url: &str, seen: &A
         t.await.map_err(|e| Exit::Failure(e.into()))?.map_err(Exit::Failure)?;
     }
     let created_in = start.elapsed();
-    // Done means recorded: every delivery published in the database.
+    // Done means recorded: every delivery published in the database. The count scans the
+    // deliveries, so it is read only once every request has arrived (before that it cannot be
+    // done); read every 5 ms through the run, it cost the pipeline's process a few percent.
+    while seen.count.load(Ordering::Relaxed) - before < n && start.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     loop {
         let published: i64 = herald_store::on_read!(db, c => sqlx::query_scalar(
             "SELECT COUNT(*) FROM deliveries WHERE state = 'published'").fetch_one(c).await)

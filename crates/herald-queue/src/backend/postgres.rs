@@ -94,6 +94,16 @@ static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Whether a batch statement over `UNNEST` arrays of `rows` rows is prepared once and kept.
+/// A big batch goes unnamed, planned for its real size: a cached generic plan guesses UNNEST
+/// yields 10 rows and picks a nested loop that is quadratic in the batch. A small one is kept:
+/// planning these statements costs more than running them for a handful of rows (parse and plan
+/// took 2–5 ms against 1 ms to run, for each post's five delivery jobs and each job's completion,
+/// in the server's log of `herald bench workflows --backend postgres`).
+fn prepared(rows: usize) -> bool {
+    rows <= 32
+}
+
 /// Inserts many jobs without unique keys in one statement. Those with a ticket are written
 /// claimed by the local runner (see `handoff`), if their rate bucket has a token for them, taken
 /// by the same statement as `grant_tokens` takes it; the others are written pending. Answers the
@@ -130,9 +140,7 @@ pub(crate) async fn insert_many(
         leases.push(ticket.as_ref().map(|t| t.lease().as_secs_f64()));
     }
     let handed: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(INSERT_MANY.as_str()))
-        // Unnamed, so it is planned for this batch's real size: a cached generic plan guesses
-        // UNNEST yields 10 rows and picks a nested loop that is quadratic in the batch.
-        .persistent(false)
+        .persistent(prepared(jobs.len()))
         .bind(ids)
         .bind(queues)
         .bind(kinds)
@@ -384,9 +392,7 @@ pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[Comp
            SELECT i.id, i.attempt, $11, i.started_at, i.finished_at, i.outcome, i.error FROM input AS i JOIN done USING (id)) \
          SELECT id FROM done",
     )
-    // Unnamed, so it is planned for this batch's real size: a cached generic plan guesses
-    // UNNEST yields 10 rows and picks a nested loop that is quadratic in the batch.
-    .persistent(false)
+    .persistent(prepared(n))
     .bind(ids)
     .bind(attempts)
     .bind(states)
@@ -473,9 +479,7 @@ pub(crate) async fn release(
            SELECT i.id, i.attempt, $4, i.started_at, now(), 'released', $5 FROM input AS i JOIN done USING (id)) \
          SELECT COUNT(*) FROM done",
     )
-    // Unnamed, so it is planned for this batch's real size: a cached generic plan guesses
-    // UNNEST yields 10 rows and picks a nested loop that is quadratic in the batch.
-    .persistent(false)
+    .persistent(prepared(jobs.len()))
     .bind(ids)
     .bind(attempts)
     .bind(started)
