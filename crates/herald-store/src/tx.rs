@@ -427,7 +427,8 @@ impl Tx {
     /// writer's thread (each trip costs two thread wake-ups, more than most statements take). An
     /// error surfaces there, and the transaction cannot commit. Parameters are `$1, $2, …` in
     /// order, each once (as [`Backend::sql`] needs), bound with [`Deferred::bind`]; the statement
-    /// must return no rows.
+    /// must return no rows. On PostgreSQL plain inserts deferred one after another go as one
+    /// statement ([`PgDeferred`]).
     pub fn defer(&mut self, sql: &str) -> Deferred<'_> {
         match &mut self.pending {
             Pending::Sqlite { sql: queued, error, .. } => {
