@@ -1,11 +1,10 @@
 use crate::backend::{postgres, sqlite};
 use crate::handoff::{Lanes, Ticket};
 use crate::job::{Enqueued, JobId, NewJob};
-use crate::queue::{grant_tokens, take_one};
+use crate::queue::{grant_tokens, take_one, tokens_wanted};
 use crate::{QueueError, WAKE_CHANNEL, metrics};
 use chrono::{DateTime, Utc};
 use herald_store::{Backend, Tx, TxConn};
-use std::collections::BTreeMap;
 
 /// Adds a job inside the caller's transaction: it exists only if the transaction commits, and
 /// workers are woken at commit (or, when this process works its queue, it is handed to a free
@@ -84,12 +83,8 @@ pub async fn enqueue_many(tx: &mut Tx, jobs: Vec<NewJob>) -> Result<Vec<Enqueued
 async fn tickets(tx: &mut Tx, jobs: &[NewJob], now: DateTime<Utc>) -> Result<Vec<Option<Ticket>>, QueueError> {
     let lanes = tx.local::<Lanes>();
     let mut out: Vec<Option<Ticket>> = jobs.iter().map(|j| lanes.reserve(j, now)).collect();
-    let mut want: BTreeMap<String, usize> = BTreeMap::new();
-    for (j, _) in jobs.iter().zip(&out).filter(|(_, t)| t.is_some()) {
-        if let Some(key) = &j.bucket_key {
-            *want.entry(key.clone()).or_default() += 1;
-        }
-    }
+    let ticketed = jobs.iter().zip(&out).filter(|(_, t)| t.is_some());
+    let want = tokens_wanted(ticketed.map(|(j, _)| j.bucket_key.as_deref()));
     if !want.is_empty() {
         let mut left = grant_tokens(tx, &want, now).await?;
         for (j, t) in jobs.iter().zip(out.iter_mut()).filter(|(_, t)| t.is_some()) {

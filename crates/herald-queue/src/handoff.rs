@@ -82,6 +82,11 @@ impl Ticket {
         self.now
     }
 
+    /// When the job's first lease runs out, as written.
+    pub(crate) fn lease_end(&self) -> DateTime<Utc> {
+        self.now + chrono::TimeDelta::from_std(self.lane.lease).unwrap_or_default()
+    }
+
     /// The job as it was written, claimed.
     pub(crate) fn job(&self, id: JobId, new: &NewJob) -> Job {
         Job {
@@ -98,7 +103,7 @@ impl Ticket {
             started_at: Some(self.now),
             finished_at: None,
             locked_by: Some(self.lane.worker.clone()),
-            locked_until: chrono::TimeDelta::from_std(self.lane.lease).ok().map(|l| self.now + l),
+            locked_until: Some(self.lease_end()),
             bucket_key: new.bucket_key.clone(),
             unique_key: new.unique_key.clone(),
             last_error: None,

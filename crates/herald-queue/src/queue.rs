@@ -175,10 +175,9 @@ pub(crate) async fn grant_tokens(
     if want.is_empty() {
         return Ok(HashMap::new());
     }
-    let keys: Vec<String> = want.keys().cloned().collect();
     let buckets = match tx.conn().await? {
         TxConn::Postgres(c) => return postgres::grant_tokens(c, want).await,
-        TxConn::Sqlite(c) => sqlite::buckets(c, &keys).await?,
+        TxConn::Sqlite(c) => sqlite::buckets(c, &want.keys().cloned().collect::<Vec<_>>()).await?,
     };
     let mut granted: HashMap<String, usize> = want.iter().map(|(k, n)| (k.clone(), *n)).collect();
     let mut levels = Vec::new();
@@ -202,6 +201,15 @@ pub(crate) async fn grant_tokens(
     // five more trips to SQLite's writer thread, each holding the writer.
     sqlite::defer_store_tokens(tx, &levels, now);
     Ok(granted)
+}
+
+/// How many tokens each bucket is asked for: one per job drawing on it (`None`: no bucket).
+pub(crate) fn tokens_wanted<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> BTreeMap<String, usize> {
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for key in keys.flatten() {
+        *want.entry(key.to_string()).or_default() += 1;
+    }
+    want
 }
 
 /// Counts one job against what its bucket gave; `false` when the bucket has nothing left.
@@ -288,10 +296,7 @@ impl Queue {
     /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
     /// (SQLite's claim; PostgreSQL's does this in its one statement.)
     async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
-        let mut want: BTreeMap<String, usize> = BTreeMap::new();
-        for key in jobs.iter().filter_map(|j| j.bucket_key.as_ref()) {
-            *want.entry(key.clone()).or_default() += 1;
-        }
+        let want = tokens_wanted(jobs.iter().map(|j| j.bucket_key.as_deref()));
         let mut left = grant_tokens(tx, &want, now).await?;
         let mut keep = Vec::with_capacity(jobs.len());
         let mut put_back = Vec::new();

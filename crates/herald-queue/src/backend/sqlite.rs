@@ -72,15 +72,11 @@ pub(crate) async fn insert(
     .bind(&job.bucket_key)
     .bind(&job.unique_key)
     .bind(ticket.map(Ticket::worker))
-    .bind(ticket.map(|t| to_micros(lease_end(t))))
+    .bind(ticket.map(|t| to_micros(t.lease_end())))
     .bind(ticket.map(|t| to_micros(t.now())))
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
-}
-
-fn lease_end(t: &Ticket) -> DateTime<Utc> {
-    t.now() + chrono::TimeDelta::from_std(t.lease()).unwrap_or_default()
 }
 
 pub(crate) async fn live_id_for_key(conn: &mut SqliteTx, key: &str) -> Result<Option<JobId>> {
@@ -337,7 +333,7 @@ pub(crate) fn defer_insert_many(tx: &mut Tx, jobs: &[(JobId, &NewJob, Option<Tic
             .int(to_micros(j.run_at.unwrap_or(now)))
             .opt_text(j.bucket_key.as_deref())
             .opt_text(ticket.as_ref().map(Ticket::worker))
-            .opt_int(ticket.as_ref().map(|t| to_micros(lease_end(t))))
+            .opt_int(ticket.as_ref().map(|t| to_micros(t.lease_end())))
             .end_row();
     }
     // A row with a worker (8) and its lease's end (9) is a handed job (see `handoff`), claimed
