@@ -14,19 +14,75 @@
 use crate::events::Endpoints;
 use crate::model::PostState;
 use crate::store::{DELIVERY_COLS, DeliveryRow, POST_COLS, PostRow, Posts, refresh_posts, store};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
 use herald_store::{Backend, Pools, Ts, Tx, on_read, on_tx};
 use herald_store::{Ids, value_rows};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 /// The most jobs one transaction serves; whatever arrives meanwhile waits for the next.
 const MAX_BATCH: usize = 200;
+
+/// Deliveries due now that this process has just written, as it wrote them, with their posts:
+/// their start takes them from here instead of reading them back. On PostgreSQL, between a
+/// post's commit and its first request, that leaves two waits of three (the connection's read
+/// and the mark; the deliveries' read went, and the posts' read beside the connections'). One per
+/// database in the process ([`herald_store::Tx::local`]); filled when the post's transaction
+/// commits.
+///
+/// A row kept here is only what was written. Should the delivery change before its start (an
+/// edit, a cancel), the start's mark finds its `updated_at` moved from its `created_at` and leaves
+/// it to the one-by-one path, which reads it afresh. A row whose post was made longer than
+/// [`WRITTEN_FOR`] ago is read instead, so the team's late limit (whole seconds, read with the
+/// post) still holds.
+#[derive(Default)]
+pub(crate) struct Written(Mutex<HashMap<Uuid, WrittenRow>>);
+
+/// A delivery as written, with its post.
+pub(crate) type WrittenRow = (DeliveryRow, Arc<PostRow>);
+
+/// How long after its post was made a written row stands in for reading it.
+const WRITTEN_FOR: TimeDelta = TimeDelta::seconds(1);
+/// The most rows kept; past it, old ones go, and new ones are not kept until there is room.
+const WRITTEN_MOST: usize = 4_096;
+
+/// Whether a row written for `post` may still stand in for reading it.
+fn young(post: &PostRow, now: DateTime<Utc>) -> bool {
+    now - post.created_at.0 < WRITTEN_FOR
+}
+
+impl Written {
+    /// Keeps `rows` (call once their transaction has committed).
+    pub(crate) fn keep(&self, rows: Vec<WrittenRow>) {
+        let mut map = self.0.lock().expect("written lock");
+        if map.len() + rows.len() > WRITTEN_MOST {
+            // Rows whose job started on another node, or never did (a cancel): never taken.
+            let now = Utc::now();
+            map.retain(|_, (_, post)| young(post, now));
+        }
+        for (d, post) in rows {
+            if map.len() >= WRITTEN_MOST {
+                break;
+            }
+            map.insert(d.id, (d, post));
+        }
+    }
+
+    /// Takes the rows of `ids` kept, those still young enough to stand in for a read.
+    fn take(&self, ids: &[Uuid]) -> Vec<WrittenRow> {
+        let mut map = self.0.lock().expect("written lock");
+        if map.is_empty() {
+            return Vec::new();
+        }
+        let now = Utc::now();
+        ids.iter().filter_map(|id| map.remove(id)).filter(|(_, post)| young(post, now)).collect()
+    }
+}
 
 /// A delivery marked in flight, with what its call needs.
 pub(crate) struct Ready {
@@ -211,21 +267,34 @@ struct Starting {
     go: Vec<DeliveryRow>,
     posts: HashMap<Uuid, PostWithPolicy>,
     connections: HashMap<Uuid, Loaded>,
+    /// Those of `go` taken from [`Written`] rather than read.
+    written: Vec<Uuid>,
 }
 
-/// Loads the deliveries, their posts and connections in three reads, and picks those that can go
-/// the usual way.
+/// Loads the deliveries (those just written by this process from [`Written`]), their posts and
+/// connections in up to three reads, and picks those that can go the usual way.
 async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     if ids.is_empty() {
         return Ok(Starting::default());
     }
-    let backend = posts.db.backend();
-    let sql = backend.sql(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id {}", backend.in_ids(1)));
-    let rows: Vec<DeliveryRow> =
-        on_read!(posts.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(Ids(ids)).fetch_all(c).await)
-            .map_err(store)?;
     let mut out: HashMap<Uuid, Start> = ids.iter().map(|id| (*id, Start::Done)).collect();
-    let live: Vec<DeliveryRow> = rows.into_iter().filter(|d| !d.state().is_final()).collect();
+    let mut live = Vec::new();
+    let mut by_post: HashMap<Uuid, PostWithPolicy> = HashMap::new();
+    for (d, post) in posts.db.wakeups().local::<Written>().take(ids) {
+        // Made a moment ago (see `young`): within any late limit.
+        by_post.entry(post.id).or_insert_with(|| PostWithPolicy { post: (*post).clone(), late_limit_secs: None });
+        live.push(d);
+    }
+    let written: Vec<Uuid> = live.iter().map(|d| d.id).collect();
+    let unread: Vec<Uuid> = ids.iter().filter(|id| !written.contains(id)).copied().collect();
+    let backend = posts.db.backend();
+    if !unread.is_empty() {
+        let sql = backend.sql(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id {}", backend.in_ids(1)));
+        let rows: Vec<DeliveryRow> = on_read!(posts.db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(Ids(&unread)).fetch_all(c).await)
+        .map_err(store)?;
+        live.extend(rows.into_iter().filter(|d| !d.state().is_final()));
+    }
     if live.is_empty() {
         return Ok(Starting { out, ..Starting::default() });
     }
@@ -233,7 +302,10 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     // The posts and the connections side by side: each is a round trip (to PostgreSQL, or to a
     // reader's thread), and the calls wait for both.
     let read_posts = async {
-        let post_ids = posts_of(live.iter());
+        let post_ids = posts_of(live.iter().filter(|d| !by_post.contains_key(&d.post_id)));
+        if post_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let cols = POST_COLS.split(", ").map(|c| format!("p.{c}")).collect::<Vec<_>>().join(", ");
         let sql = backend.sql(format!(
             "SELECT {cols}, t.late_limit_secs FROM posts p JOIN teams t ON t.id = p.team_id WHERE p.id {}",
@@ -255,7 +327,8 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
         }
         Ok::<_, Error>(connections)
     };
-    let (by_post, connections) = tokio::try_join!(read_posts, read_connections)?;
+    let (read, connections) = tokio::try_join!(read_posts, read_connections)?;
+    by_post.extend(read);
 
     // The usual way: a first try, due within the team's late limit, to a healthy connection.
     let now = Utc::now();
@@ -273,7 +346,7 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
     for d in slow {
         out.insert(d.id, Start::Slow);
     }
-    Ok(Starting { out, go, posts: by_post, connections })
+    Ok(Starting { out, go, posts: by_post, connections, written })
 }
 
 /// The event endpoints of the successes' teams, read before the transaction (kept a second: see
@@ -295,17 +368,17 @@ async fn write_round(
     items: &[Success],
     endpoints: &HashMap<Uuid, Endpoints>,
 ) -> Result<HashMap<Uuid, Start>, Error> {
-    let Starting { mut out, go, posts: by_post, connections } = starting;
+    let Starting { mut out, go, posts: by_post, connections, written } = starting;
     if go.is_empty() && items.is_empty() {
         return Ok(out);
     }
     let now = Utc::now();
     let scheduled = |post: &Uuid| by_post.get(post).is_some_and(|p| p.post.state == PostState::Scheduled.as_str());
     let marked = match posts.db.pools() {
-        Pools::Postgres(pool) if items.is_empty() => mark_alone(pool, &go, scheduled, now).await?,
+        Pools::Postgres(pool) if items.is_empty() => mark_alone(pool, &go, &written, scheduled, now).await?,
         _ => {
             let mut tx = posts.db.begin().await.map_err(Error::from)?;
-            let marked = mark(&mut tx, &go, scheduled, now).await?;
+            let marked = mark(&mut tx, &go, &written, scheduled, now).await?;
             record(&mut tx, items, endpoints).await?;
             tx.commit().await.map_err(Error::from)?;
             marked
@@ -314,7 +387,10 @@ async fn write_round(
 
     for d in go {
         if !marked.contains(&d.id) {
-            continue; // cancelled meanwhile: stays Done
+            if written.contains(&d.id) {
+                out.insert(d.id, Start::Slow); // changed since it was written: read it afresh
+            }
+            continue; // read, and cancelled meanwhile: stays Done
         }
         let (Some(p), Some(loaded)) = (by_post.get(&d.post_id), connections.get(&d.connection_id)) else {
             continue; // unreachable: `usual` checked both
@@ -328,27 +404,39 @@ async fn write_round(
 /// The deliveries a start may mark in flight: not finished, and no call of theirs in flight.
 const MARKABLE: &str = "state IN ('pending', 'scheduled', 'publishing') AND call_started_at IS NULL";
 
+/// A delivery unchanged since it was written: every later write to it moves `updated_at`, which
+/// its insert set to its `created_at`. The mark of a row taken from [`Written`] holds to it.
+const UNCHANGED: &str = "updated_at = created_at";
+
+/// The ids of `go`: those read, and those `written` (see [`Written`]).
+fn read_and_written(go: &[DeliveryRow], written: &[Uuid]) -> (Vec<Uuid>, Vec<Uuid>) {
+    go.iter().map(|d| d.id).partition(|id| !written.contains(id))
+}
+
 /// Marks deliveries in flight (and a scheduled post publishing); returns those it marked.
 /// `scheduled` tells the posts read as scheduled: only those can need the change, and a post
 /// published now (never scheduled) costs no statement.
 async fn mark(
     tx: &mut Tx,
     go: &[DeliveryRow],
+    written: &[Uuid],
     scheduled: impl Fn(&Uuid) -> bool,
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, Error> {
     if go.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = tx.backend().sql(format!(
+    let backend = tx.backend();
+    let sql = backend.sql(format!(
         "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2), \
          attempts = attempts + 1, updated_at = $3 \
-         WHERE {MARKABLE} AND id {} RETURNING id",
-        tx.backend().in_ids(4)
+         WHERE {MARKABLE} AND (id {} OR id {} AND {UNCHANGED}) RETURNING id",
+        backend.in_ids(4),
+        backend.in_ids(5)
     ));
-    let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
+    let (read, written) = read_and_written(go, written);
     let marked: Vec<Uuid> = on_tx!(tx, c => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&ids)).fetch_all(&mut *c).await)
+        .bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&read)).bind(Ids(&written)).fetch_all(&mut *c).await)
     .map_err(store)?;
     // The only change a start makes to a post: a scheduled one starts publishing.
     let started_posts = posts_of(go.iter().filter(|d| marked.contains(&d.id) && scheduled(&d.post_id)));
@@ -368,20 +456,21 @@ async fn mark(
 async fn mark_alone(
     pool: &sqlx::PgPool,
     go: &[DeliveryRow],
+    written: &[Uuid],
     scheduled: impl Fn(&Uuid) -> bool,
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, Error> {
     if go.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = go.iter().map(|d| d.id).collect();
+    let (read, written) = read_and_written(go, written);
     let started = posts_of(go.iter().filter(|d| scheduled(&d.post_id)));
     static MARK_ALONE: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH marked AS ( \
                UPDATE deliveries SET state = 'publishing', call_started_at = $1, \
                       first_attempt_at = COALESCE(first_attempt_at, $1), attempts = attempts + 1, updated_at = $1 \
-               WHERE {MARKABLE} AND id = ANY($2) \
+               WHERE {MARKABLE} AND (id = ANY($2) OR id = ANY($4) AND {UNCHANGED}) \
                RETURNING id, post_id), \
              started AS ( \
                UPDATE posts SET state = 'publishing', updated_at = $1 \
@@ -391,8 +480,9 @@ async fn mark_alone(
     });
     sqlx::query_scalar(sqlx::AssertSqlSafe(MARK_ALONE.as_str()))
         .bind(now)
-        .bind(&ids)
+        .bind(&read)
         .bind(&started)
+        .bind(&written)
         .fetch_all(pool)
         .await
         .map_err(store)
@@ -536,15 +626,36 @@ mod tests {
             .await
             .unwrap();
         }
+        // w1 and w2 were kept as written (see `Written`); w2 has been edited since.
+        let (w1, w2) = (Uuid::now_v7(), Uuid::now_v7());
+        for id in [w1, w2] {
+            sqlx::query(
+                "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, \
+                 idempotency_key, created_at, updated_at) VALUES ($1, $2, $3, $4, 'webhook', 'pending', '{}', $5, now(), now())",
+            )
+            .bind(id)
+            .bind(b)
+            .bind(team)
+            .bind(Uuid::now_v7())
+            .bind(id.to_string())
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query("UPDATE deliveries SET content = '{\"text\":\"edited\"}', updated_at = now() + interval '1 ms' WHERE id = $1")
+            .bind(w2)
+            .execute(pool)
+            .await
+            .unwrap();
         let rows: Vec<DeliveryRow> =
             sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {DELIVERY_COLS} FROM deliveries ORDER BY id")))
                 .fetch_all(pool)
                 .await
                 .unwrap();
         let now = Utc::now();
-        let mut marked = mark_alone(pool, &rows, |p| *p == a, now).await.unwrap();
+        let mut marked = mark_alone(pool, &rows, &[w1, w2], |p| *p == a, now).await.unwrap();
         marked.sort_unstable();
-        assert_eq!(marked, [a1, b1], "ids are v7: made in this order");
+        assert_eq!(marked, [a1, b1, w1], "ids are v7: made in this order; w2 changed since it was written");
 
         let state = |sql: &'static str, id: Uuid| async move {
             sqlx::query_scalar::<_, String>(sql).bind(id).fetch_one(pool).await.unwrap()
@@ -558,7 +669,68 @@ mod tests {
         assert_eq!(state(post, a).await, "publishing");
         assert_eq!(state(post, b).await, "scheduled", "only posts read as scheduled are moved");
         // Marked once: a second round finds nothing to mark.
-        assert!(mark_alone(pool, &rows, |p| *p == a, now).await.unwrap().is_empty());
+        assert!(mark_alone(pool, &rows, &[w1, w2], |p| *p == a, now).await.unwrap().is_empty());
         t.destroy().await;
+    }
+
+    /// A start marks a delivery taken from [`Written`] only while it is as written, on both
+    /// backends, and a round in a transaction (with successes) holds to it as one alone does.
+    #[tokio::test]
+    async fn a_written_delivery_is_marked_only_while_unchanged() {
+        herald_store::testing::each_backend(|db| async move {
+            let accounts = Accounts::new(
+                db.clone(),
+                herald_vault::Vault::new(&[herald_vault::MasterKey::generate()]),
+                AccountsConfig::default(),
+            );
+            let mut tx = db.begin().await.unwrap();
+            let (_, team) = accounts.create_user(&mut tx, "w@example.com", "W", "pw-123456789", false).await.unwrap();
+            let post = Uuid::now_v7();
+            let at = Ts::now();
+            herald_store::exec!(
+                tx,
+                "INSERT INTO posts (id, team_id, state, content, created_at, updated_at) \
+                 VALUES ($1, $2, 'publishing', '{}', $3, $4)",
+                post,
+                team,
+                at,
+                at
+            )
+            .unwrap();
+            let (read, kept, edited) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+            for id in [read, kept, edited] {
+                herald_store::exec!(
+                    tx,
+                    "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, \
+                     idempotency_key, created_at, updated_at) VALUES ($1, $2, $3, $4, 'webhook', 'pending', '{}', $5, $6, $7)",
+                    id,
+                    post,
+                    team,
+                    Uuid::now_v7(),
+                    id.to_string(),
+                    at,
+                    at
+                )
+                .unwrap();
+            }
+            tx.commit().await.unwrap();
+
+            // Read: its row as of now; kept and edited as written. Then `edited` changes.
+            let sql = db.backend().sql(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id {}", db.backend().in_ids(1)));
+            let ids = [read, kept, edited];
+            let rows: Vec<DeliveryRow> = herald_store::on_read!(db, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(herald_store::Ids(&ids)).fetch_all(c).await)
+            .unwrap();
+            let mut tx = db.begin().await.unwrap();
+            herald_store::exec!(tx, "UPDATE deliveries SET updated_at = $1 WHERE id = $2", Ts::now(), edited).unwrap();
+            tx.commit().await.unwrap();
+
+            let mut tx = db.begin().await.unwrap();
+            let mut marked = mark(&mut tx, &rows, &[kept, edited], |_| false, Utc::now()).await.unwrap();
+            tx.commit().await.unwrap();
+            marked.sort_unstable();
+            assert_eq!(marked, [read, kept], "{}: the edited one is left to be read afresh", db.backend().as_str());
+        })
+        .await;
     }
 }

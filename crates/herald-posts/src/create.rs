@@ -8,6 +8,7 @@
 //! fails (a team over its monthly quota, an `Idempotency-Key` raced by another request), each
 //! post is written again on its own, so one post's problem is only that post's answer.
 
+use crate::batch::{Written, WrittenRow};
 use crate::model::PostState;
 use crate::store::{DeliveryRow, PostRow, Posts, defer_insert_deliveries, enqueue_delivery_jobs};
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use herald_store::group::{Group, GroupConfig};
 use herald_store::{Backend, Ts, Tx, value_rows};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The most posts, and deliveries, one shared transaction writes (SQLite binds at most 32,766
@@ -108,6 +110,12 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     // audit lines go with the commit, on PostgreSQL as one statement (plain inserts deferred one
     // after another fold into one, see `Tx::defer`).
     let now = posts[0].row.created_at;
+    // The rows due now are kept for their starts (see `batch::Written`) as the transaction
+    // commits, before any of their jobs starts: the jobs' hand-over, registered by the enqueue
+    // below, runs after this. The rows go in once the enqueue has given them their job ids.
+    let due: Arc<Mutex<Vec<WrittenRow>>> = Arc::default();
+    let (written, kept) = (tx.local::<Written>(), due.clone());
+    tx.after_commit(move || written.keep(std::mem::take(&mut *kept.lock().expect("due lock"))));
     let mut sent: Vec<&mut Prepared> = posts.iter_mut().filter(|p| p.buckets.is_some()).collect();
     let counts: Vec<usize> = sent.iter().map(|p| p.deliveries.len()).collect();
     let mut rows: Vec<DeliveryRow> = sent.iter_mut().flat_map(|p| std::mem::take(&mut p.deliveries)).collect();
@@ -119,6 +127,13 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         p.deliveries = rows.by_ref().take(n).collect();
     }
     result?;
+    *due.lock().expect("due lock") = sent
+        .iter()
+        .flat_map(|p| {
+            let post = Arc::new(p.row.clone());
+            p.deliveries.iter().filter(|d| d.run_at.is_none()).map(move |d| (d.clone(), post.clone()))
+        })
+        .collect();
     if tx.backend() == Backend::Sqlite {
         defer_insert_posts_sqlite(tx, posts);
     } else {
