@@ -20,7 +20,7 @@ use herald_core::Error;
 use herald_queue::{Finished, Queue};
 use herald_store::{Backend, Pools, Ts, Tx, on_read, on_tx};
 use herald_store::{Ids, value_rows};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
@@ -268,7 +268,7 @@ struct Starting {
     posts: HashMap<Uuid, PostWithPolicy>,
     connections: HashMap<Uuid, Loaded>,
     /// Those of `go` taken from [`Written`] rather than read.
-    written: Vec<Uuid>,
+    written: HashSet<Uuid>,
 }
 
 /// Loads the deliveries (those just written by this process from [`Written`]), their posts and
@@ -285,7 +285,7 @@ async fn load_starts(posts: &Posts, ids: &[Uuid]) -> Result<Starting, Error> {
         by_post.entry(post.id).or_insert_with(|| PostWithPolicy { post: (*post).clone(), late_limit_secs: None });
         live.push(d);
     }
-    let written: Vec<Uuid> = live.iter().map(|d| d.id).collect();
+    let written: HashSet<Uuid> = live.iter().map(|d| d.id).collect();
     let unread: Vec<Uuid> = ids.iter().filter(|id| !written.contains(id)).copied().collect();
     let backend = posts.db.backend();
     if !unread.is_empty() {
@@ -409,7 +409,7 @@ const MARKABLE: &str = "state IN ('pending', 'scheduled', 'publishing') AND call
 const UNCHANGED: &str = "updated_at = created_at";
 
 /// The ids of `go`: those read, and those `written` (see [`Written`]).
-fn read_and_written(go: &[DeliveryRow], written: &[Uuid]) -> (Vec<Uuid>, Vec<Uuid>) {
+fn read_and_written(go: &[DeliveryRow], written: &HashSet<Uuid>) -> (Vec<Uuid>, Vec<Uuid>) {
     go.iter().map(|d| d.id).partition(|id| !written.contains(id))
 }
 
@@ -419,7 +419,7 @@ fn read_and_written(go: &[DeliveryRow], written: &[Uuid]) -> (Vec<Uuid>, Vec<Uui
 async fn mark(
     tx: &mut Tx,
     go: &[DeliveryRow],
-    written: &[Uuid],
+    written: &HashSet<Uuid>,
     scheduled: impl Fn(&Uuid) -> bool,
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, Error> {
@@ -456,7 +456,7 @@ async fn mark(
 async fn mark_alone(
     pool: &sqlx::PgPool,
     go: &[DeliveryRow],
-    written: &[Uuid],
+    written: &HashSet<Uuid>,
     scheduled: impl Fn(&Uuid) -> bool,
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, Error> {
@@ -653,7 +653,7 @@ mod tests {
                 .await
                 .unwrap();
         let now = Utc::now();
-        let mut marked = mark_alone(pool, &rows, &[w1, w2], |p| *p == a, now).await.unwrap();
+        let mut marked = mark_alone(pool, &rows, &HashSet::from([w1, w2]), |p| *p == a, now).await.unwrap();
         marked.sort_unstable();
         assert_eq!(marked, [a1, b1, w1], "ids are v7: made in this order; w2 changed since it was written");
 
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(state(post, a).await, "publishing");
         assert_eq!(state(post, b).await, "scheduled", "only posts read as scheduled are moved");
         // Marked once: a second round finds nothing to mark.
-        assert!(mark_alone(pool, &rows, &[w1, w2], |p| *p == a, now).await.unwrap().is_empty());
+        assert!(mark_alone(pool, &rows, &HashSet::from([w1, w2]), |p| *p == a, now).await.unwrap().is_empty());
         t.destroy().await;
     }
 
@@ -726,7 +726,7 @@ mod tests {
             tx.commit().await.unwrap();
 
             let mut tx = db.begin().await.unwrap();
-            let mut marked = mark(&mut tx, &rows, &[kept, edited], |_| false, Utc::now()).await.unwrap();
+            let mut marked = mark(&mut tx, &rows, &HashSet::from([kept, edited]), |_| false, Utc::now()).await.unwrap();
             tx.commit().await.unwrap();
             marked.sort_unstable();
             assert_eq!(marked, [read, kept], "{}: the edited one is left to be read afresh", db.backend().as_str());
