@@ -72,35 +72,9 @@ pub fn anonymous_params(sql: &str) -> Option<String> {
 /// text), with `write` (given each one's number); also says how many there were. `None` when the
 /// parameters are not in that order, or there are none.
 pub(crate) fn params_in_order(sql: &str, mut write: impl FnMut(&mut String, usize)) -> Option<(String, usize)> {
-    let mut next = 1usize;
-    let out = rewrite_params(sql, |out, n| {
-        (n == next).then(|| {
-            write(out, next);
-            next += 1;
-        })
-    })?;
-    (next > 1).then_some((out, next - 1))
-}
-
-/// `sql` with each `$N` parameter (outside quoted text, in any order, repeated or not) numbered
-/// `$N+by`, for a statement that goes after another's parameters.
-pub(crate) fn shift_params(sql: &str, by: usize) -> String {
-    let shifted = rewrite_params(sql, |out, n| {
-        out.push('$');
-        out.push_str(&(n + by).to_string());
-        Some(())
-    });
-    // Only a number too big for `usize` is not rewritten: no parameter PostgreSQL takes either,
-    // so the statement fails there, as written.
-    shifted.unwrap_or_else(|| sql.to_string())
-}
-
-/// `sql` with each `$N` parameter outside quoted text replaced by what `write` (given `N`) puts
-/// in its place; `None` as soon as `write` answers `None`.
-fn rewrite_params(sql: &str, mut write: impl FnMut(&mut String, usize) -> Option<()>) -> Option<String> {
     let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len() + 8);
-    let (mut last, mut i) = (0usize, 0usize);
+    let mut out = String::with_capacity(sql.len());
+    let (mut next, mut last, mut i) = (1usize, 0usize, 0usize);
     let mut quote: Option<u8> = None;
     while i < b.len() {
         match (quote, b[i]) {
@@ -109,8 +83,12 @@ fn rewrite_params(sql: &str, mut write: impl FnMut(&mut String, usize) -> Option
             (None, c @ (b'\'' | b'"')) => quote = Some(c),
             (None, b'$') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 let end = (i + 1..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
+                if sql[i + 1..end].parse::<usize>().ok()? != next {
+                    return None;
+                }
                 out.push_str(&sql[last..i]);
-                write(&mut out, sql[i + 1..end].parse().ok()?)?;
+                write(&mut out, next);
+                next += 1;
                 (last, i) = (end, end);
                 continue;
             }
@@ -118,8 +96,11 @@ fn rewrite_params(sql: &str, mut write: impl FnMut(&mut String, usize) -> Option
         }
         i += 1;
     }
+    if next == 1 {
+        return None;
+    }
     out.push_str(&sql[last..]);
-    Some(out)
+    Some((out, next - 1))
 }
 
 /// Microseconds since the Unix epoch, UTC: how SQLite stores every time.
@@ -134,16 +115,7 @@ pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
 
 #[cfg(test)]
 mod tests {
-    use super::{anonymous_params, placeholders, shift_params, value_rows};
-
-    #[test]
-    fn parameters_shift_in_any_order_and_quoted_text_stays() {
-        assert_eq!(
-            shift_params("SELECT $2, $1, 'it''s $1', \"$3\", $1::int8[], $10", 4),
-            "SELECT $6, $5, 'it''s $1', \"$3\", $5::int8[], $14"
-        );
-        assert_eq!(shift_params("SELECT 1", 3), "SELECT 1");
-    }
+    use super::{anonymous_params, placeholders, value_rows};
 
     #[test]
     fn placeholders_number_from_the_first_and_rows_go_on_from_each_other() {
