@@ -65,7 +65,7 @@ pub async fn record_many(tx: &mut Tx, events: &[(&Actor, Event<'_>)]) -> Result<
     if tx.backend() == herald_store::Backend::Sqlite {
         defer_sqlite(tx, events, now);
     } else {
-        defer_values(tx, events, now);
+        defer_pg(tx, events, now);
     }
     log(events);
     Ok(())
@@ -100,31 +100,26 @@ fn defer_sqlite(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {
     .bind(input.finish());
 }
 
-fn defer_values(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {
-    let values = herald_store::value_rows(1, events.len(), 11);
-    let sql = format!(
+/// The events as arrays ([`herald_store::column`]): one statement text whatever their number.
+fn defer_pg(tx: &mut Tx, events: &[(&Actor, Event<'_>)], now: Ts) {
+    use herald_store::column;
+    tx.defer(
         "INSERT INTO audit_events (id, team_id, actor_user, actor_key, actor, action, target_type, target_id, ip, \
-         details, created_at) VALUES {values}"
-    );
-    let mut insert = tx.defer(&sql);
-    for (actor, e) in events {
-        let (kind, id) = match &e.target {
-            Some((t, id)) => (Some(*t), Some(id.as_str())),
-            None => (None, None),
-        };
-        insert = insert
-            .bind(Uuid::now_v7())
-            .bind(e.team)
-            .bind(actor.user)
-            .bind(actor.key)
-            .bind(&actor.label)
-            .bind(e.action)
-            .bind(kind)
-            .bind(id)
-            .bind(&actor.ip)
-            .bind(e.details.to_string())
-            .bind(now);
-    }
+         details, created_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], \
+           $8::text[], $9::text[], $10::text[], $11::timestamptz[])",
+    )
+    .bind_pg(column(events, |_| Uuid::now_v7()))
+    .bind_pg(column(events, |(_, e)| e.team))
+    .bind_pg(column(events, |(a, _)| a.user))
+    .bind_pg(column(events, |(a, _)| a.key))
+    .bind_pg(column(events, |(a, _)| a.label.as_str()))
+    .bind_pg(column(events, |(_, e)| e.action))
+    .bind_pg(column(events, |(_, e)| e.target.as_ref().map(|(t, _)| *t)))
+    .bind_pg(column(events, |(_, e)| e.target.as_ref().map(|(_, id)| id.as_str())))
+    .bind_pg(column(events, |(a, _)| a.ip.as_deref()))
+    .bind_pg(column(events, |(_, e)| e.details.to_string()))
+    .bind_pg(vec![now.0; events.len()]);
 }
 
 fn log(events: &[(&Actor, Event<'_>)]) {

@@ -19,7 +19,7 @@ use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
 use herald_store::{Backend, Pools, Ts, Tx, on_read, on_tx};
-use herald_store::{Ids, value_rows};
+use herald_store::{Ids, column};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -505,7 +505,7 @@ async fn record(tx: &mut Tx, items: &[Success], endpoints: &HashMap<Uuid, Endpoi
     if tx.backend() == Backend::Sqlite {
         defer_record_sqlite(tx, items, now);
     } else {
-        defer_record_values(tx, items, now);
+        defer_record_pg(tx, items, now);
     }
     let post_ids: Vec<Uuid> = items.iter().map(|s| s.post).collect();
     refresh_posts(tx, &post_ids, endpoints).await?;
@@ -548,33 +548,33 @@ fn defer_record_sqlite(tx: &mut Tx, items: &[Success], now: Ts) {
     .bind(input);
 }
 
-fn defer_record_values(tx: &mut Tx, items: &[Success], now: Ts) {
-    // The time twice; then four per delivery: id, parts, platform id, URL.
-    let rows = value_rows(3, items.len(), 4);
+/// The outcomes and attempts as arrays ([`herald_store::column`]): two statement texts whatever
+/// their number.
+fn defer_record_pg(tx: &mut Tx, items: &[Success], now: Ts) {
     // Nothing here reads a result: the statements go with the next read (or the commit).
-    let sql = format!(
-        "UPDATE deliveries SET state = 'published', parts = v.column2, platform_post_id = v.column3, \
-         platform_url = v.column4, call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
-         published_at = $1, updated_at = $2 FROM (VALUES {rows}) AS v WHERE deliveries.id = v.column1"
-    );
-    let mut update = tx.defer(&sql).bind(now).bind(now);
-    for s in items {
-        update = update
-            .bind(s.delivery)
-            .bind(s.parts.as_str())
-            .bind(s.platform_post_id.as_deref())
-            .bind(s.platform_url.as_deref());
-    }
-
-    let sql = format!(
-        "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) VALUES {}",
-        value_rows(1, items.len(), 6)
-    );
-    let mut insert = tx.defer(&sql);
-    for s in items {
-        insert =
-            insert.bind(Uuid::now_v7()).bind(s.delivery).bind(s.part).bind(Ts(s.started)).bind(s.ms).bind("published");
-    }
+    tx.defer(
+        "UPDATE deliveries SET state = 'published', parts = v.parts, platform_post_id = v.platform_post_id, \
+         platform_url = v.platform_url, call_started_at = NULL, last_error = NULL, last_error_class = NULL, \
+         published_at = $1, updated_at = $2 \
+         FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[]) AS v(id, parts, platform_post_id, platform_url) \
+         WHERE deliveries.id = v.id",
+    )
+    .bind(now)
+    .bind(now)
+    .bind_pg(column(items, |s| s.delivery))
+    .bind_pg(column(items, |s| s.parts.as_str()))
+    .bind_pg(column(items, |s| s.platform_post_id.as_deref()))
+    .bind_pg(column(items, |s| s.platform_url.as_deref()));
+    tx.defer(
+        "INSERT INTO delivery_attempts (id, delivery_id, part, started_at, duration_ms, outcome) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::int8[], $6::text[])",
+    )
+    .bind_pg(column(items, |_| Uuid::now_v7()))
+    .bind_pg(column(items, |s| s.delivery))
+    .bind_pg(column(items, |s| s.part))
+    .bind_pg(column(items, |s| s.started))
+    .bind_pg(column(items, |s| s.ms))
+    .bind_pg(vec!["published"; items.len()]);
 }
 
 #[cfg(test)]

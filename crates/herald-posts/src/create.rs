@@ -16,7 +16,7 @@ use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
 use herald_core::{Error, ErrorCode};
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Backend, Ts, Tx, value_rows};
+use herald_store::{Backend, Ts, Tx, column};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -137,7 +137,7 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     if tx.backend() == Backend::Sqlite {
         defer_insert_posts_sqlite(tx, posts);
     } else {
-        defer_insert_posts_values(tx, posts);
+        defer_insert_posts_pg(tx, posts);
     }
     let rows: Vec<&DeliveryRow> = posts.iter().flat_map(|p| &p.deliveries).collect();
     defer_insert_deliveries(tx, now, &rows);
@@ -209,33 +209,31 @@ fn defer_insert_posts_sqlite(tx: &mut Tx, posts: &[Prepared]) {
     .bind(input.finish());
 }
 
-fn defer_insert_posts_values(tx: &mut Tx, posts: &[Prepared]) {
-    let values = value_rows(1, posts.len(), 16);
-    let sql = format!(
+/// The posts as arrays ([`herald_store::column`]): one statement text whatever their number.
+fn defer_insert_posts_pg(tx: &mut Tx, posts: &[Prepared]) {
+    tx.defer(
         "INSERT INTO posts (id, team_id, author_user, author_key, state, content, schedule_at, timezone, campaign, tags, \
-         idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) VALUES {values}"
-    );
-    let mut insert = tx.defer(&sql);
-    for p in posts.iter() {
-        let r = &p.row;
-        insert = insert
-            .bind(r.id)
-            .bind(p.team)
-            .bind(r.author_user)
-            .bind(p.author_key)
-            .bind(&r.state)
-            .bind(&r.content)
-            .bind(r.schedule_at)
-            .bind(&r.timezone)
-            .bind(&r.campaign)
-            .bind(&r.tags)
-            .bind(&p.key)
-            .bind(&p.hash)
-            .bind(r.repeat_days)
-            .bind(r.series_id)
-            .bind(r.created_at)
-            .bind(r.updated_at);
-    }
+         idempotency_key, request_hash, repeat_days, series_id, created_at, updated_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
+           $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::uuid[], \
+           $15::timestamptz[], $16::timestamptz[])",
+    )
+    .bind_pg(column(posts, |p| p.row.id))
+    .bind_pg(column(posts, |p| p.team))
+    .bind_pg(column(posts, |p| p.row.author_user))
+    .bind_pg(column(posts, |p| p.author_key))
+    .bind_pg(column(posts, |p| p.row.state.as_str()))
+    .bind_pg(column(posts, |p| p.row.content.as_str()))
+    .bind_pg(column(posts, |p| p.row.schedule_at.map(|t| t.0)))
+    .bind_pg(column(posts, |p| p.row.timezone.as_deref()))
+    .bind_pg(column(posts, |p| p.row.campaign.as_deref()))
+    .bind_pg(column(posts, |p| p.row.tags.as_str()))
+    .bind_pg(column(posts, |p| p.key.as_deref()))
+    .bind_pg(column(posts, |p| p.hash.as_str()))
+    .bind_pg(column(posts, |p| p.row.repeat_days))
+    .bind_pg(column(posts, |p| p.row.series_id))
+    .bind_pg(column(posts, |p| p.row.created_at.0))
+    .bind_pg(column(posts, |p| p.row.updated_at.0));
 }
 
 /// Writes posts checked at the same moment in one transaction (see the module comment).

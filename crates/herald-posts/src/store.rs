@@ -12,7 +12,7 @@ use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
 use herald_queue::{NewJob, Queue};
-use herald_store::{Backend, Db, Ids, ReadCache, StoreError, Ts, Tx, exec, on_read, on_tx, value_rows};
+use herald_store::{Backend, Db, Ids, ReadCache, StoreError, Ts, Tx, column, exec, on_read, on_tx};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -458,30 +458,27 @@ pub(crate) fn defer_insert_deliveries(tx: &mut Tx, now: Ts, rows: &[&DeliveryRow
         defer_insert_deliveries_sqlite(tx, now, rows);
         return;
     }
-    // Fourteen per delivery, the last two its creation time.
-    let values = value_rows(1, rows.len(), 14);
-    let sql = format!(
+    // Arrays ([`herald_store::column`]): one statement text whatever the number of rows.
+    tx.defer(
         "INSERT INTO deliveries (id, post_id, team_id, connection_id, platform, state, content, idempotency_key, \
-         job_id, run_at, parts, attempts, created_at, updated_at) VALUES {values}"
-    );
-    let mut insert = tx.defer(&sql);
-    for d in rows {
-        insert = insert
-            .bind(d.id)
-            .bind(d.post_id)
-            .bind(d.team_id)
-            .bind(d.connection_id)
-            .bind(&d.platform)
-            .bind(&d.state)
-            .bind(&d.content)
-            .bind(&d.idempotency_key)
-            .bind(d.job_id)
-            .bind(d.run_at)
-            .bind(&d.parts)
-            .bind(d.attempts)
-            .bind(now)
-            .bind(now);
-    }
+         job_id, run_at, parts, attempts, created_at, updated_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], \
+           $8::text[], $9::uuid[], $10::timestamptz[], $11::text[], $12::int8[], $13::timestamptz[], $14::timestamptz[])",
+    )
+    .bind_pg(column(rows, |d| d.id))
+    .bind_pg(column(rows, |d| d.post_id))
+    .bind_pg(column(rows, |d| d.team_id))
+    .bind_pg(column(rows, |d| d.connection_id))
+    .bind_pg(column(rows, |d| d.platform.as_str()))
+    .bind_pg(column(rows, |d| d.state.as_str()))
+    .bind_pg(column(rows, |d| d.content.as_str()))
+    .bind_pg(column(rows, |d| d.idempotency_key.as_str()))
+    .bind_pg(column(rows, |d| d.job_id))
+    .bind_pg(column(rows, |d| d.run_at.map(|t| t.0)))
+    .bind_pg(column(rows, |d| d.parts.as_str()))
+    .bind_pg(column(rows, |d| d.attempts))
+    .bind_pg(vec![now.0; rows.len()])
+    .bind_pg(vec![now.0; rows.len()]);
 }
 
 /// [`defer_insert_deliveries`] on SQLite: the rows go as one JSONB parameter ([`herald_store::jsonb`]),

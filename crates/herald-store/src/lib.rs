@@ -26,6 +26,14 @@ pub use tx::{Deferred, Snapshot, SqliteTx, Tx, TxConn};
 pub use url::DatabaseUrl;
 pub use wakeups::Wakeups;
 
+/// One column of `rows`, as an array to bind for PostgreSQL's `UNNEST($N::type[], …)`: a batch
+/// statement over arrays has one text whatever its number of rows, so it is parsed and planned
+/// once per connection and kept, where a `VALUES` list is a new statement for each size (and
+/// sqlx sends a new statement in two round trips, the first to describe it).
+pub fn column<'a, T, U>(rows: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
+}
+
 /// `$first, $first+1, …` for an `IN (…)` list of `n` values; both backends take `$N` parameters.
 pub fn placeholders(first: usize, n: usize) -> String {
     let mut out = String::with_capacity(n * 6);

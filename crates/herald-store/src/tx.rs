@@ -137,12 +137,21 @@ impl PgDeferred {
     }
 }
 
-/// `INSERT INTO t (…) VALUES …`, and nothing more: it reads no table and returns nothing.
+/// `INSERT INTO t (…) VALUES …` or `INSERT INTO t (…) SELECT * FROM UNNEST(…)`, and nothing
+/// more: it reads no table and returns nothing.
 fn plain_insert(sql: &str) -> bool {
     let upper = sql.trim_start().to_ascii_uppercase();
+    let rows = if upper.contains(" VALUES ") {
+        !upper.contains("SELECT")
+    } else {
+        // The arrays' rows, and no other SELECT or FROM that could read a table.
+        upper.contains(" SELECT * FROM UNNEST(")
+            && upper.matches("SELECT").count() == 1
+            && upper.matches("FROM").count() == 1
+    };
     upper.starts_with("INSERT INTO ")
-        && upper.contains(" VALUES ")
-        && !["SELECT", "ON CONFLICT", "RETURNING", "WITH", "DEFAULT VALUES"].iter().any(|w| upper.contains(w))
+        && rows
+        && !["ON CONFLICT", "RETURNING", "WITH", "JOIN", "DEFAULT VALUES"].iter().any(|w| upper.contains(w))
 }
 
 impl Pending {
@@ -189,6 +198,28 @@ impl Deferred<'_> {
         };
         if let Some((e, error)) = failed {
             error.get_or_insert_with(|| e.to_string());
+        }
+        self
+    }
+}
+
+impl Deferred<'_> {
+    /// Binds the next `$N` parameter of a statement deferred on PostgreSQL only (an array for
+    /// `UNNEST`, say); on SQLite it fails the transaction.
+    pub fn bind_pg<'q, T>(self, value: T) -> Self
+    where
+        T: Encode<'q, Postgres> + Type<Postgres>,
+    {
+        match &mut *self.pending {
+            Pending::Sqlite { error, .. } => {
+                debug_assert!(false, "a PostgreSQL parameter bound on SQLite");
+                error.get_or_insert_with(|| "a PostgreSQL-only parameter was bound on SQLite".to_string());
+            }
+            Pending::Postgres { statements, error } => {
+                if let Some(Err(e)) = statements.last_mut().map(|s| s.args.add(value)) {
+                    error.get_or_insert_with(|| e.to_string());
+                }
+            }
         }
         self
     }
@@ -693,9 +724,18 @@ mod tests {
             "INSERT INTO parent (id, label) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
             "INSERT INTO parent (id, label) VALUES ($1, $2) RETURNING id",
             "INSERT INTO parent (id, label) VALUES ($2, $1)",
+            "INSERT INTO child (id, parent) SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) AS c(id, parent) \
+             WHERE parent IN (SELECT id FROM parent)",
+            "INSERT INTO child (id, parent) SELECT * FROM UNNEST($1::uuid[]) AS c(id) JOIN parent ON true",
         ] {
             assert!(!d.fold(other), "{other}");
         }
+        // Rows as arrays: the text is the same whatever their number.
+        assert!(d.fold("INSERT INTO child (id, parent) SELECT * FROM UNNEST($1::uuid[], $2::uuid[])"));
+        assert!(d.sql().ends_with(
+            "deferred_1 AS (INSERT INTO child (id, parent) VALUES ($3, $4), ($5, '$9 stays')) \
+             INSERT INTO child (id, parent) SELECT * FROM UNNEST($6::uuid[], $7::uuid[])"
+        ));
         assert!(!super::PgDeferred::new("UPDATE parent SET label = $1").fold("INSERT INTO t (a) VALUES ($1)"));
         // A statement whose parameters are not in order takes no parts after it.
         assert!(!super::PgDeferred::new("INSERT INTO t (a, b) VALUES ($1, $1)").fold("INSERT INTO t (a) VALUES ($1)"));

@@ -14,7 +14,7 @@ use crate::store::{Sources, store};
 use herald_core::Error;
 use herald_queue::NewJob;
 use herald_store::group::{Group, GroupConfig};
-use herald_store::{Backend, Ts, Tx, TxConn, value_rows};
+use herald_store::{Backend, Ts, Tx, TxConn, column};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -83,24 +83,24 @@ pub(crate) async fn insert_events(
             .fetch_all(&mut *c)
             .await
         }
+        // Arrays ([`herald_store::column`]): one statement text whatever the number of rows.
         TxConn::Postgres(c) => {
-            let sql = format!(
-                "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) VALUES {} \
+            let pairs: Vec<_> = ids.iter().zip(rows).collect();
+            sqlx::query_scalar(
+                "INSERT INTO events (id, team_id, source_id, kind, external_id, data, received_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
+                   $7::timestamptz[]) \
                  ON CONFLICT (source_id, external_id) DO NOTHING RETURNING id",
-                value_rows(1, rows.len(), 7)
-            );
-            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
-            for (id, r) in ids.iter().zip(rows) {
-                q = q
-                    .bind(*id)
-                    .bind(r.team)
-                    .bind(r.source)
-                    .bind(r.kind)
-                    .bind(r.external_id)
-                    .bind(r.data.to_string())
-                    .bind(received_at);
-            }
-            q.fetch_all(&mut *c).await
+            )
+            .bind(column(&pairs, |(id, _)| **id))
+            .bind(column(&pairs, |(_, r)| r.team))
+            .bind(column(&pairs, |(_, r)| r.source))
+            .bind(column(&pairs, |(_, r)| r.kind))
+            .bind(column(&pairs, |(_, r)| r.external_id))
+            .bind(column(&pairs, |(_, r)| r.data.to_string()))
+            .bind(vec![received_at.0; pairs.len()])
+            .fetch_all(&mut *c)
+            .await
         }
     }
     .map_err(store)?;

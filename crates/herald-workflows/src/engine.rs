@@ -161,8 +161,7 @@ struct Commit {
     wake: Option<DateTime<Utc>>,
 }
 
-/// Writes the step runs of one commit, or of several runs' commits, in one statement (per 1,000
-/// rows); a step run stored before (a retried or waiting step) is updated. Each run's records go
+/// Writes the step runs of one commit, or of several runs' commits, in one statement; a step run stored before (a retried or waiting step) is updated. Each run's records go
 /// in order, one row per (run, path), the latest: a statement may not update a row twice.
 pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], now: DateTime<Utc>) -> Result<(), Error> {
     let mut rows: Vec<(Uuid, &Record)> = Vec::new();
@@ -184,36 +183,34 @@ pub(crate) async fn insert_step_runs(tx: &mut Tx, runs: &[(Uuid, &[Record])], no
         defer_step_runs_sqlite(tx, &rows, now);
         return Ok(());
     }
-    // 13 values a row; PostgreSQL binds at most 65,535 in a statement.
-    const COLS: usize = 13;
-    for chunk in rows.chunks(1000) {
-        let values = herald_store::value_rows(1, chunk.len(), COLS);
-        // Deferred: it goes with the commit (in one trip on SQLite), and fails it if it fails.
-        let sql = format!(
-            "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
-             attempts, started_at, finished_at) VALUES {values} \
-             ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
-             output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
-             attempts = excluded.attempts, finished_at = excluded.finished_at"
-        );
-        let mut insert = tx.defer(&sql);
-        for (run, r) in chunk {
-            insert = insert
-                .bind(Uuid::now_v7())
-                .bind(*run)
-                .bind(&r.path)
-                .bind(&r.step_id)
-                .bind(r.kind)
-                .bind(r.status)
-                .bind(r.input.as_ref().map(Value::to_string))
-                .bind(r.output.as_ref().map(Value::to_string))
-                .bind(&r.error)
-                .bind(&r.code)
-                .bind(r.attempts as i64)
-                .bind(Ts(r.started_at))
-                .bind(r.finished.then_some(Ts(now)));
-        }
+    if rows.is_empty() {
+        return Ok(());
     }
+    // Arrays ([`herald_store::column`]): one statement text whatever the number of rows. Deferred:
+    // it goes with the commit, and fails it if it fails.
+    use herald_store::column;
+    tx.defer(
+        "INSERT INTO workflow_step_runs (id, run_id, path, step_id, kind, status, input, output, error, error_code, \
+         attempts, started_at, finished_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+           $8::text[], $9::text[], $10::text[], $11::int8[], $12::timestamptz[], $13::timestamptz[]) \
+         ON CONFLICT (run_id, path) DO UPDATE SET status = excluded.status, input = excluded.input, \
+         output = excluded.output, error = excluded.error, error_code = excluded.error_code, \
+         attempts = excluded.attempts, finished_at = excluded.finished_at",
+    )
+    .bind_pg(column(&rows, |_| Uuid::now_v7()))
+    .bind_pg(column(&rows, |(run, _)| *run))
+    .bind_pg(column(&rows, |(_, r)| r.path.as_str()))
+    .bind_pg(column(&rows, |(_, r)| r.step_id.as_str()))
+    .bind_pg(column(&rows, |(_, r)| r.kind))
+    .bind_pg(column(&rows, |(_, r)| r.status))
+    .bind_pg(column(&rows, |(_, r)| r.input.as_ref().map(Value::to_string)))
+    .bind_pg(column(&rows, |(_, r)| r.output.as_ref().map(Value::to_string)))
+    .bind_pg(column(&rows, |(_, r)| r.error.as_deref()))
+    .bind_pg(column(&rows, |(_, r)| r.code.as_deref()))
+    .bind_pg(column(&rows, |(_, r)| r.attempts as i64))
+    .bind_pg(column(&rows, |(_, r)| r.started_at))
+    .bind_pg(column(&rows, |(_, r)| r.finished.then_some(now)));
     Ok(())
 }
 

@@ -628,25 +628,41 @@ impl Workflows {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        if let TxConn::Sqlite(c) = tx.conn().await.map_err(store)? {
-            return store_runs_sqlite(c, rows).await;
-        }
-        const COLS: usize = 18;
-        let values = herald_store::value_rows(1, rows.len(), COLS);
-        let sql = tx
-            .backend()
-            .sql(format!("INSERT INTO workflow_runs ({RUN_COLS}) VALUES {values} ON CONFLICT DO NOTHING RETURNING id"));
-        herald_store::on_tx!(tx, c => {
-            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()));
-            for row in rows {
-                q = q.bind(row.id).bind(row.team_id).bind(row.workflow_id).bind(row.version).bind(row.event_id)
-                    .bind(&row.trigger).bind(row.rerun_of).bind(&row.status).bind(&row.input).bind(&row.state)
-                    .bind(&row.cursor).bind(row.seq).bind(row.wait_until).bind(&row.error).bind(&row.error_code)
-                    .bind(row.created_at).bind(row.updated_at).bind(row.finished_at);
-            }
-            q.fetch_all(&mut *c).await
-        })
-        .map_err(store)
+        let c = match tx.conn().await.map_err(store)? {
+            TxConn::Sqlite(c) => return store_runs_sqlite(c, rows).await,
+            TxConn::Postgres(c) => c,
+        };
+        // Arrays ([`herald_store::column`]): one statement text whatever the number of rows.
+        use herald_store::column;
+        let sql = format!(
+            "INSERT INTO workflow_runs ({RUN_COLS}) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::text[], $7::uuid[], \
+               $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], $13::timestamptz[], $14::text[], \
+               $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[]) \
+             ON CONFLICT DO NOTHING RETURNING id"
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(column(rows, |r| r.id))
+            .bind(column(rows, |r| r.team_id))
+            .bind(column(rows, |r| r.workflow_id))
+            .bind(column(rows, |r| r.version))
+            .bind(column(rows, |r| r.event_id))
+            .bind(column(rows, |r| r.trigger.as_str()))
+            .bind(column(rows, |r| r.rerun_of))
+            .bind(column(rows, |r| r.status.as_str()))
+            .bind(column(rows, |r| r.input.as_str()))
+            .bind(column(rows, |r| r.state.as_str()))
+            .bind(column(rows, |r| r.cursor.as_str()))
+            .bind(column(rows, |r| r.seq))
+            .bind(column(rows, |r| r.wait_until.map(|t| t.0)))
+            .bind(column(rows, |r| r.error.as_deref()))
+            .bind(column(rows, |r| r.error_code.as_deref()))
+            .bind(column(rows, |r| r.created_at.0))
+            .bind(column(rows, |r| r.updated_at.0))
+            .bind(column(rows, |r| r.finished_at.map(|t| t.0)))
+            .fetch_all(&mut *c)
+            .await
+            .map_err(store)
     }
 
     pub(crate) async fn run_row(&self, id: Uuid) -> Result<Option<RunRow>, Error> {
