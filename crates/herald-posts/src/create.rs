@@ -10,7 +10,7 @@
 
 use crate::batch::{Written, WrittenRow};
 use crate::model::PostState;
-use crate::store::{DeliveryRow, PostRow, Posts, defer_insert_deliveries, enqueue_delivery_jobs};
+use crate::store::{DeliveryRow, PostRow, Posts, defer_insert_deliveries, enqueue_delivery_jobs, give_job_ids};
 use chrono::{DateTime, Utc};
 use herald_accounts::Quota;
 use herald_accounts::audit::{self, Actor, Event};
@@ -19,7 +19,7 @@ use herald_store::group::{Group, GroupConfig};
 use herald_store::{Backend, Ts, Tx, column};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The most posts, and deliveries, one shared transaction writes (SQLite binds at most 32,766
@@ -105,35 +105,31 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
             }
         }
     }
-    // The jobs first: on PostgreSQL their insert answers which were handed over, so it is a
-    // statement of its own. Everything after it is deferred: the posts, deliveries, events and
-    // audit lines go with the commit, on PostgreSQL as one statement (plain inserts deferred one
-    // after another fold into one, see `Tx::defer`).
+    // The jobs' ids are made here, so the deliveries can be written before their jobs. On
+    // PostgreSQL they are: the jobs' insert, which answers which were handed over, goes last and
+    // carries the rows deferred before it (see `Tx::carry`), one trip for all of them, the last
+    // before the commit, so the rate buckets its jobs take tokens from are held the shortest
+    // time. On SQLite the jobs go first: their only read (the buckets' tokens) goes alone, and
+    // all that is deferred goes with the commit.
     let now = posts[0].row.created_at;
+    give_job_ids(posts.iter_mut().filter(|p| p.buckets.is_some()).flat_map(|p| p.deliveries.iter_mut()));
+    let jobs_first = tx.backend() == Backend::Sqlite;
+    if jobs_first {
+        enqueue_jobs(tx, posts).await?;
+    }
     // The rows due now are kept for their starts (see `batch::Written`) as the transaction
     // commits, before any of their jobs starts: the jobs' hand-over, registered by the enqueue
-    // below, runs after this. The rows go in once the enqueue has given them their job ids.
-    let due: Arc<Mutex<Vec<WrittenRow>>> = Arc::default();
-    let (written, kept) = (tx.local::<Written>(), due.clone());
-    tx.after_commit(move || written.keep(std::mem::take(&mut *kept.lock().expect("due lock"))));
-    let mut sent: Vec<&mut Prepared> = posts.iter_mut().filter(|p| p.buckets.is_some()).collect();
-    let counts: Vec<usize> = sent.iter().map(|p| p.deliveries.len()).collect();
-    let mut rows: Vec<DeliveryRow> = sent.iter_mut().flat_map(|p| std::mem::take(&mut p.deliveries)).collect();
-    let buckets: Vec<Option<String>> = sent.iter().flat_map(|p| p.buckets.iter().flatten().cloned()).collect();
-    let result = enqueue_delivery_jobs(tx, &mut rows, &buckets).await;
-    // Hand each post its rows back (with their job ids), whatever happened.
-    let mut rows = rows.into_iter();
-    for (p, n) in sent.iter_mut().zip(counts) {
-        p.deliveries = rows.by_ref().take(n).collect();
-    }
-    result?;
-    *due.lock().expect("due lock") = sent
+    // below, runs after this.
+    let due: Vec<WrittenRow> = posts
         .iter()
+        .filter(|p| p.buckets.is_some())
         .flat_map(|p| {
             let post = Arc::new(p.row.clone());
             p.deliveries.iter().filter(|d| d.run_at.is_none()).map(move |d| (d.clone(), post.clone()))
         })
         .collect();
+    let written = tx.local::<Written>();
+    tx.after_commit(move || written.keep(due));
     if tx.backend() == Backend::Sqlite {
         defer_insert_posts_sqlite(tx, posts);
     } else {
@@ -170,7 +166,18 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         })
         .collect();
     audit::record_many(tx, &lines).await?;
+    if !jobs_first {
+        enqueue_jobs(tx, posts).await?;
+    }
     Ok(())
+}
+
+/// The jobs of the posts' deliveries (drafts have none).
+async fn enqueue_jobs(tx: &mut Tx, posts: &[Prepared]) -> Result<(), Error> {
+    let sent: Vec<&Prepared> = posts.iter().filter(|p| p.buckets.is_some()).collect();
+    let rows: Vec<&DeliveryRow> = sent.iter().flat_map(|p| &p.deliveries).collect();
+    let buckets: Vec<Option<String>> = sent.iter().flat_map(|p| p.buckets.iter().flatten().cloned()).collect();
+    enqueue_delivery_jobs(tx, &rows, &buckets).await
 }
 
 /// The posts as one JSONB parameter ([`herald_store::jsonb`]): the statement's text is the same

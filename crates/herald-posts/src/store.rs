@@ -11,7 +11,7 @@ use herald_accounts::{Accounts, Principal, Quota, authorize};
 use herald_connections::{Connections, Loaded};
 use herald_core::platforms::{Content as Checked, MediaItem, Violation, validate};
 use herald_core::{Action, Error, ErrorCode};
-use herald_queue::{NewJob, Queue};
+use herald_queue::{JobId, NewJob, Queue};
 use herald_store::{Backend, Db, Ids, ReadCache, StoreError, Ts, Tx, column, exec, on_read, on_tx};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -417,18 +417,37 @@ pub(crate) async fn insert_deliveries(
     rows: &mut [DeliveryRow],
     buckets: Option<&[Option<String>]>,
 ) -> Result<(), Error> {
-    if let Some(buckets) = buckets {
-        enqueue_delivery_jobs(tx, rows, buckets).await?;
+    // As a post's create orders them (see `create::write`): on PostgreSQL the jobs' insert
+    // carries the deliveries; on SQLite it goes first, and the deliveries with the commit.
+    let jobs_first = tx.backend() == Backend::Sqlite;
+    let Some(buckets) = buckets else {
+        defer_insert_deliveries(tx, now, &rows.iter().collect::<Vec<_>>());
+        return Ok(());
+    };
+    give_job_ids(rows.iter_mut());
+    let rows: Vec<&DeliveryRow> = rows.iter().collect();
+    if jobs_first {
+        enqueue_delivery_jobs(tx, &rows, buckets).await?;
     }
-    defer_insert_deliveries(tx, now, &rows.iter().collect::<Vec<_>>());
+    defer_insert_deliveries(tx, now, &rows);
+    if !jobs_first {
+        enqueue_delivery_jobs(tx, &rows, buckets).await?;
+    }
     Ok(())
 }
 
-/// Enqueues a job for each of `rows` (with its rate bucket), in one statement, and notes their
-/// ids in the rows.
+/// Makes the id of each new delivery's job, so the delivery can be written before its job.
+pub(crate) fn give_job_ids<'a>(rows: impl IntoIterator<Item = &'a mut DeliveryRow>) {
+    for d in rows {
+        d.job_id = Some(JobId::new().0);
+    }
+}
+
+/// Enqueues a job for each of new deliveries `rows` (with its rate bucket), in one statement,
+/// with the ids [`give_job_ids`] made.
 pub(crate) async fn enqueue_delivery_jobs(
     tx: &mut Tx,
-    rows: &mut [DeliveryRow],
+    rows: &[&DeliveryRow],
     buckets: &[Option<String>],
 ) -> Result<(), Error> {
     if rows.is_empty() {
@@ -439,12 +458,12 @@ pub(crate) async fn enqueue_delivery_jobs(
     let jobs = rows
         .iter()
         .zip(buckets)
-        .map(|(d, b)| NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) })
+        .map(|(d, b)| {
+            let job = NewJob { unique_key: None, ..delivery_job(d.id, 0, d.run_at.map(|t| t.0), b.clone()) };
+            job.id(JobId(d.job_id.expect("give_job_ids made it")))
+        })
         .collect();
-    let enqueued = herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
-    for (d, e) in rows.iter_mut().zip(enqueued) {
-        d.job_id = Some(e.id().0);
-    }
+    herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
     Ok(())
 }
 

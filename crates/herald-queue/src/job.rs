@@ -78,6 +78,9 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// The rate bucket this job draws a token from when claimed.
     pub bucket_key: Option<String>,
+    /// Its id, when the caller makes it first (to write it beside the job before the enqueue);
+    /// made at the enqueue otherwise.
+    pub id: Option<JobId>,
 }
 
 impl NewJob {
@@ -94,7 +97,13 @@ impl NewJob {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             unique_key: None,
             bucket_key: None,
+            id: None,
         }
+    }
+
+    pub fn id(mut self, id: JobId) -> Self {
+        self.id = Some(id);
+        self
     }
 
     pub fn queue(mut self, queue: impl Into<String>) -> Self {

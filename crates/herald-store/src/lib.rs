@@ -111,6 +111,36 @@ pub(crate) fn params_in_order(sql: &str, mut write: impl FnMut(&mut String, usiz
     Some((out, next - 1))
 }
 
+/// `sql` with each `$N` parameter (outside quoted text, in any order, repeated or not) numbered
+/// `$N+by`, for a statement that goes after another's parameters.
+pub(crate) fn shift_params(sql: &str, by: usize) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len() + 8);
+    let (mut last, mut i) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        match (quote, b[i]) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c @ (b'\'' | b'"')) => quote = Some(c),
+            (None, b'$') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let end = (i + 1..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
+                if let Ok(n) = sql[i + 1..end].parse::<usize>() {
+                    out.push_str(&sql[last..i]);
+                    out.push('$');
+                    out.push_str(&(n + by).to_string());
+                    (last, i) = (end, end);
+                    continue;
+                }
+            }
+            (None, _) => {}
+        }
+        i += 1;
+    }
+    out.push_str(&sql[last..]);
+    out
+}
+
 /// Microseconds since the Unix epoch, UTC: how SQLite stores every time.
 pub fn to_micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_micros()
@@ -123,7 +153,16 @@ pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
 
 #[cfg(test)]
 mod tests {
-    use super::{anonymous_params, placeholders, value_rows};
+    use super::{anonymous_params, placeholders, shift_params, value_rows};
+
+    #[test]
+    fn parameters_shift_in_any_order_and_quoted_text_stays() {
+        assert_eq!(
+            shift_params("SELECT $2, $1, 'it''s $1', \"$3\", $1::int8[], $10", 4),
+            "SELECT $6, $5, 'it''s $1', \"$3\", $5::int8[], $14"
+        );
+        assert_eq!(shift_params("SELECT 1", 3), "SELECT 1");
+    }
 
     #[test]
     fn placeholders_number_from_the_first_and_rows_go_on_from_each_other() {

@@ -121,6 +121,31 @@ impl PgDeferred {
         true
     }
 
+    /// `main` with every part of this one before it in its `WITH`, and `main`'s parameters
+    /// numbered after the parts' (see [`Tx::carry`]). `None` when `main` begins `WITH RECURSIVE`,
+    /// which must stay first.
+    fn carried_by(&self, main: &str) -> Option<String> {
+        let trimmed = main.trim_start();
+        let upper = trimmed.get(..15).unwrap_or(trimmed).to_ascii_uppercase();
+        if upper.starts_with("WITH RECURSIVE") {
+            return None;
+        }
+        let mut sql = String::from("WITH ");
+        for (i, part) in self.parts.iter().enumerate() {
+            let _ = write!(sql, "{}deferred_{i} AS ({part})", if i > 0 { ", " } else { "" });
+        }
+        let main = crate::shift_params(trimmed, self.params);
+        match upper.starts_with("WITH ") {
+            true => {
+                let _ = write!(sql, ", {}", &main[5..]);
+            }
+            false => {
+                let _ = write!(sql, " {main}");
+            }
+        }
+        Some(sql)
+    }
+
     fn sql(&self) -> String {
         match self.parts.as_slice() {
             [one] => one.clone(),
@@ -484,6 +509,24 @@ impl Tx {
         Deferred { pending: &mut self.pending }
     }
 
+    /// On PostgreSQL, when what is deferred is plain inserts (one [`PgDeferred`]), takes them to
+    /// go as parts of `sql`'s `WITH`: one trip instead of two. Answers the statement to run
+    /// instead of `sql` (whose `$N` parameters are numbered after the inserts') and the inserts'
+    /// arguments, to which the caller binds `sql`'s own; `None` (nothing taken) otherwise.
+    ///
+    /// The parts run with `sql`'s snapshot, so `sql` must not read the tables they write: it
+    /// would not see their rows. Foreign keys and unique keys are still checked, at its end.
+    pub fn carry(&mut self, sql: &str) -> Option<(String, PgArguments)> {
+        let Pending::Postgres { statements, error: None } = &mut self.pending else { return None };
+        let [one] = statements.as_slice() else { return None };
+        if !one.plain_inserts {
+            return None;
+        }
+        let carried = one.carried_by(sql)?;
+        let one = statements.pop().expect("one deferred statement");
+        Some((carried, one.args))
+    }
+
     /// Sends the deferred statements now.
     async fn flush(&mut self) -> Result<(), sqlx::Error> {
         match (&mut self.inner, self.pending.take()) {
@@ -742,6 +785,76 @@ mod tests {
         let mut full = super::PgDeferred::new(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 65_000, 1)));
         assert!(!full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 536, 1))), "over 65,535");
         assert!(full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 535, 1))));
+    }
+
+    /// Carried, the deferred inserts go first in the statement's `WITH`, and its parameters
+    /// after theirs.
+    #[test]
+    fn carried_inserts_go_first_in_the_statements_with() {
+        let mut d = super::PgDeferred::new("INSERT INTO parent (id, label) VALUES ($1, $2)");
+        assert!(d.fold("INSERT INTO child (id, parent) VALUES ($1, $2)"));
+        let parts = "WITH deferred_0 AS (INSERT INTO parent (id, label) VALUES ($1, $2)), \
+                     deferred_1 AS (INSERT INTO child (id, parent) VALUES ($3, $4))";
+        assert_eq!(
+            d.carried_by("SELECT n FROM other WHERE a = $1 OR b = $1").unwrap(),
+            format!("{parts} SELECT n FROM other WHERE a = $5 OR b = $5")
+        );
+        assert_eq!(
+            d.carried_by(" with x AS (SELECT $1 AS v) SELECT v FROM x").unwrap(),
+            format!("{parts}, x AS (SELECT $5 AS v) SELECT v FROM x")
+        );
+        assert_eq!(d.carried_by("WITH RECURSIVE r AS (SELECT 1) SELECT * FROM r"), None);
+    }
+
+    /// On PostgreSQL a statement carries the deferred plain inserts (and commits them with the
+    /// transaction); anything else deferred, and SQLite, carry nothing.
+    #[tokio::test]
+    async fn a_statement_carries_deferred_inserts_on_postgresql() {
+        each_backend(|db| async move {
+            let mut tx = db.begin().await.unwrap();
+            exec!(tx, "CREATE TABLE carried (n BIGINT PRIMARY KEY, label TEXT NOT NULL)").unwrap();
+            exec!(tx, "CREATE TABLE other (n BIGINT PRIMARY KEY)").unwrap();
+            tx.commit().await.unwrap();
+
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("INSERT INTO carried (n, label) VALUES ($1, $2)").bind(1_i64).bind("one");
+            tx.defer("INSERT INTO carried (n, label) VALUES ($1, $2)").bind(2_i64).bind("two");
+            let main = "INSERT INTO other (n) VALUES ($1), ($2) RETURNING n";
+            let carried = tx.carry(main);
+            assert_eq!(carried.is_some(), db.backend() == Backend::Postgres);
+            let back: Vec<i64> = match (carried, tx.conn().await.unwrap()) {
+                (Some((sql, args)), crate::TxConn::Postgres(c)) => {
+                    assert!(sql.starts_with("WITH deferred_0 AS (INSERT INTO carried"), "{sql}");
+                    sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), args)
+                        .bind(10_i64)
+                        .bind(11_i64)
+                        .fetch_all(&mut *c)
+                        .await
+                }
+                (None, crate::TxConn::Sqlite(c)) => {
+                    sqlx::query_scalar(main).bind(10_i64).bind(11_i64).fetch_all(&mut *c).await
+                }
+                _ => unreachable!("carried only on PostgreSQL"),
+            }
+            .unwrap();
+            assert_eq!(back, [10, 11]);
+            tx.commit().await.unwrap();
+            let rows: Vec<(i64, String)> =
+                on_read!(db, c => sqlx::query_as("SELECT n, label FROM carried ORDER BY n").fetch_all(c).await)
+                    .unwrap();
+            assert_eq!(rows, [(1, "one".to_string()), (2, "two".to_string())]);
+
+            // An update deferred is not carried: it would run with the statement's snapshot.
+            let mut tx = db.begin().await.unwrap();
+            tx.defer("UPDATE carried SET label = $1 WHERE n = $2").bind("ONE").bind(1_i64);
+            assert!(tx.carry("SELECT 1").is_none());
+            tx.commit().await.unwrap();
+            let label: String =
+                on_read!(db, c => sqlx::query_scalar("SELECT label FROM carried WHERE n = 1").fetch_one(c).await)
+                    .unwrap();
+            assert_eq!(label, "ONE");
+        })
+        .await;
     }
 
     /// Folded inserts are still checked as they were one by one: a child's foreign key sees its

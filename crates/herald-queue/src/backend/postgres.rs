@@ -4,7 +4,7 @@ use crate::handoff::Ticket;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::sync::LazyLock;
@@ -64,7 +64,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, id: JobId, job: &NewJob, tic
     Ok(done.rows_affected() == 1)
 }
 
-static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH input AS ( \
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[], \
@@ -100,7 +100,7 @@ static INSERT_MANY: LazyLock<String> = LazyLock::new(|| {
 /// planning these statements costs more than running them for a handful of rows (parse and plan
 /// took 2–5 ms against 1 ms to run, for each post's five delivery jobs and each job's completion,
 /// in the server's log of `herald bench workflows --backend postgres`).
-fn prepared(rows: usize) -> bool {
+pub(crate) fn prepared(rows: usize) -> bool {
     rows <= 32
 }
 
@@ -116,6 +116,7 @@ fn prepared(rows: usize) -> bool {
 pub(crate) async fn insert_many(
     conn: &mut PgConnection,
     jobs: &[(JobId, &NewJob, Option<Ticket>)],
+    carried: Option<(String, PgArguments)>,
 ) -> Result<Vec<Uuid>> {
     let mut ids = Vec::with_capacity(jobs.len());
     let mut queues = Vec::with_capacity(jobs.len());
@@ -139,7 +140,13 @@ pub(crate) async fn insert_many(
         workers.push(ticket.as_ref().map(Ticket::worker));
         leases.push(ticket.as_ref().map(|t| t.lease().as_secs_f64()));
     }
-    let handed: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(INSERT_MANY.as_str()))
+    // Carrying deferred inserts ([`herald_store::Tx::carry`]), it is [`INSERT_MANY`] with them
+    // in front, and their arguments before its own.
+    let query = match carried {
+        Some((sql, args)) => sqlx::query_scalar_with(AssertSqlSafe(sql), args),
+        None => sqlx::query_scalar(AssertSqlSafe(INSERT_MANY.as_str())),
+    };
+    let handed: Vec<Uuid> = query
         .persistent(prepared(jobs.len()))
         .bind(ids)
         .bind(queues)
