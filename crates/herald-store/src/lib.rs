@@ -80,40 +80,32 @@ pub fn anonymous_params(sql: &str) -> Option<String> {
 /// text), with `write` (given each one's number); also says how many there were. `None` when the
 /// parameters are not in that order, or there are none.
 pub(crate) fn params_in_order(sql: &str, mut write: impl FnMut(&mut String, usize)) -> Option<(String, usize)> {
-    let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let (mut next, mut last, mut i) = (1usize, 0usize, 0usize);
-    let mut quote: Option<u8> = None;
-    while i < b.len() {
-        match (quote, b[i]) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, c @ (b'\'' | b'"')) => quote = Some(c),
-            (None, b'$') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                let end = (i + 1..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
-                if sql[i + 1..end].parse::<usize>().ok()? != next {
-                    return None;
-                }
-                out.push_str(&sql[last..i]);
-                write(&mut out, next);
-                next += 1;
-                (last, i) = (end, end);
-                continue;
-            }
-            (None, _) => {}
-        }
-        i += 1;
-    }
-    if next == 1 {
-        return None;
-    }
-    out.push_str(&sql[last..]);
-    Some((out, next - 1))
+    let mut next = 1usize;
+    let out = rewrite_params(sql, |out, n| {
+        (n == next).then(|| {
+            write(out, next);
+            next += 1;
+        })
+    })?;
+    (next > 1).then_some((out, next - 1))
 }
 
 /// `sql` with each `$N` parameter (outside quoted text, in any order, repeated or not) numbered
 /// `$N+by`, for a statement that goes after another's parameters.
 pub(crate) fn shift_params(sql: &str, by: usize) -> String {
+    let shifted = rewrite_params(sql, |out, n| {
+        out.push('$');
+        out.push_str(&(n + by).to_string());
+        Some(())
+    });
+    // Only a number too big for `usize` is not rewritten: no parameter PostgreSQL takes either,
+    // so the statement fails there, as written.
+    shifted.unwrap_or_else(|| sql.to_string())
+}
+
+/// `sql` with each `$N` parameter outside quoted text replaced by what `write` (given `N`) puts
+/// in its place; `None` as soon as `write` answers `None`.
+fn rewrite_params(sql: &str, mut write: impl FnMut(&mut String, usize) -> Option<()>) -> Option<String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 8);
     let (mut last, mut i) = (0usize, 0usize);
@@ -125,20 +117,17 @@ pub(crate) fn shift_params(sql: &str, by: usize) -> String {
             (None, c @ (b'\'' | b'"')) => quote = Some(c),
             (None, b'$') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 let end = (i + 1..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
-                if let Ok(n) = sql[i + 1..end].parse::<usize>() {
-                    out.push_str(&sql[last..i]);
-                    out.push('$');
-                    out.push_str(&(n + by).to_string());
-                    (last, i) = (end, end);
-                    continue;
-                }
+                out.push_str(&sql[last..i]);
+                write(&mut out, sql[i + 1..end].parse().ok()?)?;
+                (last, i) = (end, end);
+                continue;
             }
             (None, _) => {}
         }
         i += 1;
     }
     out.push_str(&sql[last..]);
-    out
+    Some(out)
 }
 
 /// Microseconds since the Unix epoch, UTC: how SQLite stores every time.
