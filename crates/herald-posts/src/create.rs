@@ -90,10 +90,11 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     if posts.is_empty() {
         return Ok(());
     }
-    // Only the monthly count's result is read (its first statement carries the transaction's
+    // On SQLite only the monthly count's result is read (its first statement carries the transaction's
     // BEGIN); everything else is deferred and goes with the COMMIT, in one trip (on SQLite's
     // writer each trip is two thread wake-ups while the writer is held). A post whose
-    // Idempotency-Key another request took meanwhile fails the commit (see `commit`).
+    // Idempotency-Key another request took meanwhile fails the commit (see `commit`), or on
+    // PostgreSQL the jobs' insert that carries the posts' rows, as a conflict.
     if quota {
         let mut teams: BTreeMap<Uuid, i64> = BTreeMap::new();
         for p in posts.iter() {

@@ -463,7 +463,14 @@ pub(crate) async fn enqueue_delivery_jobs(
             job.id(JobId(d.job_id.expect("give_job_ids made it")))
         })
         .collect();
-    herald_queue::enqueue_many(tx, jobs).await.map_err(Error::from)?;
+    herald_queue::enqueue_many(tx, jobs).await.map_err(|e| match e {
+        // On PostgreSQL the insert carries the posts' rows (see `create::write`), so a post
+        // whose Idempotency-Key another request took meanwhile fails here, not at the commit.
+        herald_queue::QueueError::Store(s) if s.is_unique_violation() => {
+            conflict("another request made a post with this Idempotency-Key first; retry")
+        }
+        e => Error::from(e),
+    })?;
     Ok(())
 }
 
