@@ -809,6 +809,55 @@ mod tests {
     /// On PostgreSQL a statement carries the deferred plain inserts (and commits them with the
     /// transaction); anything else deferred, and SQLite, carry nothing.
     #[tokio::test]
+    async fn deferred_array_inserts_fold_with_the_others_and_run_on_postgresql() {
+        let Some(t) = crate::testing::TestDb::postgres().await else { return };
+        let db = t.db.clone();
+        let mut tx = db.begin().await.unwrap();
+        exec!(tx, "CREATE TABLE parent (id BIGINT PRIMARY KEY, label TEXT NOT NULL)").unwrap();
+        exec!(
+            tx,
+            "CREATE TABLE child (id BIGINT PRIMARY KEY, parent BIGINT NOT NULL REFERENCES parent (id), note TEXT)"
+        )
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        for (ids, parents) in [(vec![1_i64, 2], vec![10_i64, 10]), (vec![3, 4, 5], vec![11, 11, 11])] {
+            let mut tx = db.begin().await.unwrap();
+            let parent = parents[0];
+            tx.defer("INSERT INTO parent (id, label) VALUES ($1, $2)").bind(parent).bind("p");
+            let notes: Vec<Option<String>> = ids.iter().map(|i| (i % 2 == 0).then(|| format!("n{i}"))).collect();
+            tx.defer("INSERT INTO child (id, parent, note) SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[])")
+                .bind_pg(ids.clone())
+                .bind_pg(parents.clone())
+                .bind_pg(notes);
+            match &tx.pending {
+                super::Pending::Postgres { statements, .. } => assert_eq!(statements.len(), 1, "folded into one"),
+                super::Pending::Sqlite { .. } => unreachable!("a PostgreSQL transaction"),
+            }
+            tx.commit().await.unwrap();
+        }
+        let rows: Vec<(i64, i64, Option<String>)> = on_read!(db, c => sqlx::query_as(
+            "SELECT id, parent, note FROM child ORDER BY id").fetch_all(c).await)
+        .unwrap();
+        assert_eq!(
+            rows,
+            [(1, 10, None), (2, 10, Some("n2".into())), (3, 11, None), (4, 11, Some("n4".into())), (5, 11, None)]
+        );
+
+        // A child naming a parent that is not there fails the commit, and nothing stays.
+        let mut tx = db.begin().await.unwrap();
+        tx.defer("INSERT INTO parent (id, label) VALUES ($1, $2)").bind(12_i64).bind("p");
+        tx.defer("INSERT INTO child (id, parent, note) SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[])")
+            .bind_pg(vec![6_i64])
+            .bind_pg(vec![99_i64])
+            .bind_pg(vec![None::<String>]);
+        assert!(tx.commit().await.is_err(), "the foreign key is checked");
+        let parents: i64 =
+            on_read!(db, c => sqlx::query_scalar("SELECT COUNT(*) FROM parent").fetch_one(c).await).unwrap();
+        assert_eq!(parents, 2);
+    }
+
+    #[tokio::test]
     async fn a_statement_carries_deferred_inserts_on_postgresql() {
         each_backend(|db| async move {
             let mut tx = db.begin().await.unwrap();
