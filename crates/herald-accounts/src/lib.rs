@@ -21,5 +21,5 @@ pub use keys::KEY_PREFIX;
 pub use model::*;
 pub use secrets::{RotateReport, SECRET_COLUMNS, SecretColumn};
 pub use service::{Accounts, AccountsConfig};
-pub use teams::{Quota, authorize, consume_monthly, quota_exceeded};
+pub use teams::{Quota, authorize, consume_monthly, consume_monthly_deferred, quota_error, quota_exceeded};
 pub use users::SecondFactor;

@@ -34,6 +34,12 @@ impl Quota {
         }
     }
 
+    pub fn parse(s: &str) -> Option<Quota> {
+        [Quota::Connections, Quota::Members, Quota::PostsPerMonth, Quota::AiCallsPerMonth, Quota::MediaBytes]
+            .into_iter()
+            .find(|q| q.as_str() == s)
+    }
+
     fn column(self) -> &'static str {
         match self {
             Quota::Connections => "quota_connections",
@@ -593,6 +599,43 @@ async fn ensure_another_owner(tx: &mut Tx, team: Uuid) -> Result<(), Error> {
         return Err(conflict("a team always keeps at least one owner; make someone else owner first"));
     }
     Ok(())
+}
+
+/// [`consume_monthly`] for a transaction that fails as a whole when over the limit, without
+/// reading the count. On PostgreSQL the count and its check are deferred as one statement
+/// ([`Tx::defer_part`]), so they go with the transaction's other writes (a post's rows and jobs)
+/// instead of a round trip of their own: over the limit that statement fails (SQLSTATE HQ001 from
+/// `herald_within_quota`), at the transaction's next read or its commit, and [`quota_error`] tells
+/// the error from others. On SQLite it is [`consume_monthly`] (there the first statement carries
+/// the transaction's `BEGIN`, so it costs no trip of its own).
+pub async fn consume_monthly_deferred(tx: &mut Tx, team: Uuid, quota: Quota, n: i64) -> Result<(), Error> {
+    if tx.backend() == herald_store::Backend::Sqlite {
+        return consume_monthly(tx, team, quota, n).await.map(drop);
+    }
+    let period = chrono::Utc::now().format("%Y-%m").to_string();
+    let sql = format!(
+        "INSERT INTO team_usage (team_id, metric, period, used) \
+         VALUES ($1, $2, $3, herald_within_quota($4, $5, (SELECT {col} FROM teams WHERE id = $6), $7)) \
+         ON CONFLICT (team_id, metric, period) DO UPDATE SET used = herald_within_quota(excluded.metric, \
+           team_usage.used + excluded.used, (SELECT {col} FROM teams WHERE id = excluded.team_id), excluded.used)",
+        col = quota.column()
+    );
+    tx.defer_part(&sql).bind(team).bind(quota.as_str()).bind(period).bind(quota.as_str()).bind(n).bind(team).bind(n);
+    Ok(())
+}
+
+/// The quota error a statement of [`consume_monthly_deferred`] failed with, if that is what `e` is.
+pub fn quota_error(e: &herald_store::StoreError) -> Option<Error> {
+    let herald_store::StoreError::Sqlx(sqlx::Error::Database(db)) = e else { return None };
+    if db.code().as_deref() != Some("HQ001") {
+        return None;
+    }
+    let detail = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?.detail()?;
+    let mut words = detail.split(' ');
+    let quota = words.next().and_then(Quota::parse)?;
+    let mut number = || words.next().and_then(|w| w.parse::<i64>().ok());
+    let (limit, used, wanted) = (number()?, number()?, number()?);
+    Some(quota_exceeded(quota, limit, used, wanted))
 }
 
 /// [`Accounts::consume_monthly`] for callers without an `Accounts` (a repeating post scheduling

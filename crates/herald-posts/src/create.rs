@@ -96,14 +96,8 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
     // Idempotency-Key another request took meanwhile fails the commit (see `commit`), or on
     // PostgreSQL the jobs' insert that carries the posts' rows, as a conflict.
     if quota {
-        let mut teams: BTreeMap<Uuid, i64> = BTreeMap::new();
-        for p in posts.iter() {
-            *teams.entry(p.team).or_default() += i64::from(p.buckets.is_some());
-        }
-        for (team, sent) in teams {
-            if sent > 0 {
-                herald_accounts::consume_monthly(tx, team, Quota::PostsPerMonth, sent).await?;
-            }
+        for (team, sent) in sent_per_team(posts) {
+            herald_accounts::consume_monthly(tx, team, Quota::PostsPerMonth, sent).await?;
         }
     }
     // The jobs' ids are made here, so the deliveries can be written before their jobs. On
@@ -171,6 +165,15 @@ pub(crate) async fn write(tx: &mut Tx, posts: &mut [Prepared], quota: bool) -> R
         enqueue_jobs(tx, posts).await?;
     }
     Ok(())
+}
+
+/// How many of `posts` each team sends (drafts are not counted), for its monthly quota.
+fn sent_per_team(posts: &[Prepared]) -> BTreeMap<Uuid, i64> {
+    let mut teams: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for p in posts.iter().filter(|p| p.buckets.is_some()) {
+        *teams.entry(p.team).or_default() += 1;
+    }
+    teams
 }
 
 /// The jobs of the posts' deliveries (drafts have none).
@@ -272,16 +275,25 @@ pub(crate) fn spawn(posts: Posts) -> Creates {
     })
 }
 
-/// Writes `items` in a transaction of their own.
+/// Writes `items` in a transaction of their own. Nothing else happens in it, so the monthly count
+/// may fail it late: it is deferred (on PostgreSQL it goes in the statement that writes the posts'
+/// rows and jobs, see `write`), and over the limit the jobs' insert or the commit fails with it.
 async fn commit(posts: &Posts, items: &mut [Prepared]) -> Result<(), WriteError> {
     let mut tx = posts.db.begin().await.map_err(Error::from)?;
-    write(&mut tx, items, true).await?;
+    for (team, sent) in sent_per_team(items) {
+        herald_accounts::consume_monthly_deferred(&mut tx, team, Quota::PostsPerMonth, sent).await?;
+    }
+    write(&mut tx, items, false).await?;
     tx.commit().await.map_err(|e| taken(e, items))
 }
 
 /// A failed commit of `posts`: a unique violation is a post's Idempotency-Key taken by another
-/// request meanwhile (every other row they write has an id made here).
+/// request meanwhile (every other row they write has an id made here); a deferred monthly count
+/// over its limit is that quota's error.
 pub(crate) fn taken(e: herald_store::StoreError, posts: &[Prepared]) -> WriteError {
+    if let Some(quota) = herald_accounts::quota_error(&e) {
+        return WriteError::Other(quota);
+    }
     match e.is_unique_violation() && posts.iter().any(|p| p.key.is_some()) {
         true => WriteError::KeyTaken,
         false => WriteError::Other(e.into()),

@@ -464,8 +464,12 @@ pub(crate) async fn enqueue_delivery_jobs(
         })
         .collect();
     herald_queue::enqueue_many(tx, jobs).await.map_err(|e| match e {
-        // On PostgreSQL the insert carries the posts' rows (see `create::write`), so a post
-        // whose Idempotency-Key another request took meanwhile fails here, not at the commit.
+        // On PostgreSQL the insert carries the posts' rows (see `create::write`) and a deferred
+        // monthly count, so a count over its limit fails here, and so does a post whose
+        // Idempotency-Key another request took meanwhile, not at the commit.
+        herald_queue::QueueError::Store(s) if herald_accounts::quota_error(&s).is_some() => {
+            herald_accounts::quota_error(&s).expect("checked")
+        }
         herald_queue::QueueError::Store(s) if s.is_unique_violation() => {
             conflict("another request made a post with this Idempotency-Key first; retry")
         }

@@ -342,6 +342,27 @@ async fn invites_are_single_use_and_quotas_refuse_without_partial_writes() {
         let mut tx = db.begin().await.unwrap();
         let err = app.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await.unwrap_err();
         assert_eq!(err.details.unwrap()["used"], 3, "the refused call counted nothing");
+        drop(tx);
+
+        // Deferred, a count over the limit fails the transaction: at once on SQLite, at the commit
+        // (or the next read) on PostgreSQL, where the error is told from others by `quota_error`.
+        let mut tx = db.begin().await.unwrap();
+        let err = match herald_accounts::consume_monthly_deferred(&mut tx, team, Quota::PostsPerMonth, 2).await {
+            Err(e) => {
+                drop(tx); // the writer, on SQLite
+                e
+            }
+            Ok(()) => herald_accounts::quota_error(&tx.commit().await.unwrap_err()).expect("the quota's error"),
+        };
+        assert_eq!(err.code.as_str(), "quota_exceeded");
+        assert_eq!(err.details.unwrap(), json!({"quota": "posts_per_month", "limit": 3, "used": 3, "requested": 2}));
+        let mut tx = db.begin().await.unwrap();
+        herald_store::exec!(tx, "UPDATE teams SET quota_posts_month = 5 WHERE id = $1", team).unwrap();
+        herald_accounts::consume_monthly_deferred(&mut tx, team, Quota::PostsPerMonth, 2).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let err = app.accounts.consume_monthly(&mut tx, team, Quota::PostsPerMonth, 1).await.unwrap_err();
+        assert_eq!(err.details.unwrap()["used"], 5, "the deferred count within the limit counted");
     })
     .await;
 }

@@ -27,6 +27,6 @@ pub(crate) fn sqlite() -> Migrator {
 
 pub(crate) fn postgres() -> Migrator {
     migrator(
-        migrations!("postgres": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections", 4 => "0004_posts", 5 => "0005_media", 6 => "0006_events", 7 => "0007_late_policy", 8 => "0008_stats", 9 => "0009_slots", 10 => "0010_notify_mail", 11 => "0011_sources", 12 => "0012_workflows", 13 => "0013_live_deliveries"),
+        migrations!("postgres": 1 => "0001_queue", 2 => "0002_accounts", 3 => "0003_connections", 4 => "0004_posts", 5 => "0005_media", 6 => "0006_events", 7 => "0007_late_policy", 8 => "0008_stats", 9 => "0009_slots", 10 => "0010_notify_mail", 11 => "0011_sources", 12 => "0012_workflows", 13 => "0013_live_deliveries", 14 => "0014_quota_check"),
     )
 }

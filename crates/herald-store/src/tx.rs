@@ -91,20 +91,22 @@ impl PgDeferred {
     /// PostgreSQL's limit on a statement's parameters.
     const MAX_PARAMS: usize = 65_535;
 
-    fn new(sql: &str) -> PgDeferred {
+    /// `part`: the caller vouches that `sql` may go as a part (see [`Tx::defer_part`]).
+    fn new(sql: &str, part: bool) -> PgDeferred {
         // Parts join only after one whose parameters are numbered as `defer` asks.
         let params = crate::params_in_order(sql, |_, _| ()).map(|(_, n)| n);
         PgDeferred {
             parts: vec![sql.to_string()],
             args: PgArguments::default(),
             params: params.unwrap_or(0),
-            plain_inserts: params.is_some() && plain_insert(sql),
+            plain_inserts: params.is_some() && (part || plain_insert(sql)),
         }
     }
 
-    /// Adds `sql` as the last part, if both are plain inserts whose parameters fit together.
-    fn fold(&mut self, sql: &str) -> bool {
-        if !self.plain_inserts || !plain_insert(sql) {
+    /// Adds `sql` as the last part, if both are plain inserts (or vouched parts) whose parameters
+    /// fit together.
+    fn fold(&mut self, sql: &str, part: bool) -> bool {
+        if !self.plain_inserts || !(part || plain_insert(sql)) {
             return false;
         }
         let offset = self.params;
@@ -486,6 +488,10 @@ impl Tx {
     /// must return no rows. On PostgreSQL plain inserts deferred one after another go as one
     /// statement ([`PgDeferred`]).
     pub fn defer(&mut self, sql: &str) -> Deferred<'_> {
+        self.defer_as(sql, false)
+    }
+
+    fn defer_as(&mut self, sql: &str, part: bool) -> Deferred<'_> {
         match &mut self.pending {
             Pending::Sqlite { sql: queued, error, .. } => {
                 match crate::anonymous_params(sql) {
@@ -501,12 +507,20 @@ impl Tx {
                 queued.push_str(";\n");
             }
             Pending::Postgres { statements, .. } => {
-                if !statements.last_mut().is_some_and(|last| last.fold(sql)) {
-                    statements.push(PgDeferred::new(sql));
+                if !statements.last_mut().is_some_and(|last| last.fold(sql, part)) {
+                    statements.push(PgDeferred::new(sql, part));
                 }
             }
         }
         Deferred { pending: &mut self.pending }
+    }
+
+    /// [`Tx::defer`] for a write that may go as a part of the statement plain inserts fold into
+    /// on PostgreSQL ([`PgDeferred`]), though it is not one: an upsert, say. The caller vouches
+    /// that it returns nothing and reads no table that the other deferred statements (or a
+    /// statement that [carries](Tx::carry) them) write, since all the parts run with one snapshot.
+    pub fn defer_part(&mut self, sql: &str) -> Deferred<'_> {
+        self.defer_as(sql, true)
     }
 
     /// On PostgreSQL, when what is deferred is plain inserts (one [`PgDeferred`]), takes them to
@@ -754,8 +768,8 @@ mod tests {
     /// else goes as written.
     #[test]
     fn deferred_plain_inserts_fold_into_one_postgresql_statement() {
-        let mut d = super::PgDeferred::new("INSERT INTO parent (id, label) VALUES ($1, $2)");
-        assert!(d.fold("INSERT INTO child (id, parent) VALUES ($1, $2), ($3, '$9 stays')"));
+        let mut d = super::PgDeferred::new("INSERT INTO parent (id, label) VALUES ($1, $2)", false);
+        assert!(d.fold("INSERT INTO child (id, parent) VALUES ($1, $2), ($3, '$9 stays')", false));
         assert_eq!(
             d.sql(),
             "WITH deferred_0 AS (INSERT INTO parent (id, label) VALUES ($1, $2)) \
@@ -771,28 +785,42 @@ mod tests {
              WHERE parent IN (SELECT id FROM parent)",
             "INSERT INTO child (id, parent) SELECT * FROM UNNEST($1::uuid[]) AS c(id) JOIN parent ON true",
         ] {
-            assert!(!d.fold(other), "{other}");
+            assert!(!d.fold(other, false), "{other}");
         }
         // Rows as arrays: the text is the same whatever their number.
-        assert!(d.fold("INSERT INTO child (id, parent) SELECT * FROM UNNEST($1::uuid[], $2::uuid[])"));
+        assert!(d.fold("INSERT INTO child (id, parent) SELECT * FROM UNNEST($1::uuid[], $2::uuid[])", false));
         assert!(d.sql().ends_with(
             "deferred_1 AS (INSERT INTO child (id, parent) VALUES ($3, $4), ($5, '$9 stays')) \
              INSERT INTO child (id, parent) SELECT * FROM UNNEST($6::uuid[], $7::uuid[])"
         ));
-        assert!(!super::PgDeferred::new("UPDATE parent SET label = $1").fold("INSERT INTO t (a) VALUES ($1)"));
+        assert!(
+            !super::PgDeferred::new("UPDATE parent SET label = $1", false).fold("INSERT INTO t (a) VALUES ($1)", false)
+        );
+        // A part the caller vouches for (an upsert) folds, and plain inserts fold after it.
+        let mut vouched = super::PgDeferred::new("INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO NOTHING", true);
+        assert!(vouched.fold("INSERT INTO u (b) VALUES ($1)", false));
+        assert!(vouched.fold("UPDATE v SET c = $1", true));
+        assert!(!vouched.fold("UPDATE v SET c = $1", false));
         // A statement whose parameters are not in order takes no parts after it.
-        assert!(!super::PgDeferred::new("INSERT INTO t (a, b) VALUES ($1, $1)").fold("INSERT INTO t (a) VALUES ($1)"));
-        let mut full = super::PgDeferred::new(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 65_000, 1)));
-        assert!(!full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 536, 1))), "over 65,535");
-        assert!(full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 535, 1))));
+        assert!(
+            !super::PgDeferred::new("INSERT INTO t (a, b) VALUES ($1, $1)", false)
+                .fold("INSERT INTO t (a) VALUES ($1)", false)
+        );
+        let mut full =
+            super::PgDeferred::new(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 65_000, 1)), false);
+        assert!(
+            !full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 536, 1)), false),
+            "over 65,535"
+        );
+        assert!(full.fold(&format!("INSERT INTO t (a) VALUES {}", crate::value_rows(1, 535, 1)), false));
     }
 
     /// Carried, the deferred inserts go first in the statement's `WITH`, and its parameters
     /// after theirs.
     #[test]
     fn carried_inserts_go_first_in_the_statements_with() {
-        let mut d = super::PgDeferred::new("INSERT INTO parent (id, label) VALUES ($1, $2)");
-        assert!(d.fold("INSERT INTO child (id, parent) VALUES ($1, $2)"));
+        let mut d = super::PgDeferred::new("INSERT INTO parent (id, label) VALUES ($1, $2)", false);
+        assert!(d.fold("INSERT INTO child (id, parent) VALUES ($1, $2)", false));
         let parts = "WITH deferred_0 AS (INSERT INTO parent (id, label) VALUES ($1, $2)), \
                      deferred_1 AS (INSERT INTO child (id, parent) VALUES ($3, $4))";
         assert_eq!(
