@@ -467,12 +467,13 @@ pub(crate) async fn enqueue_delivery_jobs(
         // On PostgreSQL the insert carries the posts' rows (see `create::write`) and a deferred
         // monthly count, so a count over its limit fails here, and so does a post whose
         // Idempotency-Key another request took meanwhile, not at the commit.
-        herald_queue::QueueError::Store(s) if herald_accounts::quota_error(&s).is_some() => {
-            herald_accounts::quota_error(&s).expect("checked")
-        }
-        herald_queue::QueueError::Store(s) if s.is_unique_violation() => {
-            conflict("another request made a post with this Idempotency-Key first; retry")
-        }
+        herald_queue::QueueError::Store(s) => match herald_accounts::quota_error(&s) {
+            Some(quota) => quota,
+            None if s.is_unique_violation() => {
+                conflict("another request made a post with this Idempotency-Key first; retry")
+            }
+            None => Error::from(herald_queue::QueueError::Store(s)),
+        },
         e => Error::from(e),
     })?;
     Ok(())
