@@ -99,14 +99,14 @@ impl PgDeferred {
             parts: vec![sql.to_string()],
             args: PgArguments::default(),
             params: params.unwrap_or(0),
-            plain_inserts: params.is_some() && (part || plain_insert(sql)),
+            plain_inserts: params.is_some() && may_fold(sql, part),
         }
     }
 
     /// Adds `sql` as the last part, if both are plain inserts (or vouched parts) whose parameters
     /// fit together.
     fn fold(&mut self, sql: &str, part: bool) -> bool {
-        if !self.plain_inserts || !(part || plain_insert(sql)) {
+        if !self.plain_inserts || !may_fold(sql, part) {
             return false;
         }
         let offset = self.params;
@@ -132,10 +132,7 @@ impl PgDeferred {
         if upper.starts_with("WITH RECURSIVE") {
             return None;
         }
-        let mut sql = String::from("WITH ");
-        for (i, part) in self.parts.iter().enumerate() {
-            let _ = write!(sql, "{}deferred_{i} AS ({part})", if i > 0 { ", " } else { "" });
-        }
+        let mut sql = with_parts(&self.parts);
         let main = crate::shift_params(trimmed, self.params);
         match upper.starts_with("WITH ") {
             true => {
@@ -151,17 +148,25 @@ impl PgDeferred {
     fn sql(&self) -> String {
         match self.parts.as_slice() {
             [one] => one.clone(),
-            [first @ .., last] => {
-                let mut sql = String::from("WITH ");
-                for (i, part) in first.iter().enumerate() {
-                    let _ = write!(sql, "{}deferred_{i} AS ({part}) ", if i > 0 { ", " } else { "" });
-                }
-                sql.push_str(last);
-                sql
-            }
+            [first @ .., last] => format!("{} {last}", with_parts(first)),
             [] => String::new(),
         }
     }
+}
+
+/// `WITH deferred_0 AS (…), deferred_1 AS (…)`: the parts, for a statement to follow.
+fn with_parts(parts: &[String]) -> String {
+    let mut sql = String::from("WITH ");
+    for (i, part) in parts.iter().enumerate() {
+        let _ = write!(sql, "{}deferred_{i} AS ({part})", if i > 0 { ", " } else { "" });
+    }
+    sql
+}
+
+/// Whether `sql` may go as a part: a plain insert, or a write the caller vouched for
+/// ([`Tx::defer_part`]).
+fn may_fold(sql: &str, vouched: bool) -> bool {
+    vouched || plain_insert(sql)
 }
 
 /// `INSERT INTO t (…) VALUES …` or `INSERT INTO t (…) SELECT * FROM UNNEST(…)`, and nothing
@@ -228,9 +233,7 @@ impl Deferred<'_> {
         }
         self
     }
-}
 
-impl Deferred<'_> {
     /// Binds the next `$N` parameter of a statement deferred on PostgreSQL only (an array for
     /// `UNNEST`, say); on SQLite it fails the transaction.
     pub fn bind_pg<'q, T>(self, value: T) -> Self
