@@ -976,7 +976,9 @@ impl Posts {
     }
 
     fn creates(&self) -> &Creates {
-        self.creates.get_or_init(|| create::spawn(self.clone()))
+        // The group's task gets a handle without the group: holding its own sender, the task
+        // would never see it dropped, and it and this `Posts` would outlive every other handle.
+        self.creates.get_or_init(|| create::spawn(Posts { creates: Arc::default(), ..self.clone() }))
     }
 
     /// Enqueues a delivery's job in the caller's transaction.

@@ -589,7 +589,13 @@ impl Sources {
     /// (the queue's hand-off), before this task runs again.
     pub(crate) async fn receive(&self, incoming: Incoming) -> Result<Option<EventView>, Error> {
         let team = incoming.team;
-        let stored = self.intake.get_or_init(|| intake::spawn(self.clone())).write(incoming).await?;
+        // The intake's task gets a handle without the intake, which it would otherwise keep open
+        // (and itself running, and these sources alive) after every other handle was dropped.
+        let stored = self
+            .intake
+            .get_or_init(|| intake::spawn(Sources { intake: Arc::default(), ..self.clone() }))
+            .write(incoming)
+            .await?;
         if let Some(e) = &stored
             && self.db.backend() == Backend::Sqlite
         {

@@ -5,7 +5,7 @@
 //! the same receiver with the same concurrency.
 
 use crate::Exit;
-use crate::bench::{backends, bench_db, peak_rss_mb};
+use crate::bench::{backends, bench_db, peak_rss_mb, reset_peak_rss};
 use crate::cli::BenchDeliveriesArgs;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -322,44 +322,85 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     let n = args.posts * args.targets;
     println!(
         "herald bench deliveries: {} posts x {} webhook targets = {n} deliveries, {} at once, against a local receiver; \
-         {} clients create the posts",
-        args.posts, args.targets, args.workers, args.clients
+         {} clients create the posts; {} rounds of the ceiling, then each backend",
+        args.posts, args.targets, args.workers, args.clients, args.rounds
     );
-    let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
     println!(
-        "{:<9} {:>12} {:>14} {:>7} {:>12} {:>12} {:>12} {:>9} {:>9}",
-        "backend", "deliveries/s", "ceiling req/s", "ratio", "CPU/delivery", "commit→req", "p99", "peak RSS", "posts/s"
+        "{:<9} {:>5} {:>12} {:>14} {:>7} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "backend",
+        "round",
+        "deliveries/s",
+        "ceiling req/s",
+        "ratio",
+        "CPU/delivery",
+        "commit→req",
+        "p99",
+        "peak RSS",
+        "posts/s"
     );
-    for backend in backends {
-        let r = pipeline(backend, &args, &url, &seen).await?;
-        println!(
-            "{:<9} {:>12.0} {:>14.0} {:>6.2}x {:>10.3}ms {:>10.1}ms {:>10.1}ms {:>7.0}MB {:>9.0}",
-            backend,
-            r.per_sec,
-            c.per_sec,
-            r.per_sec / c.per_sec,
-            r.cpu_per.as_secs_f64() * 1000.0,
-            r.p50.as_secs_f64() * 1000.0,
-            r.p99.as_secs_f64() * 1000.0,
-            peak_rss_mb(),
-            args.posts as f64 / r.created_in.as_secs_f64()
-        );
-        if !r.threads.is_empty() {
-            println!("  {backend} threads, ms of CPU/of waiting for one per delivery: {}", r.threads);
-        }
-        if !r.writer.is_empty() {
-            println!("  {}", r.writer);
+    // Each round measures the ceiling just before its runs, and each run is compared with its
+    // own round's ceiling: the host's speed drifts within seconds, by up to a third here.
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    let mut ceilings = Vec::new();
+    let mut peaks = vec![0.0f64; backends.len()];
+    for round in 1..=args.rounds {
+        let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
+        ceilings.push(c.cpu_per);
+        for (b, backend) in backends.iter().enumerate() {
+            reset_peak_rss();
+            let r = pipeline(backend, &args, &url, &seen).await?;
+            let peak = peak_rss_mb();
+            peaks[b] = peaks[b].max(peak);
+            ratios[b].push(r.per_sec / c.per_sec);
+            rates[b].push(r.per_sec);
+            println!(
+                "{:<9} {:>5} {:>12.0} {:>14.0} {:>6.2}x {:>10.3}ms {:>10.1}ms {:>10.1}ms {:>7.0}MB {:>9.0}",
+                backend,
+                round,
+                r.per_sec,
+                c.per_sec,
+                r.per_sec / c.per_sec,
+                r.cpu_per.as_secs_f64() * 1000.0,
+                r.p50.as_secs_f64() * 1000.0,
+                r.p99.as_secs_f64() * 1000.0,
+                peak,
+                args.posts as f64 / r.created_in.as_secs_f64()
+            );
+            if !r.threads.is_empty() {
+                println!("  {backend} threads, ms of CPU/of waiting for one per delivery: {}", r.threads);
+            }
+            if !r.writer.is_empty() {
+                println!("  {}", r.writer);
+            }
         }
     }
+    for (b, backend) in backends.iter().enumerate() {
+        let (lo, mid, hi) = spread(&mut ratios[b]);
+        let (rlo, rmid, rhi) = spread(&mut rates[b]);
+        println!(
+            "{backend}: median over {} rounds: {rmid:.0} deliveries/s ({rlo:.0}–{rhi:.0}), {mid:.2}x its round's ceiling \
+             ({lo:.2}–{hi:.2}); highest peak RSS of a run {:.0} MB",
+            args.rounds, peaks[b]
+        );
+    }
+    ceilings.sort_unstable();
     println!(
         "ceiling: the same number of POSTs from a bare keep-alive client loop with the same concurrency ({:.3} ms CPU each, \
-         receiver included)",
-        c.cpu_per.as_secs_f64() * 1000.0
+         receiver included; median of the rounds)",
+        ceilings[ceilings.len() / 2].as_secs_f64() * 1000.0
     );
     println!(
         "CPU/delivery: this whole process (creating posts, the queue, the worker, the receiver) over the run; \
          commit→req: from a post's commit to its request reaching the receiver; \
+         peak RSS: the process's during the run (each run starts from what the rounds before left); \
          posts/s: how fast the posts were created (each with its targets) while the workers ran"
     );
     Ok(())
+}
+
+/// The lowest, median and highest of `xs` (not empty).
+fn spread(xs: &mut [f64]) -> (f64, f64, f64) {
+    xs.sort_unstable_by(f64::total_cmp);
+    (xs[0], xs[xs.len() / 2], xs[xs.len() - 1])
 }

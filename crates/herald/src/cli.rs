@@ -477,6 +477,11 @@ pub struct BenchDeliveriesArgs {
     /// sqlite, postgres or all.
     #[arg(long, default_value = "all")]
     pub backend: String,
+    /// Rounds of the ceiling followed by each backend's run; the summary gives each backend's
+    /// median ratio over them (the host's speed drifts by a third within seconds here, so one
+    /// ceiling measured a moment apart from its run is a poor yardstick).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// A PostgreSQL server to create the bench database on.
     #[arg(long, env = "HERALD_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_url: String,
