@@ -1448,6 +1448,59 @@ mod tests {
         assert_eq!(rollup(PostState::Draft, None, &[D::Pending]), PostState::Draft);
     }
 
+    /// The group-commit task of new posts ends with the last handle of its `Posts`: its own
+    /// handle must not hold the group's sender (it did, and every `Posts` a test or a bench made
+    /// lived on, with its task, its caches and its database handle).
+    #[tokio::test]
+    async fn the_posts_group_ends_with_the_last_posts_handle() {
+        use herald_accounts::{Accounts, AccountsConfig, Actor, Principal};
+        use herald_http::guard::{Cidr, GuardConfig};
+        let t = herald_store::testing::TestDb::sqlite().await;
+        let accounts = Accounts::new(
+            t.db.clone(),
+            herald_vault::Vault::new(&[herald_vault::MasterKey::generate()]),
+            AccountsConfig::default(),
+        );
+        let mut tx = t.db.begin().await.unwrap();
+        let (user, team) = accounts.create_user(&mut tx, "g@example.com", "G", "pw-123456789", false).await.unwrap();
+        tx.commit().await.unwrap();
+        let tg = herald_testkit::telegram::start().await;
+        let guard = GuardConfig { allow_networks: vec![Cidr::parse("127.0.0.0/8").unwrap()], allow_ports: vec![] };
+        let net = herald_platforms::Net::new(
+            herald_http::HttpClient::trusted().unwrap(),
+            herald_http::SafeClient::new(guard).unwrap(),
+        )
+        .with_base("telegram", tg.url.clone());
+        let connections = Connections::new(accounts.clone(), net);
+        let new = herald_connections::NewConnection {
+            platform: "telegram".into(),
+            name: None,
+            credentials: json!({"bot_token": herald_testkit::telegram::TOKEN}),
+            settings: json!({"chat_id": herald_testkit::telegram::CHANNEL}),
+        };
+        let conn = connections.create_in(team, &Actor::system(), new).await.unwrap().id;
+        let posts = Posts::new(
+            accounts,
+            connections,
+            Queue::new(t.db.clone()),
+            herald_media::MediaStore::local(herald_store::testing::scratch_dir("herald-media")),
+        );
+        let owner = Principal::acting(Some(user.id), team, herald_core::TeamRole::Owner, "g@example.com");
+        let draft = crate::NewPost { draft: true, ..crate::NewPost::now("a draft", &[conn]) };
+        posts.create(&owner, draft, None).await.unwrap();
+        assert!(posts.creates.get().is_some(), "the create went through the group");
+        let group = Arc::downgrade(&posts.creates);
+        drop(posts);
+        for _ in 0..100 {
+            if group.upgrade().is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(group.upgrade().is_none(), "the group's task still holds the group");
+        t.destroy().await;
+    }
+
     /// Every round of deliveries runs the rollup. PostgreSQL plans a prepared statement once for
     /// any ids (a generic plan); that plan must look the posts' deliveries up by index, never
     /// scan every delivery ever made. (Without the ids on the deliveries' side it hashed a
