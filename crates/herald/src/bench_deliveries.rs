@@ -340,10 +340,8 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     );
     // Each round measures the ceiling just before its runs, and each run is compared with its
     // own round's ceiling: the host's speed drifts within seconds, by up to a third here.
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); backends.len()];
+    let mut runs: Vec<Runs> = backends.iter().map(|_| Runs::default()).collect();
     let mut ceilings = Vec::new();
-    let mut peaks = vec![0.0f64; backends.len()];
     for round in 1..=args.rounds {
         let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
         ceilings.push(c.cpu_per);
@@ -351,9 +349,7 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
             reset_peak_rss();
             let r = pipeline(backend, &args, &url, &seen).await?;
             let peak = peak_rss_mb();
-            peaks[b] = peaks[b].max(peak);
-            ratios[b].push(r.per_sec / c.per_sec);
-            rates[b].push(r.per_sec);
+            runs[b].add(r.per_sec, r.per_sec / c.per_sec, peak);
             println!(
                 "{:<9} {:>5} {:>12.0} {:>14.0} {:>6.2}x {:>10.3}ms {:>10.1}ms {:>10.1}ms {:>7.0}MB {:>9.0}",
                 backend,
@@ -375,13 +371,13 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
             }
         }
     }
-    for (b, backend) in backends.iter().enumerate() {
-        let (lo, mid, hi) = spread(&mut ratios[b]);
-        let (rlo, rmid, rhi) = spread(&mut rates[b]);
+    for (backend, mut runs) in backends.iter().zip(runs) {
+        let (lo, mid, hi) = spread(&mut runs.ratios);
+        let (rlo, rmid, rhi) = spread(&mut runs.rates);
         println!(
             "{backend}: median over {} rounds: {rmid:.0} deliveries/s ({rlo:.0}–{rhi:.0}), {mid:.2}x its round's ceiling \
              ({lo:.2}–{hi:.2}); highest peak RSS of a run {:.0} MB",
-            args.rounds, peaks[b]
+            args.rounds, runs.peak
         );
     }
     ceilings.sort_unstable();
@@ -399,8 +395,27 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-/// The lowest, median and highest of `xs` (not empty).
+/// One backend's runs over the rounds.
+#[derive(Default)]
+struct Runs {
+    rates: Vec<f64>,
+    ratios: Vec<f64>,
+    /// The highest peak RSS of a run, MB.
+    peak: f64,
+}
+
+impl Runs {
+    fn add(&mut self, rate: f64, ratio: f64, peak: f64) {
+        self.rates.push(rate);
+        self.ratios.push(ratio);
+        self.peak = self.peak.max(peak);
+    }
+}
+
+/// The lowest, median (of an even count, the mean of the middle two) and highest of `xs` (not
+/// empty).
 fn spread(xs: &mut [f64]) -> (f64, f64, f64) {
     xs.sort_unstable_by(f64::total_cmp);
-    (xs[0], xs[xs.len() / 2], xs[xs.len() - 1])
+    let n = xs.len();
+    (xs[0], (xs[(n - 1) / 2] + xs[n / 2]) / 2.0, xs[n - 1])
 }
