@@ -18,7 +18,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use herald_connections::{Loaded, Status};
 use herald_core::Error;
 use herald_queue::{Finished, Queue};
-use herald_store::{Backend, Pools, Ts, Tx, on_read, on_tx};
+use herald_store::{Backend, Pools, Ts, Tx, on_read};
 use herald_store::{Ids, column};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -41,7 +41,16 @@ const MAX_BATCH: usize = 200;
 /// [`WRITTEN_FOR`] ago is read instead, so the team's late limit (whole seconds, read with the
 /// post) still holds.
 #[derive(Default)]
-pub(crate) struct Written(Mutex<HashMap<Uuid, WrittenRow>>);
+pub(crate) struct Written(Mutex<Kept>);
+
+#[derive(Default)]
+struct Kept {
+    rows: HashMap<Uuid, WrittenRow>,
+    /// When the rows were last swept for old ones. Full of young rows (posts come faster than
+    /// their jobs start), every post's commit swept all of them and freed none: a twentieth of
+    /// the writer's thread in `herald bench deliveries`. So a sweep waits a while after the last.
+    swept: Option<DateTime<Utc>>,
+}
 
 /// A delivery as written, with its post.
 pub(crate) type WrittenRow = (DeliveryRow, Arc<PostRow>);
@@ -59,28 +68,29 @@ fn young(post: &PostRow, now: DateTime<Utc>) -> bool {
 impl Written {
     /// Keeps `rows` (call once their transaction has committed).
     pub(crate) fn keep(&self, rows: Vec<WrittenRow>) {
-        let mut map = self.0.lock().expect("written lock");
-        if map.len() + rows.len() > WRITTEN_MOST {
+        let mut kept = self.0.lock().expect("written lock");
+        let now = Utc::now();
+        if kept.rows.len() + rows.len() > WRITTEN_MOST && kept.swept.is_none_or(|t| now - t >= WRITTEN_FOR / 4) {
             // Rows whose job started on another node, or never did (a cancel): never taken.
-            let now = Utc::now();
-            map.retain(|_, (_, post)| young(post, now));
+            kept.rows.retain(|_, (_, post)| young(post, now));
+            kept.swept = Some(now);
         }
         for (d, post) in rows {
-            if map.len() >= WRITTEN_MOST {
+            if kept.rows.len() >= WRITTEN_MOST {
                 break;
             }
-            map.insert(d.id, (d, post));
+            kept.rows.insert(d.id, (d, post));
         }
     }
 
     /// Takes the rows of `ids` kept, those still young enough to stand in for a read.
     fn take(&self, ids: &[Uuid]) -> Vec<WrittenRow> {
-        let mut map = self.0.lock().expect("written lock");
-        if map.is_empty() {
+        let mut kept = self.0.lock().expect("written lock");
+        if kept.rows.is_empty() {
             return Vec::new();
         }
         let now = Utc::now();
-        ids.iter().filter_map(|id| map.remove(id)).filter(|(_, post)| young(post, now)).collect()
+        ids.iter().filter_map(|id| kept.rows.remove(id)).filter(|(_, post)| young(post, now)).collect()
     }
 }
 
@@ -376,12 +386,24 @@ async fn write_round(
     let scheduled = |post: &Uuid| by_post.get(post).is_some_and(|p| p.post.state == PostState::Scheduled.as_str());
     let marked = match posts.db.pools() {
         Pools::Postgres(pool) if items.is_empty() => mark_alone(pool, &go, &written, scheduled, now).await?,
-        _ => {
+        // The deliveries' row locks before the posts', as the one-by-one path takes them.
+        Pools::Postgres(_) => {
             let mut tx = posts.db.begin().await.map_err(Error::from)?;
             let marked = mark(&mut tx, &go, &written, scheduled, now).await?;
             record(&mut tx, items, endpoints).await?;
             tx.commit().await.map_err(Error::from)?;
             marked
+        }
+        // SQLite's writer is held from the first trip to the commit, and no row is locked: the
+        // mark goes last, with the commit when nothing follows it (see `mark_and_commit`). A
+        // round is then one trip (starts alone) or two (BEGIN with the outcomes, the attempts
+        // and the posts' read; the posts' states, the jobs' success, the mark and the COMMIT),
+        // where it was two to four. A post whose delivery starts now reads it as pending rather
+        // than publishing, which rolls up the same.
+        Pools::Sqlite { .. } => {
+            let mut tx = posts.db.begin().await.map_err(Error::from)?;
+            record(&mut tx, items, endpoints).await?;
+            mark_and_commit(tx, &go, &written, scheduled, now).await?
         }
     };
 
@@ -426,18 +448,8 @@ async fn mark(
     if go.is_empty() {
         return Ok(Vec::new());
     }
-    let backend = tx.backend();
-    let sql = backend.sql(format!(
-        "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2), \
-         attempts = attempts + 1, updated_at = $3 \
-         WHERE {MARKABLE} AND (id {} OR id {} AND {UNCHANGED}) RETURNING id",
-        backend.in_ids(4),
-        backend.in_ids(5)
-    ));
-    let (read, written) = read_and_written(go, written);
-    let marked: Vec<Uuid> = on_tx!(tx, c => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&read)).bind(Ids(&written)).fetch_all(&mut *c).await)
-    .map_err(store)?;
+    defer_mark(tx, go, written, now);
+    let marked = ids(tx.fetch_read().await.map_err(store)?);
     // The only change a start makes to a post: a scheduled one starts publishing.
     let started_posts = posts_of(go.iter().filter(|d| marked.contains(&d.id) && scheduled(&d.post_id)));
     if !started_posts.is_empty() {
@@ -448,6 +460,43 @@ async fn mark(
         tx.defer(&sql).bind(Ts(now)).bind(Ids(&started_posts));
     }
     Ok(marked)
+}
+
+/// [`mark`], then the commit. When none of the posts was read as scheduled, nothing depends on
+/// which deliveries the mark took, so it goes with the commit: on SQLite one trip.
+async fn mark_and_commit(
+    mut tx: Tx,
+    go: &[DeliveryRow],
+    written: &HashSet<Uuid>,
+    scheduled: impl Fn(&Uuid) -> bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, Error> {
+    if go.is_empty() || go.iter().any(|d| scheduled(&d.post_id)) {
+        let marked = mark(&mut tx, go, written, scheduled, now).await?;
+        tx.commit().await.map_err(Error::from)?;
+        return Ok(marked);
+    }
+    defer_mark(&mut tx, go, written, now);
+    Ok(ids(tx.commit_read().await.map_err(Error::from)?))
+}
+
+/// Queues the mark of `go` ([`Tx::defer_read`]); its rows are the ids of those it marked.
+fn defer_mark(tx: &mut Tx, go: &[DeliveryRow], written: &HashSet<Uuid>, now: DateTime<Utc>) {
+    let backend = tx.backend();
+    let sql = backend.sql(format!(
+        "UPDATE deliveries SET state = 'publishing', call_started_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2), \
+         attempts = attempts + 1, updated_at = $3 \
+         WHERE {MARKABLE} AND (id {} OR id {} AND {UNCHANGED}) RETURNING id",
+        backend.in_ids(4),
+        backend.in_ids(5)
+    ));
+    let (read, written) = read_and_written(go, written);
+    tx.defer_read(&sql).bind(Ts(now)).bind(Ts(now)).bind(Ts(now)).bind(Ids(&read)).bind(Ids(&written));
+}
+
+/// The ids of rows of one id each.
+fn ids(rows: Vec<(Uuid,)>) -> Vec<Uuid> {
+    rows.into_iter().map(|(id,)| id).collect()
 }
 
 /// [`mark`] for a round of starts alone on PostgreSQL: one statement, which the server runs as a
@@ -581,6 +630,75 @@ fn defer_record_pg(tx: &mut Tx, items: &[Success], now: Ts) {
 mod tests {
     use super::*;
     use herald_accounts::{Accounts, AccountsConfig};
+
+    fn written_row(made: DateTime<Utc>) -> WrittenRow {
+        let post = PostRow {
+            id: Uuid::now_v7(),
+            author_user: None,
+            state: "publishing".into(),
+            content: "{}".into(),
+            schedule_at: None,
+            timezone: None,
+            campaign: None,
+            tags: "[]".into(),
+            repeat_days: None,
+            series_id: None,
+            created_at: Ts(made),
+            updated_at: Ts(made),
+        };
+        let d = DeliveryRow {
+            id: Uuid::now_v7(),
+            post_id: post.id,
+            team_id: Uuid::now_v7(),
+            connection_id: Uuid::now_v7(),
+            platform: "webhook".into(),
+            state: "pending".into(),
+            content: "{}".into(),
+            idempotency_key: "k".into(),
+            job_id: None,
+            run_at: None,
+            parts: "[]".into(),
+            platform_post_id: None,
+            platform_url: None,
+            attempts: 0,
+            first_attempt_at: None,
+            call_started_at: None,
+            last_error: None,
+            last_error_class: None,
+            published_at: None,
+        };
+        (d, Arc::new(post))
+    }
+
+    /// Full, the rows kept are swept for those too old to stand in for a read, but not at every
+    /// post's commit: a quarter of [`WRITTEN_FOR`] after the last sweep at the soonest.
+    #[test]
+    fn written_rows_are_swept_when_full_but_not_at_every_commit() {
+        let written = Written::default();
+        let now = Utc::now();
+        let old: Vec<WrittenRow> = (0..WRITTEN_MOST / 2).map(|_| written_row(now - TimeDelta::seconds(5))).collect();
+        let old_ids: Vec<Uuid> = old.iter().map(|(d, _)| d.id).collect();
+        written.keep(old);
+        written.keep((0..WRITTEN_MOST / 2).map(|_| written_row(now)).collect());
+        assert_eq!(written.0.lock().unwrap().rows.len(), WRITTEN_MOST, "full");
+
+        // The next rows find it full: the old half goes, and they are kept.
+        let next = written_row(now);
+        let next_id = next.0.id;
+        written.keep(vec![next]);
+        assert_eq!(written.0.lock().unwrap().rows.len(), WRITTEN_MOST / 2 + 1);
+        assert_eq!(written.take(&[next_id]).len(), 1, "taken, as written");
+        assert!(written.take(&old_ids).is_empty(), "the old rows were swept");
+
+        // Full again of young rows at once: no sweep so soon after the last, and nothing more kept.
+        written.keep((0..WRITTEN_MOST / 2).map(|_| written_row(now)).collect());
+        let swept = written.0.lock().unwrap().swept;
+        let late = written_row(now);
+        let late_id = late.0.id;
+        written.keep(vec![late]);
+        assert_eq!(written.0.lock().unwrap().swept, swept, "not swept again within a quarter second");
+        assert!(written.take(&[late_id]).is_empty(), "not kept: its start reads it instead");
+    }
 
     /// A round of starts alone on PostgreSQL is one statement: it marks only deliveries not in
     /// flight, and moves to `publishing` only a post read as scheduled whose delivery it marked.

@@ -346,10 +346,9 @@ pub(crate) async fn refresh_posts(
             .map(|r| r.rows_affected()))
         .map_err(store)?;
     }
-    let sql = rollup_sql(tx.backend());
-    let rows: Vec<P> =
-        on_tx!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(Ids(&ids)).fetch_all(&mut *c).await)
-            .map_err(store)?;
+    // With what is deferred before it (a round's outcomes and attempts): on SQLite one trip.
+    tx.defer_read(&rollup_sql(tx.backend())).bind(Ids(&ids));
+    let rows: Vec<P> = tx.fetch_read().await.map_err(store)?;
     let mut states: std::collections::HashMap<Uuid, Vec<DeliveryState>> = Default::default();
     let mut posts: Vec<P> = Vec::new();
     for mut row in rows {

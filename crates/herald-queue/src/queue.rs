@@ -179,6 +179,16 @@ pub(crate) async fn grant_tokens(
         TxConn::Postgres(c) => return postgres::grant_tokens(c, want).await,
         TxConn::Sqlite(c) => sqlite::buckets(c, &want.keys().cloned().collect::<Vec<_>>()).await?,
     };
+    Ok(grant_from(tx, want, buckets, now))
+}
+
+/// [`grant_tokens`] from `buckets` read in `tx` on SQLite; their new levels are deferred.
+fn grant_from(
+    tx: &mut Tx,
+    want: &BTreeMap<String, usize>,
+    buckets: Vec<Bucket>,
+    now: DateTime<Utc>,
+) -> HashMap<String, usize> {
     let mut granted: HashMap<String, usize> = want.iter().map(|(k, n)| (k.clone(), *n)).collect();
     let mut levels = Vec::new();
     for b in buckets {
@@ -200,7 +210,7 @@ pub(crate) async fn grant_tokens(
     // One statement, sent with the COMMIT: a claim of deliveries to five connections was
     // five more trips to SQLite's writer thread, each holding the writer.
     sqlite::defer_store_tokens(tx, &levels, now);
-    Ok(granted)
+    granted
 }
 
 /// How many tokens each bucket is asked for: one per job drawing on it (`None`: no bucket).
@@ -273,13 +283,13 @@ impl Queue {
             Pools::Sqlite { .. } => {
                 let mut tx = self.db.begin().await?;
                 let now = Utc::now();
-                let mut jobs = match tx.conn().await? {
+                let (mut jobs, buckets) = match tx.conn().await? {
                     TxConn::Sqlite(c) => sqlite::claim(c, queue, limit, worker, now + lease, now).await?,
                     TxConn::Postgres(_) => unreachable!("a SQLite database's transaction"),
                 };
                 jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
                 if jobs.iter().any(|j| j.bucket_key.is_some()) {
-                    self.take_tokens(&mut tx, &mut jobs, now).await?;
+                    self.take_tokens(&mut tx, &mut jobs, buckets, now).await?;
                 }
                 tx.commit().await?;
                 (jobs, None)
@@ -293,11 +303,18 @@ impl Queue {
         Ok(Claimed { jobs, next_due })
     }
 
-    /// Takes one token per claimed job from its bucket; jobs beyond the tokens go back unclaimed.
-    /// (SQLite's claim; PostgreSQL's does this in its one statement.)
-    async fn take_tokens(&self, tx: &mut herald_store::Tx, jobs: &mut Vec<Job>, now: DateTime<Utc>) -> Result<()> {
+    /// Takes one token per claimed job from its bucket (`buckets`, read with the claim); jobs
+    /// beyond the tokens go back unclaimed. (SQLite's claim; PostgreSQL's does this in its one
+    /// statement.)
+    async fn take_tokens(
+        &self,
+        tx: &mut herald_store::Tx,
+        jobs: &mut Vec<Job>,
+        buckets: Vec<Bucket>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let want = tokens_wanted(jobs.iter().map(|j| j.bucket_key.as_deref()));
-        let mut left = grant_tokens(tx, &want, now).await?;
+        let mut left = grant_from(tx, &want, buckets, now);
         let mut keep = Vec::with_capacity(jobs.len());
         let mut put_back = Vec::new();
         for job in jobs.drain(..) {

@@ -4,10 +4,11 @@ use crate::handoff::Ticket;
 use crate::job::{Attempt, Job, JobId, JobState, NewJob};
 use crate::queue::{Bucket, Depth};
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use herald_store::SqliteTx;
 use herald_store::{Backend, Tx, from_micros, to_micros};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, Either, Executor, Row, SqlitePool};
 use std::sync::LazyLock;
 use uuid::Uuid;
 
@@ -105,6 +106,14 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The buckets the jobs a claim just took draw on: those running with its lease (found by
+/// `jobs_leases`). A job of another claim whose lease ends in the same microsecond only adds a
+/// bucket nobody asks for.
+const CLAIMED_BUCKETS: &str = "SELECT key, capacity, refill_per_sec, tokens, updated_at, blocked_until FROM rate_buckets \
+     WHERE key IN (SELECT bucket_key FROM jobs WHERE state = 'running' AND locked_until = ?2 AND locked_by = ?1)";
+
+/// Claims up to `limit` due jobs, and reads the buckets they draw on, in one trip to the
+/// writer's thread (the buckets were a trip of their own, with the writer held).
 pub(crate) async fn claim(
     conn: &mut SqliteTx,
     queue: &str,
@@ -112,16 +121,24 @@ pub(crate) async fn claim(
     worker: &str,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Vec<Job>> {
-    let rows = sqlx::query(AssertSqlSafe(CLAIM.as_str()))
+) -> Result<(Vec<Job>, Vec<Bucket>)> {
+    static BOTH: LazyLock<String> = LazyLock::new(|| format!("{};\n{CLAIMED_BUCKETS}", *CLAIM));
+    let query = sqlx::query(AssertSqlSafe(BOTH.as_str()))
         .bind(worker)
         .bind(to_micros(lease_until))
         .bind(to_micros(now))
         .bind(queue)
-        .bind(limit as i64)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(job_from_row).collect()
+        .bind(limit as i64);
+    let mut steps = (&mut *conn).fetch_many(query);
+    let (mut jobs, mut buckets, mut done) = (Vec::new(), Vec::new(), 0);
+    while let Some(step) = steps.try_next().await? {
+        match step {
+            Either::Left(_) => done += 1, // a statement's end: the claim's, then the read's
+            Either::Right(row) if done == 0 => jobs.push(job_from_row(&row)?),
+            Either::Right(row) => buckets.push(bucket_from_row(&row)?),
+        }
+    }
+    Ok((jobs, buckets))
 }
 
 fn bucket_from_row(row: &SqliteRow) -> Result<Bucket> {
