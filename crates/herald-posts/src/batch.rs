@@ -646,27 +646,15 @@ mod tests {
             created_at: Ts(made),
             updated_at: Ts(made),
         };
-        let d = DeliveryRow {
-            id: Uuid::now_v7(),
-            post_id: post.id,
-            team_id: Uuid::now_v7(),
-            connection_id: Uuid::now_v7(),
-            platform: "webhook".into(),
-            state: "pending".into(),
-            content: "{}".into(),
-            idempotency_key: "k".into(),
-            job_id: None,
-            run_at: None,
-            parts: "[]".into(),
-            platform_post_id: None,
-            platform_url: None,
-            attempts: 0,
-            first_attempt_at: None,
-            call_started_at: None,
-            last_error: None,
-            last_error_class: None,
-            published_at: None,
-        };
+        let d = DeliveryRow::fresh(
+            post.id,
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            "webhook",
+            crate::model::DeliveryState::Pending,
+            "{}".into(),
+            None,
+        );
         (d, Arc::new(post))
     }
 
