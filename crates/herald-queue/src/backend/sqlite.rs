@@ -106,11 +106,16 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The buckets the jobs a claim just took draw on: those running with its lease (found by
+/// [`CLAIM`], then the buckets the jobs it took draw on: those running with its lease (found by
 /// `jobs_leases`). A job of another claim whose lease ends in the same microsecond only adds a
 /// bucket nobody asks for.
-const CLAIMED_BUCKETS: &str = "SELECT key, capacity, refill_per_sec, tokens, updated_at, blocked_until FROM rate_buckets \
-     WHERE key IN (SELECT bucket_key FROM jobs WHERE state = 'running' AND locked_until = ?2 AND locked_by = ?1)";
+static CLAIM_AND_BUCKETS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{};\nSELECT {BUCKET_COLS} FROM rate_buckets \
+         WHERE key IN (SELECT bucket_key FROM jobs WHERE state = 'running' AND locked_until = ?2 AND locked_by = ?1)",
+        *CLAIM
+    )
+});
 
 /// Claims up to `limit` due jobs, and reads the buckets they draw on, in one trip to the
 /// writer's thread (the buckets were a trip of their own, with the writer held).
@@ -122,8 +127,7 @@ pub(crate) async fn claim(
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Job>, Vec<Bucket>)> {
-    static BOTH: LazyLock<String> = LazyLock::new(|| format!("{};\n{CLAIMED_BUCKETS}", *CLAIM));
-    let query = sqlx::query(AssertSqlSafe(BOTH.as_str()))
+    let query = sqlx::query(AssertSqlSafe(CLAIM_AND_BUCKETS.as_str()))
         .bind(worker)
         .bind(to_micros(lease_until))
         .bind(to_micros(now))
