@@ -346,6 +346,7 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
         let c = ceiling(&url, n, args.workers).await.map_err(Exit::Failure)?;
         ceilings.push(c.cpu_per);
         for (b, backend) in backends.iter().enumerate() {
+            settle().await;
             reset_peak_rss();
             let r = pipeline(backend, &args, &url, &seen).await?;
             let peak = peak_rss_mb();
@@ -389,10 +390,19 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     println!(
         "CPU/delivery: this whole process (creating posts, the queue, the worker, the receiver) over the run; \
          commit→req: from a post's commit to its request reaching the receiver; \
-         peak RSS: the process's during the run (each run starts from what the rounds before left); \
+         peak RSS: the process's during the run, which starts from what the rounds before left, \
+         after a pause for the allocator to give back what the ceiling freed; \
          posts/s: how fast the posts were created (each with its targets) while the workers ran"
     );
     Ok(())
+}
+
+/// Waits until memory the allocator keeps after the last run (the ceiling's connections, the
+/// round before's database) has gone back to the OS, so a run's peak RSS is its own: mimalloc
+/// returns freed pages a second after they were freed (its `purge_delay`), and a peak measured
+/// at once counted up to 30 MB of the ceiling's freed buffers.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
 }
 
 /// One backend's runs over the rounds.
