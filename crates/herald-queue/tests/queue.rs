@@ -261,6 +261,49 @@ async fn a_rate_limited_run_waits_without_spending_an_attempt_and_blocks_its_buc
     .await;
 }
 
+/// On PostgreSQL a completion blocks its runs' buckets in key order, as claims and hand-offs lock
+/// them: a transaction that holds the first bucket and then wants the second (as a post's create
+/// taking tokens does) waits for the completion instead of deadlocking with it. Blocking in the
+/// runs' order (second, then first) deadlocked here, and PostgreSQL failed one side.
+#[tokio::test]
+async fn a_completion_blocks_buckets_in_key_order_so_it_never_deadlocks_with_a_grant() {
+    let Some(t) = herald_store::testing::TestDb::postgres().await else { return };
+    let q = Queue::new(t.db.clone());
+    for key in ["order:a", "order:b"] {
+        q.set_bucket(key, 100.0, 100.0).await.unwrap();
+        add(&t.db, noop().bucket(key)).await;
+    }
+    let jobs = q.claim("default", 2, "w", LEASE).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    let of = |key: &str| jobs.iter().find(|j| j.bucket_key.as_deref() == Some(key)).unwrap();
+    let limited = || RunResult::RateLimited { error: "429".into(), delay: Duration::from_secs(30) };
+    // The runs in the order that used to lock "order:b" first.
+    let batch = vec![done(of("order:b"), limited()), done(of("order:a"), limited())];
+
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&t.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '5s'").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT key FROM rate_buckets WHERE key = 'order:a' FOR UPDATE").execute(&mut other).await.unwrap();
+
+    let completing = tokio::spawn({
+        let q = q.clone();
+        async move { q.complete("w", &batch).await }
+    });
+    // The completion has applied its runs and now waits for "order:a", holding no bucket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("SELECT key FROM rate_buckets WHERE key = 'order:b' FOR UPDATE")
+        .execute(&mut other)
+        .await
+        .expect("the second bucket is free: the completion waits for the first before it takes any");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    assert_eq!(completing.await.unwrap().expect("the completion goes on once the first bucket is free"), 2);
+    for key in ["order:a", "order:b"] {
+        let bucket = q.bucket(key).await.unwrap().unwrap();
+        assert!(bucket.blocked_until.is_some_and(|t| t > Utc::now()), "{key} blocked");
+    }
+}
+
 #[tokio::test]
 async fn rate_buckets_limit_claims_across_claimers() {
     each_backend(|db| async move {

@@ -413,12 +413,8 @@ pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[Comp
     .bind(worker)
     .fetch_all(&mut *conn)
     .await?;
-    for c in rows {
-        if let (Some(key), Some(secs)) = (&c.block_bucket, c.delay_secs)
-            && applied.contains(&c.id.0)
-        {
-            block_bucket(conn, key, secs).await?;
-        }
+    for (key, secs) in super::blocks(rows.iter().filter(|c| applied.contains(&c.id.0))) {
+        block_bucket(conn, key, secs).await?;
     }
     Ok(applied.len())
 }

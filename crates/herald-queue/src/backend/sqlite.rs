@@ -331,11 +331,9 @@ pub(crate) async fn complete(
             .execute(&mut *conn)
             .await?;
     }
-    for c in &kept {
-        if let (Some(key), Some(secs)) = (&c.block_bucket, c.delay_secs) {
-            let until = now + chrono::Duration::microseconds((secs * 1e6) as i64);
-            block_bucket(conn, key, until, now).await?;
-        }
+    for (key, secs) in super::blocks(kept.iter().copied()) {
+        let until = now + chrono::Duration::microseconds((secs * 1e6) as i64);
+        block_bucket(conn, key, until, now).await?;
     }
     Ok(kept.len())
 }
