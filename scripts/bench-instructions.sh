@@ -13,7 +13,8 @@
 #
 #   scripts/bench-instructions.sh target/quick/herald [target/quick/herald-other …]
 #
-# Needs valgrind (`apt-get install valgrind`); about 40 seconds a binary.
+# Needs valgrind (`apt-get install valgrind`); about 40 seconds a binary. SMALL_POSTS and
+# LARGE_POSTS (500 and 1000) set the two sizes.
 set -euo pipefail
 small=${SMALL_POSTS:-500}
 large=${LARGE_POSTS:-1000}

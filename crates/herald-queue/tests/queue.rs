@@ -289,8 +289,15 @@ async fn a_completion_blocks_buckets_in_key_order_so_it_never_deadlocks_with_a_g
         let q = q.clone();
         async move { q.complete("w", &batch).await }
     });
-    // The completion has applied its runs and now waits for "order:a", holding no bucket.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the completion waits for a lock (for "order:a" with the fix; for it after taking
+    // "order:b" without), so the next step meets it either way.
+    let waiting =
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&mut other).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the completion never waited for the held bucket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sqlx::query("SELECT key FROM rate_buckets WHERE key = 'order:b' FOR UPDATE")
         .execute(&mut other)
         .await

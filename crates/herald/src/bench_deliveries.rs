@@ -397,10 +397,10 @@ pub async fn run(args: BenchDeliveriesArgs) -> Result<(), Exit> {
     Ok(())
 }
 
-/// Waits until memory the allocator keeps after the last run (the ceiling's connections, the
-/// round before's database) has gone back to the OS, so a run's peak RSS is its own: mimalloc
-/// returns freed pages a second after they were freed (its `purge_delay`), and a peak measured
-/// at once counted up to 30 MB of the ceiling's freed buffers.
+/// Waits long enough for the memory the allocator keeps after the last run (the ceiling's
+/// connections, the round before's database) to go back to the OS, so a run's peak RSS is its
+/// own: mimalloc returns freed pages a second after they were freed (its `purge_delay`), and a
+/// peak measured at once counted up to 30 MB of the ceiling's freed buffers.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 }
