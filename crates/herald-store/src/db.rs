@@ -97,6 +97,8 @@ pub(crate) struct WriterUse {
     pub held_ns: AtomicU64,
     pub waited_ns: AtomicU64,
     pub trips: AtomicU64,
+    pub before_ns: AtomicU64,
+    pub sent_ns: AtomicU64,
 }
 
 /// Totals since the database was opened.
@@ -112,6 +114,11 @@ pub struct WriterStats {
     /// send of deferred statements (with the `BEGIN` or the `COMMIT`). Each trip wakes two
     /// threads while the writer is held, so fewer per transaction means a shorter hold.
     pub trips: u64,
+    /// Of `held`, how long from getting the writer to the first trip (work done while the
+    /// writer was held but before SQLite had anything to do).
+    pub before_first: Duration,
+    /// Of `held`, how long the trips of deferred statements took, from sending to the answer.
+    pub sent: Duration,
 }
 
 impl WriterStats {
@@ -122,6 +129,8 @@ impl WriterStats {
             held: self.held.saturating_sub(earlier.held),
             waited: self.waited.saturating_sub(earlier.waited),
             trips: self.trips.saturating_sub(earlier.trips),
+            before_first: self.before_first.saturating_sub(earlier.before_first),
+            sent: self.sent.saturating_sub(earlier.sent),
         }
     }
 }
@@ -315,6 +324,8 @@ impl Db {
             held: Duration::from_nanos(u.held_ns.load(Ordering::Relaxed)),
             waited: Duration::from_nanos(u.waited_ns.load(Ordering::Relaxed)),
             trips: u.trips.load(Ordering::Relaxed),
+            before_first: Duration::from_nanos(u.before_ns.load(Ordering::Relaxed)),
+            sent: Duration::from_nanos(u.sent_ns.load(Ordering::Relaxed)),
         })
     }
 

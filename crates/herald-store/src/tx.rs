@@ -324,13 +324,17 @@ impl WriterTx {
         }
         self.mark_begun();
         self.usage.trips.fetch_add(1, Ordering::Relaxed);
-        sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(self.conn()).await
+        let sent = Instant::now();
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(self.conn()).await;
+        self.usage.sent_ns.fetch_add(sent.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        rows
     }
 
     /// The transaction counts as begun from the trip that carries its `BEGIN`, even if that
     /// trip's future is dropped: the next `begin` or the drop ends it.
     fn mark_begun(&mut self) {
         if !self.begun {
+            self.usage.before_ns.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.begun = true;
             if let Some(w) = self.guard.as_mut() {
                 w.open = true;
@@ -1176,6 +1180,24 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn the_writer_counts_the_hold_before_its_first_trip_and_in_deferred_trips() {
+        let test = crate::testing::TestDb::sqlite().await;
+        let db = test.db.clone();
+        let before = db.writer_use().expect("SQLite has a writer");
+        let mut tx = db.begin().await.unwrap();
+        // Work done holding the writer before SQLite has anything to do.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.defer("CREATE TABLE t (n INTEGER)");
+        tx.defer("INSERT INTO t (n) VALUES ($1)").bind(1i64);
+        tx.commit().await.unwrap();
+        let used = db.writer_use().unwrap().since(&before);
+        assert_eq!((used.transactions, used.trips), (1, 1), "BEGIN, the deferred statements and COMMIT in one trip");
+        assert!(used.before_first >= Duration::from_millis(50), "{used:?}");
+        assert!(used.sent > Duration::ZERO && used.before_first + used.sent <= used.held, "{used:?}");
+        test.destroy().await;
     }
 
     #[tokio::test]

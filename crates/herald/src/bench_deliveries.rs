@@ -125,13 +125,16 @@ pub(crate) fn writer_line(u: &herald_store::WriterStats, elapsed: Duration, per:
     let tx = u.transactions.max(1) as f64;
     format!(
         "SQLite's writer: held {:.0}% of the run by {} transactions ({:.2} ms and {:.2} trips each, \
-         {:.2} trips per {unit}), {:.1} waiting for it on average",
+         {:.2} trips per {unit}), {:.1} waiting for it on average; of the hold, {:.0}% before the first trip, \
+         {:.0}% in trips of deferred statements",
         100.0 * u.held.as_secs_f64() / elapsed.as_secs_f64(),
         u.transactions,
         u.held.as_secs_f64() * 1000.0 / tx,
         u.trips as f64 / tx,
         u.trips as f64 / per.max(1) as f64,
-        u.waited.as_secs_f64() / elapsed.as_secs_f64()
+        u.waited.as_secs_f64() / elapsed.as_secs_f64(),
+        100.0 * u.before_first.as_secs_f64() / u.held.as_secs_f64().max(1e-9),
+        100.0 * u.sent.as_secs_f64() / u.held.as_secs_f64().max(1e-9),
     )
 }
 
