@@ -123,6 +123,7 @@ pub(crate) fn threads_line(before: &std::collections::BTreeMap<String, Threads>,
 /// connection's thread, and how many tasks waited for it on average.
 pub(crate) fn writer_line(u: &herald_store::WriterStats, elapsed: Duration, per: usize, unit: &str) -> String {
     let tx = u.transactions.max(1) as f64;
+    let share_of_hold = |part: Duration| 100.0 * part.as_secs_f64() / u.held.as_secs_f64().max(1e-9);
     format!(
         "SQLite's writer: held {:.0}% of the run by {} transactions ({:.2} ms and {:.2} trips each, \
          {:.2} trips per {unit}), {:.1} waiting for it on average; of the hold, {:.0}% before the first trip, \
@@ -133,8 +134,8 @@ pub(crate) fn writer_line(u: &herald_store::WriterStats, elapsed: Duration, per:
         u.trips as f64 / tx,
         u.trips as f64 / per.max(1) as f64,
         u.waited.as_secs_f64() / elapsed.as_secs_f64(),
-        100.0 * u.before_first.as_secs_f64() / u.held.as_secs_f64().max(1e-9),
-        100.0 * u.sent.as_secs_f64() / u.held.as_secs_f64().max(1e-9),
+        share_of_hold(u.before_first),
+        share_of_hold(u.sent),
     )
 }
 
