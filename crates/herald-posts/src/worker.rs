@@ -325,7 +325,7 @@ impl DeliveryHandler {
             part,
             started,
             ms,
-            job: job.succeeded(),
+            job: job.succeeded().logged_by_handler(),
         };
         match self.batch().published(success).await {
             Ok(()) => Ok(()),

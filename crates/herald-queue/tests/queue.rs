@@ -596,7 +596,8 @@ async fn on_postgres_an_enqueue_on_one_node_wakes_the_workers_of_another() {
 }
 
 /// Records its job's success in the transaction of its own work (a row in `work`); with
-/// `"rollback": true` it rolls that transaction back and leaves the record to the runner.
+/// `"rollback": true` it rolls that transaction back and leaves the record to the runner; with
+/// `"own_log": true` it keeps its own log of runs, and the queue writes no attempt row.
 struct SelfRecording {
     queue: Queue,
 }
@@ -606,7 +607,11 @@ impl Handler for SelfRecording {
     async fn run(&self, job: &Job) -> Result<(), JobError> {
         let mut tx = self.queue.db().begin().await.map_err(JobError::retry)?;
         herald_store::exec!(tx, "INSERT INTO work (job) VALUES ($1)", job.id.0.to_string()).map_err(JobError::retry)?;
-        Queue::complete_in(&mut tx, &[job.succeeded()]).await.map_err(JobError::retry)?;
+        let finished = match job.payload["own_log"] == json!(true) {
+            true => job.succeeded().logged_by_handler(),
+            false => job.succeeded(),
+        };
+        Queue::complete_in(&mut tx, &[finished]).await.map_err(JobError::retry)?;
         if job.payload["rollback"] == json!(true) {
             tx.rollback().await.map_err(JobError::retry)?;
             return Ok(());
@@ -635,9 +640,15 @@ async fn a_handler_records_its_jobs_success_in_the_transaction_of_its_work() {
 
         let own = add(&db, NewJob::new("test.self", json!({}))).await;
         let rolled_back = add(&db, NewJob::new("test.self", json!({"rollback": true}))).await;
-        wait_until_finished(&q, &[own, rolled_back]).await;
+        let logged_by_handler = add(&db, NewJob::new("test.self", json!({"own_log": true}))).await;
+        wait_until_finished(&q, &[own, rolled_back, logged_by_handler]).await;
         shutdown.cancel();
         runner.await.unwrap();
+
+        let job = q.get(logged_by_handler).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+        assert!(job.finished_at.is_some() && job.locked_by.is_none(), "finished and let go: {job:?}");
+        assert!(q.attempts(logged_by_handler).await.unwrap().is_empty(), "its handler logs its runs, not the queue");
 
         for id in [own, rolled_back] {
             let job = q.get(id).await.unwrap().unwrap();
@@ -649,7 +660,11 @@ async fn a_handler_records_its_jobs_success_in_the_transaction_of_its_work() {
         }
         let rows: Vec<String> =
             herald_store::on_read!(db, c => sqlx::query_scalar("SELECT job FROM work").fetch_all(c).await).unwrap();
-        assert_eq!(rows, vec![own.0.to_string()], "the rolled-back work left nothing, its job's record neither");
+        let mut want = vec![own.0.to_string(), logged_by_handler.0.to_string()];
+        want.sort();
+        let mut rows = rows;
+        rows.sort();
+        assert_eq!(rows, want, "the rolled-back work left nothing, its job's record neither");
     })
     .await;
 }

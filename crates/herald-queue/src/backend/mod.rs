@@ -30,6 +30,9 @@ pub(crate) struct CompletionRow {
     pub outcome: &'static str,
     /// Set for rate-limited runs of a job that has a bucket: block it for `delay_secs`.
     pub block_bucket: Option<String>,
+    /// Whether the run gets a `job_attempts` row: not when its handler logs its runs itself
+    /// ([`crate::Finished::logged_by_handler`]).
+    pub log: bool,
 }
 
 /// The buckets that rate-limited runs among `rows` block, each once with its longest delay in
@@ -81,6 +84,7 @@ mod tests {
             finished_at: Utc::now(),
             outcome: "rate_limited",
             block_bucket: Some(key.into()),
+            log: true,
         }
     }
 

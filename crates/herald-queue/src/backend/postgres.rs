@@ -384,8 +384,8 @@ pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[Comp
     let applied: Vec<Uuid> = sqlx::query_scalar(
         "WITH input AS ( \
            SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int4[], $5::float8[], $6::bool[], $7::text[], \
-                                $8::timestamptz[], $9::timestamptz[], $10::text[]) \
-             AS t(id, attempt, state, refund, delay, finished, error, started_at, finished_at, outcome)), \
+                                $8::timestamptz[], $9::timestamptz[], $10::text[], $12::bool[]) \
+             AS t(id, attempt, state, refund, delay, finished, error, started_at, finished_at, outcome, log)), \
          done AS ( \
            UPDATE jobs AS j SET state = i.state, attempt = j.attempt - i.refund, \
              run_at = CASE WHEN i.delay IS NULL THEN j.run_at ELSE now() + make_interval(secs => i.delay) END, \
@@ -396,7 +396,8 @@ pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[Comp
            RETURNING j.id), \
          logged AS ( \
            INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at, outcome, error) \
-           SELECT i.id, i.attempt, $11, i.started_at, i.finished_at, i.outcome, i.error FROM input AS i JOIN done USING (id)) \
+           SELECT i.id, i.attempt, $11, i.started_at, i.finished_at, i.outcome, i.error FROM input AS i JOIN done USING (id) \
+           WHERE i.log) \
          SELECT id FROM done",
     )
     .persistent(prepared(n))
@@ -411,6 +412,7 @@ pub(crate) async fn complete(conn: &mut PgConnection, worker: &str, rows: &[Comp
     .bind(ended)
     .bind(outcomes)
     .bind(worker)
+    .bind(rows.iter().map(|c| c.log).collect::<Vec<bool>>())
     .fetch_all(&mut *conn)
     .await?;
     for (key, secs) in super::blocks(rows.iter().filter(|c| applied.contains(&c.id.0))) {

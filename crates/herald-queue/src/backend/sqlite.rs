@@ -303,7 +303,10 @@ pub(crate) fn defer_complete(tx: &mut Tx, worker: &str, rows: &[CompletionRow], 
     debug_assert!(rows.iter().all(|c| c.block_bucket.is_none()));
     let input = completions_jsonb(rows, now);
     // The attempts first, while the lease still tells which runs are ours.
-    tx.defer(&RECORD_IF_HELD).bind(worker).bind(input.clone()).bind(worker);
+    if rows.iter().any(|c| c.log) {
+        let logged = completions_jsonb(rows.iter().filter(|c| c.log), now);
+        tx.defer(&RECORD_IF_HELD).bind(worker).bind(logged).bind(worker);
+    }
     tx.defer(&APPLY).bind(input).bind(worker);
 }
 
@@ -324,10 +327,10 @@ pub(crate) async fn complete(
     // recorded that run.
     let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
     let kept: Vec<&CompletionRow> = rows.iter().filter(|c| applied.contains(&c.id.0)).collect();
-    if !kept.is_empty() {
+    if kept.iter().any(|c| c.log) {
         sqlx::query(AssertSqlSafe(RECORD_NOW.as_str()))
             .bind(worker)
-            .bind(completions_jsonb(kept.iter().copied(), now))
+            .bind(completions_jsonb(kept.iter().copied().filter(|c| c.log), now))
             .execute(&mut *conn)
             .await?;
     }
