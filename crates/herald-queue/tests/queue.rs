@@ -607,10 +607,10 @@ impl Handler for SelfRecording {
     async fn run(&self, job: &Job) -> Result<(), JobError> {
         let mut tx = self.queue.db().begin().await.map_err(JobError::retry)?;
         herald_store::exec!(tx, "INSERT INTO work (job) VALUES ($1)", job.id.0.to_string()).map_err(JobError::retry)?;
-        let finished = match job.payload["own_log"] == json!(true) {
-            true => job.succeeded().logged_by_handler(),
-            false => job.succeeded(),
-        };
+        let mut finished = job.succeeded();
+        if job.payload["own_log"] == json!(true) {
+            finished = finished.logged_by_handler();
+        }
         Queue::complete_in(&mut tx, &[finished]).await.map_err(JobError::retry)?;
         if job.payload["rollback"] == json!(true) {
             tx.rollback().await.map_err(JobError::retry)?;
@@ -658,12 +658,11 @@ async fn a_handler_records_its_jobs_success_in_the_transaction_of_its_work() {
             assert_eq!(attempts[0].outcome, "succeeded");
             assert!(attempts[0].finished_at >= attempts[0].started_at);
         }
-        let rows: Vec<String> =
+        let mut rows: Vec<String> =
             herald_store::on_read!(db, c => sqlx::query_scalar("SELECT job FROM work").fetch_all(c).await).unwrap();
+        rows.sort();
         let mut want = vec![own.0.to_string(), logged_by_handler.0.to_string()];
         want.sort();
-        let mut rows = rows;
-        rows.sort();
         assert_eq!(rows, want, "the rolled-back work left nothing, its job's record neither");
     })
     .await;
